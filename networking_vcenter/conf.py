@@ -1,0 +1,235 @@
+"""Configuration of the vcenter mechanism driver: the ``[ml2_vcenter]`` section.
+
+Option names follow Nova's ``[vmware]`` section (``host_ip``, ``host_username``,
+``host_password``, ``ca_file``, ``insecure``, ``api_retry_count``...) so that an
+operator can copy the connection settings of the nova-compute that runs the same
+clusters.  Parsing of the two mapping options lives here too, so that a malformed
+mapping is reported with the option's name before anything talks to vCenter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+
+from oslo_config import cfg
+
+from networking_vcenter import exceptions
+
+GROUP = "ml2_vcenter"
+
+# vSphere refuses names longer than this for any managed entity.
+MAX_NAME_LENGTH = 80
+
+DEFAULT_DVS_NAME_TEMPLATE = "neutron-{physical_network}-{network_id}"
+
+connection_opts = [
+    cfg.HostAddressOpt(
+        "host_ip",
+        help="Address of the vCenter server (or of a standalone ESXi host) "
+             "whose switches carry the port groups."),
+    cfg.PortOpt("host_port", default=443,
+                help="HTTPS port of the vSphere API."),
+    cfg.StrOpt("host_username",
+               help="vSphere user the driver logs in as. See the deployment "
+                    "guide for the privileges it needs."),
+    cfg.StrOpt("host_password", secret=True,
+               help="Password of host_username. Never logged."),
+    cfg.StrOpt("ca_file",
+               help="CA bundle used to verify the vCenter certificate. "
+                    "Default: the system trust store."),
+    cfg.BoolOpt("insecure", default=False,
+                help="Do not verify the vCenter certificate. Only for tests "
+                     "and labs: the connection can then be intercepted."),
+    cfg.IntOpt("api_retry_count", default=10, min=0,
+               help="How many times a vSphere call is retried after a "
+                    "transient fault (connection lost, vCenter busy). "
+                    "Permanent faults are never retried."),
+    cfg.FloatOpt("api_timeout", default=30.0, min=1.0,
+                 help="Seconds to wait for one vSphere API response before "
+                      "the call counts as failed (and may be retried)."),
+    cfg.IntOpt("task_timeout", default=300, min=1,
+               help="Seconds to wait for a vSphere task (port group create, "
+                    "reconfigure, destroy) before giving up on it."),
+]
+
+mapping_opts = [
+    cfg.ListOpt(
+        "switch_mappings", default=[],
+        help="Comma-separated <physical_network>:<switch> pairs, e.g. "
+             "'physnet1:DVS0,physnet2:vSwitch1'. The switch is a distributed "
+             "switch when one of that name exists in vCenter, otherwise a "
+             "standard vSwitch that must exist on every host of the clusters "
+             "listed in compute_hosts (or on the ESXi host itself). Networks "
+             "on other physical networks are ignored by this driver."),
+    cfg.ListOpt(
+        "compute_hosts", default=[],
+        help="Comma-separated <nova-compute host>:<cluster> pairs, e.g. "
+             "'vc-compute-1:Cluster1': the binding:host_id values of ports "
+             "this driver binds (Nova's VMware driver runs one nova-compute "
+             "per cluster), and the clusters whose hosts carry "
+             "standard-vSwitch port groups. Against a standalone ESXi host "
+             "give its host name as the cluster."),
+    cfg.StrOpt(
+        "dvs_port_group_name_template", default=DEFAULT_DVS_NAME_TEMPLATE,
+        help="Name of the distributed port group made for a network "
+             "segment. Fields: {network_id} (required), "
+             "{physical_network}, {segmentation_id}. Names are limited to "
+             "80 characters. Standard port groups are always named exactly "
+             "the network UUID, because that is the name Nova attaches "
+             "the NIC to."),
+]
+
+behaviour_opts = [
+    cfg.IntOpt("resync_interval", default=300, min=0,
+               help="Seconds between two full reconcile passes, which make "
+                    "vCenter match Neutron again after outages, restarts or "
+                    "hand edits (missing port groups re-created, wrong VLANs "
+                    "fixed, port groups of deleted networks removed). "
+                    "0 disables the periodic pass."),
+    cfg.IntOpt("max_parallel_tasks", default=8, min=1,
+               help="Upper bound on vSphere calls and tasks the driver runs "
+                    "at the same time (e.g. adding a standard port group on "
+                    "many hosts). More than about 16 destabilises vCenter."),
+    cfg.IntOpt("dvs_batch_size", default=100, min=1,
+               help="Most distributed port groups created by one "
+                    "AddDVPortgroup task."),
+]
+
+ALL_OPTS = connection_opts + mapping_opts + behaviour_opts
+
+
+def register_opts(conf: cfg.ConfigOpts = cfg.CONF) -> None:
+    conf.register_opts(ALL_OPTS, group=GROUP)
+
+
+def list_opts():
+    """Entry point of ``oslo.config.opts`` for oslo-config-generator."""
+    return [(GROUP, ALL_OPTS)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The parsed, validated ``[ml2_vcenter]`` section as plain data."""
+
+    host_ip: str
+    host_port: int
+    host_username: str
+    host_password: str = dataclasses.field(repr=False)
+    ca_file: str | None
+    insecure: bool
+    api_retry_count: int
+    api_timeout: float
+    task_timeout: int
+    switch_mappings: dict[str, str]
+    compute_hosts: dict[str, str]
+    dvs_name_template: str
+    max_parallel_tasks: int
+    dvs_batch_size: int
+    resync_interval: int = 0
+
+    @property
+    def clusters(self) -> list[str]:
+        """The mapped clusters, each once, in configuration order."""
+        return list(dict.fromkeys(self.compute_hosts.values()))
+
+
+def parse_pairs(option: str, values: list[str]) -> dict[str, str]:
+    """Parse ``key:value`` pairs of a list option, refusing what is ambiguous.
+
+    Every problem is reported with the option's name and the offending entry,
+    since a typo here silently leaves networks without port groups.
+    """
+    problems = []
+    result: dict[str, str] = {}
+    for raw in values:
+        entry = raw.strip()
+        if not entry:
+            continue
+        key, sep, value = entry.partition(":")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value or ":" in value:
+            problems.append(
+                f"[{GROUP}] {option}: entry '{entry}' is not of the form "
+                f"<name>:<name>")
+            continue
+        if key in result and result[key] != value:
+            problems.append(
+                f"[{GROUP}] {option}: '{key}' is mapped twice "
+                f"('{result[key]}' and '{value}')")
+            continue
+        result[key] = value
+    if problems:
+        raise exceptions.ConfigError(problems)
+    return result
+
+
+def check_name_template(template: str) -> None:
+    """Refuse a template that cannot give unique, Nova-attachable names."""
+    option = f"[{GROUP}] dvs_port_group_name_template"
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template)
+                  if name is not None}
+    except ValueError as exc:
+        raise exceptions.ConfigError([f"{option}: '{template}': {exc}"])
+    allowed = {"network_id", "physical_network", "segmentation_id"}
+    problems = []
+    if "network_id" not in fields:
+        problems.append(f"{option}: '{template}' must contain {{network_id}} "
+                        f"so that each network gets its own port group")
+    unknown = sorted(fields - allowed)
+    if unknown:
+        problems.append(f"{option}: '{template}' uses unknown field(s) "
+                        f"{', '.join(unknown)}; allowed: "
+                        f"{', '.join(sorted(allowed))}")
+    if problems:
+        raise exceptions.ConfigError(problems)
+
+
+def load(conf: cfg.ConfigOpts = cfg.CONF) -> Settings:
+    """Read and validate ``[ml2_vcenter]`` without talking to vCenter."""
+    register_opts(conf)
+    group = conf[GROUP]
+    problems: list[str] = []
+    for name in ("host_ip", "host_username", "host_password"):
+        if not group[name]:
+            problems.append(f"[{GROUP}] {name} is not set")
+    mappings: dict[str, dict[str, str]] = {}
+    for option in ("switch_mappings", "compute_hosts"):
+        try:
+            mappings[option] = parse_pairs(option, group[option])
+        except exceptions.ConfigError as exc:
+            problems.extend(exc.problems)
+            mappings[option] = {}
+    if not group.switch_mappings:
+        problems.append(f"[{GROUP}] switch_mappings is empty: no physical "
+                        f"network would reach vSphere")
+    if not group.compute_hosts:
+        problems.append(f"[{GROUP}] compute_hosts is empty: no port could be "
+                        f"bound and no cluster carries port groups")
+    try:
+        check_name_template(group.dvs_port_group_name_template)
+    except exceptions.ConfigError as exc:
+        problems.extend(exc.problems)
+    if group.ca_file and group.insecure:
+        problems.append(f"[{GROUP}] ca_file and insecure = true are both set: "
+                        f"choose one")
+    if problems:
+        raise exceptions.ConfigError(problems)
+    return Settings(
+        host_ip=group.host_ip,
+        host_port=group.host_port,
+        host_username=group.host_username,
+        host_password=group.host_password,
+        ca_file=group.ca_file,
+        insecure=group.insecure,
+        api_retry_count=group.api_retry_count,
+        api_timeout=group.api_timeout,
+        task_timeout=group.task_timeout,
+        switch_mappings=mappings["switch_mappings"],
+        compute_hosts=mappings["compute_hosts"],
+        dvs_name_template=group.dvs_port_group_name_template,
+        max_parallel_tasks=group.max_parallel_tasks,
+        dvs_batch_size=group.dvs_batch_size,
+        resync_interval=group.resync_interval,
+    )

@@ -1,0 +1,214 @@
+"""Run a plan against vCenter; each step isolated, every outcome recorded.
+
+Order: creations first (a network must be attachable as soon as possible), then
+VLAN fixes, then deletions.  Distributed port groups of one switch are created
+in batched tasks; when a batch fails, its port groups are retried one by one so
+that one bad port group does not hold back the others.  Standard port groups are
+written on all hosts in parallel (bounded by the session's cap); the steps of one
+host and name run in plan order.  A port group still used by VMs is not forced:
+its deletion is *deferred* and the next pass tries again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from networking_vcenter import conf
+from networking_vcenter import exceptions
+from networking_vcenter.reconcile import plan as plan_mod
+from networking_vcenter.vsphere import inventory
+from networking_vcenter.vsphere import switches
+from networking_vcenter.vsphere.inventory import Inventory
+from networking_vcenter.vsphere.session import Session
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Outcome:
+    done: list[plan_mod.Step] = dataclasses.field(default_factory=list)
+    failed: list[tuple[plan_mod.Step, exceptions.VCenterError]] = \
+        dataclasses.field(default_factory=list)
+    deferred: list[tuple[plan_mod.Step, str]] = dataclasses.field(
+        default_factory=list)
+    conflicts: list[plan_mod.Conflict] = dataclasses.field(
+        default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.conflicts
+
+    def for_network(self, network_id: str) -> "Outcome":
+        return Outcome(
+            [s for s in self.done if s.network_id == network_id],
+            [f for f in self.failed if f[0].network_id == network_id],
+            [f for f in self.deferred if f[0].network_id == network_id],
+            [c for c in self.conflicts if c.network_id == network_id])
+
+
+class Applier:
+    def __init__(self, session: Session, settings: conf.Settings):
+        self._session = session
+        self._settings = settings
+
+    def apply(self, plan: plan_mod.Plan, inv: Inventory) -> Outcome:
+        out = Outcome(conflicts=list(plan.conflicts))
+        for conflict in plan.conflicts:
+            LOG.error("network %s: %s", conflict.network_id, conflict.reason)
+        steps = plan.steps
+        self._create_dvs(
+            [s for s in steps if isinstance(s, plan_mod.CreateDvsPortGroup)],
+            inv, out)
+        self._host_steps(
+            [s for s in steps if isinstance(s, (plan_mod.AddHostPortGroup,
+                                                plan_mod.UpdateHostPortGroup,
+                                                plan_mod.RemoveHostPortGroup))],
+            inv, out)
+        self._mark([s for s in steps if isinstance(s, plan_mod.MarkStdNetwork)],
+                   inv, out)
+        for step in steps:
+            if isinstance(step, plan_mod.UpdateDvsPortGroup):
+                self._run(step, out, lambda s=step: self._retag_dvs(s, inv))
+            elif isinstance(step, plan_mod.DeleteDvsPortGroup):
+                self._run(step, out, lambda s=step: self._delete_dvs(s, inv))
+        return out
+
+    # -- helpers -----------------------------------------------------------
+
+    def _run(self, step: plan_mod.Step, out: Outcome,
+             fn: Callable[[], None]) -> None:
+        vm_count = getattr(step, "vm_count", 0)
+        if vm_count:
+            reason = f"still used by {vm_count} VM(s); retried next pass"
+            LOG.warning("network %s: not deleting %s: %s", step.network_id,
+                        step.name, reason)
+            out.deferred.append((step, reason))
+            return
+        try:
+            fn()
+        except exceptions.InUse as exc:
+            LOG.warning("network %s: %s deferred: %s", step.network_id,
+                        step.describe(), exc)
+            out.deferred.append((step, str(exc)))
+        except exceptions.VCenterError as exc:
+            LOG.error("network %s: %s failed: %s", step.network_id,
+                      step.describe(), exc)
+            out.failed.append((step, exc))
+        else:
+            LOG.info("network %s: %s", step.network_id, step.describe())
+            out.done.append(step)
+
+    def _create_dvs(self, steps: list[plan_mod.CreateDvsPortGroup],
+                    inv: Inventory, out: Outcome) -> None:
+        by_switch: dict[str, list[plan_mod.CreateDvsPortGroup]] = {}
+        for step in steps:
+            by_switch.setdefault(step.switch, []).append(step)
+        size = self._settings.dvs_batch_size
+        for switch, group in by_switch.items():
+            dvs = inv.dvs(switch)
+            for i in range(0, len(group), size):
+                chunk = group[i:i + size]
+                specs = [self._dvs_spec(s) for s in chunk]
+                if len(chunk) > 1:
+                    try:
+                        switches.create_dvs_port_groups(
+                            self._session, dvs.ref, specs, switch)
+                    except exceptions.VCenterError as exc:
+                        LOG.warning("batch create on %s failed (%s); "
+                                    "retrying its %d port groups one by one",
+                                    switch, exc, len(chunk))
+                    else:
+                        for s in chunk:
+                            LOG.info("network %s: %s", s.network_id,
+                                     s.describe())
+                        out.done.extend(chunk)
+                        continue
+                for s, spec in zip(chunk, specs):
+                    self._run(s, out, lambda spec=spec: (
+                        switches.create_dvs_port_groups(
+                            self._session, dvs.ref, [spec], switch)))
+
+    @staticmethod
+    def _dvs_spec(step: plan_mod.CreateDvsPortGroup):
+        return switches.dvs_port_group_spec(
+            step.name, step.vlan,
+            inventory.owner_description(step.network_id, step.physnet,
+                                        step.vlan))
+
+    def _retag_dvs(self, step: plan_mod.UpdateDvsPortGroup,
+                   inv: Inventory) -> None:
+        pg = next(p for p in inv.dvs_portgroups if p.moid == step.moid)
+        version = self._session.call(f"read {step.name}",
+                                     lambda: pg.ref.config.configVersion)
+        spec = switches.dvs_port_group_spec(
+            step.name, step.vlan,
+            inventory.owner_description(step.network_id, step.physnet,
+                                        step.vlan), version)
+        switches.reconfigure_dvs_port_group(self._session, pg.ref, spec,
+                                            step.describe())
+
+    def _delete_dvs(self, step: plan_mod.DeleteDvsPortGroup,
+                    inv: Inventory) -> None:
+        pg = next(p for p in inv.dvs_portgroups if p.moid == step.moid)
+        switches.destroy_dvs_port_group(self._session, pg.ref,
+                                        step.describe())
+
+    def _host_steps(self, steps: list[plan_mod.Step], inv: Inventory,
+                    out: Outcome) -> None:
+        # Steps on one (host, name) keep their order (remove before re-add);
+        # different hosts run in parallel.
+        chains: dict[tuple[str, str], list[plan_mod.Step]] = {}
+        for step in steps:
+            chains.setdefault((step.host_moid, step.name), []).append(step)
+
+        def run_chain(chain: list[plan_mod.Step]) -> None:
+            for step in chain:
+                host = inv.hosts[step.host_moid]
+                ns = host.network_system
+                if isinstance(step, plan_mod.AddHostPortGroup):
+                    fn = (lambda s=step: switches.add_host_port_group(
+                        self._session, ns, s.host, s.name, s.vswitch,
+                        s.vlan))
+                elif isinstance(step, plan_mod.UpdateHostPortGroup):
+                    fn = (lambda s=step: switches.update_host_port_group(
+                        self._session, ns, s.host, s.name, s.vswitch,
+                        s.vlan))
+                else:
+                    fn = (lambda s=step: switches.remove_host_port_group(
+                        self._session, ns, s.host, s.name))
+                self._run(step, out, fn)
+
+        if len(chains) <= 1:
+            for chain in chains.values():
+                run_chain(chain)
+            return
+        workers = min(len(chains), self._settings.max_parallel_tasks)
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run_chain, chains.values()))
+
+    def _mark(self, steps: list[plan_mod.MarkStdNetwork], inv: Inventory,
+              out: Outcome) -> None:
+        if not steps or inv.owner_field_key is None:
+            return
+        failed = {(s.network_id, s.name) for s, _ in out.failed}
+        try:
+            refs = {p["name"]: ref for ref, p in inventory.retrieve(
+                self._session, inventory.vim.Network, ["name"],
+                "standard networks to mark")}
+        except exceptions.VCenterError as exc:
+            for step in steps:
+                out.failed.append((step, exc))
+            return
+        for step in steps:
+            ref = refs.get(step.name)
+            if ref is None:
+                if (step.network_id, step.name) not in failed:
+                    out.failed.append((step, exceptions.PermanentFault(
+                        step.describe(), "network not found after creating "
+                                         "its port groups")))
+                continue
+            self._run(step, out, lambda s=step, r=ref: switches.set_owner_field(
+                self._session, r, inv.owner_field_key, s.network_id))

@@ -1,0 +1,251 @@
+"""Desired port groups, derived from Neutron networks and the configuration.
+
+Nothing here is stored: the desired state of a network is recomputed from its
+segments whenever it is needed, so the Neutron database stays the only truth.
+Where each physical network's port groups go (a distributed switch, or a standard
+vSwitch on the hosts of the mapped clusters) is the :class:`Topology`, built from
+the configuration and one inventory snapshot; building it is also the start-up
+validation of ``switch_mappings`` and ``compute_hosts``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from networking_vcenter import conf
+from networking_vcenter import exceptions
+from networking_vcenter.vsphere.inventory import Inventory
+
+LOG = logging.getLogger(__name__)
+
+DVS = "dvs"
+VSWITCH = "vswitch"
+SUPPORTED_TYPES = ("vlan", "flat")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where the port groups of one physical network live."""
+
+    physnet: str
+    kind: str                      # DVS or VSWITCH
+    switch: str
+    dvs_uuid: str | None           # DVS only
+    host_moids: frozenset[str]     # VSWITCH: hosts that carry the port
+                                   # groups; DVS: member hosts
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    targets: dict[str, Target]                 # physnet -> target
+    cluster_hosts: dict[str, frozenset[str]]   # cluster -> host moids
+    compute_hosts: dict[str, str]              # nova-compute host -> cluster
+    dvs_name_template: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DesiredPortGroup:
+    network_id: str
+    segment_id: str | None
+    physnet: str
+    kind: str
+    switch: str
+    name: str
+    vlan: int                      # 0: untagged (flat)
+    host_moids: frozenset[str] = frozenset()   # VSWITCH only
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.switch, self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+    """The part of a Neutron network the desired state depends on."""
+
+    id: str
+    segments: tuple[Mapping[str, Any], ...]
+
+
+def _cluster_hosts(name: str, inv: Inventory,
+                   problems: list[str]) -> frozenset[str]:
+    found = inv.clusters.get(name, [])
+    if len(found) == 1:
+        return frozenset(found[0])
+    if len(found) > 1:
+        problems.append(f"[{conf.GROUP}] compute_hosts: cluster '{name}' is "
+                        f"ambiguous: {len(found)} clusters have that name")
+        return frozenset()
+    # A standalone ESXi host is its own compute resource; accept its host name.
+    by_host = [h.moid for h in inv.hosts.values() if h.name == name]
+    if len(by_host) == 1:
+        return frozenset(by_host)
+    problems.append(f"[{conf.GROUP}] compute_hosts: cluster '{name}' does not "
+                    f"exist in vCenter")
+    return frozenset()
+
+
+def build_topology(settings: conf.Settings, inv: Inventory) -> Topology:
+    """Resolve every mapping against vCenter; one problem line per mistake."""
+    problems: list[str] = []
+    cluster_hosts = {c: _cluster_hosts(c, inv, problems)
+                     for c in settings.clusters}
+    all_hosts = frozenset().union(*cluster_hosts.values()) \
+        if cluster_hosts else frozenset()
+    targets = {}
+    for physnet, switch in settings.switch_mappings.items():
+        where = f"[{conf.GROUP}] switch_mappings: '{physnet}:{switch}'"
+        dvss = inv.switches.get(switch, [])
+        with_vswitch = sorted(inv.hosts[h].name for h in all_hosts
+                              if switch in inv.hosts[h].vswitches)
+        if len(dvss) > 1:
+            problems.append(f"{where}: {len(dvss)} distributed switches are "
+                            f"named '{switch}'")
+        elif dvss and with_vswitch:
+            problems.append(
+                f"{where}: '{switch}' is both a distributed switch and a "
+                f"standard vSwitch (on {', '.join(with_vswitch)}); rename one")
+        elif dvss:
+            dvs = dvss[0]
+            if all_hosts and not (dvs.host_moids & all_hosts):
+                LOG.warning("%s: no host of the mapped clusters is a member "
+                            "of distributed switch %s; ports cannot be bound "
+                            "there", where, switch)
+            targets[physnet] = Target(physnet, DVS, switch, dvs.uuid,
+                                      dvs.host_moids)
+        elif with_vswitch:
+            missing = sorted(inv.hosts[h].name for h in all_hosts
+                             if switch not in inv.hosts[h].vswitches)
+            if missing:
+                problems.append(
+                    f"{where}: standard vSwitch '{switch}' is missing on "
+                    f"host(s) {', '.join(missing)}")
+            else:
+                targets[physnet] = Target(physnet, VSWITCH, switch, None,
+                                          all_hosts)
+        else:
+            problems.append(
+                f"{where}: '{switch}' is neither a distributed switch in "
+                f"vCenter nor a standard vSwitch on the hosts of clusters "
+                f"{', '.join(settings.clusters) or '(none)'}")
+    if problems:
+        raise exceptions.ConfigError(problems)
+    return Topology(targets=targets, cluster_hosts=cluster_hosts,
+                    compute_hosts=dict(settings.compute_hosts),
+                    dvs_name_template=settings.dvs_name_template)
+
+
+def dvs_port_group_name(template: str, network_id: str, physnet: str,
+                        vlan: int) -> str:
+    return template.format(network_id=network_id, physical_network=physnet,
+                           segmentation_id=vlan)
+
+
+def desired_for_network(net: NetworkSpec,
+                        topo: Topology) -> list[DesiredPortGroup]:
+    """The port groups one network needs: one per mapped VLAN/flat segment.
+
+    At most one port group per switch and name: a second segment that would
+    need the same one (two segments on one physical network, or two physical
+    networks on one switch with a template that does not tell them apart) is
+    skipped with a warning.  No name may be a substring of another, because
+    Nova's name lookup matches substrings; the one tolerated case is the bare
+    UUID of a standard port group inside the same network's distributed name.
+    """
+    result: list[DesiredPortGroup] = []
+    seen: set[tuple[str, str, str]] = set()
+    std_hosts: set[str] = set()
+    for seg in net.segments:
+        net_type = seg.get("network_type")
+        physnet = seg.get("physical_network")
+        if net_type not in SUPPORTED_TYPES:
+            LOG.debug("network %s: %s segment ignored (only vlan and flat "
+                      "become port groups)", net.id, net_type)
+            continue
+        target = topo.targets.get(physnet or "")
+        if target is None:
+            LOG.debug("network %s: physical network %s is not in "
+                      "switch_mappings; segment ignored", net.id, physnet)
+            continue
+        vlan = int(seg.get("segmentation_id") or 0) if net_type == "vlan" \
+            else 0
+        if target.kind == DVS:
+            name = dvs_port_group_name(topo.dvs_name_template, net.id,
+                                       physnet, vlan)
+            hosts: frozenset[str] = frozenset()
+        else:
+            name = net.id
+            hosts = target.host_moids
+            if std_hosts & hosts:
+                LOG.warning("network %s: segment on %s skipped: its standard "
+                            "port group would be a second one named %s on "
+                            "the same hosts", net.id, physnet, name)
+                continue
+            std_hosts |= hosts
+        pg = DesiredPortGroup(net.id, seg.get("id"), physnet, target.kind,
+                              target.switch, name, vlan, hosts)
+        if pg.key in seen:
+            LOG.warning("network %s: segment on %s skipped: port group %s on "
+                        "%s is already made for another of its segments",
+                        net.id, physnet, name, target.switch)
+            continue
+        seen.add(pg.key)
+        result.append(pg)
+    return result
+
+
+def name_problems(pgs: Iterable[DesiredPortGroup]) -> list[str]:
+    """Names of one network that Nova's substring lookup would confuse."""
+    pgs = list(pgs)
+    problems = []
+    for a in pgs:
+        for b in pgs:
+            if a is b or a.name not in b.name:
+                continue
+            if a.kind == VSWITCH and b.kind == DVS \
+                    and a.network_id == b.network_id:
+                continue
+            if a.name == b.name and a.switch != b.switch:
+                problems.append(f"port group name '{a.name}' would be used "
+                                f"on both {a.switch} and {b.switch}")
+            elif a.name != b.name:
+                problems.append(f"port group name '{a.name}' is part of "
+                                f"'{b.name}': Nova's lookup would confuse them")
+    return problems
+
+
+def check_length(pgs: Iterable[DesiredPortGroup]) -> list[str]:
+    return [f"port group name '{pg.name}' is longer than "
+            f"{conf.MAX_NAME_LENGTH} characters ([{conf.GROUP}] "
+            f"dvs_port_group_name_template)"
+            for pg in pgs if len(pg.name) > conf.MAX_NAME_LENGTH]
+
+
+def network_from_neutron(network: Mapping[str, Any],
+                         segments: Iterable[Mapping[str, Any]] | None = None
+                         ) -> NetworkSpec:
+    """A NetworkSpec from an ML2 network dict (and its segment list).
+
+    ML2 shows a single-segment network through ``provider:*`` attributes and
+    a multi-segment one through ``segments``; the ML2 context gives the segment
+    list directly, which is preferred when present.
+    """
+    if segments is None:
+        if network.get("segments"):
+            segments = [{"network_type": s.get("provider:network_type"),
+                         "physical_network": s.get("provider:physical_network"),
+                         "segmentation_id": s.get("provider:segmentation_id")}
+                        for s in network["segments"]]
+        elif network.get("provider:network_type"):
+            segments = [{
+                "network_type": network.get("provider:network_type"),
+                "physical_network": network.get("provider:physical_network"),
+                "segmentation_id": network.get("provider:segmentation_id")}]
+        else:
+            segments = []
+    return NetworkSpec(id=network["id"], segments=tuple(
+        {k: s.get(k) for k in ("id", "network_type", "physical_network",
+                               "segmentation_id")} for s in segments))

@@ -1,0 +1,246 @@
+"""Read what vCenter has, in a few batched calls, into plain dataclasses.
+
+Each managed-object type is read with one container view and one
+``RetrievePropertiesEx`` (continued while vCenter pages), never attribute by
+attribute: reading 1,000 port groups that way costs 3 round trips instead of
+3,000.  The result is a snapshot that the pure planner compares with the desired
+state; nothing here changes vCenter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from pyVmomi import vim, vmodl
+
+from networking_vcenter.vsphere.session import Session
+
+# The mark written into the description of every distributed port group we
+# create.  It is set in the create spec itself, so a port group is never ours
+# without it; the network UUID in it says which network the port group serves.
+OWNER_TAG = "networking-vcenter"
+_OWNER_RE = re.compile(OWNER_TAG + r" .*network ([0-9a-f]{8}-[0-9a-f]{4}-"
+                       r"[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+# Custom attribute marking standard networks (a HostPortGroup has no
+# description).  Its value is the Neutron network UUID.
+OWNER_FIELD = "networking-vcenter.network"
+
+
+def owner_description(network_id: str, physnet: str, vlan: int) -> str:
+    tag = f"VLAN {vlan}" if vlan else "untagged"
+    return (f"{OWNER_TAG} managed: Neutron network {network_id} "
+            f"(physical network {physnet}, {tag}). Changes are reverted.")
+
+
+def owner_from_description(description: str | None) -> str | None:
+    m = _OWNER_RE.search(description or "")
+    return m.group(1) if m else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Dvs:
+    moid: str
+    name: str
+    uuid: str
+    host_moids: frozenset[str]
+    ref: Any = dataclasses.field(compare=False, repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class DvsPortGroup:
+    moid: str
+    name: str
+    key: str
+    dvs_moid: str
+    vlan: int | None        # None: a trunk or private VLAN, never ours
+    description: str
+    owner: str | None       # the Neutron network id in our mark, if any
+    vm_count: int
+    ref: Any = dataclasses.field(compare=False, repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostPortGroup:
+    name: str
+    vswitch: str
+    vlan: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    moid: str
+    name: str
+    vswitches: frozenset[str]
+    portgroups: dict[str, HostPortGroup]
+    network_system: Any = dataclasses.field(compare=False, repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class StdNetwork:
+    """A standard port group as vCenter sees it: one object for all hosts."""
+
+    moid: str
+    name: str
+    host_moids: frozenset[str]
+    owner: str | None
+    vm_count: int
+    ref: Any = dataclasses.field(compare=False, repr=False)
+
+
+@dataclasses.dataclass
+class Inventory:
+    """One snapshot of the vSphere objects this driver cares about."""
+
+    switches: dict[str, list[Dvs]]                # name -> DVSs of that name
+    dvs_portgroups: list[DvsPortGroup]
+    clusters: dict[str, list[list[str]]]          # name -> host moids, per
+                                                  # cluster of that name
+    hosts: dict[str, Host]                        # moid -> host
+    std_networks: dict[str, StdNetwork]           # name -> network
+    owner_field_key: int | None                   # None: no custom fields
+    is_vcenter: bool
+
+    def dvs(self, name: str) -> Dvs | None:
+        found = self.switches.get(name) or []
+        return found[0] if len(found) == 1 else None
+
+    def dvs_by_moid(self, moid: str) -> Dvs | None:
+        for group in self.switches.values():
+            for dvs in group:
+                if dvs.moid == moid:
+                    return dvs
+        return None
+
+
+def retrieve(session: Session, vimtype: type, paths: list[str],
+              what: str) -> list[tuple[Any, dict[str, Any]]]:
+    """All objects of one type with the given properties, in one batch."""
+    content = session.content
+    pc = content.propertyCollector
+    view = session.call(f"open a view of {vimtype.__name__} ({what})",
+                        content.viewManager.CreateContainerView,
+                        content.rootFolder, [vimtype], True)
+    try:
+        traversal = vmodl.query.PropertyCollector.TraversalSpec(
+            name="view", path="view", skip=False, type=vim.view.ContainerView)
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(
+                obj=view, skip=True, selectSet=[traversal])],
+            propSet=[vmodl.query.PropertyCollector.PropertySpec(
+                type=vimtype, pathSet=paths)])
+        options = vmodl.query.PropertyCollector.RetrieveOptions()
+        result = session.call(f"read {vimtype.__name__} ({what})",
+                              pc.RetrievePropertiesEx, [spec], options)
+        objects = []
+        while result is not None:
+            for obj in result.objects:
+                props = {p.name: p.val for p in obj.propSet or []}
+                objects.append((obj.obj, props))
+            if not result.token:
+                break
+            result = session.call(f"read more {vimtype.__name__}",
+                                  pc.ContinueRetrievePropertiesEx,
+                                  result.token)
+        return objects
+    finally:
+        try:
+            view.DestroyView()
+        except Exception:  # noqa: BLE001 - the session may be gone; harmless
+            pass
+
+
+def _vlan_of(spec: Any) -> int | None:
+    vlan = getattr(spec, "vlan", None)
+    if isinstance(vlan, vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec):
+        return int(vlan.vlanId)
+    return None
+
+
+def owner_field_key(session: Session) -> int | None:
+    """Key of our custom attribute, or None where vSphere has none (ESXi)."""
+    cfm = session.content.customFieldsManager
+    if cfm is None:
+        return None
+    for field in cfm.field or []:
+        if field.name == OWNER_FIELD:
+            return field.key
+    return None
+
+
+def read(session: Session) -> Inventory:
+    """Read switches, port groups, clusters, hosts and standard networks."""
+    content = session.content
+    is_vcenter = content.about.apiType == "VirtualCenter"
+    field_key = owner_field_key(session)
+
+    def owner_of(custom_values: Any) -> str | None:
+        for cv in custom_values or []:
+            if field_key is not None and cv.key == field_key:
+                return cv.value or None
+        return None
+
+    switches: dict[str, list[Dvs]] = {}
+    for ref, p in retrieve(session, vim.DistributedVirtualSwitch,
+                            ["name", "uuid", "summary.hostMember"],
+                            "distributed switches"):
+        dvs = Dvs(moid=ref._moId, name=p["name"], uuid=p["uuid"],
+                  host_moids=frozenset(h._moId for h in
+                                       p.get("summary.hostMember") or []),
+                  ref=ref)
+        switches.setdefault(dvs.name, []).append(dvs)
+
+    dvpgs = []
+    for ref, p in retrieve(session, vim.dvs.DistributedVirtualPortgroup,
+                            ["name", "key", "config.distributedVirtualSwitch",
+                             "config.defaultPortConfig", "config.description",
+                             "vm"], "distributed port groups"):
+        description = p.get("config.description") or ""
+        dvpgs.append(DvsPortGroup(
+            moid=ref._moId, name=p["name"], key=p["key"],
+            dvs_moid=p["config.distributedVirtualSwitch"]._moId,
+            vlan=_vlan_of(p.get("config.defaultPortConfig")),
+            description=description,
+            owner=owner_from_description(description),
+            vm_count=len(p.get("vm") or []), ref=ref))
+
+    clusters: dict[str, list[list[str]]] = {}
+    for ref, p in retrieve(session, vim.ComputeResource, ["name", "host"],
+                            "clusters"):
+        clusters.setdefault(p["name"], []).append(
+            [h._moId for h in p.get("host") or []])
+
+    hosts = {}
+    for ref, p in retrieve(session, vim.HostSystem,
+                            ["name", "configManager.networkSystem",
+                             "config.network.vswitch",
+                             "config.network.portgroup"], "hosts"):
+        pgs = {}
+        for pg in p.get("config.network.portgroup") or []:
+            pgs[pg.spec.name] = HostPortGroup(
+                name=pg.spec.name, vswitch=pg.spec.vswitchName,
+                vlan=int(pg.spec.vlanId or 0))
+        hosts[ref._moId] = Host(
+            moid=ref._moId, name=p["name"],
+            vswitches=frozenset(v.name for v in
+                                p.get("config.network.vswitch") or []),
+            portgroups=pgs,
+            network_system=p.get("configManager.networkSystem"))
+
+    std: dict[str, StdNetwork] = {}
+    paths = ["name", "host", "vm"] + (["customValue"] if field_key is not None
+                                      else [])
+    for ref, p in retrieve(session, vim.Network, paths, "networks"):
+        if isinstance(ref, (vim.dvs.DistributedVirtualPortgroup,
+                            vim.OpaqueNetwork)):
+            continue
+        std[p["name"]] = StdNetwork(
+            moid=ref._moId, name=p["name"],
+            host_moids=frozenset(h._moId for h in p.get("host") or []),
+            owner=owner_of(p.get("customValue")),
+            vm_count=len(p.get("vm") or []), ref=ref)
+
+    return Inventory(switches=switches, dvs_portgroups=dvpgs,
+                     clusters=clusters, hosts=hosts, std_networks=std,
+                     owner_field_key=field_key, is_vcenter=is_vcenter)
