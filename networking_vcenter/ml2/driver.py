@@ -40,6 +40,11 @@ VIF_TYPE_DVS = "dvs"
 class VCenterMechanismDriver(api.MechanismDriver):
     """Neutron VLAN/flat networks as vSphere port groups."""
 
+    @property
+    def connectivity(self) -> str:
+        # Pure layer 2: a port may be bound before (or without) an IP address.
+        return portbindings.CONNECTIVITY_L2
+
     def initialize(self) -> None:
         try:
             self.settings = conf.load(cfg.CONF)

@@ -226,13 +226,14 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
                 result.steps.append(CreateDvsPortGroup(
                     d.network_id, d.name, d.switch, d.vlan, d.physnet))
             elif have.owner != d.network_id:
-                who = (f"network {have.owner}" if have.owner
-                       else "someone else (no networking-vcenter mark)")
+                who = (f"was made by networking-vcenter for network "
+                       f"{have.owner}" if have.owner
+                       else "was not made by networking-vcenter")
                 result.conflicts.append(Conflict(
                     d.network_id, d.name,
-                    f"port group {d.name} ({have.moid}) on {d.switch} "
-                    f"wanted for network {d.network_id} belongs to {who}; "
-                    f"it is left untouched"))
+                    f"port group {d.name} ({have.moid}) on {d.switch}, "
+                    f"wanted for network {d.network_id}, {who}; it is left "
+                    f"untouched"))
             elif have.vlan != d.vlan:
                 result.steps.append(UpdateDvsPortGroup(
                     d.network_id, d.name, d.switch, have.moid, d.vlan,

@@ -1,0 +1,188 @@
+"""The vcenter driver in the real ML2 plugin against the vCenter simulator."""
+
+from __future__ import annotations
+
+from neutron.plugins.ml2.common import exceptions as ml2_exc
+from neutron.tests.common import helpers
+from neutron_lib.api.definitions import portbindings
+from neutron_lib.api.definitions import provider_net as pnet
+from oslo_utils import uuidutils
+
+from networking_vcenter import exceptions
+from tests.functional import base
+
+
+class TestNetworks(base.VCenterMl2TestCase):
+
+    def test_vlan_network_on_dvs(self):
+        net = self.make_network("vlan", "physnet1", 42)
+        (pg,) = self.vsphere.dv_portgroups(self.dvs_name(net["id"]))
+        self.assertEqual("DVS0", pg["switch"])
+        self.assertEqual(42, pg["vlan"])
+        self.assertIn(net["id"], pg["description"])
+        self.assertIn("networking-vcenter", pg["description"])
+        # Nothing on the standard switches.
+        self.assertEqual({}, self.vsphere.host_portgroups(net["id"]))
+
+    def test_vlan_network_on_standard_vswitch_of_every_cluster_host(self):
+        net = self.make_network("vlan", "physnet2", 250)
+        hosts = self.cluster_hosts()
+        self.assertEqual(3, len(hosts))
+        self.assertEqual({h: ("vSwitch1", 250) for h in hosts},
+                         self.vsphere.host_portgroups(net["id"]))
+        # One vSphere network object spanning the three hosts (real vCenter).
+        (network,) = self.vsphere.networks_named(net["id"])
+        self.assertEqual(sorted(hosts), sorted(h.name for h in network.host))
+        # Hosts of the unmapped cluster DC0_C1 are not touched.
+        for h in self.vsphere.hosts_of_cluster("DC0_C1"):
+            self.assertNotIn(h, self.vsphere.host_portgroups(net["id"]))
+
+    def test_flat_networks_are_untagged(self):
+        dvs_net = self.make_network("flat", "physnet1")
+        (pg,) = self.vsphere.dv_portgroups(self.dvs_name(dvs_net["id"]))
+        self.assertEqual(0, pg["vlan"])
+        self.delete_network(dvs_net["id"])
+        std_net = self.make_network("flat", "physnet2")
+        self.assertEqual({h: ("vSwitch1", 0) for h in self.cluster_hosts()},
+                         self.vsphere.host_portgroups(std_net["id"]))
+
+    def test_multi_segment_network(self):
+        net = self.make_multi_segment_network([
+            {pnet.NETWORK_TYPE: "vlan", pnet.PHYSICAL_NETWORK: "physnet1",
+             pnet.SEGMENTATION_ID: 60},
+            {pnet.NETWORK_TYPE: "vlan", pnet.PHYSICAL_NETWORK: "physnet2",
+             pnet.SEGMENTATION_ID: 260},
+            {pnet.NETWORK_TYPE: "vxlan"},
+        ])
+        (pg,) = self.vsphere.dv_portgroups(self.dvs_name(net["id"]))
+        self.assertEqual(60, pg["vlan"])
+        self.assertEqual({h: ("vSwitch1", 260) for h in self.cluster_hosts()},
+                         self.vsphere.host_portgroups(net["id"]))
+
+    def test_vxlan_and_unmapped_physnet_ignored(self):
+        vx = self.make_network("vxlan")
+        unmapped = self.make_network("vlan", "physnet3", 450)
+        for net in (vx, unmapped):
+            self.assertEqual({}, self.vsphere.host_portgroups(net["id"]))
+            self.assertEqual([], [n for n in self.vsphere.networks_named(
+                net["id"])])
+            for physnet in ("physnet1", "physnet3", "None"):
+                self.assertEqual([], self.vsphere.dv_portgroups(
+                    self.dvs_name(net["id"], physnet)))
+
+    def test_delete_removes_port_groups_everywhere(self):
+        dvs_net = self.make_network("vlan", "physnet1", 70)
+        std_net = self.make_network("vlan", "physnet2", 270)
+        self.assertTrue(self.vsphere.dv_portgroups(
+            self.dvs_name(dvs_net["id"])))
+        self.assertTrue(self.vsphere.host_portgroups(std_net["id"]))
+        self.delete_network(dvs_net["id"])
+        self.delete_network(std_net["id"])
+        self.assertEqual([], self.vsphere.dv_portgroups(
+            self.dvs_name(dvs_net["id"])))
+        self.assertEqual({}, self.vsphere.host_portgroups(std_net["id"]))
+        self.assertEqual([], self.vsphere.networks_named(std_net["id"]))
+
+    def test_create_is_idempotent(self):
+        net = self.make_network("vlan", "physnet1", 71)
+        driver = self.vcenter_driver
+        result = driver.resync()
+        self.assertEqual([], result.plan.for_network(net["id"]).steps)
+        self.assertEqual(1, len(self.vsphere.dv_portgroups(
+            self.dvs_name(net["id"]))))
+
+    def test_foreign_port_group_untouched_and_create_refused(self):
+        net_id = uuidutils.generate_uuid()
+        name = self.dvs_name(net_id)
+        self.vsphere.add_dv_portgroup("DVS0", name, 5, "made by hand")
+        with self.assertRaises(ml2_exc.MechanismDriverError) as err:
+            self.driver.create_network(self.context, {"network": {
+                "id": net_id, "name": "clash", "admin_state_up": True,
+                "tenant_id": "t1", "project_id": "t1", "shared": False,
+                pnet.NETWORK_TYPE: "vlan", pnet.PHYSICAL_NETWORK: "physnet1",
+                pnet.SEGMENTATION_ID: 72}})
+        (inner,) = err.exception.inner_exceptions
+        self.assertIsInstance(inner, exceptions.PortGroupConflict)
+        self.assertIn(name, str(inner))
+        self.assertIn("not made by networking-vcenter", str(inner))
+        # ML2 rolled the network back; the foreign port group is as it was.
+        self.assertEqual([], self.driver.get_networks(
+            self.context, filters={"id": [net_id]}))
+        (pg,) = self.vsphere.dv_portgroups(name)
+        self.assertEqual((5, "made by hand"), (pg["vlan"], pg["description"]))
+
+    def test_foreign_standard_port_group_untouched(self):
+        net = self.make_network("vlan", "physnet2", 273)
+        hosts = self.cluster_hosts()
+        # An operator's own port group on another switch, other name.
+        self.vsphere.add_host_portgroup(hosts[0], "vSwitch0", "ops-only", 9)
+        self.delete_network(net["id"])
+        self.vcenter_driver.resync()
+        self.assertEqual({hosts[0]: ("vSwitch0", 9)},
+                         self.vsphere.host_portgroups("ops-only"))
+        # The simulator's own port groups survive a full resync too.
+        self.assertTrue(self.vsphere.dv_portgroups("DC0_DVPG0"))
+        self.assertTrue(self.vsphere.host_portgroups("VM Network"))
+
+
+class TestPortBinding(base.VCenterMl2TestCase):
+
+    def test_bind_on_compute_host_dvs(self):
+        net = self.make_network("vlan", "physnet1", 80)
+        port = self.bind_port(net["id"], base.COMPUTE_HOST)
+        self.assertEqual("dvs", port[portbindings.VIF_TYPE])
+        details = port[portbindings.VIF_DETAILS]
+        (pg,) = self.vsphere.dv_portgroups(self.dvs_name(net["id"]))
+        self.assertEqual(pg["switch_uuid"], details["dvs_id"])
+        self.assertEqual(pg["key"], details["pg_id"])
+        self.assertEqual(self.dvs_name(net["id"]),
+                         details["dvs_port_group_name"])
+        self.assertEqual(80, details["segmentation_id"])
+
+    def test_bind_on_compute_host_standard(self):
+        net = self.make_network("vlan", "physnet2", 280)
+        port = self.bind_port(net["id"], base.COMPUTE_HOST)
+        self.assertEqual("dvs", port[portbindings.VIF_TYPE])
+        details = port[portbindings.VIF_DETAILS]
+        self.assertEqual(net["id"], details["dvs_port_group_name"])
+        self.assertEqual(280, details["segmentation_id"])
+        self.assertNotIn("dvs_id", details)
+
+    def test_bind_prefers_dvs_when_both_reach_the_host(self):
+        net = self.make_multi_segment_network([
+            {pnet.NETWORK_TYPE: "vlan", pnet.PHYSICAL_NETWORK: "physnet2",
+             pnet.SEGMENTATION_ID: 281},
+            {pnet.NETWORK_TYPE: "vlan", pnet.PHYSICAL_NETWORK: "physnet1",
+             pnet.SEGMENTATION_ID: 81},
+        ])
+        port = self.bind_port(net["id"], base.COMPUTE_HOST)
+        details = port[portbindings.VIF_DETAILS]
+        self.assertEqual(self.dvs_name(net["id"]),
+                         details["dvs_port_group_name"])
+        self.assertIn("pg_id", details)
+
+    def test_bind_recreates_missing_port_group(self):
+        net = self.make_network("vlan", "physnet1", 82)
+        self.vsphere.destroy_dv_portgroup(self.dvs_name(net["id"]))
+        port = self.bind_port(net["id"], base.COMPUTE_HOST)
+        (pg,) = self.vsphere.dv_portgroups(self.dvs_name(net["id"]))
+        self.assertEqual(pg["key"], port[portbindings.VIF_DETAILS]["pg_id"])
+
+    def test_ovs_host_left_to_openvswitch(self):
+        helpers.register_ovs_agent(host=base.NETWORK_NODE,
+                                   bridge_mappings={"physnet1": "br-eth1"})
+        net = self.make_network("vlan", "physnet1", 83)
+        port = self.bind_port(net["id"], base.NETWORK_NODE)
+        self.assertEqual("ovs", port[portbindings.VIF_TYPE])
+        compute = self.bind_port(net["id"], base.COMPUTE_HOST)
+        self.assertEqual("dvs", compute[portbindings.VIF_TYPE])
+
+    def test_unknown_host_not_bound_by_vcenter(self):
+        net = self.make_network("vlan", "physnet1", 84)
+        port = self.bind_port(net["id"], "some-kvm-host")
+        self.assertEqual("binding_failed", port[portbindings.VIF_TYPE])
+
+    def test_vxlan_network_not_bound_on_compute_host(self):
+        net = self.make_network("vxlan")
+        port = self.bind_port(net["id"], base.COMPUTE_HOST)
+        self.assertEqual("binding_failed", port[portbindings.VIF_TYPE])

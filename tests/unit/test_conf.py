@@ -1,0 +1,82 @@
+"""Parsing and validation of [ml2_vcenter] without any vCenter."""
+
+import pytest
+from oslo_config import cfg
+
+from networking_vcenter import conf
+from networking_vcenter import exceptions
+
+
+def make_conf(**overrides):
+    c = cfg.ConfigOpts()
+    conf.register_opts(c)
+    c([], project="neutron")
+    base = dict(host_ip="vc.example.org", host_username="svc",
+                host_password="s3cret-pw", switch_mappings=["physnet1:DVS0"],
+                compute_hosts=["vc-compute-1:Cluster1"])
+    base.update(overrides)
+    for k, v in base.items():
+        c.set_override(k, v, group=conf.GROUP)
+    return c
+
+
+def test_valid_settings():
+    s = conf.load(make_conf(switch_mappings=["physnet1:DVS0",
+                                             "physnet2:vSwitch1"],
+                            compute_hosts=["a:C1", "b:C2", "c:C1"]))
+    assert s.switch_mappings == {"physnet1": "DVS0", "physnet2": "vSwitch1"}
+    assert s.compute_hosts == {"a": "C1", "b": "C2", "c": "C1"}
+    assert s.clusters == ["C1", "C2"]
+    assert s.host_port == 443 and s.insecure is False
+    assert "s3cret-pw" not in repr(s)
+
+
+@pytest.mark.parametrize("entries, expected", [
+    (["physnet1"], "switch_mappings: entry 'physnet1' is not of the form"),
+    (["physnet1:"], "switch_mappings: entry 'physnet1:' is not of the form"),
+    ([":DVS0"], "switch_mappings: entry ':DVS0' is not of the form"),
+    (["a:b:c"], "switch_mappings: entry 'a:b:c' is not of the form"),
+    (["p1:DVS0", "p1:DVS1"], "switch_mappings: 'p1' is mapped twice"),
+])
+def test_malformed_switch_mappings(entries, expected):
+    with pytest.raises(exceptions.ConfigError) as err:
+        conf.load(make_conf(switch_mappings=entries))
+    assert expected in str(err.value)
+    assert "[ml2_vcenter]" in str(err.value)
+
+
+def test_every_problem_reported_once():
+    with pytest.raises(exceptions.ConfigError) as err:
+        conf.load(make_conf(host_ip=None, switch_mappings=["bad"],
+                            compute_hosts=[],
+                            dvs_port_group_name_template="pg-{vlan}"))
+    problems = err.value.problems
+    assert any("host_ip is not set" in p for p in problems)
+    assert any("entry 'bad'" in p for p in problems)
+    assert any("compute_hosts is empty" in p for p in problems)
+    assert any("must contain {network_id}" in p for p in problems)
+    assert any("unknown field(s) vlan" in p for p in problems)
+    assert len(problems) == 5
+
+
+def test_password_never_in_errors():
+    with pytest.raises(exceptions.ConfigError) as err:
+        conf.load(make_conf(switch_mappings=["x"]))
+    assert "s3cret-pw" not in str(err.value)
+
+
+def test_ca_file_and_insecure_exclusive():
+    with pytest.raises(exceptions.ConfigError) as err:
+        conf.load(make_conf(ca_file="/etc/ssl/ca.pem", insecure=True))
+    assert "ca_file and insecure" in str(err.value)
+
+
+def test_list_opts_for_generator():
+    groups = dict(conf.list_opts())
+    names = {o.name for o in groups["ml2_vcenter"]}
+    assert {"host_ip", "host_port", "host_username", "host_password",
+            "ca_file", "insecure", "switch_mappings", "compute_hosts",
+            "dvs_port_group_name_template", "task_timeout",
+            "api_retry_count", "resync_interval"} <= names
+    secret = [o for o in groups["ml2_vcenter"] if o.name == "host_password"]
+    assert secret[0].secret
