@@ -1,0 +1,75 @@
+# networking-vcenter: every set-up step a fresh Debian bookworm machine needs.
+#   make demo        the end-to-end demo (MODE=real for MariaDB + RabbitMQ)
+#   make test        the whole test suite (what CI runs)
+# Each step is skipped when already done.
+
+SHELL := /bin/bash
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+NOVA_VENV ?= $(CURDIR)/.venv-nova
+BUILD := $(CURDIR)/tools/vcsim/build
+WSDL := $(BUILD)/wsdl
+MODE ?= embedded
+PYTEST_ARGS ?=
+APT_PACKAGES := golang-go golang-github-vmware-govmomi-dev patch mariadb-server rabbitmq-server
+
+export NOVA_VENV
+
+.PHONY: all deps apt venv vcsim nova wsdl test unit functional e2e demo sample-config check-sample clean
+
+all: test
+
+apt: .stamp-apt
+.stamp-apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing $$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -c 'import neutron, networking_vcenter, pyVmomi'
+	@touch $@
+
+vcsim: apt
+	bash tools/vcsim/build.sh
+
+nova: $(NOVA_VENV)/.stamp
+$(NOVA_VENV)/.stamp:
+	bash tools/nova/setup-venv.sh
+	@touch $@
+
+wsdl: nova
+	bash tools/vcsim/assemble-wsdl.sh $(WSDL)
+
+deps: apt venv vcsim nova wsdl
+
+sample-config: venv
+	$(VENV)/bin/oslo-config-generator --config-file etc/oslo-config-generator/networking-vcenter.conf
+
+check-sample: venv
+	@tmp=$$(mktemp); $(VENV)/bin/oslo-config-generator --config-file etc/oslo-config-generator/networking-vcenter.conf --output-file $$tmp; \
+	diff -u etc/ml2_conf_vcenter.ini.sample $$tmp >/dev/null || { echo "etc/ml2_conf_vcenter.ini.sample is stale: run 'make sample-config'"; rm -f $$tmp; exit 1; }; rm -f $$tmp
+
+unit: venv
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+functional: deps
+	$(PY) -m pytest tests/simulator tests/functional -q -p no:warnings $(PYTEST_ARGS)
+
+e2e: deps
+	$(PY) -m pytest tests/e2e -q -p no:warnings $(PYTEST_ARGS)
+
+test: deps check-sample
+	$(PY) -m pytest tests -q -p no:warnings -p no:cacheprovider $(PYTEST_ARGS)
+
+demo: deps
+	$(PY) tools/demo.py --mode $(MODE)
+
+clean:
+	rm -rf $(BUILD) .stamp-apt .work

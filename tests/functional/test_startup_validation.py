@@ -1,0 +1,145 @@
+"""Start-up validation: each bad configuration is refused with its own message.
+
+The driver is loaded through its ``neutron.ml2.mechanism_drivers`` entry point,
+as ML2 loads it, and initialised against the simulator.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from importlib.metadata import entry_points
+
+import pytest
+from oslo_config import cfg
+from oslo_config import fixture as config_fixture
+from pyVmomi import vim
+
+from networking_vcenter import conf
+from networking_vcenter import exceptions
+from tests.fixtures.vcsim import Vcsim
+from tests.fixtures.vsphere_reader import Reader
+
+PASSWORD = "pass"
+
+
+@pytest.fixture(scope="module")
+def vcsim():
+    sim = Vcsim(extra_args=("-extra-vswitch", "vSwitch1")).start()
+    reader = Reader(sim.connect())
+    # A vSwitch on one host only, and a vSwitch named like the DVS.
+    host = reader.host("DC0_C0_H0").configManager.networkSystem
+    host.AddVirtualSwitch("vSwitchLonely", vim.host.VirtualSwitch.Specification(
+        numPorts=64))
+    host.AddVirtualSwitch("DVS0", vim.host.VirtualSwitch.Specification(
+        numPorts=64))
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def config(vcsim):
+    fix = config_fixture.Config(cfg.CONF)
+    fix.setUp()
+    conf.register_opts(cfg.CONF)
+    base = dict(host_ip=vcsim.host, host_port=vcsim.port,
+                host_username=vcsim.username, host_password=PASSWORD,
+                insecure=True, api_retry_count=0, resync_interval=0,
+                switch_mappings=["physnet1:DVS0"],
+                compute_hosts=["vc-compute-1:DC0_C1"])
+
+    def set_(**overrides):
+        for k, v in {**base, **overrides}.items():
+            fix.config(**{k: v}, group=conf.GROUP)
+    yield set_
+    fix.cleanUp()
+
+
+def start_driver():
+    (ep,) = entry_points(group="neutron.ml2.mechanism_drivers",
+                         name="vcenter")
+    driver = ep.load()()
+    driver.initialize()
+    return driver
+
+
+def refused(caplog, error_type=exceptions.VCenterError) -> str:
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(error_type) as err:
+            start_driver()
+    text = str(err.value)
+    assert PASSWORD not in text.replace("vCenter", "")
+    assert f"password {PASSWORD}" not in caplog.text
+    assert "cannot start" in caplog.text   # logged once, clearly
+    return text
+
+
+def test_good_configuration_starts(config):
+    config()
+    driver = start_driver()
+    assert driver.topology.targets["physnet1"].kind == "dvs"
+    driver.reconciler.session.close()
+
+
+def test_unreachable_vcenter(config, caplog):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    config(host_port=closed)
+    text = refused(caplog, exceptions.ConnectionFailed)
+    assert f"127.0.0.1:{closed}" in text and "unreachable" in text
+    assert "host_ip/host_port" in text
+
+
+def test_bad_credentials(config, caplog):
+    config(host_password="wrong-" + "secret")
+    text = refused(caplog, exceptions.AuthenticationFailed)
+    assert "refused the login of user 'user'" in text
+    assert "wrong-secret" not in text and "wrong-secret" not in caplog.text
+
+
+def test_tls_verified_by_default(config, caplog):
+    config(insecure=False)
+    text = refused(caplog, exceptions.TLSFailed)
+    assert "TLS verification" in text and "ca_file" in text
+
+
+def test_unknown_switch(config, caplog):
+    config(switch_mappings=["physnet1:DVS0", "physnet2:NoSuchSwitch"])
+    text = refused(caplog, exceptions.ConfigError)
+    assert "'physnet2:NoSuchSwitch'" in text
+    assert "neither a distributed switch" in text
+
+
+def test_unknown_cluster(config, caplog):
+    config(compute_hosts=["vc-compute-1:NoSuchCluster"])
+    text = refused(caplog, exceptions.ConfigError)
+    assert "cluster 'NoSuchCluster' does not exist" in text
+
+
+def test_malformed_mapping(config, caplog):
+    config(switch_mappings=["physnet1-DVS0"])
+    text = refused(caplog, exceptions.ConfigError)
+    assert "switch_mappings: entry 'physnet1-DVS0' is not of the form" in text
+
+
+def test_vswitch_missing_on_some_hosts(config, caplog):
+    config(switch_mappings=["physnet2:vSwitchLonely"],
+           compute_hosts=["vc-compute-1:DC0_C0"])
+    text = refused(caplog, exceptions.ConfigError)
+    assert "'vSwitchLonely' is missing on host(s) DC0_C0_H1, DC0_C0_H2" in text
+
+
+def test_switch_both_distributed_and_standard(config, caplog):
+    config(compute_hosts=["vc-compute-1:DC0_C0"])
+    text = refused(caplog, exceptions.ConfigError)
+    assert "'DVS0' is both a distributed switch and a standard vSwitch " \
+           "(on DC0_C0_H0)" in text
+
+
+def test_several_problems_one_line_each(config, caplog):
+    config(switch_mappings=["physnet1:Nope1", "physnet2:Nope2"],
+           compute_hosts=["a:DC0_C0", "b:Missing"])
+    text = refused(caplog, exceptions.ConfigError)
+    lines = [ln for ln in text.splitlines() if ln.strip().startswith("- ")]
+    assert len(lines) == 3, text
