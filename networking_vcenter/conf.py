@@ -87,6 +87,11 @@ behaviour_opts = [
                     "hand edits (missing port groups re-created, wrong VLANs "
                     "fixed, port groups of deleted networks removed). "
                     "0 disables the periodic pass."),
+    cfg.FloatOpt("api_call_budget", default=20.0, min=0.0,
+                 help="Seconds a network create, update or delete API call "
+                      "spends retrying an unavailable vCenter before it "
+                      "succeeds anyway and leaves the port group work to "
+                      "the periodic resync. Port binding uses it too."),
     cfg.IntOpt("max_parallel_tasks", default=8, min=1,
                help="Upper bound on vSphere calls and tasks the driver runs "
                     "at the same time (e.g. adding a standard port group on "
@@ -127,6 +132,7 @@ class Settings:
     max_parallel_tasks: int
     dvs_batch_size: int
     resync_interval: int = 0
+    api_call_budget: float = 20.0
 
     @property
     def clusters(self) -> list[str]:
@@ -232,4 +238,5 @@ def load(conf: cfg.ConfigOpts = cfg.CONF) -> Settings:
         max_parallel_tasks=group.max_parallel_tasks,
         dvs_batch_size=group.dvs_batch_size,
         resync_interval=group.resync_interval,
+        api_call_budget=group.api_call_budget,
     )

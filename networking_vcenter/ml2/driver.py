@@ -81,7 +81,9 @@ class VCenterMechanismDriver(api.MechanismDriver):
     def _sync(self, net: desired_mod.NetworkSpec, refuse: bool):
         """Reconcile one network; refuse the API call only on a permanent no."""
         try:
-            result = self.reconciler.sync([net])
+            with self.reconciler.session.budget(self.settings.api_call_budget):
+                result = self.reconciler.sync(
+                    [net], wait=self.settings.api_call_budget)
         except exceptions.TransientFault as exc:
             LOG.warning("network %s: vCenter unavailable (%s); the periodic "
                         "resync will finish the work", net.id, exc)
@@ -130,7 +132,9 @@ class VCenterMechanismDriver(api.MechanismDriver):
         net = desired_mod.network_from_neutron(network.current,
                                                network.network_segments)
         try:
-            result = self.reconciler.sync([net])
+            with self.reconciler.session.budget(self.settings.api_call_budget):
+                result = self.reconciler.sync(
+                    [net], wait=self.settings.api_call_budget)
             self.topology = result.topology
             pg = next(d for d in result.desired
                       if d.segment_id == segment[api.ID])

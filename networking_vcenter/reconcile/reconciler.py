@@ -75,22 +75,36 @@ class Reconciler:
         return result, refused
 
     def sync(self, networks: Iterable[desired_mod.NetworkSpec],
-             full: bool = False, dry_run: bool = False) -> Pass:
-        """Reconcile ``networks`` (all of Neutron's when ``full``)."""
+             full: bool = False, dry_run: bool = False,
+             wait: float = -1) -> Pass:
+        """Reconcile ``networks`` (all of Neutron's when ``full``).
+
+        Passes of one process run one at a time; ``wait`` bounds how long a
+        caller queues behind another pass (-1: as long as it takes).
+        """
         networks = list(networks)
-        with self._lock:
-            self._ensure_owner_field()
-            inv = inventory.read(self.session)
-            topo = desired_mod.build_topology(self.settings, inv)
-            want, refused = self.desired(networks, topo)
-            scope = None if full else {n.id for n in networks}
-            the_plan = plan_mod.plan(want, inv, scope)
-            the_plan.conflicts.extend(refused)
-            if dry_run:
-                return Pass(topo, inv, want, the_plan, None)
-            outcome = apply_mod.Applier(self.session, self.settings).apply(
-                the_plan, inv)
-            return Pass(topo, inv, want, the_plan, outcome)
+        if not self._lock.acquire(timeout=wait):
+            raise exceptions.TransientFault(
+                "reconcile", f"another pass is still running after {wait}s")
+        try:
+            return self._sync(networks, full, dry_run)
+        finally:
+            self._lock.release()
+
+    def _sync(self, networks: list[desired_mod.NetworkSpec], full: bool,
+              dry_run: bool) -> Pass:
+        self._ensure_owner_field()
+        inv = inventory.read(self.session)
+        topo = desired_mod.build_topology(self.settings, inv)
+        want, refused = self.desired(networks, topo)
+        scope = None if full else {n.id for n in networks}
+        the_plan = plan_mod.plan(want, inv, scope)
+        the_plan.conflicts.extend(refused)
+        if dry_run:
+            return Pass(topo, inv, want, the_plan, None)
+        outcome = apply_mod.Applier(self.session, self.settings).apply(
+            the_plan, inv)
+        return Pass(topo, inv, want, the_plan, outcome)
 
     def find_port_group(self, pg: desired_mod.DesiredPortGroup,
                         inv: inventory.Inventory | None = None

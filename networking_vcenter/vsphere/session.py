@@ -19,6 +19,7 @@ Tasks are awaited together with one property-collector filter and
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import socket
@@ -78,6 +79,26 @@ class Session:
         self._stub: SoapStubAdapter | None = None
         self._content: vim.ServiceInstanceContent | None = None
         self._generation = 0
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def budget(self, seconds: float):
+        """Bound the retries of every call made in this block by this thread.
+
+        API hooks use it so that a network create never waits on a vCenter
+        that is down for longer than configured; once the budget is spent a
+        transient fault is raised at once instead of retried.
+        """
+        previous = getattr(self._local, "deadline", None)
+        self._local.deadline = time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._local.deadline = previous
+
+    def _out_of_time(self, delay: float) -> bool:
+        deadline = getattr(self._local, "deadline", None)
+        return deadline is not None and time.monotonic() + delay > deadline
 
     # -- connection --------------------------------------------------------
 
@@ -193,7 +214,7 @@ class Session:
             except TRANSIENT_FAULTS + TRANSPORT_ERRORS as exc:
                 if isinstance(exc, vim.fault.ResourceInUse):
                     raise exceptions.InUse(what, fault_text(exc))
-                if attempt >= retries:
+                if attempt >= retries or self._out_of_time(delay):
                     raise exceptions.TransientFault(what, fault_text(exc)
                                                     if isinstance(exc, vmodl.MethodFault)
                                                     else repr(exc))
