@@ -70,8 +70,11 @@ class VCenterMechanismDriver(api.MechanismDriver):
             context.current, context.network_segments), refuse=True)
 
     def update_network_postcommit(self, context: api.NetworkContext) -> None:
+        # Also called for segments added or removed through the segments
+        # service plugin.  ML2 cannot roll an update back, so a refusal would
+        # only mislead: problems are logged and retried by the resync.
         self._sync(desired_mod.network_from_neutron(
-            context.current, context.network_segments), refuse=True)
+            context.current, context.network_segments), refuse=False)
 
     def delete_network_postcommit(self, context: api.NetworkContext) -> None:
         # No segments: every port group of the network becomes an orphan.
@@ -102,13 +105,6 @@ class VCenterMechanismDriver(api.MechanismDriver):
                        + "; ".join(problems))
         self.topology = result.topology
         return result
-
-    # -- segments added or removed through the segments service plugin ------
-
-    def update_network_segments(self, network_id: str) -> None:
-        plugin = directory.get_plugin()
-        net = plugin.get_network(n_context.get_admin_context(), network_id)
-        self._sync(desired_mod.network_from_neutron(net), refuse=False)
 
     # -- port binding ----------------------------------------------------------
 

@@ -1,0 +1,106 @@
+"""End-to-end fixtures: the simulator and a real Neutron API, started and
+stopped by the tests themselves, driven by the real ``openstack`` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.e2e import nova_client
+from tests.fixtures.vcsim import Vcsim
+from tests.fixtures.vsphere_reader import Reader
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import neutron_server  # noqa: E402
+
+COMPUTE_HOSTS = "vc-compute-1:DC0_C0,vc-compute-2:DC0_C1"
+SWITCH_MAPPINGS = "physnet1:DVS0,physnet2:vSwitch1"
+OPENSTACK = os.path.join(os.path.dirname(sys.executable), "openstack")
+
+
+class Api:
+    """The Neutron API through the openstack CLI, and raw HTTP for bulk."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def cli(self, *args: str, check: bool = True) -> object:
+        cmd = [OPENSTACK, "--os-auth-type", "none", "--os-endpoint",
+               self.url, *args]
+        if args[-1] != "--no-format":
+            cmd += ["-f", "json"]
+        else:
+            cmd.pop(cmd.index("--no-format"))
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed: {proc.stderr}")
+        if not check:
+            return proc
+        return json.loads(proc.stdout) if proc.stdout.strip() else None
+
+    def http(self, method: str, path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method,
+            headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=300) as resp:
+                text = resp.read()
+                return resp.status, json.loads(text) if text else None
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+
+@pytest.fixture(scope="session")
+def wsdl_dir():
+    return nova_client.ensure_wsdl()
+
+
+@pytest.fixture(scope="session")
+def vcsim(wsdl_dir):
+    sim = Vcsim(vms=1, wsdl_dir=wsdl_dir,
+                extra_args=("-extra-vswitch", "vSwitch1")).start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="session")
+def vsphere(vcsim):
+    return Reader(vcsim.connect())
+
+
+def start_server(vcsim, mode: str, port: int, **kw):
+    workdir = tempfile.mkdtemp(prefix=f"neutron-{mode}-")
+    server = neutron_server.NeutronServer(
+        workdir, mode, vcenter_host=vcsim.host, vcenter_port=vcsim.port,
+        vcenter_user=vcsim.username, vcenter_password=vcsim.password,
+        switch_mappings=SWITCH_MAPPINGS, compute_hosts=COMPUTE_HOSTS,
+        port=port, quiet=True, **kw)
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def neutron(vcsim):
+    server = start_server(vcsim, "embedded", neutron_server.free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def api(neutron):
+    return Api(neutron.url)
