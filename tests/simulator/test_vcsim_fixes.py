@@ -331,3 +331,28 @@ def test_failed_start_reports_log_and_leaves_nothing_running():
     assert s.proc is None and s.returncode not in (None, 0)
     s.stop()  # idempotent
     os.unlink(s.log_path)
+
+
+def test_update_portgroup_changes_vlan_in_place(si):
+    """Patch 0005: ESXi's UpdatePortGroup (esxcfg-vswitch --vlan)."""
+    host = si.content.viewManager.CreateContainerView(
+        si.content.rootFolder, [vim.HostSystem], True).view[0]
+    ns = host.configManager.networkSystem
+    ns.AddPortGroup(_pg_spec("pg-update", 10))
+    ns.UpdatePortGroup("pg-update", _pg_spec("pg-update", 11))
+    (pg,) = [p for p in host.config.network.portgroup
+             if p.spec.name == "pg-update"]
+    assert (pg.spec.vlanId, pg.spec.vswitchName) == (11, "vSwitch0")
+    with pytest.raises(vim.fault.NotFound):
+        ns.UpdatePortGroup("no-such-pg", _pg_spec("no-such-pg", 1))
+    ns.RemovePortGroup("pg-update")
+
+
+def test_login_checks_the_password():
+    """A real vCenter refuses a wrong password; stock vcsim accepts any."""
+    with Vcsim(extra_args=("-password", "right-one")) as s:
+        s.password = "wrong-one"
+        with pytest.raises(vim.fault.InvalidLogin):
+            s.connect()
+        s.password = "right-one"
+        assert s.connect().RetrieveContent().about.apiType == "VirtualCenter"

@@ -85,6 +85,8 @@ func run() error {
 		methodDelay = flag.String("method-delay", "", "extra milliseconds per method, e.g. AddDVPortgroup_Task:200,AddPortGroup:100")
 		wsdlDir     = flag.String("wsdl-dir", "", "serve every file of this directory under /sdk/<name>")
 		pidfile     = flag.String("pidfile", "", "write the process id to this file")
+		username    = flag.String("username", "user", "the only user name that may log in")
+		password    = flag.String("password", "pass", "its password (checked, as by a real vCenter)")
 		extraDVS    listFlag
 		extraVSw    listFlag
 	)
@@ -136,7 +138,10 @@ func run() error {
 	model.DelayConfig.MethodDelay = delays
 
 	model.Service.TLS = new(tls.Config)
-	model.Service.Listen = &url.URL{Host: *listen}
+	// A URL user other than the package's DefaultLogin makes the simulator
+	// check both name and password, as a real vCenter does; with DefaultLogin
+	// (or none) it accepts any non-empty password.
+	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
 
 	if *wsdlDir != "" {
 		if err := serveDir(model.Service, *wsdlDir); err != nil {
