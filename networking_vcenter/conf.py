@@ -87,6 +87,18 @@ behaviour_opts = [
                     "hand edits (missing port groups re-created, wrong VLANs "
                     "fixed, port groups of deleted networks removed). "
                     "0 disables the periodic pass."),
+    cfg.IntOpt("resync_grace_period", default=30, min=0,
+               help="A full resync leaves alone networks changed less than "
+                    "this many seconds ago: their own API call is still "
+                    "reconciling them."),
+    cfg.StrOpt("coordination_backend_url", secret=True,
+               help="tooz backend for the locks that keep API workers and "
+                    "servers from reconciling the same network at once and "
+                    "run one full resync at a time, e.g. "
+                    "'mysql://neutron:PW@db/neutron', 'redis://host:6379', "
+                    "'etcd3+http://host:2379'. Default: a file lock in "
+                    "[oslo_concurrency] lock_path, enough for the workers "
+                    "of one host."),
     cfg.FloatOpt("api_call_budget", default=20.0, min=0.0,
                  help="Seconds a network create, update or delete API call "
                       "spends retrying an unavailable vCenter before it "
@@ -133,6 +145,8 @@ class Settings:
     dvs_batch_size: int
     resync_interval: int = 0
     api_call_budget: float = 20.0
+    resync_grace_period: int = 30
+    coordination_backend_url: str | None = None
 
     @property
     def clusters(self) -> list[str]:
@@ -239,4 +253,6 @@ def load(conf: cfg.ConfigOpts = cfg.CONF) -> Settings:
         dvs_batch_size=group.dvs_batch_size,
         resync_interval=group.resync_interval,
         api_call_budget=group.api_call_budget,
+        resync_grace_period=group.resync_grace_period,
+        coordination_backend_url=group.coordination_backend_url,
     )

@@ -1,17 +1,20 @@
 """The ``vcenter`` ML2 mechanism driver: translate, trigger, bind.
 
-This module speaks ML2 and nothing else.  Network changes become "reconcile this
-network" requests to :class:`~networking_vcenter.reconcile.reconciler.Reconciler`;
-``bind_port`` answers for the nova-compute hosts of ``compute_hosts`` with
-``vif_type = dvs``.  What the API user sees:
+This module speaks ML2 and nothing else.  A network change becomes "reconcile
+network N" for :class:`~networking_vcenter.reconcile.reconciler.Reconciler`,
+which reads N afresh from Neutron; ``bind_port`` answers for the nova-compute
+hosts of ``compute_hosts`` with ``vif_type = dvs``.  What the API user sees:
 
 * a network whose port group vCenter *refuses* (a name taken by a port group we
-  did not create, a name too long) is refused with 409 and a message naming both
-  sides; ML2 then deletes the network, so Neutron and vCenter stay consistent;
-* when vCenter is merely *unavailable* the API call succeeds and the periodic
-  resync creates (or deletes) the port groups once vCenter is back;
+  did not create, a name too long) is refused at create with 409 and a message
+  naming both sides; ML2 then deletes the network, so Neutron and vCenter stay
+  consistent.  Updates are never refused: ML2 cannot roll them back;
+* when vCenter is *unavailable* or slow, network create, update and delete
+  succeed within ``api_call_budget`` seconds (at once while vCenter is known to
+  be down) and the periodic resync does the port group work once vCenter is
+  back;
 * binding a port whose port group cannot be made leaves the port unbound
-  (``binding_failed``) with the reason in the log -- the one case that fails.
+  (``binding_failed``), with the reason in the log: the one thing that fails.
 """
 
 from __future__ import annotations
@@ -30,11 +33,36 @@ from oslo_config import cfg
 from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter.reconcile import desired as desired_mod
-from networking_vcenter.reconcile.reconciler import Reconciler
+from networking_vcenter.reconcile import locks as locks_mod
+from networking_vcenter.reconcile.reconciler import Pass, Reconciler
 
 LOG = logging.getLogger(__name__)
 
 VIF_TYPE_DVS = "dvs"
+# Seconds after vCenter was found unreachable during which API hooks do not
+# try it again (the resync does).
+UNREACHABLE_HOLD_OFF = 30.0
+# Seconds between start-up and the first full pass, so the plugin is ready.
+FIRST_PASS_DELAY = 5.0
+
+
+def neutron_networks(ids: set[str] | None) -> list[desired_mod.NetworkSpec]:
+    """Networks (all, or those ids) read now through the core plugin."""
+    plugin = directory.get_plugin()
+    filters = {"id": sorted(ids)} if ids is not None else None
+    nets = plugin.get_networks(n_context.get_admin_context(), filters=filters)
+    return [desired_mod.network_from_neutron(n) for n in nets]
+
+
+def make_reconciler(settings: conf.Settings) -> Reconciler:
+    lock_path = None
+    try:
+        lock_path = cfg.CONF.oslo_concurrency.lock_path
+    except cfg.NoSuchOptError:
+        pass
+    url = settings.coordination_backend_url or \
+        locks_mod.default_backend_url(lock_path)
+    return Reconciler(settings, locks_mod.Locks(url))
 
 
 class VCenterMechanismDriver(api.MechanismDriver):
@@ -48,14 +76,15 @@ class VCenterMechanismDriver(api.MechanismDriver):
     def initialize(self) -> None:
         try:
             self.settings = conf.load(cfg.CONF)
-            self.reconciler = Reconciler(self.settings)
+            self.reconciler = make_reconciler(self.settings)
             self.topology = self.reconciler.validate()
         except exceptions.VCenterError as exc:
             LOG.critical("vcenter mechanism driver cannot start: %s", exc)
             raise
-        LOG.info("vcenter driver ready: %s", ", ".join(
+        LOG.info("vcenter driver ready: %s; locks: %s", ", ".join(
             f"{t.physnet} -> {t.kind} {t.switch}"
-            for t in self.topology.targets.values()))
+            for t in self.topology.targets.values()),
+            self.reconciler.locks.backend_url.split("@")[-1])
         self._stop = threading.Event()
         self._resync_thread = None
         if self.settings.resync_interval:
@@ -66,45 +95,54 @@ class VCenterMechanismDriver(api.MechanismDriver):
     # -- networks ------------------------------------------------------------
 
     def create_network_postcommit(self, context: api.NetworkContext) -> None:
-        self._sync(desired_mod.network_from_neutron(
-            context.current, context.network_segments), refuse=True)
+        self._sync(context.current["id"], refuse=True)
 
     def update_network_postcommit(self, context: api.NetworkContext) -> None:
         # Also called for segments added or removed through the segments
-        # service plugin.  ML2 cannot roll an update back, so a refusal would
-        # only mislead: problems are logged and retried by the resync.
-        self._sync(desired_mod.network_from_neutron(
-            context.current, context.network_segments), refuse=False)
+        # service plugin.
+        self._sync(context.current["id"], refuse=False)
 
     def delete_network_postcommit(self, context: api.NetworkContext) -> None:
-        # No segments: every port group of the network becomes an orphan.
-        self._sync(desired_mod.NetworkSpec(context.current["id"], ()),
-                   refuse=False)
+        self._sync(context.current["id"], refuse=False)
 
-    def _sync(self, net: desired_mod.NetworkSpec, refuse: bool):
-        """Reconcile one network; refuse the API call only on a permanent no."""
+    def _reconcile(self, network_id: str) -> Pass:
+        """Reconcile one network within the API time budget."""
+        down = self.reconciler.session.unreachable_for()
+        if down is not None and down < UNREACHABLE_HOLD_OFF:
+            raise exceptions.TransientFault(
+                f"reconcile network {network_id}",
+                f"vCenter was unreachable {down:.0f}s ago")
+        budget = self.settings.api_call_budget
+        with self.reconciler.session.budget(budget):
+            result = self.reconciler.sync_network(
+                network_id, neutron_networks, wait=budget)
+        self.topology = result.topology
+        return result
+
+    def _sync(self, network_id: str, refuse: bool) -> None:
+        """Reconcile; refuse the API call only on a permanent no at create."""
         try:
-            with self.reconciler.session.budget(self.settings.api_call_budget):
-                result = self.reconciler.sync(
-                    [net], wait=self.settings.api_call_budget)
+            result = self._reconcile(network_id)
         except exceptions.TransientFault as exc:
             LOG.warning("network %s: vCenter unavailable (%s); the periodic "
-                        "resync will finish the work", net.id, exc)
-            return None
+                        "resync will finish the work", network_id, exc)
+            return
         except exceptions.VCenterError as exc:
             LOG.error("network %s: %s; the periodic resync will retry",
-                      net.id, exc)
-            return None
+                      network_id, exc)
+            return
+        except Exception:  # noqa: BLE001 - a bug must not fail the API call
+            LOG.exception("network %s: unexpected error; the periodic resync "
+                          "will retry", network_id)
+            return
         outcome = result.outcome
         problems = [c.reason for c in outcome.conflicts] + \
             [str(exc) for _, exc in outcome.failed
              if not isinstance(exc, exceptions.TransientFault)]
         if problems and refuse:
             raise exceptions.PortGroupConflict(
-                reason=f"vCenter cannot hold network {net.id}: "
+                reason=f"vCenter cannot hold network {network_id}: "
                        + "; ".join(problems))
-        self.topology = result.topology
-        return result
 
     # -- port binding ----------------------------------------------------------
 
@@ -124,30 +162,29 @@ class VCenterMechanismDriver(api.MechanismDriver):
             LOG.debug("port %s on %s: no VLAN/flat segment mapped to a switch "
                       "of cluster %s", context.current["id"], host, cluster)
             return
-        network = context.network
-        net = desired_mod.network_from_neutron(network.current,
-                                               network.network_segments)
+        net_id = context.network.current["id"]
         try:
-            with self.reconciler.session.budget(self.settings.api_call_budget):
-                result = self.reconciler.sync(
-                    [net], wait=self.settings.api_call_budget)
-            self.topology = result.topology
-            pg = next(d for d in result.desired
-                      if d.segment_id == segment[api.ID])
-            failed = [str(exc) for s, exc in result.outcome.failed
-                      if s.name == pg.name]
-            conflicts = [c.reason for c in result.outcome.conflicts
-                         if c.name == pg.name]
-            if failed or conflicts:
-                raise exceptions.VSphereFault(
-                    f"port group {pg.name}", "; ".join(failed + conflicts))
+            result = self._reconcile(net_id)
+            # One port group per physical network and network at most.
+            pg = next((d for d in result.desired
+                       if d.physnet == segment[api.PHYSICAL_NETWORK]), None)
+            if pg is None:
+                raise exceptions.PermanentFault(
+                    f"segment {segment[api.ID]}", "has no port group")
+            problems = [str(exc) for s, exc in result.outcome.failed
+                        if s.name == pg.name] + \
+                [c.reason for c in result.outcome.conflicts
+                 if c.name == pg.name]
+            if problems:
+                raise exceptions.VSphereFault(f"port group {pg.name}",
+                                              "; ".join(problems))
             created = any(s.name == pg.name for s in result.outcome.done)
             found = self.reconciler.find_port_group(
                 pg, None if created else result.inventory)
-        except (exceptions.VCenterError, StopIteration) as exc:
+        except exceptions.VCenterError as exc:
             LOG.error("port %s on %s: cannot bind: the port group of network "
                       "%s is not available: %s", context.current["id"], host,
-                      net.id, exc)
+                      net_id, exc)
             return
         details: dict[str, Any] = {
             "dvs_port_group_name": pg.name,
@@ -155,8 +192,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
             portbindings.VIF_DETAILS_CONNECTIVITY: portbindings.CONNECTIVITY_L2,
         }
         if pg.kind == desired_mod.DVS:
-            target = self.topology.targets[pg.physnet]
-            details["dvs_id"] = target.dvs_uuid
+            details["dvs_id"] = self.topology.targets[pg.physnet].dvs_uuid
             details["pg_id"] = found.key
         context.set_binding(segment[api.ID], VIF_TYPE_DVS, details,
                             status=n_const.PORT_STATUS_ACTIVE)
@@ -188,29 +224,38 @@ class VCenterMechanismDriver(api.MechanismDriver):
 
     # -- full resync -------------------------------------------------------------
 
-    def resync(self):
-        """One full pass: every Neutron network, orphans deleted."""
-        plugin = directory.get_plugin()
-        nets = plugin.get_networks(n_context.get_admin_context())
-        result = self.reconciler.sync(
-            [desired_mod.network_from_neutron(n) for n in nets], full=True)
-        self.topology = result.topology
+    def resync(self, grace: float | None = None) -> Pass | None:
+        """One full pass over every Neutron network; None if one is running
+        elsewhere.  Port groups of deleted networks are removed."""
+        result = self.reconciler.sync_all(
+            neutron_networks, self.settings.resync_grace_period
+            if grace is None else grace)
+        if result is not None:
+            self.topology = result.topology
         return result
 
     def _resync_loop(self) -> None:
-        while not self._stop.wait(self.settings.resync_interval):
+        delay = FIRST_PASS_DELAY
+        while not self._stop.wait(delay):
+            delay = self.settings.resync_interval
             if directory.get_plugin() is None:
+                delay = FIRST_PASS_DELAY
                 continue
             try:
-                outcome = self.resync().outcome
-                LOG.info("vcenter resync: %d fixed, %d failed, %d deferred, "
-                         "%d conflicts", len(outcome.done),
-                         len(outcome.failed), len(outcome.deferred),
-                         len(outcome.conflicts))
+                result = self.resync()
             except Exception as exc:  # noqa: BLE001 - keep the loop alive
                 LOG.error("vcenter resync failed: %s", exc)
+                continue
+            if result is None:
+                LOG.debug("vcenter resync: another worker is running it")
+                continue
+            out = result.outcome
+            LOG.info("vcenter resync: %d networks, %d fixed, %d failed, "
+                     "%d deferred, %d conflicts, %d left to their API call",
+                     len(result.networks), len(out.done), len(out.failed),
+                     len(out.deferred), len(out.conflicts),
+                     len(result.skipped))
 
     def stop(self) -> None:
         if getattr(self, "_stop", None):
             self._stop.set()
-

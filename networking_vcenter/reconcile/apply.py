@@ -127,9 +127,28 @@ class Applier:
                         out.done.extend(chunk)
                         continue
                 for s, spec in zip(chunk, specs):
-                    self._run(s, out, lambda spec=spec: (
-                        switches.create_dvs_port_groups(
-                            self._session, dvs.ref, [spec], switch)))
+                    self._run(s, out, lambda s=s, spec=spec: self._create_one(
+                        dvs.ref, spec, s))
+
+    def _create_one(self, dvs_ref, spec,
+                    step: plan_mod.CreateDvsPortGroup) -> None:
+        """Create one port group; one made meanwhile by another worker for
+        the same network is success, one made by anybody else is not."""
+        try:
+            switches.create_dvs_port_groups(self._session, dvs_ref, [spec],
+                                            step.switch)
+        except exceptions.PermanentFault as exc:
+            if "DuplicateName" not in exc.fault:
+                raise
+            owners = [inventory.owner_from_description(p.get(
+                "config.description")) for _, p in inventory.retrieve(
+                self._session, inventory.vim.dvs.DistributedVirtualPortgroup,
+                ["name", "config.description"], "port group owners")
+                if p["name"] == step.name]
+            if owners != [step.network_id]:
+                raise exceptions.NotOwned(step.describe(), exc.fault)
+            LOG.debug("network %s: %s already made by another worker",
+                      step.network_id, step.name)
 
     @staticmethod
     def _dvs_spec(step: plan_mod.CreateDvsPortGroup):

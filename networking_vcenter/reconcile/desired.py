@@ -11,6 +11,7 @@ validation of ``switch_mappings`` and ``compute_hosts``.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -49,7 +50,6 @@ class Topology:
 @dataclasses.dataclass(frozen=True)
 class DesiredPortGroup:
     network_id: str
-    segment_id: str | None
     physnet: str
     kind: str
     switch: str
@@ -68,6 +68,7 @@ class NetworkSpec:
 
     id: str
     segments: tuple[Mapping[str, Any], ...]
+    changed_at: float | None = None    # epoch seconds of Neutron's updated_at
 
 
 def _cluster_hosts(name: str, inv: Inventory,
@@ -185,8 +186,8 @@ def desired_for_network(net: NetworkSpec,
                             "the same hosts", net.id, physnet, name)
                 continue
             std_hosts |= hosts
-        pg = DesiredPortGroup(net.id, seg.get("id"), physnet, target.kind,
-                              target.switch, name, vlan, hosts)
+        pg = DesiredPortGroup(net.id, physnet, target.kind, target.switch,
+                              name, vlan, hosts)
         if pg.key in seen:
             LOG.warning("network %s: segment on %s skipped: port group %s on "
                         "%s is already made for another of its segments",
@@ -247,5 +248,17 @@ def network_from_neutron(network: Mapping[str, Any],
         else:
             segments = []
     return NetworkSpec(id=network["id"], segments=tuple(
-        {k: s.get(k) for k in ("id", "network_type", "physical_network",
-                               "segmentation_id")} for s in segments))
+        {k: s.get(k) for k in ("network_type", "physical_network",
+                               "segmentation_id")} for s in segments),
+        changed_at=_epoch(network.get("updated_at")))
+
+
+def _epoch(stamp: Any) -> float | None:
+    """Neutron's updated_at (ISO text in API dicts, or datetime) as epoch."""
+    if not stamp:
+        return None
+    if isinstance(stamp, str):
+        stamp = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
+    return stamp.timestamp()

@@ -180,7 +180,8 @@ def _owned_std(name: str, net: inv_mod.StdNetwork | None, inv: Inventory,
 
 
 def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
-         scope: set[str] | None = None) -> Plan:
+         scope: set[str] | None = None,
+         skip: set[str] | frozenset[str] = frozenset()) -> Plan:
     """Steps that make vCenter hold ``desired``.
 
     ``scope`` is the set of network ids this pass is about; port groups owned
@@ -188,6 +189,8 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
     then port groups owned by networks that are not desired any more (deleted
     networks, unmapped physical networks) are orphans and get deleted.
     ``desired`` must hold every desired port group of the networks in scope.
+    Port groups of networks in ``skip`` are left alone whatever they look like
+    (networks changed too recently for a full pass to judge).
     """
     desired = list(desired)
     result = Plan()
@@ -292,7 +295,8 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
 
     # Orphans: ours, in scope, not desired.
     for pg in inv.dvs_portgroups:
-        if pg.owner is None or (scope is not None and pg.owner not in scope):
+        if pg.owner is None or pg.owner in skip or \
+                (scope is not None and pg.owner not in scope):
             continue
         if (pg.dvs_moid, pg.name) in wanted_dvs:
             continue
@@ -306,7 +310,8 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
                 continue
             net = inv.std_networks.get(name)
             owner = _owned_std(name, net, inv, scope)
-            if owner is None or (scope is not None and owner not in scope):
+            if owner is None or owner in skip or \
+                    (scope is not None and owner not in scope):
                 continue
             vms = net.vm_count if net is not None else 0
             result.steps.append(RemoveHostPortGroup(

@@ -1,29 +1,48 @@
 """Make vCenter match Neutron: read fresh, plan purely, apply idempotently.
 
-The same :meth:`Reconciler.sync` serves a single network right after an API
-change (``scope`` = that network) and a full resync (every network; port groups
-whose network is gone are deleted).  Every pass reads the inventory afresh and
-rebuilds the topology, so hosts that joined a mapped cluster get their standard
-port groups on the next pass.
+Two entry points, one mechanism:
+
+* :meth:`Reconciler.sync_network` -- right after an API change, and before a
+  port is bound.  Under the network's lock it reads vCenter, then the network
+  *fresh from Neutron* (not the copy the API hook was handed), so that two
+  workers racing on one network converge on whatever Neutron holds when the
+  last of them runs.
+* :meth:`Reconciler.sync_all` -- the full pass, at start-up, periodically and
+  from the CLI.  It runs once at a time across the deployment.  It reads
+  vCenter *before* Neutron: a port group it sees then belongs to a network
+  that the later Neutron read still shows unless the network was deleted, so
+  deleting port groups of networks Neutron no longer has is safe.  Networks
+  changed within ``grace`` seconds are left to their own API hook, so that a
+  full pass never undoes a change still in flight.
+
+Every pass reads the inventory afresh and rebuilds the topology, so hosts that
+joined a mapped cluster get their standard port groups on the next pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter.reconcile import apply as apply_mod
 from networking_vcenter.reconcile import desired as desired_mod
 from networking_vcenter.reconcile import plan as plan_mod
+from networking_vcenter.reconcile.locks import Locks
 from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere import switches
 from networking_vcenter.vsphere.session import Session
 
 LOG = logging.getLogger(__name__)
+
+# Reads the given networks from Neutron (None: all of them).  A network that
+# no longer exists is simply absent.
+NetworkSource = Callable[[set[str] | None], Iterable[desired_mod.NetworkSpec]]
+
+FULL_PASS_LOCK = "full-pass"
 
 
 @dataclasses.dataclass
@@ -32,30 +51,30 @@ class Pass:
 
     topology: desired_mod.Topology
     inventory: inventory.Inventory
+    networks: list[desired_mod.NetworkSpec]
     desired: list[desired_mod.DesiredPortGroup]
     plan: plan_mod.Plan
     outcome: apply_mod.Outcome | None
+    skipped: set[str] = dataclasses.field(default_factory=set)
 
 
 class Reconciler:
-    def __init__(self, settings: conf.Settings,
+    def __init__(self, settings: conf.Settings, locks: Locks,
                  session: Session | None = None):
         self.settings = settings
+        self.locks = locks
         self.session = session or Session(settings)
-        self._lock = threading.Lock()
-        self._field_ready = False
 
     def validate(self) -> desired_mod.Topology:
         """Connect and check every mapping against vCenter (start-up)."""
         self.session.connect()
-        self._ensure_owner_field()
-        return desired_mod.build_topology(self.settings,
-                                          inventory.read(self.session))
+        return desired_mod.build_topology(self.settings, self._read())
 
-    def _ensure_owner_field(self) -> None:
-        if not self._field_ready:
-            switches.ensure_owner_field(self.session, inventory.OWNER_FIELD)
-            self._field_ready = True
+    def _read(self) -> inventory.Inventory:
+        # Our custom attribute is (re)defined on every pass: a vCenter
+        # restored from scratch has lost it with everything else.
+        return inventory.read(self.session,
+                              switches.ensure_owner_field(self.session))
 
     def desired(self, networks: Iterable[desired_mod.NetworkSpec],
                 topo: desired_mod.Topology
@@ -74,43 +93,59 @@ class Reconciler:
             result.extend(pgs)
         return result, refused
 
-    def sync(self, networks: Iterable[desired_mod.NetworkSpec],
-             full: bool = False, dry_run: bool = False,
-             wait: float = -1) -> Pass:
-        """Reconcile ``networks`` (all of Neutron's when ``full``).
+    def sync_network(self, network_id: str, source: NetworkSource,
+                     wait: float = -1, dry_run: bool = False) -> Pass:
+        """Reconcile one network; ``wait`` bounds the wait for its lock."""
+        with self.locks.hold(f"network-{network_id}", timeout=wait) as got:
+            if not got:
+                raise exceptions.TransientFault(
+                    f"reconcile network {network_id}",
+                    f"another worker still holds it after {wait}s")
+            inv = self._read()
+            nets = list(source({network_id}))
+            return self._plan_and_apply(inv, nets, {network_id}, set(),
+                                        dry_run)
 
-        Passes of one process run one at a time; ``wait`` bounds how long a
-        caller queues behind another pass (-1: as long as it takes).
+    def sync_all(self, source: NetworkSource, grace: float = 0,
+                 dry_run: bool = False, wait: float | None = None
+                 ) -> Pass | None:
+        """One full pass; None when another worker is running one.
+
+        ``wait`` None: skip at once if the pass is taken (the periodic
+        worker's choice); a number: wait that long for it (the CLI's).
         """
-        networks = list(networks)
-        if not self._lock.acquire(timeout=wait):
-            raise exceptions.TransientFault(
-                "reconcile", f"another pass is still running after {wait}s")
-        try:
-            return self._sync(networks, full, dry_run)
-        finally:
-            self._lock.release()
+        with self.locks.hold(FULL_PASS_LOCK, blocking=wait is not None,
+                             timeout=-1 if wait is None else wait) as got:
+            if not got:
+                return None
+            inv = self._read()                      # vCenter first, then
+            nets = list(source(None))               # Neutron: see above
+            now = time.time()
+            young = {n.id for n in nets
+                     if grace and n.changed_at and now - n.changed_at < grace}
+            return self._plan_and_apply(
+                inv, [n for n in nets if n.id not in young], None, young,
+                dry_run)
 
-    def _sync(self, networks: list[desired_mod.NetworkSpec], full: bool,
-              dry_run: bool) -> Pass:
-        self._ensure_owner_field()
-        inv = inventory.read(self.session)
+    def _plan_and_apply(self, inv: inventory.Inventory,
+                        nets: list[desired_mod.NetworkSpec],
+                        scope: set[str] | None, skip: set[str],
+                        dry_run: bool) -> Pass:
         topo = desired_mod.build_topology(self.settings, inv)
-        want, refused = self.desired(networks, topo)
-        scope = None if full else {n.id for n in networks}
-        the_plan = plan_mod.plan(want, inv, scope)
+        want, refused = self.desired(nets, topo)
+        the_plan = plan_mod.plan(want, inv, scope, skip)
         the_plan.conflicts.extend(refused)
-        if dry_run:
-            return Pass(topo, inv, want, the_plan, None)
-        outcome = apply_mod.Applier(self.session, self.settings).apply(
-            the_plan, inv)
-        return Pass(topo, inv, want, the_plan, outcome)
+        outcome = None
+        if not dry_run:
+            outcome = apply_mod.Applier(self.session, self.settings).apply(
+                the_plan, inv)
+        return Pass(topo, inv, nets, want, the_plan, outcome, skip)
 
     def find_port_group(self, pg: desired_mod.DesiredPortGroup,
                         inv: inventory.Inventory | None = None
                         ) -> inventory.DvsPortGroup | inventory.StdNetwork:
         """The vSphere object of a desired port group, read fresh if needed."""
-        inv = inv or inventory.read(self.session)
+        inv = inv or self._read()
         if pg.kind == desired_mod.DVS:
             dvs = inv.dvs(pg.switch)
             for have in inv.dvs_portgroups:

@@ -163,17 +163,23 @@ def owner_field_key(session: Session) -> int | None:
     cfm = session.content.customFieldsManager
     if cfm is None:
         return None
-    for field in cfm.field or []:
+    fields = session.call("read custom attribute definitions",
+                          lambda: cfm.field)
+    for field in fields or []:
         if field.name == OWNER_FIELD:
             return field.key
     return None
 
 
-def read(session: Session) -> Inventory:
-    """Read switches, port groups, clusters, hosts and standard networks."""
+def read(session: Session, field_key: int | None) -> Inventory:
+    """Read switches, port groups, clusters, hosts and standard networks.
+
+    ``field_key`` is our custom attribute's key (see
+    :func:`networking_vcenter.vsphere.switches.ensure_owner_field`), None
+    where vSphere has no custom attributes.
+    """
     content = session.content
     is_vcenter = content.about.apiType == "VirtualCenter"
-    field_key = owner_field_key(session)
 
     def owner_of(custom_values: Any) -> str | None:
         for cv in custom_values or []:

@@ -80,6 +80,14 @@ class Session:
         self._content: vim.ServiceInstanceContent | None = None
         self._generation = 0
         self._local = threading.local()
+        self._unreachable_at: float | None = None
+
+    def unreachable_for(self) -> float | None:
+        """Seconds since vCenter was last found unreachable; None if it
+        answered since.  API hooks use it to leave work to the resync at
+        once instead of waiting on a vCenter known to be down."""
+        at = self._unreachable_at
+        return None if at is None else time.monotonic() - at
 
     @contextlib.contextmanager
     def budget(self, seconds: float):
@@ -120,13 +128,20 @@ class Session:
                  f"read as a CA bundle: {exc}"])
 
     def _login(self) -> None:
-        """Open a new connection and log in; typed errors, password never shown."""
+        """Log in; typed errors, the password never shown.
+
+        One SOAP stub serves the session for its whole life and a re-login
+        happens on it: managed-object references read earlier are bound to
+        the stub, and must carry the new session cookie too.
+        """
         s = self._settings
-        stub = SoapStubAdapter(
-            host=s.host_ip, port=s.host_port, ns=API_NAMESPACE,
-            sslContext=self._ssl_context(),
-            httpConnectionTimeout=s.api_timeout, poolSize=s.max_parallel_tasks)
-        si = vim.ServiceInstance("ServiceInstance", stub)
+        if self._stub is None:
+            self._stub = SoapStubAdapter(
+                host=s.host_ip, port=s.host_port, ns=API_NAMESPACE,
+                sslContext=self._ssl_context(),
+                httpConnectionTimeout=s.api_timeout,
+                poolSize=s.max_parallel_tasks)
+        si = vim.ServiceInstance("ServiceInstance", self._stub)
         try:
             content = si.RetrieveContent()
             content.sessionManager.Login(s.host_username, s.host_password)
@@ -141,11 +156,13 @@ class Session:
                 f"'{s.host_username}' ([{conf.GROUP}] host_username / "
                 f"host_password)")
         except TRANSPORT_ERRORS as exc:
+            self._unreachable_at = time.monotonic()
             raise exceptions.ConnectionFailed(
                 f"vCenter {self.endpoint} ([{conf.GROUP}] host_ip/host_port) "
                 f"is unreachable", str(exc) or type(exc).__name__)
-        self._stub, self._content = stub, content
+        self._content = content
         self._generation += 1
+        self._unreachable_at = None
         LOG.info("Logged in to vCenter %s as %s (%s)", self.endpoint,
                  s.host_username, content.about.fullName)
 
@@ -199,7 +216,9 @@ class Session:
             try:
                 with self._slots:
                     self.connect()
-                    return fn(*args, **kwargs)
+                    result = fn(*args, **kwargs)
+                self._unreachable_at = None
+                return result
             except vim.fault.NotAuthenticated:
                 if attempt >= retries:
                     raise exceptions.TransientFault(
@@ -215,16 +234,16 @@ class Session:
                 if isinstance(exc, vim.fault.ResourceInUse):
                     raise exceptions.InUse(what, fault_text(exc))
                 if attempt >= retries or self._out_of_time(delay):
+                    if isinstance(exc, TRANSPORT_ERRORS):
+                        self._unreachable_at = time.monotonic()
                     raise exceptions.TransientFault(what, fault_text(exc)
                                                     if isinstance(exc, vmodl.MethodFault)
                                                     else repr(exc))
                 LOG.warning("%s: transient fault (%s), retry %d/%d in %.1fs",
                             what, fault_text(exc), attempt + 1, retries, delay)
-                if isinstance(exc, TRANSPORT_ERRORS):
-                    # The pooled connection may be dead: start afresh.
-                    with self._lock:
-                        if self._generation == generation:
-                            self._content = None
+                # A dead pooled connection is dropped by the stub itself; the
+                # retry opens a new one (and NotAuthenticated, if vCenter
+                # restarted meanwhile, logs in again).
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
             except vmodl.MethodFault as exc:

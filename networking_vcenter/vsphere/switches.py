@@ -16,6 +16,7 @@ from typing import Any
 from pyVmomi import vim
 
 from networking_vcenter import exceptions
+from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere.session import Session
 
 LOG = logging.getLogger(__name__)
@@ -108,26 +109,25 @@ def remove_host_port_group(session: Session, network_system: Any, host: str,
         raise
 
 
-def ensure_owner_field(session: Session, field_name: str) -> int | None:
+def ensure_owner_field(session: Session) -> int | None:
     """Define our custom attribute for standard networks; None on ESXi."""
     cfm = session.content.customFieldsManager
     if cfm is None:
         return None
-    for field in cfm.field or []:
-        if field.name == field_name:
-            return field.key
+    key = inventory.owner_field_key(session)
+    if key is not None:
+        return key
     try:
-        field = session.call(f"define custom attribute {field_name}",
-                             cfm.AddCustomFieldDef, name=field_name,
-                             moType=vim.Network)
+        field = session.call(f"define custom attribute "
+                             f"{inventory.OWNER_FIELD}",
+                             cfm.AddCustomFieldDef,
+                             name=inventory.OWNER_FIELD, moType=vim.Network)
         return field.key
     except exceptions.PermanentFault as exc:
         if "DuplicateName" not in exc.fault:
             raise
-        for field in session.content.customFieldsManager.field or []:
-            if field.name == field_name:
-                return field.key
-        raise
+        # Another worker defined it a moment ago.
+        return inventory.owner_field_key(session)
 
 
 def set_owner_field(session: Session, entity: Any, key: int,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import textwrap
 
 from neutron.tests.unit.plugins.ml2 import test_plugin
 from neutron_lib.api.definitions import portbindings
@@ -31,7 +30,7 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
     vcsim_kwargs: dict = {"extra_args": ("-extra-vswitch", "vSwitch1")}
     switch_mappings = "physnet1:DVS0,physnet2:vSwitch1"
     compute_hosts = f"{COMPUTE_HOST}:{CLUSTER}"
-    extra_ml2_vcenter = ""
+    extra_ml2_vcenter: dict = {}
 
     @classmethod
     def setUpClass(cls):
@@ -52,21 +51,24 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
         # As NeutronDbPluginV2TestCase does, plus our file (FACTS.md).
         self.config_parse(args=["--config-file", path])
 
+    def ml2_vcenter_options(self) -> dict:
+        return {
+            "host_ip": self.vcsim.host,
+            "host_port": self.vcsim.port,
+            "host_username": self.vcsim.username,
+            "host_password": self.vcsim.password,
+            "insecure": "true",
+            "api_retry_count": 1,
+            "resync_interval": 0,
+            "switch_mappings": self.switch_mappings,
+            "compute_hosts": self.compute_hosts,
+            **self.extra_ml2_vcenter,
+        }
+
     def ml2_vcenter_ini(self) -> str:
-        return textwrap.dedent(f"""\
-            [ml2_vcenter]
-            host_ip = {self.vcsim.host}
-            host_port = {self.vcsim.port}
-            host_username = {self.vcsim.username}
-            host_password = {self.vcsim.password}
-            insecure = true
-            api_retry_count = 1
-            resync_interval = 0
-            switch_mappings = {self.switch_mappings}
-            compute_hosts = {self.compute_hosts}
-            [ml2_type_vxlan]
-            vni_ranges = 1:1000
-            """) + self.extra_ml2_vcenter
+        lines = [f"{k} = {v}" for k, v in self.ml2_vcenter_options().items()]
+        return ("[ml2_vcenter]\n" + "\n".join(lines) +
+                "\n[ml2_type_vxlan]\nvni_ranges = 1:1000\n")
 
     def setUp(self):
         super().setUp()

@@ -86,7 +86,7 @@ class TestNetworks(base.VCenterMl2TestCase):
     def test_create_is_idempotent(self):
         net = self.make_network("vlan", "physnet1", 71)
         driver = self.vcenter_driver
-        result = driver.resync()
+        result = driver.resync(grace=0)
         self.assertEqual([], result.plan.for_network(net["id"]).steps)
         self.assertEqual(1, len(self.vsphere.dv_portgroups(
             self.dvs_name(net["id"]))))
@@ -117,7 +117,7 @@ class TestNetworks(base.VCenterMl2TestCase):
         # An operator's own port group on another switch, other name.
         self.vsphere.add_host_portgroup(hosts[0], "vSwitch0", "ops-only", 9)
         self.delete_network(net["id"])
-        self.vcenter_driver.resync()
+        self.vcenter_driver.resync(grace=0)
         self.assertEqual({hosts[0]: ("vSwitch0", 9)},
                          self.vsphere.host_portgroups("ops-only"))
         # The simulator's own port groups survive a full resync too.

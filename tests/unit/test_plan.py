@@ -88,9 +88,9 @@ def test_multi_segment_network():
                                 seg("vlan", "physnet2", 200, "s2"),
                                 seg("vxlan", None, 10, "s3")))
     pgs = D.desired_for_network(net, topology())
-    assert [(p.segment_id, p.kind, p.name) for p in pgs] == [
-        ("s1", D.DVS, f"neutron-physnet1-{NET_A}"),
-        ("s2", D.VSWITCH, NET_A)]
+    assert [(p.physnet, p.kind, p.name) for p in pgs] == [
+        ("physnet1", D.DVS, f"neutron-physnet1-{NET_A}"),
+        ("physnet2", D.VSWITCH, NET_A)]
     # The bare UUID inside the same network's distributed name is tolerated.
     assert D.name_problems(pgs) == []
 

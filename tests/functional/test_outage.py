@@ -1,0 +1,184 @@
+"""Neutron is the truth, vCenter converges: outages, restarts, hand edits.
+
+The driver reaches the simulator through :mod:`tools.faultproxy`, which the
+tests switch between passing, resetting and black-holing connections.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from pyVmomi import vim
+
+from tests.fixtures.vcsim import Vcsim
+from tests.fixtures.vsphere_reader import Reader
+from tests.functional import base
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
+                                "tools"))
+import faultproxy  # noqa: E402
+
+# An API call may take the budget plus one vSphere call timeout; anything
+# beyond this bound is a hang, whatever the machine's speed.
+BUDGET = 3
+HANG = BUDGET + 15
+
+
+class OutageTestCase(base.VCenterMl2TestCase):
+    extra_ml2_vcenter = {"api_call_budget": BUDGET, "api_retry_count": 2,
+                         "api_timeout": 2, "resync_grace_period": 0}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.proxy = faultproxy.FaultProxy(cls.vcsim.host,
+                                          cls.vcsim.port).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proxy.stop()
+        super().tearDownClass()
+
+    def ml2_vcenter_options(self) -> dict:
+        # The driver talks to the proxy; the tests read the simulator itself.
+        return {**super().ml2_vcenter_options(), "host_port": self.proxy.port}
+
+    def setUp(self):
+        self.proxy.mode = "pass"
+        super().setUp()
+
+    def timed(self, fn, *args, **kwargs):
+        t0 = time.monotonic()
+        result = fn(*args, **kwargs)
+        elapsed = time.monotonic() - t0
+        self.assertLess(elapsed, HANG, "API call hung on an unavailable "
+                                       "vCenter")
+        return result
+
+    def resync(self):
+        result = self.vcenter_driver.resync(grace=0)
+        self.assertIsNotNone(result)
+        return result
+
+    def count_dvs(self, net_id):
+        return len(self.vsphere.dv_portgroups(self.dvs_name(net_id)))
+
+
+class TestOutages(OutageTestCase):
+
+    def test_100_networks_while_vcenter_unreachable(self):
+        self.proxy.mode = "reset"
+        nets = [self.timed(self.make_network, "vlan", "physnet1", i)
+                for i in range(1, 101)]
+        self.assertTrue(all(self.count_dvs(n["id"]) == 0 for n in nets))
+        self.proxy.mode = "pass"
+        result = self.resync()           # one pass
+        self.assertEqual([], result.outcome.failed)
+        for net in nets:
+            (pg,) = self.vsphere.dv_portgroups(self.dvs_name(net["id"]))
+            self.assertEqual(net["provider:segmentation_id"], pg["vlan"])
+        # A second pass finds nothing to do: nothing duplicated.
+        self.assertEqual([], self.resync().plan.steps)
+
+    def test_black_holed_vcenter_does_not_hang_the_api(self):
+        self.proxy.mode = "drop"
+        net = self.timed(self.make_network, "vlan", "physnet2", 290)
+        self.timed(self.delete_network, net["id"])
+        self.proxy.mode = "pass"
+        self.assertEqual({}, self.vsphere.host_portgroups(net["id"]))
+
+    def test_network_deleted_while_vcenter_down(self):
+        dvs = self.make_network("vlan", "physnet1", 91)
+        std = self.make_network("vlan", "physnet2", 291)
+        self.proxy.mode = "reset"
+        self.timed(self.delete_network, dvs["id"])
+        self.timed(self.delete_network, std["id"])
+        self.assertEqual(1, self.count_dvs(dvs["id"]))
+        self.assertTrue(self.vsphere.host_portgroups(std["id"]))
+        self.proxy.mode = "pass"
+        self.resync()
+        self.assertEqual(0, self.count_dvs(dvs["id"]))
+        self.assertEqual({}, self.vsphere.host_portgroups(std["id"]))
+
+    def test_binding_fails_clearly_while_port_group_cannot_be_made(self):
+        self.proxy.mode = "reset"
+        net = self.timed(self.make_network, "vlan", "physnet1", 92)
+        port = self.timed(self.bind_port, net["id"], base.COMPUTE_HOST)
+        self.assertEqual("binding_failed", port["binding:vif_type"])
+        self.proxy.mode = "pass"
+        time.sleep(0.1)
+        self.resync()
+        self.assertEqual(1, self.count_dvs(net["id"]))
+
+    def test_hand_edits_restored_foreign_untouched(self):
+        dvs = self.make_network("vlan", "physnet1", 93)
+        std = self.make_network("vlan", "physnet2", 293)
+        clash = self.make_network("vlan", "physnet1", 94)
+        hosts = self.cluster_hosts()
+        # An operator deletes one, retags another on one host, and replaces
+        # a third with a port group of their own of the same name.
+        self.vsphere.destroy_dv_portgroup(self.dvs_name(dvs["id"]))
+        self.vsphere.host(hosts[1]).configManager.networkSystem \
+            .UpdatePortGroup(std["id"], vim.host.PortGroup.Specification(
+                name=std["id"], vlanId=999, vswitchName="vSwitch1",
+                policy=vim.host.NetworkPolicy()))
+        self.vsphere.remove_host_portgroup(hosts[2], std["id"])
+        self.vsphere.destroy_dv_portgroup(self.dvs_name(clash["id"]))
+        foreign = self.vsphere.add_dv_portgroup(
+            "DVS0", self.dvs_name(clash["id"]), 7, "made by hand")
+
+        result = self.resync()
+        self.assertEqual(1, self.count_dvs(dvs["id"]))
+        self.assertEqual({h: ("vSwitch1", 293) for h in hosts},
+                         self.vsphere.host_portgroups(std["id"]))
+        (pg,) = self.vsphere.dv_portgroups(self.dvs_name(clash["id"]))
+        self.assertEqual((foreign["moid"], 7, "made by hand"),
+                         (pg["moid"], pg["vlan"], pg["description"]))
+        (conflict,) = [c for c in result.outcome.conflicts
+                       if c.network_id == clash["id"]]
+        self.assertIn("was not made by networking-vcenter", conflict.reason)
+        self.vsphere.destroy_dv_portgroup(self.dvs_name(clash["id"]))
+
+
+class TestSimulatorRestartedEmpty(OutageTestCase):
+
+    def test_next_pass_rebuilds_every_managed_port_group(self):
+        dvs = self.make_network("vlan", "physnet1", 95)
+        std = self.make_network("flat", "physnet2")
+        # vCenter restarts with none of its state: a new simulator behind the
+        # same address (the proxy), old sessions unknown to it.
+        old = self.__class__.vcsim
+        new = Vcsim(**self.vcsim_kwargs).start()
+        self.addCleanup(new.stop)
+        self.proxy.target = (new.host, new.port)
+        self.proxy.cut()
+        old.stop()
+        reader = Reader(new.connect())
+        self.assertEqual([], reader.dv_portgroups(self.dvs_name(dvs["id"])))
+
+        result = self.resync()
+        self.assertEqual([], result.outcome.failed)
+        (pg,) = reader.dv_portgroups(self.dvs_name(dvs["id"]))
+        self.assertEqual(95, pg["vlan"])
+        self.assertEqual({h: ("vSwitch1", 0)
+                          for h in reader.hosts_of_cluster(base.CLUSTER)},
+                         reader.host_portgroups(std["id"]))
+        self.__class__.vcsim = new   # for tearDownClass
+
+
+class TestSessionExpiry(OutageTestCase):
+    vcsim_kwargs = {"extra_args": ("-extra-vswitch", "vSwitch1"),
+                    "idle_timeout": 1}
+
+    def test_work_continues_after_session_expiry(self):
+        first = self.make_network("vlan", "physnet1", 96)
+        time.sleep(2.5)      # expiry lands between T and 2T
+        second = self.make_network("vlan", "physnet2", 296)
+        port = self.bind_port(first["id"], base.COMPUTE_HOST)
+        self.assertEqual("dvs", port["binding:vif_type"])
+        # The test's own reader session has expired too: a fresh one.
+        self.vsphere = Reader(self.vcsim.connect())
+        self.assertEqual(1, self.count_dvs(first["id"]))
+        self.assertTrue(self.vsphere.host_portgroups(second["id"]))
