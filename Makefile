@@ -11,7 +11,7 @@ BUILD := $(CURDIR)/tools/vcsim/build
 WSDL := $(BUILD)/wsdl
 MODE ?= embedded
 PYTEST_ARGS ?=
-APT_PACKAGES := golang-go golang-github-vmware-govmomi-dev patch mariadb-server rabbitmq-server
+APT_PACKAGES := python3-venv python3-dev build-essential golang-go golang-github-vmware-govmomi-dev patch mariadb-server rabbitmq-server
 
 export NOVA_VENV
 
@@ -30,10 +30,14 @@ apt: .stamp-apt
 	@touch $@
 
 venv: $(VENV)/.stamp
-$(VENV)/.stamp: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(PY) -c 'import neutron, networking_vcenter, pyVmomi'
+$(VENV)/.stamp: pyproject.toml | apt
+	@# A venv left broken by an interrupted run is made again.
+	$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); python3 -m venv $(VENV); }
+	@# (uwsgi compiles from source: build-essential and python3-dev above)
+	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+	  | { grep -v '^WARNING: Location' || true; }
+	$(PY) -c 'import neutron, networking_vcenter, pyVmomi, tooz'
+	test -x $(VENV)/bin/uwsgi
 	@touch $@
 
 vcsim: apt

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -94,11 +95,17 @@ def start_server(vcsim, mode: str, port: int, **kw):
     return server
 
 
+def stop_server(server) -> None:
+    """Stop by PID, then remove the work directory (logs included)."""
+    server.stop()
+    shutil.rmtree(server.workdir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def neutron(vcsim):
     server = start_server(vcsim, "embedded", neutron_server.free_port())
     yield server
-    server.stop()
+    stop_server(server)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ def real(vcsim):
     server = conftest.start_server(vcsim, "real", conftest.neutron_server
                                    .free_port())
     yield server
-    server.stop()
+    conftest.stop_server(server)
 
 
 def test_real_mode_lifecycle_and_two_drivers(real, vsphere):
