@@ -33,7 +33,6 @@ from oslo_config import cfg
 from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter.reconcile import desired as desired_mod
-from networking_vcenter.reconcile import locks as locks_mod
 from networking_vcenter.reconcile.reconciler import Pass, Reconciler
 
 LOG = logging.getLogger(__name__)
@@ -54,15 +53,11 @@ def neutron_networks(ids: set[str] | None) -> list[desired_mod.NetworkSpec]:
     return [desired_mod.network_from_neutron(n) for n in nets]
 
 
-def make_reconciler(settings: conf.Settings) -> Reconciler:
-    lock_path = None
+def lock_path() -> str | None:
     try:
-        lock_path = cfg.CONF.oslo_concurrency.lock_path
+        return cfg.CONF.oslo_concurrency.lock_path
     except cfg.NoSuchOptError:
-        pass
-    url = settings.coordination_backend_url or \
-        locks_mod.default_backend_url(lock_path)
-    return Reconciler(settings, locks_mod.Locks(url))
+        return None
 
 
 class VCenterMechanismDriver(api.MechanismDriver):
@@ -76,7 +71,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
     def initialize(self) -> None:
         try:
             self.settings = conf.load(cfg.CONF)
-            self.reconciler = make_reconciler(self.settings)
+            self.reconciler = Reconciler.from_settings(self.settings,
+                                                       lock_path())
             self.topology = self.reconciler.validate()
         except exceptions.VCenterError as exc:
             LOG.critical("vcenter mechanism driver cannot start: %s", exc)

@@ -49,10 +49,18 @@ class Outcome:
             [c for c in self.conflicts if c.network_id == network_id])
 
 
+Progress = Callable[[plan_mod.Step, str], None]
+
+
 class Applier:
-    def __init__(self, session: Session, settings: conf.Settings):
+    """Runs plans; ``progress(step, "done"|"failed"|"deferred")`` is told
+    of every step as it ends (the CLI's progress bar)."""
+
+    def __init__(self, session: Session, settings: conf.Settings,
+                 progress: Progress | None = None):
         self._session = session
         self._settings = settings
+        self._progress = progress or (lambda step, result: None)
 
     def apply(self, plan: plan_mod.Plan, inv: Inventory) -> Outcome:
         out = Outcome(conflicts=list(plan.conflicts))
@@ -86,6 +94,7 @@ class Applier:
             LOG.warning("network %s: not deleting %s: %s", step.network_id,
                         step.name, reason)
             out.deferred.append((step, reason))
+            self._progress(step, "deferred")
             return
         try:
             fn()
@@ -93,13 +102,16 @@ class Applier:
             LOG.warning("network %s: %s deferred: %s", step.network_id,
                         step.describe(), exc)
             out.deferred.append((step, str(exc)))
+            self._progress(step, "deferred")
         except exceptions.VCenterError as exc:
             LOG.error("network %s: %s failed: %s", step.network_id,
                       step.describe(), exc)
             out.failed.append((step, exc))
+            self._progress(step, "failed")
         else:
             LOG.info("network %s: %s", step.network_id, step.describe())
             out.done.append(step)
+            self._progress(step, "done")
 
     def _create_dvs(self, steps: list[plan_mod.CreateDvsPortGroup],
                     inv: Inventory, out: Outcome) -> None:
@@ -124,6 +136,7 @@ class Applier:
                         for s in chunk:
                             LOG.info("network %s: %s", s.network_id,
                                      s.describe())
+                            self._progress(s, "done")
                         out.done.extend(chunk)
                         continue
                 for s, spec in zip(chunk, specs):

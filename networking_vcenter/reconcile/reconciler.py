@@ -31,6 +31,7 @@ from networking_vcenter import exceptions
 from networking_vcenter.reconcile import apply as apply_mod
 from networking_vcenter.reconcile import desired as desired_mod
 from networking_vcenter.reconcile import plan as plan_mod
+from networking_vcenter.reconcile import locks as locks_mod
 from networking_vcenter.reconcile.locks import Locks
 from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere import switches
@@ -59,6 +60,14 @@ class Pass:
 
 
 class Reconciler:
+    @classmethod
+    def from_settings(cls, settings: conf.Settings,
+                      lock_path: str | None) -> "Reconciler":
+        """A reconciler with the configured locks (file locks by default)."""
+        url = settings.coordination_backend_url or \
+            locks_mod.default_backend_url(lock_path)
+        return cls(settings, Locks(url))
+
     def __init__(self, settings: conf.Settings, locks: Locks,
                  session: Session | None = None):
         self.settings = settings
@@ -107,7 +116,8 @@ class Reconciler:
                                         dry_run)
 
     def sync_all(self, source: NetworkSource, grace: float = 0,
-                 dry_run: bool = False, wait: float | None = None
+                 dry_run: bool = False, wait: float | None = None,
+                 progress: apply_mod.Progress | None = None
                  ) -> Pass | None:
         """One full pass; None when another worker is running one.
 
@@ -125,20 +135,21 @@ class Reconciler:
                      if grace and n.changed_at and now - n.changed_at < grace}
             return self._plan_and_apply(
                 inv, [n for n in nets if n.id not in young], None, young,
-                dry_run)
+                dry_run, progress)
 
     def _plan_and_apply(self, inv: inventory.Inventory,
                         nets: list[desired_mod.NetworkSpec],
                         scope: set[str] | None, skip: set[str],
-                        dry_run: bool) -> Pass:
+                        dry_run: bool,
+                        progress: apply_mod.Progress | None = None) -> Pass:
         topo = desired_mod.build_topology(self.settings, inv)
         want, refused = self.desired(nets, topo)
         the_plan = plan_mod.plan(want, inv, scope, skip)
         the_plan.conflicts.extend(refused)
         outcome = None
         if not dry_run:
-            outcome = apply_mod.Applier(self.session, self.settings).apply(
-                the_plan, inv)
+            outcome = apply_mod.Applier(self.session, self.settings,
+                                        progress).apply(the_plan, inv)
         return Pass(topo, inv, nets, want, the_plan, outcome, skip)
 
     def find_port_group(self, pg: desired_mod.DesiredPortGroup,

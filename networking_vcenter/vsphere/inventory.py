@@ -75,6 +75,7 @@ class Host:
     vswitches: frozenset[str]
     portgroups: dict[str, HostPortGroup]
     network_system: Any = dataclasses.field(compare=False, repr=False)
+    ref: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +233,7 @@ def read(session: Session, field_key: int | None) -> Inventory:
             vswitches=frozenset(v.name for v in
                                 p.get("config.network.vswitch") or []),
             portgroups=pgs,
-            network_system=p.get("configManager.networkSystem"))
+            network_system=p.get("configManager.networkSystem"), ref=ref)
 
     std: dict[str, StdNetwork] = {}
     paths = ["name", "host", "vm"] + (["customValue"] if field_key is not None

@@ -1,0 +1,327 @@
+"""``networking-vcenter``: see and fix how vCenter differs from Neutron.
+
+Reads the same configuration files as the Neutron server (``--config-file``,
+as every Neutron tool) and Neutron's database directly::
+
+    networking-vcenter --config-file /etc/neutron/neutron.conf \\
+        --config-file /etc/neutron/plugins/ml2/ml2_conf.ini status
+
+* ``status``          a table of Neutron networks against vSphere port groups:
+                      in-sync, missing, partial, wrong-vlan, orphan, conflict;
+* ``sync``            apply the difference (a progress line per step);
+  ``sync --dry-run``  print the plan instead;
+* ``check``           the configuration, the vCenter connection and mappings,
+                      the privileges the driver needs, the Neutron database.
+
+``--format json`` prints one JSON document for scripts.  Exit status: 0 all
+in sync (``status``), converged (``sync``) or every check passed (``check``);
+1 differences, failures or conflicts remain; 2 the tool could not run (bad
+configuration, vCenter or database unreachable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import defaultdict
+from typing import Any
+
+from oslo_config import cfg
+
+from networking_vcenter import conf
+from networking_vcenter import exceptions
+from networking_vcenter.reconcile import desired as desired_mod
+from networking_vcenter.reconcile import plan as plan_mod
+from networking_vcenter.reconcile.reconciler import Pass, Reconciler
+from networking_vcenter.vsphere import privileges
+
+EXIT_OK, EXIT_DIFF, EXIT_ERROR = 0, 1, 2
+
+
+class CliError(Exception):
+    """The tool cannot run; the message says why."""
+
+
+# -- Neutron's side ------------------------------------------------------------
+
+def load_config(config_files: list[str]) -> conf.Settings:
+    from neutron.common import config as common_config
+    from oslo_db import options as db_options
+    common_config.register_common_config_options()
+    db_options.set_defaults(cfg.CONF)
+    conf.register_opts(cfg.CONF)
+    args = [a for f in config_files for a in ("--config-file", f)]
+    try:
+        cfg.CONF(args, project="neutron")
+    except cfg.Error as exc:
+        raise CliError(f"cannot read the configuration: {exc}")
+    return conf.load(cfg.CONF)
+
+
+def database_networks(ids: set[str] | None
+                      ) -> list[desired_mod.NetworkSpec]:
+    """Networks and their segments, read from Neutron's database."""
+    from neutron.objects import network as net_obj
+    from neutron_lib import context
+    ctx = context.get_admin_context()
+    filters = {"id": sorted(ids)} if ids is not None else {}
+    seg_filters = {"network_id": sorted(ids)} if ids is not None else {}
+    segments = defaultdict(list)
+    for seg in net_obj.NetworkSegment.get_objects(ctx, **seg_filters):
+        segments[seg.network_id].append({
+            "network_type": seg.network_type,
+            "physical_network": seg.physical_network,
+            "segmentation_id": seg.segmentation_id})
+    return [desired_mod.network_from_neutron(
+        {"id": n.id, "updated_at": n.updated_at}, segments.get(n.id, []))
+        for n in net_obj.Network.get_objects(ctx, **filters)]
+
+
+# -- status ----------------------------------------------------------------------
+
+def status_rows(result: Pass) -> list[dict[str, Any]]:
+    """One row per port group, desired or found, with its state."""
+    want = {(d.network_id, d.name): d for d in result.desired}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def row(network_id: str, name: str, state: str, detail: str = "",
+            switch: str = "") -> dict[str, Any]:
+        d = want.get((network_id, name))
+        r = rows.setdefault((network_id, name), {
+            "network": network_id, "port_group": name,
+            "physical_network": d.physnet if d else "",
+            "switch": d.switch if d else switch,
+            "vlan": plan_mod.vlan_text(d.vlan) if d else "",
+            "state": state, "detail": []})
+        if detail:
+            r["detail"].append(detail)
+        return r
+
+    for d in result.plan.in_sync:
+        row(d.network_id, d.name, "in-sync")
+    by_key: dict[tuple[str, str], list[plan_mod.Step]] = defaultdict(list)
+    for step in result.plan.steps:
+        by_key[(step.network_id, step.name)].append(step)
+    for (net, name), steps in by_key.items():
+        kinds = {type(s) for s in steps}
+        if kinds <= {plan_mod.DeleteDvsPortGroup,
+                     plan_mod.RemoveHostPortGroup}:
+            where = ", ".join(getattr(s, "host", "") or s.switch
+                              for s in steps)
+            busy = max(getattr(s, "vm_count", 0) for s in steps)
+            row(net, name, "orphan",
+                f"network gone; on {where}" +
+                (f"; still used by {busy} VM(s)" if busy else ""),
+                switch=getattr(steps[0], "switch", ""))
+            continue
+        d = want.get((net, name))
+        adds = [s for s in steps if isinstance(s, plan_mod.AddHostPortGroup)]
+        if plan_mod.CreateDvsPortGroup in kinds or \
+                (adds and d and len(adds) == len(d.host_moids)):
+            row(net, name, "missing")
+        elif adds:
+            row(net, name, "partial",
+                "missing on " + ", ".join(s.host for s in adds))
+        for s in steps:
+            if isinstance(s, plan_mod.UpdateDvsPortGroup):
+                row(net, name, "wrong-vlan",
+                    f"{plan_mod.vlan_text(s.old_vlan)} on {s.switch}")
+            elif isinstance(s, plan_mod.UpdateHostPortGroup):
+                r = row(net, name, "wrong-vlan",
+                        f"{plan_mod.vlan_text(s.old_vlan)} on {s.host}")
+                if r["state"] == "partial":
+                    r["state"] = "wrong-vlan"
+    for c in result.plan.conflicts:
+        r = row(c.network_id, c.name, "conflict", c.reason)
+        r["state"] = "conflict"
+    out = sorted(rows.values(), key=lambda r: (r["network"],
+                                               r["port_group"]))
+    for r in out:
+        r["detail"] = "; ".join(r["detail"])
+    return out
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        print("(nothing)")
+        return
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows))
+              for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in columns)
+              .rstrip())
+
+
+def cmd_status(rec: Reconciler, fmt: str) -> int:
+    result = rec.sync_all(database_networks, dry_run=True, wait=60)
+    rows = status_rows(result)
+    counts: dict[str, int] = defaultdict(int)
+    for r in rows:
+        counts[r["state"]] += 1
+    if fmt == "json":
+        json.dump({"port_groups": rows, "summary": dict(counts)}, sys.stdout,
+                  indent=2)
+        print()
+    else:
+        print_table(rows, ["network", "physical_network", "switch",
+                           "port_group", "vlan", "state", "detail"])
+        print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+              if counts else "")
+    return EXIT_OK if set(counts) <= {"in-sync"} else EXIT_DIFF
+
+
+# -- sync --------------------------------------------------------------------------
+
+def cmd_sync(rec: Reconciler, fmt: str, dry_run: bool) -> int:
+    if dry_run:
+        result = rec.sync_all(database_networks, dry_run=True, wait=60)
+        steps = result.plan.describe()
+        if fmt == "json":
+            json.dump({"plan": steps}, sys.stdout, indent=2)
+            print()
+        else:
+            print("\n".join(steps) if steps else "nothing to do")
+        return EXIT_OK if not result.plan.steps and \
+            not result.plan.conflicts else EXIT_DIFF
+
+    done = [0]
+    total = [0]
+    quiet = fmt == "json"
+
+    def progress(step: plan_mod.Step, how: str) -> None:
+        done[0] += 1
+        if not quiet:
+            print(f"[{done[0]}/{total[0] or '?'}] {how:8} {step.describe()}",
+                  file=sys.stderr, flush=True)
+
+    preview = rec.sync_all(database_networks, dry_run=True, wait=60)
+    total[0] = len(preview.plan.steps)
+    result = rec.sync_all(database_networks, wait=60, progress=progress)
+    out = result.outcome
+    summary = {"done": len(out.done), "failed": len(out.failed),
+               "deferred": len(out.deferred), "conflicts": len(out.conflicts)}
+    if quiet:
+        json.dump({"summary": summary,
+                   "failed": [f"{s.describe()}: {e}" for s, e in out.failed],
+                   "deferred": [f"{s.describe()}: {r}"
+                                for s, r in out.deferred],
+                   "conflicts": [c.reason for c in out.conflicts]},
+                  sys.stdout, indent=2)
+        print()
+    else:
+        for s, e in out.failed:
+            print(f"FAILED: {s.describe()}: {e}")
+        for s, r in out.deferred:
+            print(f"DEFERRED: {s.describe()}: {r}")
+        for c in out.conflicts:
+            print(f"CONFLICT: {c.reason}")
+        print(", ".join(f"{v} {k}" for k, v in summary.items()))
+    return EXIT_OK if not (out.failed or out.deferred or out.conflicts) \
+        else EXIT_DIFF
+
+
+# -- check ---------------------------------------------------------------------------
+
+def cmd_check(config_files: list[str], fmt: str) -> int:
+    checks: list[dict[str, str]] = []
+
+    def record(name: str, ok: bool | None, detail: str) -> None:
+        checks.append({"check": name, "result": {True: "ok", False: "FAIL",
+                                                 None: "skipped"}[ok],
+                       "detail": detail})
+
+    def finish() -> int:
+        if fmt == "json":
+            json.dump({"checks": checks}, sys.stdout, indent=2)
+            print()
+        else:
+            print_table(checks, ["check", "result", "detail"])
+        return EXIT_OK if all(c["result"] == "ok" for c in checks) \
+            else EXIT_DIFF
+
+    try:
+        settings = load_config(config_files)
+        record("configuration", True, f"[{conf.GROUP}] is valid")
+    except (CliError, exceptions.ConfigError) as exc:
+        record("configuration", False, str(exc))
+        return finish()
+    rec = Reconciler.from_settings(settings, cfg.CONF.oslo_concurrency
+                                   .lock_path)
+    try:
+        rec.session.connect()
+        record("vCenter login", True, f"{rec.session.endpoint} as "
+                                      f"{settings.host_username}")
+        topo = rec.validate()
+        record("mappings", True, "; ".join(
+            f"{t.physnet} -> {t.kind} {t.switch}"
+            + (f" on {len(t.host_moids)} host(s)" if t.kind != "dvs" else "")
+            for t in topo.targets.values()))
+    except exceptions.VCenterError as exc:
+        record("vCenter", False, str(exc))
+        return finish()
+    try:
+        inv = rec._read()
+        wanted = privileges.needs(topo, inv, rec.session.content.rootFolder)
+        lacking = privileges.missing(privileges.query(rec.session, wanted),
+                                     wanted)
+        record("privileges", not lacking,
+               "missing: " + "; ".join(lacking) if lacking else
+               f"{sum(len(n.privileges) for n in wanted)} privilege(s) on "
+               f"{len(wanted)} object(s) granted")
+    except exceptions.VCenterError as exc:
+        record("privileges", None, f"vCenter cannot tell: {exc}")
+    try:
+        nets = database_networks(None)
+        record("Neutron database", True, f"{len(nets)} network(s)")
+    except Exception as exc:  # noqa: BLE001 - any DB error is a failed check
+        record("Neutron database", False, str(exc).splitlines()[0])
+    return finish()
+
+
+# -- main ------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="networking-vcenter", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status: 0 in sync / converged / all checks ok; "
+               "1 differences or failures remain; 2 cannot run")
+    parser.add_argument("--config-file", action="append", default=[],
+                        help="a Neutron configuration file (repeatable)")
+    parser.add_argument("--format", choices=("table", "json"),
+                        default="table")
+    parser.add_argument("--debug", action="store_true",
+                        help="log the driver's vSphere calls on stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="Neutron networks against port groups")
+    sync = sub.add_parser("sync", help="make vCenter match Neutron")
+    sync.add_argument("--dry-run", action="store_true",
+                      help="print the plan, change nothing")
+    sub.add_parser("check", help="configuration, connection, privileges")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else
+                        logging.CRITICAL + 1, stream=sys.stderr)
+    if args.command == "check":
+        return cmd_check(args.config_file, args.format)
+    try:
+        settings = load_config(args.config_file)
+        rec = Reconciler.from_settings(settings, cfg.CONF.oslo_concurrency
+                                       .lock_path)
+        if args.command == "status":
+            return cmd_status(rec, args.format)
+        return cmd_sync(rec, args.format, args.dry_run)
+    except (CliError, exceptions.VCenterError) as exc:
+        print(f"networking-vcenter: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - e.g. the database is down
+        print(f"networking-vcenter: {type(exc).__name__}: "
+              f"{str(exc).splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The vCenter privileges the driver needs, each tied to the call needing it.
+
+docs/deployment.md shows the same table to operators; ``networking-vcenter
+check`` asks vCenter (``AuthorizationManager.HasPrivilegeOnEntities``) whether
+the driver's own session holds each of them on the objects it acts on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from networking_vcenter.reconcile.desired import DVS, Topology
+from networking_vcenter.vsphere.inventory import Inventory
+from networking_vcenter.vsphere.session import Session
+
+READ = ("System.View", "System.Read")
+DVS_PRIVILEGES = ("DVPortgroup.Create", "DVPortgroup.Modify",
+                  "DVPortgroup.Delete")
+HOST_PRIVILEGES = ("Host.Config.Network",)
+CUSTOM_FIELD_PRIVILEGES = ("Global.ManageCustomFields",
+                           "Global.SetCustomField")
+
+
+@dataclasses.dataclass(frozen=True)
+class Need:
+    entity: Any             # managed object reference
+    label: str              # what the operator calls it
+    privileges: tuple[str, ...]
+
+
+def needs(topo: Topology, inv: Inventory, root: Any) -> list[Need]:
+    """Which privileges on which objects this configuration needs."""
+    result = [Need(root, "vCenter root folder",
+                   READ + (CUSTOM_FIELD_PRIVILEGES
+                           if inv.owner_field_key is not None else ()))]
+    for target in topo.targets.values():
+        if target.kind == DVS:
+            dvs = inv.dvs(target.switch)
+            if dvs is not None:
+                result.append(Need(dvs.ref, f"distributed switch {dvs.name}",
+                                   DVS_PRIVILEGES))
+        else:
+            for moid in sorted(target.host_moids):
+                host = inv.hosts[moid]
+                result.append(Need(host.ref, f"host {host.name}",
+                                   HOST_PRIVILEGES))
+    return result
+
+
+def missing(granted: dict[str, dict[str, bool]],
+            wanted: list[Need]) -> list[str]:
+    """Pure: the privileges not granted, one line each.
+
+    ``granted`` maps an entity's moid to {privilege id: granted?}.
+    """
+    lines = []
+    for need in wanted:
+        have = granted.get(need.entity._moId, {})
+        for priv in need.privileges:
+            if not have.get(priv, False):
+                lines.append(f"{priv} on {need.label}")
+    return lines
+
+
+def query(session: Session, wanted: list[Need]) -> dict[str, dict[str, bool]]:
+    """Ask vCenter which of the wanted privileges this session holds."""
+    content = session.content
+    session_key = session.call("read the current session",
+                               lambda: content.sessionManager.currentSession
+                               .key)
+    privs = sorted({p for n in wanted for p in n.privileges})
+    answer = session.call(
+        "check privileges", content.authorizationManager
+        .HasPrivilegeOnEntities, [n.entity for n in wanted], session_key,
+        privs)
+    return {e.entity._moId: {a.privId: a.isGranted
+                             for a in e.privAvailability or []}
+            for e in answer or []}
