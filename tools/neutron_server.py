@@ -669,7 +669,13 @@ class NeutronServer:
         vcenter["switch_mappings"] = self.switch_mappings
         vcenter["compute_hosts"] = self.compute_hosts
         vcenter["resync_interval"] = 0
-        vcenter.update(self.extra_ml2_opts)
+        # "{tooz_db}" in a value: a tooz URL for this server's own database,
+        # so that the driver's locks can live where a deployment has them.
+        tooz_db = ("mysql://neutron:%s@127.0.0.1:%d/neutron" % (
+            st["db_password"], st["ports"]["mariadb"])
+            if self.mode == "real" else "")
+        vcenter.update({k: str(v).replace("{tooz_db}", tooz_db)
+                        for k, v in self.extra_ml2_opts.items()})
         ml2 = {
             "ml2": {
                 "type_drivers": "vlan,flat,vxlan",

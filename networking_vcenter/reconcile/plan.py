@@ -179,6 +179,22 @@ def _owned_std(name: str, net: inv_mod.StdNetwork | None, inv: Inventory,
     return None
 
 
+def _unmarked_but_ours(d: DesiredPortGroup, inv: Inventory) -> bool:
+    """An unmarked standard port group that can only be ours, mid-creation.
+
+    Our custom attribute is set after the port group exists (a host port
+    group has no description to carry it), so another worker -- or a crash
+    -- can leave ours unmarked for a while.  Its name is the network's UUID,
+    which nobody could know before the network existed; when every copy also
+    has exactly the wanted vSwitch and VLAN, it is what we would have made,
+    and it is adopted.  Anything else of that name stays a conflict.
+    """
+    copies = [h.portgroups[d.name] for h in inv.hosts.values()
+              if d.name in h.portgroups]
+    return bool(copies) and UUID_RE.match(d.name) is not None and all(
+        pg.vswitch == d.switch and pg.vlan == d.vlan for pg in copies)
+
+
 def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
          scope: set[str] | None = None,
          skip: set[str] | frozenset[str] = frozenset()) -> Plan:
@@ -247,6 +263,8 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
 
         net = inv.std_networks.get(d.name)
         owner = _owned_std(d.name, net, inv, scope)
+        if net is not None and owner is None and _unmarked_but_ours(d, inv):
+            owner = d.network_id
         if net is not None and owner != d.network_id:
             hosts = sorted(inv.hosts[h].name for h in net.host_moids
                            if h in inv.hosts)
@@ -287,10 +305,11 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
                     d.network_id, d.name, moid, host.name, d.switch, d.vlan,
                     have_pg.vlan))
                 drift = True
-        if added and inv.owner_field_key is not None and \
-                (net is None or net.owner != d.network_id):
+        unmarked = inv.owner_field_key is not None and (
+            net.owner != d.network_id if net is not None else added)
+        if unmarked:
             result.steps.append(MarkStdNetwork(d.network_id, d.name))
-        if not added and not drift:
+        if not (added or drift or unmarked):
             result.in_sync.append(d)
 
     # Orphans: ours, in scope, not desired.

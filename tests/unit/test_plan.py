@@ -168,11 +168,39 @@ def test_foreign_name_clash_is_conflict_not_step():
     assert "left untouched" in conflict.reason
 
 
-def test_foreign_standard_port_group_clash():
+def test_unmarked_standard_port_group_exactly_as_wanted_is_adopted():
+    """Another worker (or a crash) between AddPortGroup and the mark."""
     net = D.NetworkSpec(NET_A, (seg("vlan", "physnet2", 200),))
     want = D.desired_for_network(net, topology())
     have = inventory(
         host_pgs={"host-1": [I.HostPortGroup(NET_A, "vSwitch1", 200)]},
+        std=[I.StdNetwork("network-3", NET_A, frozenset({"host-1"}), None, 0,
+                          None)])
+    result = P.plan(want, have, {NET_A})
+    assert result.conflicts == []
+    assert result.steps == [
+        P.AddHostPortGroup(NET_A, NET_A, "host-2", "HOST-2", "vSwitch1", 200),
+        P.AddHostPortGroup(NET_A, NET_A, "host-3", "HOST-3", "vSwitch1", 200),
+        P.MarkStdNetwork(NET_A, NET_A)]
+
+
+def test_adopted_everywhere_is_only_marked():
+    net = D.NetworkSpec(NET_A, (seg("vlan", "physnet2", 200),))
+    want = D.desired_for_network(net, topology())
+    have = inventory(
+        host_pgs={h: [I.HostPortGroup(NET_A, "vSwitch1", 200)] for h in HOSTS},
+        std=[I.StdNetwork("network-3", NET_A, frozenset(HOSTS), None, 0,
+                          None)])
+    result = P.plan(want, have, {NET_A})
+    assert result.steps == [P.MarkStdNetwork(NET_A, NET_A)]
+    assert result.in_sync == []
+
+
+def test_foreign_standard_port_group_clash():
+    net = D.NetworkSpec(NET_A, (seg("vlan", "physnet2", 200),))
+    want = D.desired_for_network(net, topology())
+    have = inventory(
+        host_pgs={"host-1": [I.HostPortGroup(NET_A, "vSwitch1", 201)]},
         std=[I.StdNetwork("network-3", NET_A, frozenset({"host-1"}), None, 0,
                           None)])
     result = P.plan(want, have, {NET_A})
