@@ -71,6 +71,14 @@ mapping_opts = [
              "standard-vSwitch port groups. Against a standalone ESXi host "
              "give its host name as the cluster."),
     cfg.StrOpt(
+        "deployment_name", default="default",
+        regex=r"^[A-Za-z0-9_.-]{1,32}$",
+        help="Names this Neutron deployment in the mark the driver puts on "
+             "every port group it creates (letters, digits, '_', '.', '-'). "
+             "OpenStack deployments that share one vCenter must each have "
+             "their own: a deployment never changes or deletes port groups "
+             "marked by another. Never change it once port groups exist."),
+    cfg.StrOpt(
         "dvs_port_group_name_template", default=DEFAULT_DVS_NAME_TEMPLATE,
         help="Name of the distributed port group made for a network "
              "segment. Fields: {network_id} (required), "
@@ -147,6 +155,7 @@ class Settings:
     api_call_budget: float = 20.0
     resync_grace_period: int = 30
     coordination_backend_url: str | None = None
+    deployment_name: str = "default"
 
     @property
     def clusters(self) -> list[str]:
@@ -206,11 +215,26 @@ def check_name_template(template: str) -> None:
         raise exceptions.ConfigError(problems)
 
 
+class _Values(dict):
+    """Option values read once, by attribute or key."""
+
+    __getattr__ = dict.__getitem__
+
+
 def load(conf: cfg.ConfigOpts = cfg.CONF) -> Settings:
     """Read and validate ``[ml2_vcenter]`` without talking to vCenter."""
     register_opts(conf)
-    group = conf[GROUP]
     problems: list[str] = []
+    values = {}
+    for opt in ALL_OPTS:
+        try:
+            values[opt.dest] = conf[GROUP][opt.dest]
+        except (cfg.ConfigFileValueError, ValueError) as exc:
+            problems.append(f"[{GROUP}] {opt.dest}: {exc}")
+            values[opt.dest] = opt.default
+    if problems:
+        raise exceptions.ConfigError(problems)
+    group = _Values(values)
     for name in ("host_ip", "host_username", "host_password"):
         if not group[name]:
             problems.append(f"[{GROUP}] {name} is not set")
@@ -255,4 +279,5 @@ def load(conf: cfg.ConfigOpts = cfg.CONF) -> Settings:
         api_call_budget=group.api_call_budget,
         resync_grace_period=group.resync_grace_period,
         coordination_backend_url=group.coordination_backend_url,
+        deployment_name=group.deployment_name,
     )

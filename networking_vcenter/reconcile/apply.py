@@ -153,8 +153,9 @@ class Applier:
         except exceptions.PermanentFault as exc:
             if "DuplicateName" not in exc.fault:
                 raise
-            owners = [inventory.owner_from_description(p.get(
-                "config.description")) for _, p in inventory.retrieve(
+            owners = [inventory.owner(inventory.mark_from_description(p.get(
+                "config.description")), self._settings.deployment_name)
+                for _, p in inventory.retrieve(
                 self._session, inventory.vim.dvs.DistributedVirtualPortgroup,
                 ["name", "config.description"], "port group owners")
                 if p["name"] == step.name]
@@ -163,12 +164,14 @@ class Applier:
             LOG.debug("network %s: %s already made by another worker",
                       step.network_id, step.name)
 
-    @staticmethod
-    def _dvs_spec(step: plan_mod.CreateDvsPortGroup):
+    def _dvs_spec(self, step: plan_mod.CreateDvsPortGroup):
         return switches.dvs_port_group_spec(
-            step.name, step.vlan,
-            inventory.owner_description(step.network_id, step.physnet,
-                                        step.vlan))
+            step.name, step.vlan, self._description(step))
+
+    def _description(self, step) -> str:
+        return inventory.owner_description(
+            self._settings.deployment_name, step.network_id, step.physnet,
+            step.vlan)
 
     def _retag_dvs(self, step: plan_mod.UpdateDvsPortGroup,
                    inv: Inventory) -> None:
@@ -176,9 +179,7 @@ class Applier:
         version = self._session.call(f"read {step.name}",
                                      lambda: pg.ref.config.configVersion)
         spec = switches.dvs_port_group_spec(
-            step.name, step.vlan,
-            inventory.owner_description(step.network_id, step.physnet,
-                                        step.vlan), version)
+            step.name, step.vlan, self._description(step), version)
         switches.reconfigure_dvs_port_group(self._session, pg.ref, spec,
                                             step.describe())
 
@@ -243,4 +244,5 @@ class Applier:
                                          "its port groups")))
                 continue
             self._run(step, out, lambda s=step, r=ref: switches.set_owner_field(
-                self._session, r, inv.owner_field_key, s.network_id))
+                self._session, r, inv.owner_field_key, inventory.owner_value(
+                    self._settings.deployment_name, s.network_id)))

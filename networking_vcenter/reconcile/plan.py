@@ -179,6 +179,13 @@ def _owned_std(name: str, net: inv_mod.StdNetwork | None, inv: Inventory,
     return None
 
 
+def _made_by(mark: "inv_mod.Mark | None") -> str:
+    if mark is None:
+        return "was not made by networking-vcenter"
+    return (f"was made by networking-vcenter deployment "
+            f"'{mark.deployment}' for network {mark.network_id}")
+
+
 def _unmarked_but_ours(d: DesiredPortGroup, inv: Inventory) -> bool:
     """An unmarked standard port group that can only be ours, mid-creation.
 
@@ -245,9 +252,7 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
                 result.steps.append(CreateDvsPortGroup(
                     d.network_id, d.name, d.switch, d.vlan, d.physnet))
             elif have.owner != d.network_id:
-                who = (f"was made by networking-vcenter for network "
-                       f"{have.owner}" if have.owner
-                       else "was not made by networking-vcenter")
+                who = _made_by(have.mark)
                 result.conflicts.append(Conflict(
                     d.network_id, d.name,
                     f"port group {d.name} ({have.moid}) on {d.switch}, "
@@ -263,7 +268,8 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
 
         net = inv.std_networks.get(d.name)
         owner = _owned_std(d.name, net, inv, scope)
-        if net is not None and owner is None and _unmarked_but_ours(d, inv):
+        if net is not None and owner is None and net.mark is None and \
+                _unmarked_but_ours(d, inv):
             owner = d.network_id
         if net is not None and owner != d.network_id:
             hosts = sorted(inv.hosts[h].name for h in net.host_moids
@@ -271,8 +277,8 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
             result.conflicts.append(Conflict(
                 d.network_id, d.name,
                 f"standard port group {d.name} for network {d.network_id} "
-                f"already exists on {', '.join(hosts) or 'some host'} and was "
-                f"not made by networking-vcenter; it is left untouched"))
+                f"already exists on {', '.join(hosts) or 'some host'} and "
+                f"{_made_by(net.mark)}; it is left untouched"))
             continue
         if net is None and d.name in names_in_dc:
             # Only other kinds of network carry this name: a clash.

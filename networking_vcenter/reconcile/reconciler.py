@@ -83,7 +83,8 @@ class Reconciler:
         # Our custom attribute is (re)defined on every pass: a vCenter
         # restored from scratch has lost it with everything else.
         return inventory.read(self.session,
-                              switches.ensure_owner_field(self.session))
+                              switches.ensure_owner_field(self.session),
+                              self.settings.deployment_name)
 
     def desired(self, networks: Iterable[desired_mod.NetworkSpec],
                 topo: desired_mod.Topology

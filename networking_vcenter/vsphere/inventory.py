@@ -19,24 +19,53 @@ from networking_vcenter.vsphere.session import Session
 
 # The mark written into the description of every distributed port group we
 # create.  It is set in the create spec itself, so a port group is never ours
-# without it; the network UUID in it says which network the port group serves.
+# without it.  It names the deployment ([ml2_vcenter] deployment_name), so
+# that two OpenStack deployments sharing a vCenter never touch each other's
+# port groups, and the Neutron network the port group serves.
 OWNER_TAG = "networking-vcenter"
-_OWNER_RE = re.compile(OWNER_TAG + r" .*network ([0-9a-f]{8}-[0-9a-f]{4}-"
-                       r"[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_OWNER_RE = re.compile(OWNER_TAG + r" managed by (?P<dep>[A-Za-z0-9_.-]+): "
+                       r"Neutron network (?P<net>" + _UUID + ")")
 # Custom attribute marking standard networks (a HostPortGroup has no
-# description).  Its value is the Neutron network UUID.
+# description); its value is "<deployment>/<network UUID>".
 OWNER_FIELD = "networking-vcenter.network"
+_VALUE_RE = re.compile(r"^(?P<dep>[A-Za-z0-9_.-]+)/(?P<net>" + _UUID + ")$")
 
 
-def owner_description(network_id: str, physnet: str, vlan: int) -> str:
+@dataclasses.dataclass(frozen=True)
+class Mark:
+    """Who made a port group: a deployment, for a network."""
+
+    deployment: str
+    network_id: str
+
+
+def owner_description(deployment: str, network_id: str, physnet: str,
+                      vlan: int) -> str:
     tag = f"VLAN {vlan}" if vlan else "untagged"
-    return (f"{OWNER_TAG} managed: Neutron network {network_id} "
-            f"(physical network {physnet}, {tag}). Changes are reverted.")
+    return (f"{OWNER_TAG} managed by {deployment}: Neutron network "
+            f"{network_id} (physical network {physnet}, {tag}). Changes are "
+            f"reverted.")
 
 
-def owner_from_description(description: str | None) -> str | None:
+def mark_from_description(description: str | None) -> Mark | None:
     m = _OWNER_RE.search(description or "")
-    return m.group(1) if m else None
+    return Mark(m.group("dep"), m.group("net")) if m else None
+
+
+def owner_value(deployment: str, network_id: str) -> str:
+    return f"{deployment}/{network_id}"
+
+
+def mark_from_value(value: str | None) -> Mark | None:
+    m = _VALUE_RE.match(value or "")
+    return Mark(m.group("dep"), m.group("net")) if m else None
+
+
+def owner(mark: Mark | None, deployment: str) -> str | None:
+    """The network id, when the mark is this deployment's."""
+    return mark.network_id if mark and mark.deployment == deployment \
+        else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +85,10 @@ class DvsPortGroup:
     dvs_moid: str
     vlan: int | None        # None: a trunk or private VLAN, never ours
     description: str
-    owner: str | None       # the Neutron network id in our mark, if any
+    owner: str | None       # the network id, when marked by us
     vm_count: int
     ref: Any = dataclasses.field(compare=False, repr=False)
+    mark: Mark | None = None  # anybody's networking-vcenter mark
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +118,7 @@ class StdNetwork:
     owner: str | None
     vm_count: int
     ref: Any = dataclasses.field(compare=False, repr=False)
+    mark: Mark | None = None
 
 
 @dataclasses.dataclass
@@ -172,20 +203,22 @@ def owner_field_key(session: Session) -> int | None:
     return None
 
 
-def read(session: Session, field_key: int | None) -> Inventory:
+def read(session: Session, field_key: int | None,
+         deployment: str) -> Inventory:
     """Read switches, port groups, clusters, hosts and standard networks.
 
     ``field_key`` is our custom attribute's key (see
     :func:`networking_vcenter.vsphere.switches.ensure_owner_field`), None
-    where vSphere has no custom attributes.
+    where vSphere has no custom attributes.  Port groups count as owned
+    (``owner`` set) only when marked by ``deployment``.
     """
     content = session.content
     is_vcenter = content.about.apiType == "VirtualCenter"
 
-    def owner_of(custom_values: Any) -> str | None:
+    def mark_of(custom_values: Any) -> Mark | None:
         for cv in custom_values or []:
             if field_key is not None and cv.key == field_key:
-                return cv.value or None
+                return mark_from_value(cv.value)
         return None
 
     switches: dict[str, list[Dvs]] = {}
@@ -204,13 +237,14 @@ def read(session: Session, field_key: int | None) -> Inventory:
                              "config.defaultPortConfig", "config.description",
                              "vm"], "distributed port groups"):
         description = p.get("config.description") or ""
+        mark = mark_from_description(description)
         dvpgs.append(DvsPortGroup(
             moid=ref._moId, name=p["name"], key=p["key"],
             dvs_moid=p["config.distributedVirtualSwitch"]._moId,
             vlan=_vlan_of(p.get("config.defaultPortConfig")),
             description=description,
-            owner=owner_from_description(description),
-            vm_count=len(p.get("vm") or []), ref=ref))
+            owner=owner(mark, deployment),
+            vm_count=len(p.get("vm") or []), ref=ref, mark=mark))
 
     clusters: dict[str, list[list[str]]] = {}
     for ref, p in retrieve(session, vim.ComputeResource, ["name", "host"],
@@ -242,11 +276,12 @@ def read(session: Session, field_key: int | None) -> Inventory:
         if isinstance(ref, (vim.dvs.DistributedVirtualPortgroup,
                             vim.OpaqueNetwork)):
             continue
+        mark = mark_of(p.get("customValue"))
         std[p["name"]] = StdNetwork(
             moid=ref._moId, name=p["name"],
             host_moids=frozenset(h._moId for h in p.get("host") or []),
-            owner=owner_of(p.get("customValue")),
-            vm_count=len(p.get("vm") or []), ref=ref)
+            owner=owner(mark, deployment),
+            vm_count=len(p.get("vm") or []), ref=ref, mark=mark)
 
     return Inventory(switches=switches, dvs_portgroups=dvpgs,
                      clusters=clusters, hosts=hosts, std_networks=std,

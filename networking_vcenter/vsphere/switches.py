@@ -133,5 +133,5 @@ def ensure_owner_field(session: Session) -> int | None:
 def set_owner_field(session: Session, entity: Any, key: int,
                     value: str) -> None:
     cfm = session.content.customFieldsManager
-    session.call(f"mark {entity._moId} as managed for network {value}",
+    session.call(f"mark {entity._moId} as managed ({value})",
                  cfm.SetField, entity, key, value)

@@ -81,7 +81,11 @@ def vsphere(vcsim):
 
 
 def start_server(vcsim, mode: str, port: int, **kw):
+    """A Neutron server of its own deployment: the servers of one test run
+    share the simulator as two clouds would share a vCenter."""
     workdir = tempfile.mkdtemp(prefix=f"neutron-{mode}-")
+    kw["extra_ml2_opts"] = {"deployment_name": f"e2e-{mode}-{port}",
+                            **kw.get("extra_ml2_opts", {})}
     server = neutron_server.NeutronServer(
         workdir, mode, vcenter_host=vcsim.host, vcenter_port=vcsim.port,
         vcenter_user=vcsim.username, vcenter_password=vcsim.password,

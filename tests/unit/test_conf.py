@@ -80,3 +80,18 @@ def test_list_opts_for_generator():
             "api_retry_count", "resync_interval"} <= names
     secret = [o for o in groups["ml2_vcenter"] if o.name == "host_password"]
     assert secret[0].secret
+
+
+def test_bad_option_value_named(tmp_path):
+    ini = tmp_path / "bad.ini"
+    ini.write_text("[ml2_vcenter]\nhost_ip = vc\nhost_username = u\n"
+                   "host_password = p\nswitch_mappings = p1:DVS0\n"
+                   "compute_hosts = h:C\ndeployment_name = has space\n"
+                   "host_port = not-a-port\n")
+    c = cfg.ConfigOpts()
+    conf.register_opts(c)
+    c(["--config-file", str(ini)], project="neutron")
+    with pytest.raises(exceptions.ConfigError) as err:
+        conf.load(c)
+    assert "[ml2_vcenter] deployment_name" in str(err.value)
+    assert "[ml2_vcenter] host_port" in str(err.value)

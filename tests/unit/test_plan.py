@@ -43,16 +43,34 @@ def inventory(dvpgs=(), host_pgs=None, std=(), field_key=101):
                        owner_field_key=field_key, is_vcenter=True)
 
 
-def dvpg(name, vlan, owner, moid="dvportgroup-9", vms=0):
-    desc = I.owner_description(owner, "physnet1", vlan) if owner else "x"
+def dvpg(name, vlan, owner, moid="dvportgroup-9", vms=0, deployment="dep"):
+    desc = I.owner_description(deployment, owner, "physnet1", vlan) \
+        if owner else "x"
+    mark = I.mark_from_description(desc)
     return I.DvsPortGroup(moid, name, "key-" + moid, "dvs-1", vlan, desc,
-                          I.owner_from_description(desc), vms, None)
+                          I.owner(mark, "dep"), vms, None, mark)
 
 
 def test_owner_mark_round_trip():
-    text = I.owner_description(NET_A, "physnet1", 100)
-    assert I.owner_from_description(text) == NET_A
-    assert I.owner_from_description("made by hand") is None
+    text = I.owner_description("cloud-1", NET_A, "physnet1", 100)
+    assert I.mark_from_description(text) == I.Mark("cloud-1", NET_A)
+    assert I.owner(I.mark_from_description(text), "cloud-1") == NET_A
+    assert I.owner(I.mark_from_description(text), "cloud-2") is None
+    assert I.mark_from_description("made by hand") is None
+    value = I.owner_value("cloud-1", NET_A)
+    assert I.mark_from_value(value) == I.Mark("cloud-1", NET_A)
+    assert I.mark_from_value(NET_A) is None
+
+
+def test_other_deployments_port_groups_are_never_touched():
+    theirs = dvpg(f"neutron-physnet1-{NET_B}", 100, NET_B, moid="dvpg-b",
+                  deployment="other-cloud")
+    have = inventory(dvpgs=[theirs])
+    assert P.plan([], have, None).steps == []          # not an orphan
+    net = D.NetworkSpec(NET_B, (seg("vlan", "physnet1", 100),))
+    result = P.plan(D.desired_for_network(net, topology()), have, {NET_B})
+    assert result.steps == []
+    assert "deployment 'other-cloud'" in result.conflicts[0].reason
 
 
 def test_vlan_dvs_segment():

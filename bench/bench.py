@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Port group creation: networking-vcenter's path against the retired drivers'.
+
+Both variants run in one process against one simulator, in alternating rounds,
+so a ratio holds while the machine's speed drifts.  The simulator answers in
+~0.3 ms and finishes tasks inside the call that starts them, which a real
+vCenter does not: latency is injected with the simulator's own knobs (a delay
+on every call, and more on the methods that are tasks or host writes on a real
+vCenter), see ../shared/FACTS.md.
+
+Scenarios:
+
+* ``dvs``      N distributed port groups on DVS0.
+  - ours:      :class:`Reconciler` ``sync_all`` over N networks -- one batched
+               inventory read, ``AddDVPortgroup_Task`` with up to
+               ``dvs_batch_size`` specs, one ``WaitForUpdatesEx`` per task;
+  - retired:   per port group, find the switch by name (read every switch's
+               name), one ``AddDVPortgroup_Task`` with one spec, poll the task.
+* ``vswitch``  N standard port groups on every host of a 16-host cluster.
+  - ours:      ``sync_all``: host writes in parallel (``max_parallel_tasks``);
+  - retired:   one ``AddPortGroup`` after another.
+
+Run: ``.venv/bin/python bench/bench.py [--scenario dvs|vswitch] [--count N]
+[--rounds R]``; prints each round and the median ratio.  RESULTS.md keeps
+measured figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from pyVmomi import vim  # noqa: E402
+
+from networking_vcenter import conf  # noqa: E402
+from networking_vcenter.reconcile import desired as desired_mod  # noqa: E402
+from networking_vcenter.reconcile.locks import Locks, \
+    default_backend_url  # noqa: E402
+from networking_vcenter.reconcile.reconciler import Reconciler  # noqa: E402
+from tests.fixtures.vcsim import Vcsim  # noqa: E402
+
+DVS = vim.dvs.VmwareDistributedVirtualSwitch
+
+
+def settings(sim: Vcsim, mapping: dict[str, str], cluster: str) -> \
+        conf.Settings:
+    return conf.Settings(
+        host_ip=sim.host, host_port=sim.port, host_username=sim.username,
+        host_password=sim.password, ca_file=None, insecure=True,
+        api_retry_count=2, api_timeout=60, task_timeout=600,
+        switch_mappings=mapping, compute_hosts={"bench": cluster},
+        dvs_name_template=conf.DEFAULT_DVS_NAME_TEMPLATE,
+        max_parallel_tasks=8, dvs_batch_size=100)
+
+
+def networks(n: int, physnet: str) -> list[desired_mod.NetworkSpec]:
+    return [desired_mod.NetworkSpec(str(uuid.uuid4()), ({
+        "network_type": "vlan", "physical_network": physnet,
+        "segmentation_id": 100 + i % 3000},)) for i in range(n)]
+
+
+def ours(rec: Reconciler, nets) -> float:
+    t0 = time.perf_counter()
+    result = rec.sync_all(lambda ids: nets, wait=60)
+    elapsed = time.perf_counter() - t0
+    assert not result.outcome.failed, result.outcome.failed
+    return elapsed
+
+
+def retired_dvs(si, count: int) -> float:
+    content = si.RetrieveContent()
+    t0 = time.perf_counter()
+    for i in range(count):
+        view = content.viewManager.CreateContainerView(
+            content.rootFolder, [vim.DistributedVirtualSwitch], True)
+        dvs = next(d for d in view.view if d.name == "DVS0")
+        view.DestroyView()
+        spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+            name=f"retired-{uuid.uuid4()}", type="earlyBinding", numPorts=8,
+            defaultPortConfig=DVS.VmwarePortConfigPolicy(
+                vlan=DVS.VlanIdSpec(vlanId=100 + i % 3000, inherited=False)))
+        task = dvs.AddDVPortgroup_Task([spec])
+        while task.info.state not in ("success", "error"):
+            time.sleep(0.01)
+    return time.perf_counter() - t0
+
+
+def retired_vswitch(si, count: int, cluster: str) -> float:
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(
+        content.rootFolder, [vim.ClusterComputeResource], True)
+    hosts = next(c for c in view.view if c.name == cluster).host
+    view.DestroyView()
+    t0 = time.perf_counter()
+    for i in range(count):
+        name = str(uuid.uuid4())
+        for host in hosts:
+            host.configManager.networkSystem.AddPortGroup(
+                vim.host.PortGroup.Specification(
+                    name=name, vlanId=100 + i % 3000, vswitchName="vSwitch1",
+                    policy=vim.host.NetworkPolicy()))
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=("dvs", "vswitch"),
+                        default="dvs")
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--delay-ms", type=int, default=2,
+                        help="added to every vSphere call")
+    parser.add_argument("--task-ms", type=int, default=200,
+                        help="added to AddDVPortgroup_Task / AddPortGroup")
+    args = parser.parse_args()
+
+    if args.scenario == "dvs":
+        extra = ("-method-delay", f"AddDVPortgroup_Task:{args.task_ms}")
+        sim_kw = {}
+        mapping, cluster = {"physnet1": "DVS0"}, "DC0_C0"
+    else:
+        extra = ("-method-delay", f"AddPortGroup:{args.task_ms // 2}",
+                 "-extra-vswitch", "vSwitch1")
+        sim_kw = {"clusters": 1, "hosts": 16}
+        mapping, cluster = {"physnet2": "vSwitch1"}, "DC0_C0"
+    sim = Vcsim(extra_args=("-delay", str(args.delay_ms), *extra),
+                **sim_kw).start()
+    try:
+        rec = Reconciler(settings(sim, mapping, cluster),
+                         Locks(default_backend_url(None)))
+        si = sim.connect()
+        physnet = next(iter(mapping))
+        print(f"scenario {args.scenario}: {args.count} port groups"
+              + (" x 16 hosts" if args.scenario == "vswitch" else "")
+              + f", {args.delay_ms} ms per call, {args.task_ms} ms per "
+              f"create{'' if args.scenario == 'dvs' else ' (halved per host)'}")
+        ratios = []
+        for r in range(args.rounds):
+            a = ours(rec, networks(args.count, physnet))
+            b = (retired_dvs(si, args.count) if args.scenario == "dvs"
+                 else retired_vswitch(si, args.count, cluster))
+            ratios.append(b / a)
+            print(f"round {r + 1}: networking-vcenter {a:7.2f} s   "
+                  f"retired pattern {b:7.2f} s   ratio {b / a:6.1f}x")
+        print(f"median ratio (retired / networking-vcenter): "
+              f"{statistics.median(ratios):.1f}x")
+        rec.session.close()
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
