@@ -182,3 +182,46 @@ class TestSessionExpiry(OutageTestCase):
         self.vsphere = Reader(self.vcsim.connect())
         self.assertEqual(1, self.count_dvs(first["id"]))
         self.assertTrue(self.vsphere.host_portgroups(second["id"]))
+
+
+class TestPortGroupInUse(OutageTestCase):
+    vcsim_kwargs = {"extra_args": ("-extra-vswitch", "vSwitch1"), "vms": 1}
+
+    def attach_vm(self, name):
+        """Connect the simulator's VM to a port group, as Nova would."""
+        pg = self.vsphere.dv_portgroups(name)[0]["ref"]
+        vm = self.vsphere._all(vim.VirtualMachine)[0]
+        nic = next(d for d in vm.config.hardware.device
+                   if isinstance(d, vim.vm.device.VirtualEthernetCard))
+        nic.backing = vim.vm.device.VirtualEthernetCard \
+            .DistributedVirtualPortBackingInfo(
+                port=vim.dvs.PortConnection(
+                    switchUuid=pg.config.distributedVirtualSwitch.uuid,
+                    portgroupKey=pg.key))
+        spec = vim.vm.ConfigSpec(deviceChange=[vim.vm.device.VirtualDeviceSpec(
+            operation="edit", device=nic)])
+        self.vsphere.wait(vm.ReconfigVM_Task(spec))
+        return vm, nic
+
+    def test_delete_in_use_is_deferred_then_done(self):
+        net = self.make_network("vlan", "physnet1", 97)
+        name = self.dvs_name(net["id"])
+        vm, nic = self.attach_vm(name)
+        with self.assertLogs("networking_vcenter", level="WARNING") as logs:
+            self.delete_network(net["id"])
+        self.assertEqual(1, self.count_dvs(net["id"]))      # not forced
+        self.assertTrue(any("still used by 1 VM" in line or "ResourceInUse"
+                            in line for line in logs.output), logs.output)
+        result = self.resync()                              # retried: still
+        self.assertEqual(1, len(result.outcome.deferred))   # in use
+        # The VM leaves the port group; the next pass deletes it.
+        (dc_net,) = [n for n in self.vsphere._all(vim.Network)
+                     if n.name == "VM Network"]
+        nic.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
+            deviceName="VM Network", network=dc_net)
+        self.vsphere.wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(
+            deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="edit",
+                                                          device=nic)])))
+        result = self.resync()
+        self.assertEqual([], result.outcome.deferred)
+        self.assertEqual(0, self.count_dvs(net["id"]))

@@ -278,3 +278,21 @@ def test_network_from_neutron_forms(net):
     spec = D.network_from_neutron(net)
     assert spec.segments[0]["segmentation_id"] == 5
     assert spec.segments[0]["physical_network"] == "physnet1"
+
+
+def test_missing_privileges_named_per_object():
+    from networking_vcenter.vsphere import privileges
+
+    class Ref:
+        def __init__(self, moid):
+            self._moId = moid
+    wanted = [privileges.Need(Ref("group-d1"), "vCenter root folder",
+                              ("System.View",)),
+              privileges.Need(Ref("dvs-1"), "distributed switch DVS0",
+                              privileges.DVS_PRIVILEGES)]
+    granted = {"group-d1": {"System.View": True},
+               "dvs-1": {"DVPortgroup.Create": True,
+                         "DVPortgroup.Modify": False}}
+    assert privileges.missing(granted, wanted) == [
+        "DVPortgroup.Modify on distributed switch DVS0",
+        "DVPortgroup.Delete on distributed switch DVS0"]
