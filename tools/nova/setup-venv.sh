@@ -46,21 +46,13 @@ if [[ ! -x $venv/bin/python ]]; then
     "$python" -m venv "$venv" || die "could not create venv $venv"
 fi
 
-# pip, with the harmless "Location 'file:///...' is ignored" warnings that a
-# pip.conf pointing at partial local indexes causes filtered out.
-pip_quiet() {
-    local status
-    set +e
-    "$venv/bin/python" -m pip "$@" 2>&1 | grep -v "^WARNING: Location 'file:" >&2
-    status=("${PIPESTATUS[@]}")
-    set -e
-    return "${status[0]}"
-}
+# shellcheck source=../pip-quiet.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../pip-quiet.sh"
 
 say "installing nova[vmware]==$version and pyvmomi into $venv (about 30 s)"
-pip_quiet install --quiet --upgrade pip \
+pip_quiet "$venv/bin/python" install --quiet --upgrade pip \
     || say "warning: could not upgrade pip; going on with $("$venv/bin/python" -m pip --version)"
-pip_quiet install --quiet "nova[vmware]==$version" pyvmomi \
+pip_quiet "$venv/bin/python" install --quiet "nova[vmware]==$version" pyvmomi \
     || die "pip install nova[vmware]==$version pyvmomi failed (see above)"
 
 installed || die "nova $version installed but the check failed: $venv/bin/python -c 'import nova.virt.vmwareapi.vm_util, oslo_vmware, pyVmomi'"

