@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,8 +62,9 @@ def main() -> int:
     args = parser.parse_args()
     t0 = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="networking-vcenter-demo-")
-    print(f"== networking-vcenter demo ({args.mode} mode); logs in {workdir}")
+    print(f"== networking-vcenter demo ({args.mode} mode)")
     sim = server = None
+    ok = False
     try:
         sim = Vcsim(extra_args=("-extra-vswitch", "vSwitch1"),
                     log_path=os.path.join(workdir, "vcsim.log")).start()
@@ -120,6 +122,7 @@ def main() -> int:
             if left:
                 return 1
         print(f"\n== demo done in {time.monotonic() - t0:.1f}s")
+        ok = True
         return 0
     except (neutron_server.ServerError, RuntimeError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
@@ -129,7 +132,11 @@ def main() -> int:
             server.stop()
         if sim is not None:
             sim.stop()
-        print("(simulator and Neutron stopped)")
+        if ok:
+            shutil.rmtree(workdir, ignore_errors=True)
+            print("(simulator and Neutron stopped)")
+        else:
+            print(f"(simulator and Neutron stopped; logs kept in {workdir})")
 
 
 if __name__ == "__main__":
