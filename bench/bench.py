@@ -19,6 +19,13 @@ Scenarios:
 * ``vswitch``  N standard port groups on every host of a 16-host cluster.
   - ours:      ``sync_all``: host writes in parallel (``max_parallel_tasks``);
   - retired:   one ``AddPortGroup`` after another.
+* ``scale``    one network's reconcile (what each API call and each port bind
+               costs) when vCenter already holds N port groups.
+  - ours:      the targeted read (``FindChild`` by the names the network can
+               have, the mapped clusters' hosts only);
+  - full read: the same reconcile reading the whole inventory, as a naive
+               "read everything and diff" does (and this project's first
+               version did).
 
 Run: ``.venv/bin/python bench/bench.py [--scenario dvs|vswitch] [--count N]
 [--rounds R]``; prints each round and the median ratio.  RESULTS.md keeps
@@ -114,9 +121,49 @@ def retired_vswitch(si, count: int, cluster: str) -> float:
     return time.perf_counter() - t0
 
 
+def scale(args) -> int:
+    """Reconcile one new network at a time with ``count`` port groups around.
+
+    Both variants use the same reconciler; the full-read one is told it
+    cannot derive the network's names, so it reads everything.
+    """
+    sim = Vcsim(extra_args=("-delay", str(args.delay_ms))).start()
+    try:
+        rec = Reconciler(settings(sim, {"physnet1": "DVS0"}, "DC0_C0"),
+                         Locks(default_backend_url(None)))
+        known = networks(args.count, "physnet1")
+        rec.sync_all(lambda ids: known, wait=60)
+        full = Reconciler(rec.settings, rec.locks, rec.session)
+        full.scope_of = lambda network_id: None
+        print(f"scenario scale: one network's reconcile among {args.count} "
+              f"port groups, {args.delay_ms} ms per call, 10 networks a round")
+
+        def run(r: Reconciler) -> float:
+            t0 = time.perf_counter()
+            for net in networks(10, "physnet1"):
+                known.append(net)
+                res = r.sync_network(net.id, lambda ids: [
+                    n for n in known if n.id in ids])
+                assert len(res.outcome.done) == 1, res.plan.describe()
+            return (time.perf_counter() - t0) / 10
+
+        ratios = []
+        for i in range(args.rounds):
+            a, b = run(rec), run(full)
+            ratios.append(b / a)
+            print(f"round {i + 1}: targeted read {a * 1000:7.1f} ms   full "
+                  f"read {b * 1000:7.1f} ms   ratio {b / a:6.1f}x")
+        print(f"median ratio (full read / targeted read): "
+              f"{statistics.median(ratios):.1f}x")
+        rec.session.close()
+    finally:
+        sim.stop()
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=("dvs", "vswitch"),
+    parser.add_argument("--scenario", choices=("dvs", "vswitch", "scale"),
                         default="dvs")
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
@@ -126,6 +173,8 @@ def main() -> int:
                         help="added to AddDVPortgroup_Task / AddPortGroup")
     args = parser.parse_args()
 
+    if args.scenario == "scale":
+        return scale(args)
     if args.scenario == "dvs":
         extra = ("-method-delay", f"AddDVPortgroup_Task:{args.task_ms}")
         sim_kw = {}

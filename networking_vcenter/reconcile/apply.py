@@ -228,9 +228,9 @@ class Applier:
             return
         failed = {(s.network_id, s.name) for s, _ in out.failed}
         try:
-            refs = {p["name"]: ref for ref, p in inventory.retrieve(
-                self._session, inventory.vim.Network, ["name"],
-                "standard networks to mark")}
+            refs = inventory.find_children(
+                self._session, inv.network_folders,
+                {s.name for s in steps}, inventory.vim.Network)
         except exceptions.VCenterError as exc:
             for step in steps:
                 out.failed.append((step, exc))

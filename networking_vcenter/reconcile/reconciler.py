@@ -79,12 +79,29 @@ class Reconciler:
         self.session.connect()
         return desired_mod.build_topology(self.settings, self._read())
 
-    def _read(self) -> inventory.Inventory:
+    def _read(self, scope: inventory.Scope | None = None
+              ) -> inventory.Inventory:
         # Our custom attribute is (re)defined on every pass: a vCenter
         # restored from scratch has lost it with everything else.
         return inventory.read(self.session,
                               switches.ensure_owner_field(self.session),
-                              self.settings.deployment_name)
+                              self.settings.deployment_name, scope)
+
+    def scope_of(self, network_id: str) -> inventory.Scope | None:
+        """What one network's reconcile must read: the names its port groups
+        can have on any mapped switch, and the mapped clusters' hosts.
+
+        None (read everything) when the name template uses the VLAN: the
+        names of a deleted network cannot be derived then.
+        """
+        template = self.settings.dvs_name_template
+        if "{segmentation_id}" in template:
+            return None
+        names = {network_id} | {
+            desired_mod.dvs_port_group_name(template, network_id, physnet, 0)
+            for physnet in self.settings.switch_mappings}
+        return inventory.Scope(frozenset(names),
+                               frozenset(self.settings.clusters))
 
     def desired(self, networks: Iterable[desired_mod.NetworkSpec],
                 topo: desired_mod.Topology
@@ -111,7 +128,7 @@ class Reconciler:
                 raise exceptions.TransientFault(
                     f"reconcile network {network_id}",
                     f"another worker still holds it after {wait}s")
-            inv = self._read()
+            inv = self._read(self.scope_of(network_id))
             nets = list(source({network_id}))
             return self._plan_and_apply(inv, nets, {network_id}, set(),
                                         dry_run)
@@ -157,7 +174,7 @@ class Reconciler:
                         inv: inventory.Inventory | None = None
                         ) -> inventory.DvsPortGroup | inventory.StdNetwork:
         """The vSphere object of a desired port group, read fresh if needed."""
-        inv = inv or self._read()
+        inv = inv or self._read(self.scope_of(pg.network_id))
         if pg.kind == desired_mod.DVS:
             dvs = inv.dvs(pg.switch)
             for have in inv.dvs_portgroups:

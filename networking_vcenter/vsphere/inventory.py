@@ -133,6 +133,7 @@ class Inventory:
     std_networks: dict[str, StdNetwork]           # name -> network
     owner_field_key: int | None                   # None: no custom fields
     is_vcenter: bool
+    network_folders: list[Any] = dataclasses.field(default_factory=list)
 
     def dvs(self, name: str) -> Dvs | None:
         found = self.switches.get(name) or []
@@ -147,19 +148,32 @@ class Inventory:
 
 
 def retrieve(session: Session, vimtype: type, paths: list[str],
-              what: str) -> list[tuple[Any, dict[str, Any]]]:
-    """All objects of one type with the given properties, in one batch."""
+             what: str, refs: list[Any] | None = None
+             ) -> list[tuple[Any, dict[str, Any]]]:
+    """Objects of one type with the given properties, in one batch.
+
+    All objects of the type (through a container view), or just ``refs``.
+    """
     content = session.content
     pc = content.propertyCollector
-    view = session.call(f"open a view of {vimtype.__name__} ({what})",
-                        content.viewManager.CreateContainerView,
-                        content.rootFolder, [vimtype], True)
+    view = None
+    if refs is None:
+        view = session.call(f"open a view of {vimtype.__name__} ({what})",
+                            content.viewManager.CreateContainerView,
+                            content.rootFolder, [vimtype], True)
+        object_set = [vmodl.query.PropertyCollector.ObjectSpec(
+            obj=view, skip=True, selectSet=[
+                vmodl.query.PropertyCollector.TraversalSpec(
+                    name="view", path="view", skip=False,
+                    type=vim.view.ContainerView)])]
+    elif not refs:
+        return []
+    else:
+        object_set = [vmodl.query.PropertyCollector.ObjectSpec(obj=r)
+                      for r in refs]
     try:
-        traversal = vmodl.query.PropertyCollector.TraversalSpec(
-            name="view", path="view", skip=False, type=vim.view.ContainerView)
         spec = vmodl.query.PropertyCollector.FilterSpec(
-            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(
-                obj=view, skip=True, selectSet=[traversal])],
+            objectSet=object_set,
             propSet=[vmodl.query.PropertyCollector.PropertySpec(
                 type=vimtype, pathSet=paths)])
         options = vmodl.query.PropertyCollector.RetrieveOptions()
@@ -177,10 +191,42 @@ def retrieve(session: Session, vimtype: type, paths: list[str],
                                   result.token)
         return objects
     finally:
-        try:
-            view.DestroyView()
-        except Exception:  # noqa: BLE001 - the session may be gone; harmless
-            pass
+        if view is not None:
+            try:
+                view.DestroyView()
+            except Exception:  # noqa: BLE001 - the session may be gone
+                pass
+
+
+def find_children(session: Session, folders: list[Any], names: set[str],
+                  vimtype: type) -> dict[str, Any]:
+    """{name: object} of ``vimtype`` named ``names`` directly in ``folders``.
+
+    ``SearchIndex.FindChild``: one round trip per folder and name, however
+    many objects vCenter holds -- the targeted read of a single network.
+    ``vim.Network`` means standard networks only, not its subtypes.
+    """
+    index = session.content.searchIndex
+    found = {}
+    for folder in folders:
+        for name in sorted(names - set(found)):
+            ref = session.call(f"find {name}", index.FindChild, folder, name)
+            if isinstance(ref, vimtype) and (
+                    vimtype is not vim.Network or type(ref) is vim.Network):
+                found[name] = ref
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    """What one network's reconcile needs to see, and nothing more.
+
+    ``names``: the port group names the network can have; ``clusters``: the
+    mapped clusters, whose hosts are the only ones read.
+    """
+
+    names: frozenset[str]
+    clusters: frozenset[str]
 
 
 def _vlan_of(spec: Any) -> int | None:
@@ -204,13 +250,15 @@ def owner_field_key(session: Session) -> int | None:
 
 
 def read(session: Session, field_key: int | None,
-         deployment: str) -> Inventory:
+         deployment: str, scope: Scope | None = None) -> Inventory:
     """Read switches, port groups, clusters, hosts and standard networks.
 
     ``field_key`` is our custom attribute's key (see
     :func:`networking_vcenter.vsphere.switches.ensure_owner_field`), None
     where vSphere has no custom attributes.  Port groups count as owned
-    (``owner`` set) only when marked by ``deployment``.
+    (``owner`` set) only when marked by ``deployment``.  With a ``scope``,
+    only the port groups of those names and the hosts of those clusters are
+    read: the cost of one network's reconcile does not grow with vCenter.
     """
     content = session.content
     is_vcenter = content.about.apiType == "VirtualCenter"
@@ -222,20 +270,28 @@ def read(session: Session, field_key: int | None,
         return None
 
     switches: dict[str, list[Dvs]] = {}
+    folders: dict[str, Any] = {}
     for ref, p in retrieve(session, vim.DistributedVirtualSwitch,
-                            ["name", "uuid", "summary.hostMember"],
-                            "distributed switches"):
+                           ["name", "uuid", "summary.hostMember", "parent"],
+                           "distributed switches"):
+        folders[p["parent"]._moId] = p["parent"]
         dvs = Dvs(moid=ref._moId, name=p["name"], uuid=p["uuid"],
                   host_moids=frozenset(h._moId for h in
                                        p.get("summary.hostMember") or []),
                   ref=ref)
         switches.setdefault(dvs.name, []).append(dvs)
 
+    network_folders = [p["networkFolder"] for _, p in retrieve(
+        session, vim.Datacenter, ["networkFolder"], "datacenters")]
+
     dvpgs = []
     for ref, p in retrieve(session, vim.dvs.DistributedVirtualPortgroup,
-                            ["name", "key", "config.distributedVirtualSwitch",
-                             "config.defaultPortConfig", "config.description",
-                             "vm"], "distributed port groups"):
+                           ["name", "key", "config.distributedVirtualSwitch",
+                            "config.defaultPortConfig", "config.description",
+                            "vm"], "distributed port groups",
+                           None if scope is None else list(find_children(
+                               session, list(folders.values()), scope.names,
+                               vim.dvs.DistributedVirtualPortgroup).values())):
         description = p.get("config.description") or ""
         mark = mark_from_description(description)
         dvpgs.append(DvsPortGroup(
@@ -247,16 +303,46 @@ def read(session: Session, field_key: int | None,
             vm_count=len(p.get("vm") or []), ref=ref, mark=mark))
 
     clusters: dict[str, list[list[str]]] = {}
+    host_refs: dict[str, list[Any]] = {}
     for ref, p in retrieve(session, vim.ComputeResource, ["name", "host"],
-                            "clusters"):
+                           "clusters"):
         clusters.setdefault(p["name"], []).append(
             [h._moId for h in p.get("host") or []])
+        host_refs.setdefault(p["name"], []).extend(p.get("host") or [])
 
+    std: dict[str, StdNetwork] = {}
+    paths = ["name", "host", "vm"] + (["customValue"] if field_key is not None
+                                      else [])
+    for ref, p in retrieve(session, vim.Network, paths, "networks",
+                           None if scope is None else list(find_children(
+                               session, network_folders, scope.names,
+                               vim.Network).values())):
+        if isinstance(ref, (vim.dvs.DistributedVirtualPortgroup,
+                            vim.OpaqueNetwork)):
+            continue
+        mark = mark_of(p.get("customValue"))
+        std[p["name"]] = StdNetwork(
+            moid=ref._moId, name=p["name"],
+            host_moids=frozenset(h._moId for h in p.get("host") or []),
+            owner=owner(mark, deployment),
+            vm_count=len(p.get("vm") or []), ref=ref, mark=mark)
+
+    # Hosts last: a port group another worker is creating right now is then
+    # seen on the hosts at least as far as its Network was seen above, which
+    # is what recognising our own unmarked port group relies on (plan.py).
+    # Scoped: the mapped clusters' hosts only -- unless one of them is not a
+    # cluster name, when all hosts are read so that start-up validation
+    # reports it exactly as a full read would.
+    wanted_hosts = None
+    if scope is not None and all(c in host_refs for c in scope.clusters):
+        wanted_hosts = [h for c in sorted(scope.clusters)
+                        for h in host_refs[c]]
     hosts = {}
     for ref, p in retrieve(session, vim.HostSystem,
-                            ["name", "configManager.networkSystem",
-                             "config.network.vswitch",
-                             "config.network.portgroup"], "hosts"):
+                           ["name", "configManager.networkSystem",
+                            "config.network.vswitch",
+                            "config.network.portgroup"], "hosts",
+                           wanted_hosts):
         pgs = {}
         for pg in p.get("config.network.portgroup") or []:
             pgs[pg.spec.name] = HostPortGroup(
@@ -269,20 +355,7 @@ def read(session: Session, field_key: int | None,
             portgroups=pgs,
             network_system=p.get("configManager.networkSystem"), ref=ref)
 
-    std: dict[str, StdNetwork] = {}
-    paths = ["name", "host", "vm"] + (["customValue"] if field_key is not None
-                                      else [])
-    for ref, p in retrieve(session, vim.Network, paths, "networks"):
-        if isinstance(ref, (vim.dvs.DistributedVirtualPortgroup,
-                            vim.OpaqueNetwork)):
-            continue
-        mark = mark_of(p.get("customValue"))
-        std[p["name"]] = StdNetwork(
-            moid=ref._moId, name=p["name"],
-            host_moids=frozenset(h._moId for h in p.get("host") or []),
-            owner=owner(mark, deployment),
-            vm_count=len(p.get("vm") or []), ref=ref, mark=mark)
-
     return Inventory(switches=switches, dvs_portgroups=dvpgs,
                      clusters=clusters, hosts=hosts, std_networks=std,
-                     owner_field_key=field_key, is_vcenter=is_vcenter)
+                     owner_field_key=field_key, is_vcenter=is_vcenter,
+                     network_folders=network_folders)

@@ -91,6 +91,22 @@ class TestNetworks(base.VCenterMl2TestCase):
         self.assertEqual(1, len(self.vsphere.dv_portgroups(
             self.dvs_name(net["id"]))))
 
+    def test_one_networks_reconcile_reads_only_its_port_groups(self):
+        nets = [self.make_network("vlan", "physnet1", 73 + i)
+                for i in range(3)]
+        std = self.make_network("vlan", "physnet2", 274)
+        rec = self.vcenter_driver.reconciler
+        from networking_vcenter.ml2 import driver as driver_mod
+        result = rec.sync_network(nets[0]["id"], driver_mod.neutron_networks)
+        self.assertEqual([self.dvs_name(nets[0]["id"])],
+                         [pg.name for pg in result.inventory.dvs_portgroups])
+        self.assertEqual({}, result.inventory.std_networks)
+        self.assertEqual(sorted(self.cluster_hosts()), sorted(
+            h.name for h in result.inventory.hosts.values()))
+        result = rec.sync_network(std["id"], driver_mod.neutron_networks)
+        self.assertEqual([std["id"]], list(result.inventory.std_networks))
+        self.assertEqual([], result.inventory.dvs_portgroups)
+
     def test_foreign_port_group_untouched_and_create_refused(self):
         net_id = uuidutils.generate_uuid()
         name = self.dvs_name(net_id)
