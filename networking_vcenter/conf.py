@@ -95,6 +95,13 @@ behaviour_opts = [
                     "hand edits (missing port groups re-created, wrong VLANs "
                     "fixed, port groups of deleted networks removed). "
                     "0 disables the periodic pass."),
+    cfg.BoolOpt("start_without_vcenter", default=False,
+                help="Start even when vCenter cannot be reached (Neutron "
+                     "keeps serving; port groups are made once vCenter "
+                     "answers, ports cannot be bound until then). By "
+                     "default an unreachable vCenter stops the driver from "
+                     "starting, with a message saying so. Other problems "
+                     "(credentials, TLS, mappings) always stop it."),
     cfg.IntOpt("resync_grace_period", default=30, min=0,
                help="A full resync leaves alone networks changed less than "
                     "this many seconds ago: their own API call is still "
@@ -156,6 +163,7 @@ class Settings:
     resync_grace_period: int = 30
     coordination_backend_url: str | None = None
     deployment_name: str = "default"
+    start_without_vcenter: bool = False
 
     @property
     def clusters(self) -> list[str]:
@@ -280,4 +288,5 @@ def load(conf: cfg.ConfigOpts = cfg.CONF) -> Settings:
         resync_grace_period=group.resync_grace_period,
         coordination_backend_url=group.coordination_backend_url,
         deployment_name=group.deployment_name,
+        start_without_vcenter=group.start_without_vcenter,
     )

@@ -69,18 +69,30 @@ class VCenterMechanismDriver(api.MechanismDriver):
         return portbindings.CONNECTIVITY_L2
 
     def initialize(self) -> None:
+        self.topology: desired_mod.Topology | None = None
         try:
             self.settings = conf.load(cfg.CONF)
             self.reconciler = Reconciler.from_settings(self.settings,
                                                        lock_path())
             self.topology = self.reconciler.validate()
+        except exceptions.ConnectionFailed as exc:
+            if not self.settings.start_without_vcenter:
+                LOG.critical("vcenter mechanism driver cannot start: %s "
+                             "(set [ml2_vcenter] start_without_vcenter = true "
+                             "to start anyway)", exc)
+                raise
+            LOG.warning("vcenter mechanism driver starts without vCenter: "
+                        "%s. Networks are accepted and their port groups "
+                        "made once vCenter answers; ports cannot be bound "
+                        "until then.", exc)
         except exceptions.VCenterError as exc:
             LOG.critical("vcenter mechanism driver cannot start: %s", exc)
             raise
-        LOG.info("vcenter driver ready: %s; locks: %s", ", ".join(
-            f"{t.physnet} -> {t.kind} {t.switch}"
-            for t in self.topology.targets.values()),
-            self.reconciler.locks.backend_url.split("@")[-1])
+        if self.topology is not None:
+            LOG.info("vcenter driver ready: %s; locks: %s", ", ".join(
+                f"{t.physnet} -> {t.kind} {t.switch}"
+                for t in self.topology.targets.values()),
+                self.reconciler.locks.backend_url.split("@")[-1])
         self._stop = threading.Event()
         self._resync_thread = None
         if self.settings.resync_interval:
@@ -153,6 +165,16 @@ class VCenterMechanismDriver(api.MechanismDriver):
             LOG.debug("port %s: vnic_type %s is not bound by vcenter",
                       context.current["id"], vnic)
             return
+        if self.topology is None:
+            try:
+                with self.reconciler.session.budget(
+                        self.settings.api_call_budget):
+                    self.topology = self.reconciler.validate()
+            except exceptions.VCenterError as exc:
+                LOG.error("port %s on %s: cannot bind: vCenter has not been "
+                          "reachable since start-up: %s",
+                          context.current["id"], host, exc)
+                return
         segment = self._pick_segment(context.segments_to_bind, cluster)
         if segment is None:
             LOG.debug("port %s on %s: no VLAN/flat segment mapped to a switch "

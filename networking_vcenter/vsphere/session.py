@@ -195,6 +195,8 @@ class Session:
                     self._content.sessionManager.Logout()
                 except Exception:  # noqa: BLE001 - best effort on shutdown
                     pass
+            if self._stub is not None:
+                self._stub.DropConnections()
             self._content = self._stub = None
 
     # -- calls -------------------------------------------------------------

@@ -77,7 +77,9 @@ def vcsim(wsdl_dir):
 
 @pytest.fixture(scope="session")
 def vsphere(vcsim):
-    return Reader(vcsim.connect())
+    reader = Reader(vcsim.connect())
+    yield reader
+    reader.close()
 
 
 def start_server(vcsim, mode: str, port: int, **kw):

@@ -40,6 +40,7 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        cls.vsphere.close()
         cls.vcsim.stop()
         super().tearDownClass()
 

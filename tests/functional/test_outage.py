@@ -225,3 +225,25 @@ class TestPortGroupInUse(OutageTestCase):
         result = self.resync()
         self.assertEqual([], result.outcome.deferred)
         self.assertEqual(0, self.count_dvs(net["id"]))
+
+
+class TestStartWithoutVcenter(OutageTestCase):
+    extra_ml2_vcenter = {**OutageTestCase.extra_ml2_vcenter,
+                         "start_without_vcenter": "true"}
+
+    def setUp(self):
+        # vCenter is unreachable while Neutron (and the driver) start.
+        self.proxy.mode = "reset"
+        base.VCenterMl2TestCase.setUp(self)
+
+    def test_starts_degraded_and_catches_up(self):
+        self.assertIsNone(self.vcenter_driver.topology)
+        net = self.timed(self.make_network, "vlan", "physnet1", 98)
+        port = self.timed(self.bind_port, net["id"], base.COMPUTE_HOST)
+        self.assertEqual("binding_failed", port["binding:vif_type"])
+        self.assertEqual(0, self.count_dvs(net["id"]))
+        self.proxy.mode = "pass"
+        self.resync()
+        self.assertEqual(1, self.count_dvs(net["id"]))
+        port = self.bind_port(net["id"], base.COMPUTE_HOST)
+        self.assertEqual("dvs", port["binding:vif_type"])
