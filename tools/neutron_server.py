@@ -9,6 +9,11 @@ Python (it finds Neutron's commands next to ``sys.executable``)::
     .venv/bin/python tools/neutron_server.py status --workdir .work/neutron
     .venv/bin/python tools/neutron_server.py stop --workdir .work/neutron
 
+    # A second API server on the first one's database and RabbitMQ:
+    .venv/bin/python tools/neutron_server.py start --workdir .work/neutron-b \\
+        --vcenter-port 8989 --port 9697 --backend-workdir .work/neutron
+    .venv/bin/python tools/neutron_server.py stop --workdir .work/neutron-b
+
 Modes:
 
 embedded (default)
@@ -20,6 +25,12 @@ real
     127.0.0.1 and a free port), a private RabbitMQ (own epmd, AMQP and
     distribution ports, all on 127.0.0.1), ``neutron-db-manage upgrade heads``,
     ``neutron-rpc-server`` and the uWSGI API.
+real, with ``backend_of`` (``--backend-workdir``)
+    one more uWSGI API on the MariaDB database and RabbitMQ of an already
+    running real-mode server, as a second Neutron server host would be: its
+    own work directory (configuration, logs, ``[oslo_concurrency] lock_path``,
+    PIDs), no MariaDB, RabbitMQ, rpc-server or migrations of its own.  Its
+    ``stop`` stops its uWSGI only; stop it before the first server.
 
 Layout of the work directory: ``etc/`` configuration (mode 0600: it holds
 passwords), ``log/`` every log, ``data/`` databases and state, ``run/`` PIDs,
@@ -32,6 +43,13 @@ Importable (``sys.path.insert(0, "tools")``)::
     srv = NeutronServer(workdir, vcenter_port=sim.port).start()
     ... srv.url ...
     srv.stop()
+
+    first = NeutronServer(workdir_a, "real", vcenter_port=sim.port).start()
+    second = NeutronServer(workdir_b, "real", vcenter_port=sim.port,
+                           port=0, backend_of=first).start()
+    ...
+    second.stop()
+    first.stop()
 
 Nothing this script prints contains the vCenter or database password.
 """
@@ -384,6 +402,11 @@ class NeutronServer:
     Everything lives under ``workdir``; ``stop()`` works from a fresh object
     (or another process) because the PIDs are recorded in
     ``workdir/run/state.json``.
+
+    ``backend_of`` (a running real-mode server, or its work directory): start
+    only an API that uses that server's database and message queue; they are
+    recorded under ``state["backend"]``, never as services or ``ports`` of
+    this one, so that its ``stop()`` cannot touch them.
     """
 
     def __init__(self, workdir: str, mode: str = "embedded", *,
@@ -396,10 +419,16 @@ class NeutronServer:
                  extra_ml2_opts: dict[str, str] | list[str] | None = None,
                  fresh: bool = False, timeout: float = 120.0,
                  stop_grace: float = 10.0, quiet: bool = False,
-                 out=None):
+                 out=None, backend_of: "NeutronServer | str | None" = None):
         if mode not in MODES:
             raise ServerError("mode must be one of %s" % ", ".join(MODES))
+        if backend_of is not None and mode != "real":
+            raise ServerError("an API server on another server's backends "
+                              "is a real-mode server: use mode 'real'")
         self.workdir = os.path.abspath(workdir)
+        # The first server's work directory: its state.json is read at start.
+        self.backend_workdir = None if backend_of is None else os.path.abspath(
+            backend_of if isinstance(backend_of, str) else backend_of.workdir)
         self.mode = mode
         self.vcenter_host = vcenter_host
         self.vcenter_port = int(vcenter_port)
@@ -633,9 +662,10 @@ class NeutronServer:
             connection = "sqlite:///" + self.path("data", "neutron.sqlite")
             transport = "fake://"
         else:
+            db_port, amqp_port = self._backend_ports()
             connection = "mysql+pymysql://neutron:%s@127.0.0.1:%d/neutron?charset=utf8" % (
-                st["db_password"], st["ports"]["mariadb"])
-            transport = "rabbit://guest:guest@127.0.0.1:%d/" % st["ports"]["amqp"]
+                st["db_password"], db_port)
+            transport = "rabbit://guest:guest@127.0.0.1:%d/" % amqp_port
         default = {
             "debug": True,
             "log_file": self.api_log,
@@ -669,10 +699,11 @@ class NeutronServer:
         vcenter["switch_mappings"] = self.switch_mappings
         vcenter["compute_hosts"] = self.compute_hosts
         vcenter["resync_interval"] = 0
-        # "{tooz_db}" in a value: a tooz URL for this server's own database,
-        # so that the driver's locks can live where a deployment has them.
+        # "{tooz_db}" in a value: a tooz URL for this server's database (the
+        # first server's with backend_of), so that the driver's locks can
+        # live where a deployment has them.
         tooz_db = ("mysql://neutron:%s@127.0.0.1:%d/neutron" % (
-            st["db_password"], st["ports"]["mariadb"])
+            st["db_password"], self._backend_ports()[0])
             if self.mode == "real" else "")
         vcenter.update({k: str(v).replace("{tooz_db}", tooz_db)
                         for k, v in self.extra_ml2_opts.items()})
@@ -692,6 +723,11 @@ class NeutronServer:
         _write_private(self.ml2_conf, _ini(ml2))
         os.makedirs(self.path("data", "lock"), exist_ok=True)
 
+    def _backend_ports(self) -> tuple[int, int]:
+        """(MariaDB, AMQP) ports: this server's own, or the first server's."""
+        src = self.state.get("backend") or self.state["ports"]
+        return src["mariadb"], src["amqp"]
+
     # -- start ------------------------------------------------------------------
 
     def start(self) -> "NeutronServer":
@@ -706,6 +742,8 @@ class NeutronServer:
         if self.ca_file and not os.path.isfile(self.ca_file):
             raise ServerError("--ca-file %s does not exist" % self.ca_file)
         venv_bin = _venv_bin()
+        # Before anything is written: refuse early if they are not running.
+        backend = self._backends_of_first() if self.backend_workdir else None
         api_port = self.port or free_port()
         if port_in_use(api_port):
             raise ServerError("port 127.0.0.1:%d is already in use (another "
@@ -727,15 +765,21 @@ class NeutronServer:
             "services": [],
             "started_at": time.time(),
         }
+        if backend:
+            # Not under "ports": stop() checks and stops what "ports" holds.
+            self.state["backend"] = backend
+            self.state["db_password"] = backend.pop("db_password")
         self._save_state()
         try:
-            if self.mode == "real":
+            if backend:
+                self.write_config()
+            elif self.mode == "real":
                 self._start_real_backends(venv_bin)
             else:
                 self.write_config()
                 self._init_sqlite(venv_bin)
             self._start_api(venv_bin)
-            if self.mode == "real":
+            if self.mode == "real" and not self.backend_workdir:
                 self._wait_rpc_server()
         except BaseException as exc:
             if isinstance(exc, ServerError):
@@ -755,8 +799,10 @@ class NeutronServer:
             raise
         self.state["ready_after"] = round(time.monotonic() - t0, 2)
         self._save_state()
-        self._say("neutron (%s) ready at %s in %.1fs; logs in %s" % (
-            self.mode, self.url, time.monotonic() - t0, self.logdir))
+        self._say("neutron (%s%s) ready at %s in %.1fs; logs in %s" % (
+            self.mode, ", backends of %s" % self.backend_workdir
+            if self.backend_workdir else "", self.url,
+            time.monotonic() - t0, self.logdir))
         return self
 
     def _check_no_leftovers(self) -> None:
@@ -853,6 +899,37 @@ class NeutronServer:
                     env=self._neutron_env(),
                     log_hint=self.path("log", "neutron-rpc-server.log"))
         self._rpc_t0 = time.monotonic()
+
+    def _backends_of_first(self) -> dict:
+        """The database and message queue of the first server, read from its
+        state.json (with the database password); refuse unless they are
+        running now."""
+        first_dir = self.backend_workdir
+        if first_dir == self.workdir:
+            raise ServerError("--backend-workdir must be another server's "
+                              "work directory, not %s itself" % self.workdir)
+        first = NeutronServer(first_dir, quiet=True)
+        st = first.load_state()
+        ports = st.get("ports", {})
+        if st.get("mode") != "real" or st.get("backend") or \
+                not st.get("db_password") or \
+                not {"mariadb", "amqp"} <= set(ports):
+            raise ServerError("%s holds no real-mode server with its own "
+                              "MariaDB and RabbitMQ (start one with --mode "
+                              "real)" % first_dir)
+        self._secrets.add(st["db_password"])
+        alive = first.alive()
+        down = [n for n in ("mariadb", "rabbitmq") if not alive.get(n)]
+        down += ["port %s=%d" % (n, ports[n]) for n in ("mariadb", "amqp")
+                 if not port_open(ports[n])]
+        if down:
+            raise ServerError("the backends of %s are not running (%s)" % (
+                first_dir, ", ".join(down)))
+        self._say("using the database (127.0.0.1:%d) and RabbitMQ "
+                  "(127.0.0.1:%d) of %s" % (ports["mariadb"], ports["amqp"],
+                                            first_dir))
+        return {"workdir": first_dir, "mariadb": ports["mariadb"],
+                "amqp": ports["amqp"], "db_password": st["db_password"]}
 
     # MariaDB
 
@@ -1138,6 +1215,8 @@ class NeutronServer:
     def stop(self) -> None:
         """Stop every recorded process, newest kind first; idempotent.
 
+        A server started with ``backend_of`` recorded its uWSGI only: the
+        shared MariaDB and RabbitMQ stay up for the first server.
         Raises ServerError naming whatever is still running afterwards.
         """
         t0 = time.monotonic()
@@ -1306,6 +1385,7 @@ class NeutronServer:
             except OSError as exc:
                 api = str(getattr(exc, "reason", exc))
         return {"mode": self.state.get("mode"), "url": self.url,
+                "backend_of": self.state.get("backend", {}).get("workdir"),
                 "services": {s["name"]: {"pid": s["pid"],
                                          "alive": bool(alive.get(s["name"]))}
                              for s in self.services()},
@@ -1331,7 +1411,12 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("start", help="write configs, start, wait until ready")
     s.add_argument("--workdir", required=True)
-    s.add_argument("--mode", choices=MODES, default="embedded")
+    s.add_argument("--mode", choices=MODES, default=None,
+                   help="default: embedded (real with --backend-workdir)")
+    s.add_argument("--backend-workdir", metavar="DIR",
+                   help="only an API, on the MariaDB and RabbitMQ of the "
+                        "real-mode server running from DIR (implies --mode "
+                        "real; stop this one first)")
     s.add_argument("--vcenter-host", default="127.0.0.1")
     s.add_argument("--vcenter-port", type=int, required=True)
     s.add_argument("--vcenter-user", default="user")
@@ -1376,16 +1461,18 @@ def main(argv: list[str] | None = None) -> int:
         password = args.vcenter_password
         if password is None:
             password = os.environ.get("VCENTER_PASSWORD", "pass")
+        mode = args.mode or ("real" if args.backend_workdir else "embedded")
         try:
             srv = NeutronServer(
-                args.workdir, args.mode, vcenter_host=args.vcenter_host,
+                args.workdir, mode, vcenter_host=args.vcenter_host,
                 vcenter_port=args.vcenter_port, vcenter_user=args.vcenter_user,
                 vcenter_password=password,
                 insecure=True if args.insecure else None, ca_file=args.ca_file,
                 switch_mappings=args.switch_mappings,
                 compute_hosts=args.compute_hosts, port=args.port,
                 workers=args.workers, extra_ml2_opts=args.extra_ml2_opt,
-                fresh=args.fresh, timeout=args.timeout)
+                fresh=args.fresh, timeout=args.timeout,
+                backend_of=args.backend_workdir)
             srv.start()
         except ServerError as exc:
             print("neutron_server: %s" % exc, file=sys.stderr)
