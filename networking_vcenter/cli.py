@@ -248,8 +248,7 @@ def cmd_check(config_files: list[str], fmt: str) -> int:
     except (CliError, exceptions.ConfigError) as exc:
         record("configuration", False, str(exc))
         return finish()
-    rec = Reconciler.from_settings(settings, cfg.CONF.oslo_concurrency
-                                   .lock_path)
+    rec = Reconciler.from_settings(settings)
     try:
         rec.session.connect()
         record("vCenter login", True, f"{rec.session.endpoint} as "
@@ -308,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args.config_file, args.format)
     try:
         settings = load_config(args.config_file)
-        rec = Reconciler.from_settings(settings, cfg.CONF.oslo_concurrency
-                                       .lock_path)
+        rec = Reconciler.from_settings(settings)
         if args.command == "status":
             return cmd_status(rec, args.format)
         return cmd_sync(rec, args.format, args.dry_run)

@@ -80,6 +80,3 @@ class PortGroupConflict(n_exc.Conflict):
 
     message = "%(reason)s"
 
-
-class BindingFailed(n_exc.NeutronException):
-    message = "%(reason)s"

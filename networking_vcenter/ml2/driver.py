@@ -53,13 +53,6 @@ def neutron_networks(ids: set[str] | None) -> list[desired_mod.NetworkSpec]:
     return [desired_mod.network_from_neutron(n) for n in nets]
 
 
-def lock_path() -> str | None:
-    try:
-        return cfg.CONF.oslo_concurrency.lock_path
-    except cfg.NoSuchOptError:
-        return None
-
-
 class VCenterMechanismDriver(api.MechanismDriver):
     """Neutron VLAN/flat networks as vSphere port groups."""
 
@@ -72,8 +65,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
         self.topology: desired_mod.Topology | None = None
         try:
             self.settings = conf.load(cfg.CONF)
-            self.reconciler = Reconciler.from_settings(self.settings,
-                                                       lock_path())
+            self.reconciler = Reconciler.from_settings(self.settings)
             self.topology = self.reconciler.validate()
         except exceptions.ConnectionFailed as exc:
             if not self.settings.start_without_vcenter:

@@ -37,16 +37,6 @@ class Outcome:
     conflicts: list[plan_mod.Conflict] = dataclasses.field(
         default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.conflicts
-
-    def for_network(self, network_id: str) -> "Outcome":
-        return Outcome(
-            [s for s in self.done if s.network_id == network_id],
-            [f for f in self.failed if f[0].network_id == network_id],
-            [f for f in self.deferred if f[0].network_id == network_id],
-            [c for c in self.conflicts if c.network_id == network_id])
 
 
 Progress = Callable[[plan_mod.Step, str], None]
@@ -109,9 +99,12 @@ class Applier:
             out.failed.append((step, exc))
             self._progress(step, "failed")
         else:
-            LOG.info("network %s: %s", step.network_id, step.describe())
-            out.done.append(step)
-            self._progress(step, "done")
+            self._done(step, out)
+
+    def _done(self, step: plan_mod.Step, out: Outcome) -> None:
+        LOG.info("network %s: %s", step.network_id, step.describe())
+        out.done.append(step)
+        self._progress(step, "done")
 
     def _create_dvs(self, steps: list[plan_mod.CreateDvsPortGroup],
                     inv: Inventory, out: Outcome) -> None:
@@ -134,31 +127,32 @@ class Applier:
                                     switch, exc, len(chunk))
                     else:
                         for s in chunk:
-                            LOG.info("network %s: %s", s.network_id,
-                                     s.describe())
-                            self._progress(s, "done")
-                        out.done.extend(chunk)
+                            self._done(s, out)
                         continue
                 for s, spec in zip(chunk, specs):
                     self._run(s, out, lambda s=s, spec=spec: self._create_one(
-                        dvs.ref, spec, s))
+                        dvs, spec, s))
 
-    def _create_one(self, dvs_ref, spec,
+    def _create_one(self, dvs: inventory.Dvs, spec,
                     step: plan_mod.CreateDvsPortGroup) -> None:
         """Create one port group; one made meanwhile by another worker for
         the same network is success, one made by anybody else is not."""
         try:
-            switches.create_dvs_port_groups(self._session, dvs_ref, [spec],
+            switches.create_dvs_port_groups(self._session, dvs.ref, [spec],
                                             step.switch)
         except exceptions.PermanentFault as exc:
             if "DuplicateName" not in exc.fault:
                 raise
-            owners = [inventory.owner(inventory.mark_from_description(p.get(
-                "config.description")), self._settings.deployment_name)
+            vim = inventory.vim
+            found = inventory.find_children(
+                self._session, [dvs.folder], {step.name},
+                vim.dvs.DistributedVirtualPortgroup)
+            owners = [inventory.owner(inventory.mark_from_description(
+                p.get("config.description")), self._settings.deployment_name)
                 for _, p in inventory.retrieve(
-                self._session, inventory.vim.dvs.DistributedVirtualPortgroup,
-                ["name", "config.description"], "port group owners")
-                if p["name"] == step.name]
+                    self._session, vim.dvs.DistributedVirtualPortgroup,
+                    ["config.description"], "port group owner",
+                    list(found.values()))]
             if owners != [step.network_id]:
                 raise exceptions.NotOwned(step.describe(), exc.fault)
             LOG.debug("network %s: %s already made by another worker",

@@ -23,6 +23,15 @@ from tooz import coordination
 from networking_vcenter import exceptions
 
 
+def configured_lock_path() -> str | None:
+    """Neutron's ``[oslo_concurrency] lock_path``, if registered and set."""
+    from oslo_config import cfg
+    try:
+        return cfg.CONF.oslo_concurrency.lock_path
+    except cfg.NoSuchOptError:
+        return None
+
+
 def default_backend_url(lock_path: str | None) -> str:
     base = lock_path or os.path.join(tempfile.gettempdir(),
                                      "networking-vcenter-locks")

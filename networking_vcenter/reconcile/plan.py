@@ -318,10 +318,14 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
         if not (added or drift or unmarked):
             result.in_sync.append(d)
 
+    def in_reach(owner: str | None) -> bool:
+        """Ours, in scope, and not one of the networks to leave alone."""
+        return owner is not None and owner not in skip and \
+            (scope is None or owner in scope)
+
     # Orphans: ours, in scope, not desired.
     for pg in inv.dvs_portgroups:
-        if pg.owner is None or pg.owner in skip or \
-                (scope is not None and pg.owner not in scope):
+        if not in_reach(pg.owner):
             continue
         if (pg.dvs_moid, pg.name) in wanted_dvs:
             continue
@@ -335,8 +339,7 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
                 continue
             net = inv.std_networks.get(name)
             owner = _owned_std(name, net, inv, scope)
-            if owner is None or owner in skip or \
-                    (scope is not None and owner not in scope):
+            if not in_reach(owner):
                 continue
             vms = net.vm_count if net is not None else 0
             result.steps.append(RemoveHostPortGroup(

@@ -61,11 +61,11 @@ class Pass:
 
 class Reconciler:
     @classmethod
-    def from_settings(cls, settings: conf.Settings,
-                      lock_path: str | None) -> "Reconciler":
-        """A reconciler with the configured locks (file locks by default)."""
+    def from_settings(cls, settings: conf.Settings) -> "Reconciler":
+        """A reconciler with the configured locks (file locks in Neutron's
+        lock_path by default)."""
         url = settings.coordination_backend_url or \
-            locks_mod.default_backend_url(lock_path)
+            locks_mod.default_backend_url(locks_mod.configured_lock_path())
         return cls(settings, Locks(url))
 
     def __init__(self, settings: conf.Settings, locks: Locks,

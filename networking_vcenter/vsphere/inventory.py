@@ -75,6 +75,7 @@ class Dvs:
     uuid: str
     host_moids: frozenset[str]
     ref: Any = dataclasses.field(compare=False, repr=False)
+    folder: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +133,6 @@ class Inventory:
     hosts: dict[str, Host]                        # moid -> host
     std_networks: dict[str, StdNetwork]           # name -> network
     owner_field_key: int | None                   # None: no custom fields
-    is_vcenter: bool
     network_folders: list[Any] = dataclasses.field(default_factory=list)
 
     def dvs(self, name: str) -> Dvs | None:
@@ -260,9 +260,6 @@ def read(session: Session, field_key: int | None,
     only the port groups of those names and the hosts of those clusters are
     read: the cost of one network's reconcile does not grow with vCenter.
     """
-    content = session.content
-    is_vcenter = content.about.apiType == "VirtualCenter"
-
     def mark_of(custom_values: Any) -> Mark | None:
         for cv in custom_values or []:
             if field_key is not None and cv.key == field_key:
@@ -270,7 +267,7 @@ def read(session: Session, field_key: int | None,
         return None
 
     switches: dict[str, list[Dvs]] = {}
-    folders: dict[str, Any] = {}
+    folders: dict[str, Any] = {}    # where the switches' port groups live
     for ref, p in retrieve(session, vim.DistributedVirtualSwitch,
                            ["name", "uuid", "summary.hostMember", "parent"],
                            "distributed switches"):
@@ -278,7 +275,7 @@ def read(session: Session, field_key: int | None,
         dvs = Dvs(moid=ref._moId, name=p["name"], uuid=p["uuid"],
                   host_moids=frozenset(h._moId for h in
                                        p.get("summary.hostMember") or []),
-                  ref=ref)
+                  ref=ref, folder=p["parent"])
         switches.setdefault(dvs.name, []).append(dvs)
 
     network_folders = [p["networkFolder"] for _, p in retrieve(
@@ -357,5 +354,5 @@ def read(session: Session, field_key: int | None,
 
     return Inventory(switches=switches, dvs_portgroups=dvpgs,
                      clusters=clusters, hosts=hosts, std_networks=std,
-                     owner_field_key=field_key, is_vcenter=is_vcenter,
+                     owner_field_key=field_key,
                      network_folders=network_folders)

@@ -91,6 +91,31 @@ class TestNetworks(base.VCenterMl2TestCase):
         self.assertEqual(1, len(self.vsphere.dv_portgroups(
             self.dvs_name(net["id"]))))
 
+    def test_create_racing_another_worker_is_success(self):
+        """A create planned from a snapshot taken before another worker made
+        the same port group (DuplicateName) counts as done; one taken by a
+        port group we did not make does not."""
+        from networking_vcenter.reconcile import apply as apply_mod
+        from networking_vcenter.reconcile import plan as plan_mod
+        rec = self.vcenter_driver.reconciler
+        stale = rec._read()
+        net = self.make_network("vlan", "physnet1", 76)
+        foreign_id = uuidutils.generate_uuid()
+        self.vsphere.add_dv_portgroup("DVS0", self.dvs_name(foreign_id), 77,
+                                      "made by hand")
+        steps = [plan_mod.CreateDvsPortGroup(
+            n, self.dvs_name(n), "DVS0", vlan, "physnet1")
+            for n, vlan in ((net["id"], 76), (foreign_id, 77))]
+        out = apply_mod.Applier(rec.session, rec.settings).apply(
+            plan_mod.Plan(steps), stale)
+        self.assertEqual([steps[0]], out.done)
+        ((step, exc),) = out.failed
+        self.assertIs(steps[1], step)
+        self.assertIsInstance(exc, exceptions.NotOwned)
+        self.assertEqual(1, len(self.vsphere.dv_portgroups(
+            self.dvs_name(net["id"]))))
+        self.vsphere.destroy_dv_portgroup(self.dvs_name(foreign_id))
+
     def test_one_networks_reconcile_reads_only_its_port_groups(self):
         nets = [self.make_network("vlan", "physnet1", 73 + i)
                 for i in range(3)]

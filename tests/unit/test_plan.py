@@ -40,7 +40,7 @@ def inventory(dvpgs=(), host_pgs=None, std=(), field_key=101):
     return I.Inventory(switches={"DVS0": [dvs]}, dvs_portgroups=list(dvpgs),
                        clusters={"C1": [list(HOSTS)]}, hosts=hosts,
                        std_networks={n.name: n for n in std},
-                       owner_field_key=field_key, is_vcenter=True)
+                       owner_field_key=field_key)
 
 
 def dvpg(name, vlan, owner, moid="dvportgroup-9", vms=0, deployment="dep"):
