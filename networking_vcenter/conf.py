@@ -10,6 +10,7 @@ mapping is reported with the option's name before anything talks to vCenter.
 from __future__ import annotations
 
 import dataclasses
+import re
 import string
 
 from oslo_config import cfg
@@ -82,8 +83,12 @@ mapping_opts = [
         "dvs_port_group_name_template", default=DEFAULT_DVS_NAME_TEMPLATE,
         help="Name of the distributed port group made for a network "
              "segment. Fields: {network_id} (required), "
-             "{physical_network}, {segmentation_id}. Names are limited to "
-             "80 characters. Standard port groups are always named exactly "
+             "{physical_network}, {segmentation_id}, with format specs "
+             "that fit their value (e.g. {segmentation_id:04d}); no "
+             "conversions, positional fields or attribute access. Names "
+             "are limited to 80 characters: the template is tried with "
+             "every mapped physical network and VLAN 4094 at start-up. "
+             "Standard port groups are always named exactly "
              "the network UUID, because that is the name Nova attaches "
              "the NIC to."),
 ]
@@ -201,26 +206,103 @@ def parse_pairs(option: str, values: list[str]) -> dict[str, str]:
     return result
 
 
-def check_name_template(template: str) -> None:
-    """Refuse a template that cannot give unique, Nova-attachable names."""
+NAME_TEMPLATE_FIELDS = ("network_id", "physical_network", "segmentation_id")
+# Sample values the template is tried with: a UUID, and the VLANs of flat
+# networks (0) and the longest one (4094).
+SAMPLE_NETWORK_ID = "0c1d2e3f-4a5b-4c6d-8e7f-8091a2b3c4d5"
+SAMPLE_VLANS = (0, 4094)
+
+
+def name_template_fields(template: str) -> set[str]:
+    """The field names a name template uses, nested format specs included
+    (``{segmentation_id:04d}`` uses ``segmentation_id``).  Raises ValueError
+    on a template that does not parse."""
+    fields: set[str] = set()
+    for _, name, spec, _ in string.Formatter().parse(template):
+        if name is not None:
+            fields.add(name)
+        if spec:
+            fields |= name_template_fields(spec)
+    return fields
+
+
+def _template_problems(template: str) -> list[str]:
+    """What is wrong with the fields of a template, without formatting it."""
+    problems = []
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if name == "" or name.isdigit():
+            problems.append(f"positional field {{{name}}}: use a named field "
+                            f"({', '.join(NAME_TEMPLATE_FIELDS)})")
+        elif name not in NAME_TEMPLATE_FIELDS:
+            base = re.split(r"[.\[]", name, maxsplit=1)[0]
+            if base in NAME_TEMPLATE_FIELDS:
+                problems.append(f"field {{{name}}}: attribute and index "
+                                f"access are not supported")
+            else:
+                problems.append(f"unknown field {{{name}}}; allowed: "
+                                f"{', '.join(NAME_TEMPLATE_FIELDS)}")
+        if conversion is not None:
+            problems.append(f"field {{{name}!{conversion}}}: conversions "
+                            f"(!r, !s, !a) are not supported")
+        if spec:
+            problems.extend(_template_problems(spec))
+    return problems
+
+
+def check_name_template(template: str,
+                        physical_networks: list[str] | None = None) -> None:
+    """Refuse a template that cannot give unique, Nova-attachable names.
+
+    The template is formatted, as the driver will format it, with a sample
+    network UUID, every mapped physical network and the VLANs 0 and 4094: a
+    format spec that does not fit its value (``{physical_network:d}``), an
+    unknown or positional field, a conversion, an attribute or index access,
+    a name that does not hold the whole UUID, or one longer than
+    MAX_NAME_LENGTH is refused here, at start-up, rather than later on
+    every network.
+    """
     option = f"[{GROUP}] dvs_port_group_name_template"
     try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(template)
-                  if name is not None}
+        fields = name_template_fields(template)
+        problems = _template_problems(template)
     except ValueError as exc:
         raise exceptions.ConfigError([f"{option}: '{template}': {exc}"])
-    allowed = {"network_id", "physical_network", "segmentation_id"}
-    problems = []
-    if "network_id" not in fields:
-        problems.append(f"{option}: '{template}' must contain {{network_id}} "
-                        f"so that each network gets its own port group")
-    unknown = sorted(fields - allowed)
-    if unknown:
-        problems.append(f"{option}: '{template}' uses unknown field(s) "
-                        f"{', '.join(unknown)}; allowed: "
-                        f"{', '.join(sorted(allowed))}")
+    if not any(re.match(r"network_id\b", f) for f in fields):
+        problems.append(f"must contain {{network_id}} so that each network "
+                        f"gets its own port group")
     if problems:
-        raise exceptions.ConfigError(problems)
+        raise exceptions.ConfigError(
+            [f"{option}: '{template}': {p}" for p in problems])
+    longest = ""
+    for physnet in physical_networks or ["physnet1"]:
+        for vlan in SAMPLE_VLANS:
+            try:
+                name = template.format(network_id=SAMPLE_NETWORK_ID,
+                                       physical_network=physnet,
+                                       segmentation_id=vlan)
+            except (ValueError, TypeError, KeyError, IndexError,
+                    AttributeError) as exc:
+                raise exceptions.ConfigError([
+                    f"{option}: '{template}' cannot be formatted with "
+                    f"physical_network='{physnet}', segmentation_id={vlan}: "
+                    f"{type(exc).__name__}: {exc}"])
+            if SAMPLE_NETWORK_ID not in name:
+                raise exceptions.ConfigError([
+                    f"{option}: '{template}' does not keep the network UUID "
+                    f"whole (gives '{name}'), so networks could share a "
+                    f"port group"])
+            if len(name) > len(longest):
+                longest = name
+    if len(longest) > MAX_NAME_LENGTH:
+        shown = longest if len(longest) <= 2 * MAX_NAME_LENGTH else \
+            longest[:MAX_NAME_LENGTH] + "..."
+        raise exceptions.ConfigError([
+            f"{option}: '{template}' gives names of up to {len(longest)} "
+            f"characters, more than vSphere's {MAX_NAME_LENGTH} (e.g. "
+            f"'{shown}' for a network UUID and VLAN 4094 on the longest "
+            f"mapped physical network)"])
 
 
 class _Values(dict):
@@ -260,7 +342,8 @@ def load(conf: cfg.ConfigOpts = cfg.CONF) -> Settings:
         problems.append(f"[{GROUP}] compute_hosts is empty: no port could be "
                         f"bound and no cluster carries port groups")
     try:
-        check_name_template(group.dvs_port_group_name_template)
+        check_name_template(group.dvs_port_group_name_template,
+                            list(mappings["switch_mappings"]))
     except exceptions.ConfigError as exc:
         problems.extend(exc.problems)
     if group.ca_file and group.insecure:

@@ -7,7 +7,10 @@ as ML2 loads it, and initialised against the simulator.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import subprocess
+import sys
 from importlib.metadata import entry_points
 
 import pytest
@@ -146,3 +149,32 @@ def test_several_problems_one_line_each(config, caplog):
     text = refused(caplog, exceptions.ConfigError)
     lines = [ln for ln in text.splitlines() if ln.strip().startswith("- ")]
     assert len(lines) == 3, text
+
+
+def test_name_template_with_bad_format_spec(config, caplog, tmp_path):
+    """Refused at start-up and by ``networking-vcenter check``, with the
+    option named, before any network could fail on it."""
+    template = "{physical_network:d}-{network_id}"
+    config(dvs_port_group_name_template=template)
+    text = refused(caplog, exceptions.ConfigError)
+    assert "[ml2_vcenter] dvs_port_group_name_template" in text
+    assert "Unknown format code 'd'" in text
+
+    ini = tmp_path / "ml2_conf.ini"
+    ini.write_text(
+        "[ml2_vcenter]\n"
+        f"host_ip = {cfg.CONF.ml2_vcenter.host_ip}\n"
+        f"host_port = {cfg.CONF.ml2_vcenter.host_port}\n"
+        "host_username = user\nhost_password = " + PASSWORD + "\n"
+        "insecure = true\nswitch_mappings = physnet1:DVS0\n"
+        "compute_hosts = vc-compute-1:DC0_C1\n"
+        f"dvs_port_group_name_template = {template}\n")
+    cli = os.path.join(os.path.dirname(sys.executable), "networking-vcenter")
+    proc = subprocess.run([cli, "--config-file", str(ini), "check"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "configuration" in proc.stdout and "FAIL" in proc.stdout
+    assert "[ml2_vcenter] dvs_port_group_name_template" in proc.stdout
+    assert "Unknown format code 'd'" in proc.stdout
+    assert "vCenter login" not in proc.stdout    # refused before any login
+    assert PASSWORD not in proc.stdout + proc.stderr

@@ -55,7 +55,7 @@ def test_every_problem_reported_once():
     assert any("entry 'bad'" in p for p in problems)
     assert any("compute_hosts is empty" in p for p in problems)
     assert any("must contain {network_id}" in p for p in problems)
-    assert any("unknown field(s) vlan" in p for p in problems)
+    assert any("unknown field {vlan}" in p for p in problems)
     assert len(problems) == 5
 
 
@@ -95,3 +95,87 @@ def test_bad_option_value_named(tmp_path):
         conf.load(c)
     assert "[ml2_vcenter] deployment_name" in str(err.value)
     assert "[ml2_vcenter] host_port" in str(err.value)
+
+
+OPTION = "[ml2_vcenter] dvs_port_group_name_template"
+UUID = "0c1d2e3f-4a5b-4c6d-8e7f-8091a2b3c4d5"
+
+
+def template_error(template, mappings=("physnet1:DVS0",)):
+    with pytest.raises(exceptions.ConfigError) as err:
+        conf.load(make_conf(dvs_port_group_name_template=template,
+                            switch_mappings=list(mappings)))
+    text = str(err.value)
+    assert OPTION in text, text
+    return text
+
+
+@pytest.mark.parametrize("template", [
+    "neutron-{physical_network}-{network_id}",
+    "{network_id}",
+    "vlan{segmentation_id:04d}-{network_id}",
+    "{physical_network:.10}-{network_id}",
+    "{{literal}}-{network_id}",
+])
+def test_name_template_accepted(template):
+    s = conf.load(make_conf(dvs_port_group_name_template=template))
+    assert s.dvs_name_template == template
+
+
+@pytest.mark.parametrize("template, expected", [
+    # A format spec that does not fit its value: found by formatting.
+    ("{physical_network:d}-{network_id}",
+     "cannot be formatted with physical_network='physnet1', "
+     "segmentation_id=0: ValueError: Unknown format code 'd'"),
+    ("{network_id:x}", "ValueError: Unknown format code 'x'"),
+    ("{segmentation_id:s}-{network_id}", "Unknown format code 's'"),
+    ("{network_id!r}", "field {network_id!r}: conversions"),
+    ("{network_id!s}", "conversions (!r, !s, !a) are not supported"),
+    ("{vlan}-{network_id}", "unknown field {vlan}; allowed: network_id, "
+                            "physical_network, segmentation_id"),
+    ("{}-{network_id}", "positional field {}: use a named field"),
+    ("{0}-{network_id}", "positional field {0}: use a named field"),
+    ("{network_id.hex}", "field {network_id.hex}: attribute and index "
+                         "access are not supported"),
+    ("{network_id[0]}", "field {network_id[0]}: attribute and index"),
+    ("{physical_network}-{network_id:{width}}", "unknown field {width}"),
+    ("{network_id", "expected '}' before end of string"),
+    ("pg-{physical_network}", "must contain {network_id}"),
+    ("{network_id:.8}", "does not keep the network UUID whole "
+                        "(gives '0c1d2e3f')"),
+])
+def test_name_template_refused(template, expected):
+    assert expected in template_error(template)
+
+
+def test_name_template_spec_nested_field_is_formatted():
+    # A nested spec takes its value from the segment: width 4094.
+    text = template_error("{network_id:{segmentation_id}}")
+    assert "gives names of up to 4094 characters" in text
+    assert len(text) < 600          # the example name is shortened
+
+
+def test_name_template_length_for_longest_physnet():
+    # 80 characters exactly for the longest mapped physnet at VLAN 4094.
+    template = "neutron-{physical_network}-{segmentation_id}-{network_id}"
+    fixed = len("neutron--4094-") + len(UUID)
+    fits = "p" * (conf.MAX_NAME_LENGTH - fixed)
+    s = conf.load(make_conf(dvs_port_group_name_template=template,
+                            switch_mappings=["short:DVS0", f"{fits}:DVS1"]))
+    assert s.switch_mappings[fits] == "DVS1"
+    longer = fits + "x"
+    text = template_error(template, ["short:DVS0", f"{longer}:DVS1"])
+    assert "gives names of up to 81 characters, more than vSphere's 80" \
+        in text
+    assert f"'neutron-{longer}-4094-{UUID}'" in text
+
+
+def test_name_template_length_counts_a_padding_spec():
+    text = template_error("{physical_network:>60}{network_id}")
+    assert "gives names of up to 96 characters" in text
+
+
+def test_name_template_fields_include_nested_specs():
+    assert conf.name_template_fields(
+        "pg-{network_id}-{physical_network:{segmentation_id}}") == \
+        {"network_id", "physical_network", "segmentation_id"}
