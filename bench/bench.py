@@ -43,6 +43,7 @@ import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tools"))
 
 from pyVmomi import vim  # noqa: E402
 
@@ -51,7 +52,7 @@ from networking_vcenter.reconcile import desired as desired_mod  # noqa: E402
 from networking_vcenter.reconcile.locks import Locks, \
     default_backend_url  # noqa: E402
 from networking_vcenter.reconcile.reconciler import Reconciler  # noqa: E402
-from tests.fixtures.vcsim import Vcsim  # noqa: E402
+from vcsim_launcher import Vcsim  # noqa: E402
 
 DVS = vim.dvs.VmwareDistributedVirtualSwitch
 

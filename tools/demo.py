@@ -20,13 +20,10 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tools"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import neutron_server  # noqa: E402
-from tests.fixtures.vcsim import Vcsim  # noqa: E402
-from tests.fixtures.vsphere_reader import Reader  # noqa: E402
+from vcsim_launcher import Vcsim  # noqa: E402
 
 OPENSTACK = os.path.join(os.path.dirname(sys.executable), "openstack")
 COMPUTE_HOST = "vc-compute-1"
@@ -44,15 +41,46 @@ def openstack(url: str, *args: str) -> object:
     return json.loads(proc.stdout) if fmt else None
 
 
-def port_group_report(vsphere: Reader, net_id: str, kind: str) -> list[str]:
+class VSphere:
+    """What vSphere holds, read with plain pyVmomi (not the driver's code)."""
+
+    def __init__(self, si):
+        self.si = si
+        self.content = si.RetrieveContent()
+
+    def _all(self, vimtype):
+        view = self.content.viewManager.CreateContainerView(
+            self.content.rootFolder, [vimtype], True)
+        try:
+            return list(view.view)
+        finally:
+            view.DestroyView()
+
+    def dv_portgroups(self, name: str) -> list[str]:
+        from pyVmomi import vim
+        return [f"distributed port group {pg.name} ({pg._moId}) on "
+                f"{pg.config.distributedVirtualSwitch.name}, VLAN "
+                f"{pg.config.defaultPortConfig.vlan.vlanId}, key {pg.key}"
+                for pg in self._all(vim.dvs.DistributedVirtualPortgroup)
+                if pg.name == name]
+
+    def host_portgroups(self, name: str) -> list[str]:
+        from pyVmomi import vim
+        return sorted(f"standard port group {name} on {pg.spec.vswitchName}"
+                      f", VLAN {pg.spec.vlanId}, host {h.name}"
+                      for h in self._all(vim.HostSystem)
+                      for pg in h.config.network.portgroup or []
+                      if pg.spec.name == name)
+
+    def close(self) -> None:
+        from pyVim.connect import Disconnect
+        Disconnect(self.si)
+
+
+def port_group_report(vsphere: VSphere, net_id: str, kind: str) -> list[str]:
     if kind == "dvs":
-        pgs = vsphere.dv_portgroups(f"neutron-physnet1-{net_id}")
-        return [f"distributed port group {p['ref'].name} ({p['moid']}) on "
-                f"{p['switch']}, VLAN {p['vlan']}, key {p['key']}"
-                for p in pgs]
-    hosts = vsphere.host_portgroups(net_id)
-    return [f"standard port group {net_id} on {sw}, VLAN {vlan}, host {h}"
-            for h, (sw, vlan) in sorted(hosts.items())]
+        return vsphere.dv_portgroups(f"neutron-physnet1-{net_id}")
+    return vsphere.host_portgroups(net_id)
 
 
 def main() -> int:
@@ -63,7 +91,7 @@ def main() -> int:
     t0 = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="networking-vcenter-demo-")
     print(f"== networking-vcenter demo ({args.mode} mode)")
-    sim = server = None
+    sim = server = vsphere = None
     ok = False
     try:
         sim = Vcsim(extra_args=("-extra-vswitch", "vSwitch1"),
@@ -79,7 +107,7 @@ def main() -> int:
         url = server.url
         print(f"Neutron API: {url} (ML2: openvswitch,vcenter; "
               f"physnet1 -> DVS0, physnet2 -> vSwitch1 on cluster DC0_C0)\n")
-        vsphere = Reader(sim.connect())
+        vsphere = VSphere(sim.connect())
         made = []
         for physnet, vlan, kind, cidr in (("physnet1", 101, "dvs",
                                            "10.1.0.0/24"),
@@ -128,6 +156,8 @@ def main() -> int:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
     finally:
+        if vsphere is not None:
+            vsphere.close()
         if server is not None:
             server.stop()
         if sim is not None:

@@ -1,6 +1,7 @@
-"""End to end: tools/neutron_server.py brings up a real Neutron API (embedded
-mode: sqlite, fake:// transport, one uWSGI worker) with the vcenter driver
-against the simulator, the openstack CLI drives it, and stop leaves nothing.
+"""End to end: tools/neutron_server.py brings up a real Neutron server
+(embedded mode: sqlite, fake:// transport, one uWSGI worker and
+neutron-periodic-workers) with the vcenter driver against the simulator, the
+openstack CLI drives it, and stop leaves nothing.
 
 Select with ``pytest -m e2e``.  Needs the simulator (built on demand by
 tests/fixtures/vcsim.py) and the venv's uwsgi and openstack commands.
@@ -8,9 +9,11 @@ tests/fixtures/vcsim.py) and the venv's uwsgi and openstack commands.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from tests.fixtures.vcsim import Vcsim
@@ -92,27 +95,36 @@ def test_vlan_network_create_bind_delete(server, vcsim):
     assert pg_name not in dvs_port_groups(vcsim)
 
 
+def test_plugin_workers_run_in_their_own_process(server):
+    """Neutron 29 runs get_workers() in neutron-periodic-workers, not in the
+    API: the launcher starts it, on the same sqlite file."""
+    (periodic,) = [p for p in server.procs
+                   if p.name == "neutron-periodic-workers"]
+    assert periodic.running()
+    titles = [" ".join(p.cmdline()) for p in periodic.members()]
+    assert any("services worker" in t for t in titles), titles
+    with open(server.periodic_log) as f:
+        text = f.read()
+    assert "AllServicesNeutronWorker start finished" in text
+    assert not re.search(r"^\S+ \S+ \d+ (CRITICAL|ERROR) ", text, re.M)
+
+
 def test_stop_leaves_nothing(server):
     """Runs last (file order): stops the module's server and checks."""
     port = server.state["ports"]["api"]
     assert neutron_server.port_open(port)
-    # Every process of the workdir: the recorded PIDs and their trees
-    # (uWSGI's workers), with start times so that a reused PID is not
-    # mistaken for ours.
-    procs = {}
-    for name in os.listdir(server.rundir):
-        if name.endswith(".pid"):
-            with open(os.path.join(server.rundir, name)) as f:
-                pid = int(f.read())
-            procs.update(neutron_server.process_tree([pid], pgid=pid))
-    assert procs, "no PID recorded in %s" % server.rundir
+    # Every process of the server, children included (uWSGI's workers, the
+    # periodic workers' children), as psutil objects: a PID reused after
+    # the stop is not mistaken for ours.
+    assert {p["name"] for p in server.services()} == {
+        "uwsgi", "neutron-periodic-workers"}
+    procs = [psutil.Process(pid) for pid in server.pids()]
+    assert len(procs) >= 4, procs      # masters and their workers
 
     server.stop()
 
-    alive = [pid for pid, start in procs.items()
-             if neutron_server.proc_alive(pid)
-             and neutron_server.proc_start_time(pid) == start]
+    alive = [p for p in procs if neutron_server.is_alive(p)]
     assert alive == []
     assert not neutron_server.port_open(port)
-    assert not [n for n in os.listdir(server.rundir) if n.endswith(".pid")]
+    assert server.services() == []
     server.stop()  # idempotent

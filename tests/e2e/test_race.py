@@ -71,7 +71,8 @@ def test_servers_are_separate_on_shared_backends(servers):
     first, second = servers
     assert first.workdir != second.workdir
     assert first.url != second.url
-    assert [s["name"] for s in second.services()] == ["uwsgi"]
+    assert [s["name"] for s in second.services()] == [
+        "uwsgi", "neutron-periodic-workers"]
     assert second.state["backend"]["workdir"] == first.workdir
     assert second.state["backend"]["mariadb"] == first.state["ports"]["mariadb"]
     assert second.state["backend"]["amqp"] == first.state["ports"]["amqp"]
