@@ -125,9 +125,17 @@ behaviour_opts = [
                       "succeeds anyway and leaves the port group work to "
                       "the periodic resync. Port binding uses it too."),
     cfg.IntOpt("max_parallel_tasks", default=8, min=1,
-               help="Upper bound on vSphere calls and tasks the driver runs "
-                    "at the same time (e.g. adding a standard port group on "
-                    "many hosts). More than about 16 destabilises vCenter."),
+               help="Upper bound on vSphere tasks (distributed port group "
+                    "create, reconfigure, destroy) the driver runs at the "
+                    "same time. More than about 16 destabilises vCenter."),
+    cfg.IntOpt("max_parallel_host_writes", default=32, min=1,
+               help="Upper bound on standard port group writes on hosts "
+                    "(HostNetworkSystem AddPortGroup, UpdatePortGroup, "
+                    "RemovePortGroup) the driver runs at the same time. "
+                    "These are not vCenter tasks and have no batch form, so "
+                    "a port group reaches every host of a cluster in about "
+                    "the time of one host only if this is at least the "
+                    "number of hosts of the largest mapped cluster."),
     cfg.IntOpt("dvs_batch_size", default=100, min=1,
                help="Most distributed port groups created by one "
                     "AddDVPortgroup task."),
@@ -163,6 +171,7 @@ class Settings:
     dvs_name_template: str
     max_parallel_tasks: int
     dvs_batch_size: int
+    max_parallel_host_writes: int = 32
     resync_interval: int = 0
     api_call_budget: float = 20.0
     resync_grace_period: int = 30
@@ -365,6 +374,7 @@ def load(conf: cfg.ConfigOpts = cfg.CONF) -> Settings:
         compute_hosts=mappings["compute_hosts"],
         dvs_name_template=group.dvs_port_group_name_template,
         max_parallel_tasks=group.max_parallel_tasks,
+        max_parallel_host_writes=group.max_parallel_host_writes,
         dvs_batch_size=group.dvs_batch_size,
         resync_interval=group.resync_interval,
         api_call_budget=group.api_call_budget,

@@ -5,6 +5,30 @@ vSphere are sorted into *transient* (worth retrying: the connection, a busy
 vCenter) and *permanent* (retrying cannot help: a bad VLAN, a missing privilege,
 a name taken by someone else), because only the first may be retried and only the
 second should reach an API user as a refusal.
+
+pyVmomi's faults are translated into the typed errors below once, at the session
+boundary (:mod:`networking_vcenter.vsphere.session`); everything else catches
+these types and never looks at vCenter's fault text (``fault``), which is kept
+for messages only.
+
+::
+
+    VCenterError
+     +-- ConfigError
+     +-- VSphereFault
+          +-- AuthenticationFailed, TLSFailed
+          +-- TransientFault           retried by Session.call (some subtypes not)
+          |    +-- ConnectionFailed
+          |    +-- NotAuthenticated      (re-login; raised only if it persists)
+          |    +-- ConcurrentModification
+          |    +-- OutOfTime             the caller's budget is spent; not retried
+          |    +-- TaskTimeout           not retried
+          |    +-- InUse                 not retried: the next pass tries again
+          +-- PermanentFault           never retried
+               +-- NotFound, AlreadyExists, DuplicateName
+               +-- InvalidCollectorVersion
+               +-- TaskFailed            a task ended in any other fault
+               +-- NotOwned              ours to refuse, not vCenter's
 """
 
 from __future__ import annotations
@@ -27,7 +51,8 @@ class ConfigError(VCenterError):
 
 
 class VSphereFault(VCenterError):
-    """A vSphere call failed; ``fault`` is vCenter's own fault text."""
+    """A vSphere call failed; ``fault`` is vCenter's own fault text (for
+    messages: code decides by the exception's type, never by this text)."""
 
     transient = False
 
@@ -47,6 +72,22 @@ class ConnectionFailed(TransientFault):
     """vCenter could not be reached at all."""
 
 
+class NotAuthenticated(TransientFault):
+    """The session is gone (idle expiry, vCenter restart) and logging in
+    again did not bring it back.  Re-login is done by the session itself;
+    callers see this only when it keeps failing."""
+
+
+class ConcurrentModification(TransientFault):
+    """Someone changed the object at the same time (vSphere's
+    ConcurrentAccess): reading it again and retrying may help."""
+
+
+class OutOfTime(TransientFault):
+    """The time budget of the calling API request is spent (see
+    ``Session.budget``): the call was not made, or was cut short."""
+
+
 class AuthenticationFailed(VSphereFault):
     """vCenter refused the credentials (never retried: it locks accounts)."""
 
@@ -59,8 +100,27 @@ class PermanentFault(VSphereFault):
     """vCenter refused the request itself; retrying cannot help."""
 
 
+class NotFound(PermanentFault):
+    """The object is not there (vSphere's NotFound, ManagedObjectNotFound)."""
+
+
+class AlreadyExists(PermanentFault):
+    """An object of that name exists there already (vSphere's AlreadyExists,
+    e.g. a standard port group on a host)."""
+
+
+class DuplicateName(PermanentFault):
+    """The name is taken in that folder (vSphere's DuplicateName, e.g. a
+    distributed port group or a custom attribute definition)."""
+
+
+class InvalidCollectorVersion(PermanentFault):
+    """A property collector was asked for updates since a version it no
+    longer knows: the reader must read everything again."""
+
+
 class TaskFailed(PermanentFault):
-    """A vSphere task ended in error."""
+    """A vSphere task ended in a fault that has no type of its own here."""
 
 
 class TaskTimeout(TransientFault):
@@ -79,4 +139,3 @@ class PortGroupConflict(n_exc.Conflict):
     """What an API user sees when vCenter cannot hold the network."""
 
     message = "%(reason)s"
-

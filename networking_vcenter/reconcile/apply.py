@@ -4,9 +4,19 @@ Order: creations first (a network must be attachable as soon as possible), then
 VLAN fixes, then deletions.  Distributed port groups of one switch are created
 in batched tasks; when a batch fails, its port groups are retried one by one so
 that one bad port group does not hold back the others.  Standard port groups are
-written on all hosts in parallel (bounded by the session's cap); the steps of one
-host and name run in plan order.  A port group still used by VMs is not forced:
-its deletion is *deferred* and the next pass tries again.
+written on all hosts in parallel (``max_parallel_host_writes`` at once: host
+writes are not vCenter tasks and are not held to ``max_parallel_tasks``); the
+steps of one host and name run in plan order.  A port group still used by VMs is
+not forced: its deletion is *deferred* and the next pass tries again.
+
+Ownership is checked again against what vCenter answers wherever the snapshot
+the plan was made from may be stale: a name that turns out to be taken when it
+is written (DuplicateName, AlreadyExists), a port group about to be retagged, a
+standard network about to be marked.  What is not ours is left exactly as it
+is and reported as a conflict (and as a NotOwned failure of the step); the
+standard port groups this pass added for that network are removed again, and
+its network is not marked.  The caller's time budget
+(:meth:`Session.budget`) holds in the worker threads too.
 """
 
 from __future__ import annotations
@@ -14,7 +24,9 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
+from typing import Any
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions
@@ -37,6 +49,10 @@ class Outcome:
     conflicts: list[plan_mod.Conflict] = dataclasses.field(
         default_factory=list)
 
+    def refused(self) -> set[str]:
+        """Networks with a step refused because its port group is not ours."""
+        return {s.network_id for s, exc in self.failed
+                if isinstance(exc, exceptions.NotOwned)}
 
 
 Progress = Callable[[plan_mod.Step, str], None]
@@ -77,7 +93,7 @@ class Applier:
     # -- helpers -----------------------------------------------------------
 
     def _run(self, step: plan_mod.Step, out: Outcome,
-             fn: Callable[[], None]) -> None:
+             fn: Callable[[], Any]) -> None:
         vm_count = getattr(step, "vm_count", 0)
         if vm_count:
             reason = f"still used by {vm_count} VM(s); retried next pass"
@@ -93,6 +109,13 @@ class Applier:
                         step.describe(), exc)
             out.deferred.append((step, str(exc)))
             self._progress(step, "deferred")
+        except exceptions.NotOwned as exc:
+            LOG.error("network %s: %s refused: %s", step.network_id,
+                      step.describe(), exc)
+            out.failed.append((step, exc))
+            out.conflicts.append(plan_mod.Conflict(
+                step.network_id, step.name, str(exc)))
+            self._progress(step, "failed")
         except exceptions.VCenterError as exc:
             LOG.error("network %s: %s failed: %s", step.network_id,
                       step.describe(), exc)
@@ -105,6 +128,8 @@ class Applier:
         LOG.info("network %s: %s", step.network_id, step.describe())
         out.done.append(step)
         self._progress(step, "done")
+
+    # -- distributed port groups -------------------------------------------
 
     def _create_dvs(self, steps: list[plan_mod.CreateDvsPortGroup],
                     inv: Inventory, out: Outcome) -> None:
@@ -140,21 +165,27 @@ class Applier:
         try:
             switches.create_dvs_port_groups(self._session, dvs.ref, [spec],
                                             step.switch)
-        except exceptions.PermanentFault as exc:
-            if "DuplicateName" not in exc.fault:
-                raise
+        except exceptions.DuplicateName:
             vim = inventory.vim
             found = inventory.find_children(
                 self._session, [dvs.folder], {step.name},
                 vim.dvs.DistributedVirtualPortgroup)
-            owners = [inventory.owner(inventory.mark_from_description(
-                p.get("config.description")), self._settings.deployment_name)
-                for _, p in inventory.retrieve(
+            marks = [(ref._moId, inventory.mark_from_description(
+                p.get("config.description")))
+                for ref, p in inventory.retrieve(
                     self._session, vim.dvs.DistributedVirtualPortgroup,
                     ["config.description"], "port group owner",
                     list(found.values()))]
-            if owners != [step.network_id]:
-                raise exceptions.NotOwned(step.describe(), exc.fault)
+            if [inventory.owner(m, self._settings.deployment_name)
+                    for _, m in marks] != [step.network_id]:
+                held = (f"distributed port group {step.name} "
+                        f"({marks[0][0]}) {_made_by(marks[0][1])}"
+                        if marks else
+                        f"another kind of network named {step.name}")
+                raise exceptions.NotOwned(
+                    step.describe(),
+                    f"the name was taken before it was written "
+                    f"(DuplicateName) by {held}; it is left untouched")
             LOG.debug("network %s: %s already made by another worker",
                       step.network_id, step.name)
 
@@ -170,10 +201,24 @@ class Applier:
     def _retag_dvs(self, step: plan_mod.UpdateDvsPortGroup,
                    inv: Inventory) -> None:
         pg = next(p for p in inv.dvs_portgroups if p.moid == step.moid)
-        version = self._session.call(f"read {step.name}",
-                                     lambda: pg.ref.config.configVersion)
+        vim = inventory.vim
+        found = inventory.retrieve(
+            self._session, vim.dvs.DistributedVirtualPortgroup,
+            ["config.configVersion", "config.description"],
+            f"{step.name} before retagging", [pg.ref])
+        if not found:
+            raise exceptions.NotFound(step.describe(), "it is gone")
+        props = found[0][1]
+        mark = inventory.mark_from_description(props.get("config.description"))
+        if inventory.owner(mark, self._settings.deployment_name) != \
+                step.network_id:
+            raise exceptions.NotOwned(
+                step.describe(), f"port group {step.name} ({step.moid}) "
+                                 f"{_made_by(mark)} now; it is left "
+                                 f"untouched")
         spec = switches.dvs_port_group_spec(
-            step.name, step.vlan, self._description(step), version)
+            step.name, step.vlan, self._description(step),
+            props.get("config.configVersion"))
         switches.reconfigure_dvs_port_group(self._session, pg.ref, spec,
                                             step.describe())
 
@@ -183,6 +228,8 @@ class Applier:
         switches.destroy_dvs_port_group(self._session, pg.ref,
                                         step.describe())
 
+    # -- standard port groups ------------------------------------------------
+
     def _host_steps(self, steps: list[plan_mod.Step], inv: Inventory,
                     out: Outcome) -> None:
         # Steps on one (host, name) keep their order (remove before re-add);
@@ -190,15 +237,21 @@ class Applier:
         chains: dict[tuple[str, str], list[plan_mod.Step]] = {}
         for step in steps:
             chains.setdefault((step.host_moid, step.name), []).append(step)
+        created: list[plan_mod.AddHostPortGroup] = []
+        lock = threading.Lock()
+
+        def add(step: plan_mod.AddHostPortGroup, ns: Any) -> None:
+            if switches.add_host_port_group(
+                    self._session, ns, step.host, step.name, step.vswitch,
+                    step.vlan, self._std_owner(step, inv)):
+                with lock:
+                    created.append(step)
 
         def run_chain(chain: list[plan_mod.Step]) -> None:
             for step in chain:
-                host = inv.hosts[step.host_moid]
-                ns = host.network_system
+                ns = inv.hosts[step.host_moid].network_system
                 if isinstance(step, plan_mod.AddHostPortGroup):
-                    fn = (lambda s=step: switches.add_host_port_group(
-                        self._session, ns, s.host, s.name, s.vswitch,
-                        s.vlan))
+                    fn = (lambda s=step: add(s, ns))
                 elif isinstance(step, plan_mod.UpdateHostPortGroup):
                     fn = (lambda s=step: switches.update_host_port_group(
                         self._session, ns, s.host, s.name, s.vswitch,
@@ -211,24 +264,79 @@ class Applier:
         if len(chains) <= 1:
             for chain in chains.values():
                 run_chain(chain)
-            return
-        workers = min(len(chains), self._settings.max_parallel_tasks)
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run_chain, chains.values()))
+        else:
+            deadline = self._session.deadline
+
+            def run_bounded(chain: list[plan_mod.Step]) -> None:
+                with self._session.until(deadline):
+                    run_chain(chain)
+
+            workers = min(len(chains), self._settings.max_parallel_host_writes)
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                list(pool.map(run_bounded, chains.values()))
+        self._undo_refused(created, inv, out)
+
+    def _std_owner(self, step: plan_mod.AddHostPortGroup,
+                   inv: Inventory) -> switches.StdOwner:
+        return switches.StdOwner(
+            mark=inventory.Mark(self._settings.deployment_name,
+                                step.network_id),
+            field_key=inv.owner_field_key,
+            network_folders=tuple(inv.network_folders))
+
+    def _undo_refused(self, created: list[plan_mod.AddHostPortGroup],
+                      inv: Inventory, out: Outcome) -> None:
+        """Remove again what this pass added for a network whose name turned
+        out to be held by a port group not ours on some host: vSphere would
+        show our copies and theirs as one network, neither ours nor theirs.
+        """
+        refused = out.refused()
+        for step in created:
+            if step.network_id not in refused:
+                continue
+            host = inv.hosts[step.host_moid]
+            try:
+                switches.remove_host_port_group(
+                    self._session, host.network_system, step.host, step.name)
+            except exceptions.VCenterError as exc:
+                LOG.error("network %s: could not remove port group %s from "
+                          "%s again after a conflict: %s", step.network_id,
+                          step.name, step.host, exc)
+                continue
+            LOG.warning("network %s: removed port group %s from %s again: "
+                        "the name is held by a port group not ours on "
+                        "another host", step.network_id, step.name, step.host)
+            out.done.remove(step)
 
     def _mark(self, steps: list[plan_mod.MarkStdNetwork], inv: Inventory,
               out: Outcome) -> None:
-        if not steps or inv.owner_field_key is None:
+        key = inv.owner_field_key
+        if not steps or key is None:
+            return
+        refused = out.refused()
+        for step in steps:
+            if step.network_id in refused:
+                LOG.warning("network %s: %s skipped: its port group is not "
+                            "ours on some host", step.network_id,
+                            step.describe())
+        steps = [s for s in steps if s.network_id not in refused]
+        if not steps:
             return
         failed = {(s.network_id, s.name) for s, _ in out.failed}
         try:
             refs = inventory.find_children(
                 self._session, inv.network_folders,
                 {s.name for s in steps}, inventory.vim.Network)
+            marks = {ref._moId: _custom_mark(p.get("customValue"), key)
+                     for ref, p in inventory.retrieve(
+                         self._session, inventory.vim.Network,
+                         ["customValue"], "marks of standard networks",
+                         list(refs.values()))}
         except exceptions.VCenterError as exc:
             for step in steps:
                 out.failed.append((step, exc))
             return
+        deployment = self._settings.deployment_name
         for step in steps:
             ref = refs.get(step.name)
             if ref is None:
@@ -237,6 +345,36 @@ class Applier:
                         step.describe(), "network not found after creating "
                                          "its port groups")))
                 continue
+            mark = marks.get(ref._moId)
+            if mark == inventory.Mark(deployment, step.network_id):
+                self._done(step, out)       # another worker marked it
+                continue
+            if mark is not None:
+                # Marked by someone else since the plan was made.
+                self._run(step, out, lambda s=step, m=mark: _raise(
+                    exceptions.NotOwned(
+                        s.describe(), f"standard network {s.name} "
+                                      f"({ref._moId}) {_made_by(m)}; it is "
+                                      f"left untouched")))
+                continue
             self._run(step, out, lambda s=step, r=ref: switches.set_owner_field(
-                self._session, r, inv.owner_field_key, inventory.owner_value(
-                    self._settings.deployment_name, s.network_id)))
+                self._session, r, key, inventory.owner_value(
+                    deployment, s.network_id)))
+
+
+def _custom_mark(custom_values: Any, key: int) -> inventory.Mark | None:
+    for cv in custom_values or []:
+        if cv.key == key:
+            return inventory.mark_from_value(cv.value)
+    return None
+
+
+def _made_by(mark: inventory.Mark | None) -> str:
+    if mark is None:
+        return "was not made by networking-vcenter"
+    return (f"was made by networking-vcenter deployment "
+            f"'{mark.deployment}' for network {mark.network_id}")
+
+
+def _raise(exc: Exception) -> None:
+    raise exc

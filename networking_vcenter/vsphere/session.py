@@ -1,20 +1,28 @@
-"""The vSphere session: login, re-login, retries of transient faults, task waits.
+"""The vSphere session: login, re-login, typed faults, retries, deadlines, tasks.
 
-This is the only place that opens connections to vCenter.  Every call of the
-package goes through :meth:`Session.call`, which
+This is the only place that opens connections to vCenter and the only place
+that looks at pyVmomi's faults.  Every call of the package goes through
+:meth:`Session.call` (or :meth:`Session.run_task` / :meth:`Session.host_write`,
+which are calls with a concurrency cap), which
 
 * logs in lazily, under a lock, and logs in again when vCenter says the session
   is gone (idle expiry, vCenter restart) -- transparently to the caller;
-* retries transient faults (connection reset or refused, timeouts, a busy
-  vCenter) with exponential backoff, ``api_retry_count`` times at most;
-* never retries a permanent fault (bad VLAN, no privilege, a name taken): it is
-  raised at once as :class:`~networking_vcenter.exceptions.PermanentFault` with
-  vCenter's own fault text;
-* caps the calls in flight (``max_parallel_tasks``), because vCenter becomes
-  unstable under many parallel tasks.
+* translates every pyVmomi fault into the typed errors of
+  :mod:`networking_vcenter.exceptions` (:data:`FAULTS`), once: nothing else
+  reads fault text;
+* retries what is transient (connection reset or refused, timeouts, a busy
+  vCenter) by a declared policy (:func:`retry_policy`: ``api_retry_count``
+  retries, exponential backoff), and never a permanent fault;
+* never runs past the deadline of :meth:`Session.budget`: before each attempt
+  the time left is checked, each HTTP request's socket timeout is the smaller
+  of ``api_timeout`` and the time left, and a retry whose backoff would end
+  after the deadline is not made.
 
 Tasks are awaited together with one property-collector filter and
-``WaitForUpdatesEx`` under one deadline, rather than polled one by one.
+``WaitForUpdatesEx`` under one deadline, rather than polled one by one.  At most
+``max_parallel_tasks`` tasks run at once (vCenter becomes unstable under many
+parallel tasks); standard port group writes on hosts, which are not vCenter
+tasks, have their own cap, ``max_parallel_host_writes``.
 """
 
 from __future__ import annotations
@@ -26,9 +34,10 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import tenacity
 from pyVmomi import SoapStubAdapter, vim, vmodl
 
 from networking_vcenter import conf
@@ -42,14 +51,40 @@ T = TypeVar("T")
 # we use (DVS port group specs, custom fields, container views).
 API_NAMESPACE = "vim25/6.5"
 
-# vSphere faults after which the same call can succeed a moment later.
-TRANSIENT_FAULTS: tuple[type, ...] = (
-    vmodl.fault.HostCommunication,
-    vmodl.fault.SystemError,
-    vim.fault.ConcurrentAccess,
-    vim.fault.TaskInProgress,
-    vim.fault.HostConnectFault,
-    vim.fault.ResourceInUse,
+
+def _faults(*names: str) -> tuple[type, ...]:
+    """The pyVmomi fault classes of these names that this pyVmomi knows."""
+    found = []
+    for name in names:
+        obj: Any = {"vim": vim, "vmodl": vmodl}[name.split(".")[0]]
+        for part in name.split(".")[1:]:
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if obj is not None:
+            found.append(obj)
+    return tuple(found)
+
+
+# pyVmomi faults -> our types, first match wins.  Anything else that vCenter
+# answers is a PermanentFault (TaskFailed when a task ended in it).
+FAULTS: tuple[tuple[tuple[type, ...], type[exceptions.VSphereFault]], ...] = (
+    (_faults("vim.fault.InvalidLogin"), exceptions.AuthenticationFailed),
+    (_faults("vim.fault.NotAuthenticated"), exceptions.NotAuthenticated),
+    (_faults("vmodl.query.InvalidCollectorVersion",
+             "vim.fault.InvalidCollectorVersion"),
+     exceptions.InvalidCollectorVersion),
+    (_faults("vmodl.fault.ManagedObjectNotFound", "vim.fault.NotFound"),
+     exceptions.NotFound),
+    (_faults("vim.fault.DuplicateName"), exceptions.DuplicateName),
+    (_faults("vim.fault.AlreadyExists"), exceptions.AlreadyExists),
+    (_faults("vim.fault.ResourceInUse"), exceptions.InUse),
+    (_faults("vim.fault.ConcurrentAccess", "vim.fault.ConcurrentModification"),
+     exceptions.ConcurrentModification),
+    # After these the same call can succeed a moment later.
+    (_faults("vmodl.fault.HostCommunication", "vmodl.fault.SystemError",
+             "vim.fault.TaskInProgress", "vim.fault.HostConnectFault",
+             "vim.fault.Timedout"), exceptions.TransientFault),
 )
 
 # Python-level failures of the transport.  A certificate failure is an
@@ -58,6 +93,10 @@ TRANSPORT_ERRORS: tuple[type, ...] = (
     ConnectionError, TimeoutError, socket.timeout, socket.gaierror,
     http.client.HTTPException, ssl.SSLError, OSError,
 )
+
+# Transient, but retrying the same call at once cannot help: the caller's
+# budget is spent, a task overran, VMs still use the port group.
+NOT_RETRIED = (exceptions.OutOfTime, exceptions.TaskTimeout, exceptions.InUse)
 
 
 def fault_text(exc: BaseException) -> str:
@@ -69,18 +108,123 @@ def fault_text(exc: BaseException) -> str:
     return f"{name}: {msg}" if msg else name
 
 
+def translate(what: str, exc: BaseException, task: bool = False
+              ) -> exceptions.VSphereFault:
+    """The typed error for a pyVmomi fault or a transport failure.
+
+    ``task``: the fault is a task's ``info.error``; faults without a type of
+    their own then become :class:`TaskFailed`.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return exceptions.TLSFailed(what, str(exc.verify_message or exc))
+    if isinstance(exc, TRANSPORT_ERRORS):
+        return exceptions.TransientFault(what, str(exc) or type(exc).__name__)
+    for faults, error in FAULTS:
+        if faults and isinstance(exc, faults):
+            return error(what, fault_text(exc))
+    if task:
+        return exceptions.TaskFailed(what, fault_text(exc))
+    return exceptions.PermanentFault(what, fault_text(exc))
+
+
+def retriable(exc: BaseException) -> bool:
+    return isinstance(exc, exceptions.TransientFault) and \
+        not isinstance(exc, NOT_RETRIED)
+
+
+class _BudgetSpent(Exception):
+    """Raised inside pyVmomi when a request would start after the deadline;
+    turned into OutOfTime with the call's words by Session.call."""
+
+
+class _TimedStub(SoapStubAdapter):
+    """A SoapStubAdapter whose every HTTP request gets its own socket timeout.
+
+    pyVmomi fixes ``httpConnectionTimeout`` when the stub is made; here the
+    timeout is asked of ``timeout_of`` (the session: this thread's call
+    timeout bounded by its deadline) each time a pooled connection is handed
+    to a request, and when a new connection is opened (its TCP connect and
+    TLS handshake run under it too).  A connection belongs to one request at
+    a time, so this holds under threads.
+    """
+
+    def __init__(self, timeout_of: Callable[[], float], **kwargs: Any):
+        super().__init__(**kwargs)
+        self._timeout_of = timeout_of
+        base = self.scheme
+
+        class TimedConnection(base):  # type: ignore[misc, valid-type]
+            def __init__(conn, *args: Any, **kw: Any):
+                kw["timeout"] = timeout_of()
+                super().__init__(*args, **kw)
+
+        self.scheme = TimedConnection
+
+    def GetConnection(self):  # noqa: N802 - pyVmomi's name
+        timeout = self._timeout_of()
+        conn = super().GetConnection()
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+
+class _StopAtDeadline(tenacity.stop.stop_base):
+    """Stop retrying when the backoff would end after the deadline."""
+
+    def __init__(self, session: "Session"):
+        self._session = session
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        left = self._session.time_left()
+        return left is not None and left <= retry_state.upcoming_sleep
+
+
+def retry_policy(session: "Session", what: str, retries: int
+                 ) -> tenacity.Retrying:
+    """The one retry policy: transient faults only, ``retries`` retries at
+    most, exponential backoff (0.5 s, 1 s, 2 s ... 10 s), never past the
+    deadline of the calling thread's budget."""
+    def log(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        LOG.warning("%s: transient fault (%s), retry %d/%d in %.1fs", what,
+                    getattr(exc, "fault", exc), state.attempt_number, retries,
+                    state.upcoming_sleep)
+
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(retriable),
+        stop=tenacity.stop_after_attempt(retries + 1) | _StopAtDeadline(
+            session),
+        wait=tenacity.wait_exponential(multiplier=0.5, max=10),
+        before_sleep=log, reraise=True)
+
+
 class Session:
     """A logged-in vSphere API session shared by the threads of one process."""
 
     def __init__(self, settings: conf.Settings):
         self._settings = settings
         self._lock = threading.RLock()
-        self._slots = threading.BoundedSemaphore(settings.max_parallel_tasks)
+        self._task_slots = threading.BoundedSemaphore(
+            settings.max_parallel_tasks)
+        self._host_write_slots = threading.BoundedSemaphore(
+            self.max_parallel_host_writes)
         self._stub: SoapStubAdapter | None = None
         self._content: vim.ServiceInstanceContent | None = None
         self._generation = 0
         self._local = threading.local()
         self._unreachable_at: float | None = None
+
+    @property
+    def generation(self) -> int:
+        """How many times this session has logged in: a change means the
+        server-side objects of the old login (property collectors, views)
+        are gone."""
+        return self._generation
+
+    @property
+    def max_parallel_host_writes(self) -> int:
+        return getattr(self._settings, "max_parallel_host_writes", 32)
 
     def unreachable_for(self) -> float | None:
         """Seconds since vCenter was last found unreachable; None if it
@@ -89,24 +233,56 @@ class Session:
         at = self._unreachable_at
         return None if at is None else time.monotonic() - at
 
-    @contextlib.contextmanager
-    def budget(self, seconds: float):
-        """Bound the retries of every call made in this block by this thread.
+    # -- deadlines ---------------------------------------------------------
 
-        API hooks use it so that a network create never waits on a vCenter
-        that is down for longer than configured; once the budget is spent a
-        transient fault is raised at once instead of retried.
+    @contextlib.contextmanager
+    def budget(self, seconds: float) -> Iterator[None]:
+        """Bound everything this thread does with vCenter in this block.
+
+        API hooks use it so that a network create or a port bind returns
+        within ``seconds`` whatever vCenter does: no call starts after the
+        deadline (:class:`OutOfTime` is raised instead), each request's
+        socket timeout is at most the time left, task waits and retries end
+        at the deadline.  Nested budgets never extend an outer one.  Threads
+        started in the block do not inherit it: pass :attr:`deadline` to
+        :meth:`until` in them.
         """
-        previous = getattr(self._local, "deadline", None)
-        self._local.deadline = time.monotonic() + seconds
+        deadline = time.monotonic() + seconds
+        outer = self.deadline
+        with self.until(deadline if outer is None else min(outer, deadline)):
+            yield
+
+    @contextlib.contextmanager
+    def until(self, deadline: float | None) -> Iterator[None]:
+        """Run this block under a deadline (``time.monotonic()`` seconds)
+        taken from another thread's :attr:`deadline`; None: no deadline."""
+        previous = self.deadline
+        self._local.deadline = deadline
         try:
             yield
         finally:
             self._local.deadline = previous
 
-    def _out_of_time(self, delay: float) -> bool:
-        deadline = getattr(self._local, "deadline", None)
-        return deadline is not None and time.monotonic() + delay > deadline
+    @property
+    def deadline(self) -> float | None:
+        """This thread's deadline (``time.monotonic()``), None if unbounded."""
+        return getattr(self._local, "deadline", None)
+
+    def time_left(self) -> float | None:
+        """Seconds left before this thread's deadline; None if unbounded."""
+        deadline = self.deadline
+        return None if deadline is None else deadline - time.monotonic()
+
+    def _socket_timeout(self) -> float:
+        """Socket timeout of the request this thread is about to send."""
+        timeout = getattr(self._local, "timeout", None) or \
+            self._settings.api_timeout
+        left = self.time_left()
+        if left is not None:
+            if left <= 0:
+                raise _BudgetSpent()
+            timeout = min(timeout, left)
+        return timeout
 
     # -- connection --------------------------------------------------------
 
@@ -136,11 +312,15 @@ class Session:
         """
         s = self._settings
         if self._stub is None:
-            self._stub = SoapStubAdapter(
+            self._stub = _TimedStub(
+                self._socket_timeout,
                 host=s.host_ip, port=s.host_port, ns=API_NAMESPACE,
                 sslContext=self._ssl_context(),
                 httpConnectionTimeout=s.api_timeout,
-                poolSize=s.max_parallel_tasks)
+                # Idle connections kept: one per task and host write that may
+                # run at once, and a few for reads and long polls.
+                poolSize=s.max_parallel_tasks +
+                self.max_parallel_host_writes + 4)
         si = vim.ServiceInstance("ServiceInstance", self._stub)
         try:
             content = si.RetrieveContent()
@@ -170,7 +350,12 @@ class Session:
         """Log in now (start-up), raising the typed error on failure."""
         with self._lock:
             if self._content is None:
-                self._login()
+                try:
+                    self._login()
+                except _BudgetSpent:
+                    raise exceptions.OutOfTime(
+                        f"log in to vCenter {self.endpoint}",
+                        "the time budget is spent") from None
 
     @property
     def content(self) -> vim.ServiceInstanceContent:
@@ -202,110 +387,171 @@ class Session:
     # -- calls -------------------------------------------------------------
 
     def call(self, what: str, fn: Callable[..., T], *args: Any,
-             attempts: int | None = None, **kwargs: Any) -> T:
-        """Run one vSphere call with re-login and bounded, typed retries.
+             timeout: float | None = None, attempts: int | None = None,
+             **kwargs: Any) -> T:
+        """Run one vSphere call with re-login, typed faults, bounded retries.
 
         ``what`` says in words what the call does ("create port group X on
         DVS0"); it heads every log line and error about it.  ``fn`` may be a
         bound method of a managed object or any callable doing one API call.
+        ``timeout``: this call's socket timeout instead of ``api_timeout``
+        (a long poll needs more), still cut to the time left of
+        :meth:`budget`.  ``attempts``: retries instead of ``api_retry_count``.
+        Raises only :class:`~networking_vcenter.exceptions.VCenterError`
+        subtypes for what vCenter or the network did.
         """
+        return self._call(what, fn, args, kwargs, timeout, attempts, None)
+
+    def host_write(self, what: str, fn: Callable[..., T], *args: Any,
+                   **kwargs: Any) -> T:
+        """A call that changes a host's standard port groups (not a vCenter
+        task): at most ``max_parallel_host_writes`` at once per process."""
+        return self._call(what, fn, args, kwargs, None, None,
+                          self._host_write_slots)
+
+    def run_task(self, what: str, fn: Callable[..., Any], *args: Any,
+                 **kwargs: Any) -> Any:
+        """Start a task and wait for it; its result, or the typed error of
+        the fault it ended in.  At most ``max_parallel_tasks`` tasks run at
+        once per process: the slot is held until the task has ended."""
+        with self._slot(self._task_slots, what):
+            task = self.call(what, fn, *args, **kwargs)
+            return self.wait_for_tasks([task], what)[0]
+
+    @contextlib.contextmanager
+    def _slot(self, slots: threading.BoundedSemaphore | None,
+              what: str) -> Iterator[None]:
+        if slots is None:
+            yield
+            return
+        left = self.time_left()
+        if not slots.acquire(timeout=None if left is None else max(left, 0)):
+            raise exceptions.OutOfTime(what, "no time left to wait for a "
+                                             "free slot")
+        try:
+            yield
+        finally:
+            slots.release()
+
+    def _call(self, what: str, fn: Callable[..., T], args: Sequence[Any],
+              kwargs: dict[str, Any], timeout: float | None,
+              attempts: int | None,
+              slots: threading.BoundedSemaphore | None) -> T:
         retries = self._settings.api_retry_count if attempts is None \
             else attempts
-        delay = 0.5
-        attempt = 0
-        while True:
-            generation = self._generation
-            try:
-                with self._slots:
-                    self.connect()
-                    result = fn(*args, **kwargs)
-                self._unreachable_at = None
-                return result
-            except vim.fault.NotAuthenticated:
-                if attempt >= retries:
-                    raise exceptions.TransientFault(
-                        what, "session expired again after re-login")
-                self._relogin(generation)
-            except exceptions.VCenterError:
-                raise
-            except vim.fault.InvalidLogin:
-                raise exceptions.AuthenticationFailed(what, "login refused")
-            except ssl.SSLCertVerificationError as exc:
-                raise exceptions.TLSFailed(what, str(exc))
-            except TRANSIENT_FAULTS + TRANSPORT_ERRORS as exc:
-                if isinstance(exc, vim.fault.ResourceInUse):
-                    raise exceptions.InUse(what, fault_text(exc))
-                if attempt >= retries or self._out_of_time(delay):
-                    if isinstance(exc, TRANSPORT_ERRORS):
-                        self._unreachable_at = time.monotonic()
-                    raise exceptions.TransientFault(what, fault_text(exc)
-                                                    if isinstance(exc, vmodl.MethodFault)
-                                                    else repr(exc))
-                LOG.warning("%s: transient fault (%s), retry %d/%d in %.1fs",
-                            what, fault_text(exc), attempt + 1, retries, delay)
-                # A dead pooled connection is dropped by the stub itself; the
-                # retry opens a new one (and NotAuthenticated, if vCenter
-                # restarted meanwhile, logs in again).
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except vmodl.MethodFault as exc:
-                raise exceptions.PermanentFault(what, fault_text(exc))
-            attempt += 1
+        try:
+            result = retry_policy(self, what, retries)(
+                self._attempt, what, fn, args, kwargs, timeout, slots)
+        except exceptions.TransientFault as exc:
+            if isinstance(exc.__cause__, TRANSPORT_ERRORS) or \
+                    isinstance(exc, exceptions.ConnectionFailed):
+                self._unreachable_at = time.monotonic()
+            raise
+        self._unreachable_at = None
+        return result
+
+    def _attempt(self, what: str, fn: Callable[..., T], args: Sequence[Any],
+                 kwargs: dict[str, Any], timeout: float | None,
+                 slots: threading.BoundedSemaphore | None) -> T:
+        """One try: the deadline checked, the socket timeout set, a lost
+        session logged in again (and the call repeated once, at once), the
+        fault typed."""
+        left = self.time_left()
+        if left is not None and left <= 0:
+            raise exceptions.OutOfTime(what, "the time budget is spent")
+        previous = getattr(self._local, "timeout", None)
+        self._local.timeout = timeout
+        try:
+            with self._slot(slots, what):
+                generation = self._generation
+                self.connect()
+                try:
+                    return fn(*args, **kwargs)
+                except vim.fault.NotAuthenticated:
+                    self._relogin(generation)
+                    return fn(*args, **kwargs)
+        except exceptions.VCenterError:
+            raise
+        except _BudgetSpent:
+            raise exceptions.OutOfTime(what, "the time budget is spent")
+        except (vmodl.MethodFault,) + TRANSPORT_ERRORS as exc:
+            raise translate(what, exc) from exc
+        finally:
+            self._local.timeout = previous
 
     # -- tasks -------------------------------------------------------------
 
     def wait_for_tasks(self, tasks: Sequence[vim.Task],
                        what: str) -> list[Any]:
-        """Wait for all ``tasks`` under one deadline; return their results.
+        """Wait for all ``tasks``; return their results in order.
 
-        One property-collector filter over every task's ``info.state`` and
-        ``WaitForUpdatesEx``: one round trip per change rather than a poll per
-        task.  A failed task raises TaskFailed with vCenter's fault text; a
-        deadline passed raises TaskTimeout.
+        One property-collector filter over the tasks' state, error and
+        result, and ``WaitForUpdatesEx``: one round trip per change rather
+        than a poll per task.  Waits at most ``task_timeout`` (then
+        :class:`TaskTimeout`) and never past the budget's deadline (then
+        :class:`OutOfTime`).  A task that ended in error raises the typed
+        error of its fault (ResourceInUse -> InUse, DuplicateName ->
+        DuplicateName...; TaskFailed for the others).
         """
         if not tasks:
             return []
+        tasks = list(tasks)
         deadline = time.monotonic() + self._settings.task_timeout
-        return self.call(what, self._wait, list(tasks), deadline, what,
-                         attempts=0)
-
-    def _wait(self, tasks: list[vim.Task], deadline: float,
-              what: str) -> list[Any]:
-        pc = self.content.propertyCollector.CreatePropertyCollector()
+        pc = self.call(f"{what}: watch its task(s)",
+                       self.content.propertyCollector.CreatePropertyCollector)
         try:
-            spec = vmodl.query.PropertyCollector.FilterSpec(
-                objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=t)
-                           for t in tasks],
-                propSet=[vmodl.query.PropertyCollector.PropertySpec(
-                    type=vim.Task, pathSet=["info.state"])])
-            pc.CreateFilter(spec, partialUpdates=False)
-            states: dict[str, str] = {}
-            version = ""
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise exceptions.TaskTimeout(
-                        what, f"not finished after "
-                              f"{self._settings.task_timeout}s")
-                opts = vmodl.query.PropertyCollector.WaitOptions(
-                    maxWaitSeconds=max(1, min(int(remaining), 60)))
-                update = pc.WaitForUpdatesEx(version, opts)
-                if update is None:
-                    continue
-                version = update.version
-                for fs in update.filterSet:
-                    for obj in fs.objectSet:
-                        for change in obj.changeSet:
-                            states[obj.obj._moId] = change.val
-                if all(states.get(t._moId) in ("success", "error")
-                       for t in tasks):
-                    break
+            info = self._watch(pc, tasks, deadline, what)
         finally:
-            pc.DestroyPropertyCollector()
+            try:
+                self.call(f"{what}: stop watching", pc.DestroyPropertyCollector,
+                          attempts=0)
+            except exceptions.VCenterError:
+                pass  # session-scoped: gone with the session at the latest
         results = []
         for task in tasks:
-            info = task.info
-            if info.state == "error":
-                raise exceptions.TaskFailed(what, fault_text(info.error))
-            results.append(info.result)
+            props = info[task._moId]
+            if props.get("info.state") == "error":
+                raise translate(what, props.get("info.error"), task=True) \
+                    if props.get("info.error") is not None else \
+                    exceptions.TaskFailed(what, "task failed")
+            results.append(props.get("info.result"))
         return results
+
+    def _watch(self, pc: Any, tasks: list[vim.Task], deadline: float,
+               what: str) -> dict[str, dict[str, Any]]:
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=t)
+                       for t in tasks],
+            propSet=[vmodl.query.PropertyCollector.PropertySpec(
+                type=vim.Task,
+                pathSet=["info.state", "info.error", "info.result"])])
+        self.call(f"{what}: watch its task(s)", pc.CreateFilter, spec,
+                  partialUpdates=False)
+        info: dict[str, dict[str, Any]] = {t._moId: {} for t in tasks}
+        version = ""
+        while not all(p.get("info.state") in ("success", "error")
+                      for p in info.values()):
+            remaining = deadline - time.monotonic()
+            left = self.time_left()
+            if left is not None and left <= 0:
+                raise exceptions.OutOfTime(what, "the time budget is spent "
+                                                 "before its task(s) ended")
+            if remaining <= 0:
+                raise exceptions.TaskTimeout(
+                    what, f"not finished after "
+                          f"{self._settings.task_timeout}s")
+            wait = remaining if left is None else min(remaining, left)
+            wait_s = max(1, min(int(wait), 60))
+            update = self.call(
+                f"{what}: wait for its task(s)", pc.WaitForUpdatesEx, version,
+                vmodl.query.PropertyCollector.WaitOptions(
+                    maxWaitSeconds=wait_s),
+                timeout=wait_s + self._settings.api_timeout)
+            if update is None:
+                continue
+            version = update.version
+            for fs in update.filterSet or []:
+                for obj in fs.objectSet or []:
+                    for change in obj.changeSet or []:
+                        info[obj.obj._moId][change.name] = change.val
+        return info

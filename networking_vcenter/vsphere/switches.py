@@ -4,11 +4,18 @@ Every operation is idempotent: creating what already exists as wanted, or
 deleting what is already gone, is success.  Distributed port groups are created
 many per ``AddDVPortgroup_Task`` (one task instead of one per port group, ~17x
 fewer round trips), in chunks because a real vCenter's limit on task size is
-unknown.
+unknown.  Faults arrive typed from the session (:mod:`exceptions`); nothing here
+reads fault text.
+
+Ownership on the race paths: a standard port group that appears between the
+read and the write (``AlreadyExists``) is success only when it is exactly what
+we would have made (see :func:`add_host_port_group`); anything else is refused
+with :class:`~networking_vcenter.exceptions.NotOwned` and left as it is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -41,29 +48,26 @@ def dvs_port_group_spec(name: str, vlan: int, description: str,
 
 def create_dvs_port_groups(session: Session, dvs: Any,
                            specs: Sequence[Any], switch: str) -> None:
-    """Create port groups on one switch in a single task."""
+    """Create port groups on one switch in a single task.
+
+    Raises DuplicateName when a name is taken (the task then creates none).
+    """
     names = ", ".join(s.name for s in specs)
-    what = f"create port group(s) {names} on {switch}"
-    task = session.call(what, dvs.AddDVPortgroup_Task, list(specs))
-    session.wait_for_tasks([task], what)
+    session.run_task(f"create port group(s) {names} on {switch}",
+                     dvs.AddDVPortgroup_Task, list(specs))
 
 
 def reconfigure_dvs_port_group(session: Session, pg: Any, spec: Any,
                                what: str) -> None:
-    task = session.call(what, pg.ReconfigureDVPortgroup_Task, spec)
-    session.wait_for_tasks([task], what)
+    session.run_task(what, pg.ReconfigureDVPortgroup_Task, spec)
 
 
 def destroy_dvs_port_group(session: Session, pg: Any, what: str) -> None:
+    """Destroy; already gone is success, VMs still on it raise InUse."""
     try:
-        task = session.call(what, pg.Destroy_Task)
-        session.wait_for_tasks([task], what)
-    except exceptions.PermanentFault as exc:
-        if "ManagedObjectNotFound" in exc.fault:
-            return  # already gone: success
-        if "ResourceInUse" in exc.fault:
-            raise exceptions.InUse(what, exc.fault)
-        raise
+        session.run_task(what, pg.Destroy_Task)
+    except exceptions.NotFound:
+        return
 
 
 def host_port_group_spec(name: str, vswitch: str,
@@ -73,40 +77,131 @@ def host_port_group_spec(name: str, vswitch: str,
         policy=vim.host.NetworkPolicy())
 
 
+@dataclasses.dataclass(frozen=True)
+class StdOwner:
+    """Who a standard port group must belong to, to be taken as ours.
+
+    ``mark``: the mark we put on its vSphere Network (deployment and Neutron
+    network); ``field_key``: our custom attribute's key (None: not defined,
+    or no custom attributes at all, as on a standalone ESXi host);
+    ``network_folders``: where the datacenters keep their Networks.
+    """
+
+    mark: inventory.Mark
+    field_key: int | None = None
+    network_folders: tuple[Any, ...] = ()
+
+
 def add_host_port_group(session: Session, network_system: Any, host: str,
-                        name: str, vswitch: str, vlan: int) -> None:
-    """The API form of ``esxcfg-vswitch --add-pg NAME VSWITCH --vlan N``."""
+                        name: str, vswitch: str, vlan: int,
+                        owner: StdOwner | None = None) -> bool:
+    """The API form of ``esxcfg-vswitch --add-pg NAME VSWITCH --vlan N``.
+
+    True when this call created it.  When the host already has a port group
+    of that name (another worker, an earlier try, someone's hand -- it was
+    not there when the plan was made), it is read back and taken as success
+    only if it is exactly what we would have made: on ``vswitch`` with
+    ``vlan``, named after the network's UUID, and its Network unmarked or
+    marked by ``owner.mark``.  Anything else raises NotOwned naming both, and
+    is left exactly as it is.
+    """
     what = f"create port group {name} on {host}/{vswitch}"
+    spec = host_port_group_spec(name, vswitch, vlan)
     try:
-        session.call(what, network_system.AddPortGroup,
-                     host_port_group_spec(name, vswitch, vlan))
-    except exceptions.PermanentFault as exc:
-        if "AlreadyExists" not in exc.fault:
-            raise
-        # Someone (a racing worker, an earlier try) made it: make sure the
-        # VLAN is ours, which UpdatePortGroup does idempotently.
-        update_host_port_group(session, network_system, host, name, vswitch,
-                               vlan)
+        session.host_write(what, network_system.AddPortGroup, spec)
+        return True
+    except exceptions.AlreadyExists:
+        pass
+    have = host_port_group(session, network_system, host, name)
+    if have is None:
+        # Removed again meanwhile: what we planned holds after all.
+        session.host_write(what, network_system.AddPortGroup, spec)
+        return True
+    problems = []
+    if (have.vswitch, have.vlan) != (vswitch, vlan):
+        problems.append(f"it is on {have.vswitch} with "
+                        f"{_vlan_text(have.vlan)}")
+    mark = None
+    if owner is not None:
+        if name != owner.mark.network_id:
+            problems.append("its name is not the network's UUID")
+        mark = std_network_mark(session, owner, name)
+        if mark is not None and mark != owner.mark:
+            problems.append(f"its network is marked as made by "
+                            f"networking-vcenter deployment "
+                            f"'{mark.deployment}' for network "
+                            f"{mark.network_id}")
+    if problems:
+        wanted = (f" for network {owner.mark.network_id}" if owner else "")
+        raise exceptions.NotOwned(
+            what, f"standard port group {name} appeared on {host} before "
+                  f"it was written (AlreadyExists) and is not the one "
+                  f"networking-vcenter would make{wanted} ({vswitch}, "
+                  f"{_vlan_text(vlan)}): {'; '.join(problems)}. It is left "
+                  f"untouched")
+    LOG.debug("%s: already there as wanted (%s)", what,
+              "marked by us" if mark else "unmarked")
+    return False
+
+
+def host_port_group(session: Session, network_system: Any, host: str,
+                    name: str) -> inventory.HostPortGroup | None:
+    """The port group ``name`` of one host, read fresh (one round trip)."""
+    objects = inventory.retrieve(
+        session, vim.host.NetworkSystem, ["networkInfo.portgroup"],
+        f"port groups of {host}", [network_system])
+    for _, props in objects:
+        for pg in props.get("networkInfo.portgroup") or []:
+            if pg.spec.name == name:
+                return inventory.HostPortGroup(
+                    name=name, vswitch=pg.spec.vswitchName,
+                    vlan=int(pg.spec.vlanId or 0))
+    return None
+
+
+def std_network_mark(session: Session, owner: StdOwner,
+                     name: str) -> inventory.Mark | None:
+    """The mark on the standard Network ``name``, read fresh; None when it
+    has none (or vSphere has no custom attributes)."""
+    if owner.field_key is None or not owner.network_folders:
+        return None
+    found = inventory.find_children(session, list(owner.network_folders),
+                                    {name}, vim.Network)
+    if name not in found:
+        return None
+    for _, props in inventory.retrieve(session, vim.Network, ["customValue"],
+                                       f"mark of network {name}",
+                                       [found[name]]):
+        return _mark_of(props.get("customValue"), owner.field_key)
+    return None
+
+
+def _mark_of(custom_values: Any, field_key: int) -> inventory.Mark | None:
+    for cv in custom_values or []:
+        if cv.key == field_key:
+            return inventory.mark_from_value(cv.value)
+    return None
+
+
+def _vlan_text(vlan: int) -> str:
+    return f"VLAN {vlan}" if vlan else "untagged"
 
 
 def update_host_port_group(session: Session, network_system: Any, host: str,
                            name: str, vswitch: str, vlan: int) -> None:
     what = f"set VLAN {vlan} on port group {name} of {host}/{vswitch}"
-    session.call(what, network_system.UpdatePortGroup, name,
-                 host_port_group_spec(name, vswitch, vlan))
+    session.host_write(what, network_system.UpdatePortGroup, name,
+                       host_port_group_spec(name, vswitch, vlan))
 
 
 def remove_host_port_group(session: Session, network_system: Any, host: str,
                            name: str) -> None:
+    """Remove; already gone is success, VMs still on it raise InUse."""
     what = f"delete port group {name} on {host}"
     try:
-        session.call(what, network_system.RemovePortGroup, name)
-    except exceptions.PermanentFault as exc:
-        if "NotFound" in exc.fault:
-            return  # already gone: success
-        if "ResourceInUse" in exc.fault:
-            raise exceptions.InUse(what, exc.fault)
-        raise
+        session.host_write(what, network_system.RemovePortGroup, name)
+    except exceptions.NotFound:
+        return
 
 
 def ensure_owner_field(session: Session) -> int | None:
@@ -123,9 +218,7 @@ def ensure_owner_field(session: Session) -> int | None:
                              cfm.AddCustomFieldDef,
                              name=inventory.OWNER_FIELD, moType=vim.Network)
         return field.key
-    except exceptions.PermanentFault as exc:
-        if "DuplicateName" not in exc.fault:
-            raise
+    except exceptions.DuplicateName:
         # Another worker defined it a moment ago.
         return inventory.owner_field_key(session)
 
