@@ -13,6 +13,9 @@ as every Neutron tool) and Neutron's database directly::
 * ``check``           the configuration, the vCenter connection and mappings,
                       the privileges the driver needs, the Neutron database.
 
+``status``, ``sync --dry-run`` and ``check`` change nothing in vCenter: they
+work under a read-only role.  Every command logs out of vCenter when it ends.
+
 ``--format json`` prints one JSON document for scripts.  Exit status: 0 all
 in sync (``status``), converged (``sync``) or every check passed (``check``);
 1 differences, failures or conflicts remain; 2 the tool could not run (bad
@@ -26,6 +29,7 @@ import json
 import logging
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from oslo_config import cfg
@@ -35,6 +39,7 @@ from networking_vcenter import exceptions
 from networking_vcenter.reconcile import desired as desired_mod
 from networking_vcenter.reconcile import plan as plan_mod
 from networking_vcenter.reconcile.reconciler import Pass, Reconciler
+from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere import privileges
 
 EXIT_OK, EXIT_DIFF, EXIT_ERROR = 0, 1, 2
@@ -42,6 +47,17 @@ EXIT_OK, EXIT_DIFF, EXIT_ERROR = 0, 1, 2
 
 class CliError(Exception):
     """The tool cannot run; the message says why."""
+
+
+def log_out(rec: Reconciler) -> None:
+    """Log out of vCenter and leave the lock backend, whatever happened: a
+    session left behind counts against vCenter's session limit until it
+    expires, and monitoring runs ``status`` often."""
+    try:
+        rec.close()
+    except Exception as exc:  # noqa: BLE001 - the command's result stands
+        print(f"networking-vcenter: logging out of vCenter failed: {exc}",
+              file=sys.stderr)
 
 
 # -- Neutron's side ------------------------------------------------------------
@@ -228,9 +244,9 @@ def cmd_sync(rec: Reconciler, fmt: str, dry_run: bool) -> int:
 def cmd_check(config_files: list[str], fmt: str) -> int:
     checks: list[dict[str, str]] = []
 
-    def record(name: str, ok: bool | None, detail: str) -> None:
+    def record(name: str, ok: bool | None | str, detail: str) -> None:
         checks.append({"check": name, "result": {True: "ok", False: "FAIL",
-                                                 None: "skipped"}[ok],
+                                                 None: "skipped"}.get(ok, ok),
                        "detail": detail})
 
     def finish() -> int:
@@ -239,7 +255,7 @@ def cmd_check(config_files: list[str], fmt: str) -> int:
             print()
         else:
             print_table(checks, ["check", "result", "detail"])
-        return EXIT_OK if all(c["result"] == "ok" for c in checks) \
+        return EXIT_OK if all(c["result"] in PASSING for c in checks) \
             else EXIT_DIFF
 
     try:
@@ -248,23 +264,59 @@ def cmd_check(config_files: list[str], fmt: str) -> int:
     except (CliError, exceptions.ConfigError) as exc:
         record("configuration", False, str(exc))
         return finish()
-    rec = Reconciler.from_settings(settings)
+    rec = Reconciler.from_settings(settings, watch=False)
     try:
-        rec.session.connect()
-        record("vCenter login", True, f"{rec.session.endpoint} as "
+        check_vcenter(rec, settings, record)
+    finally:
+        log_out(rec)
+    try:
+        nets = database_networks(None)
+        record("Neutron database", True, f"{len(nets)} network(s)")
+    except Exception as exc:  # noqa: BLE001 - any DB error is a failed check
+        record("Neutron database", False, str(exc).splitlines()[0])
+    return finish()
+
+
+# A check whose result is one of these passes.  "pending": something the
+# driver itself makes on its first write (our custom attribute), which a
+# read-only check must not make.
+PASSING = ("ok", "pending")
+
+
+def check_vcenter(rec: Reconciler, settings: conf.Settings,
+                  record: Callable[[str, bool | None | str, str], None]
+                  ) -> None:
+    """Login, mappings, our custom attribute and the privileges, by reads
+    only: ``check`` must work under a read-only role and change nothing."""
+    session = rec.session
+    try:
+        session.connect()
+        record("vCenter login", True, f"{session.endpoint} as "
                                       f"{settings.host_username}")
-        topo = rec.validate()
+        inv = rec.inventory()
+        topo = rec.topology(inv)
         record("mappings", True, "; ".join(
             f"{t.physnet} -> {t.kind} {t.switch}"
             + (f" on {len(t.host_moids)} host(s)" if t.kind != "dvs" else "")
             for t in topo.targets.values()))
     except exceptions.VCenterError as exc:
         record("vCenter", False, str(exc))
-        return finish()
+        return
+    if not inv.custom_fields:
+        record("custom attribute", True, "none needed: this endpoint (a "
+                                         "standalone ESXi host) has none")
+    elif inv.owner_field_key is None:
+        record("custom attribute", "pending",
+               f"'{inventory.OWNER_FIELD}' is not defined yet: 'networking-"
+               f"vcenter sync' or the Neutron server defines it when it "
+               f"first marks a standard port group (Global.ManageCustomFields"
+               f" below)")
+    else:
+        record("custom attribute", True, f"'{inventory.OWNER_FIELD}' is "
+                                         f"defined (key {inv.owner_field_key})")
     try:
-        inv = rec._read()
-        wanted = privileges.needs(topo, inv, rec.session.content.rootFolder)
-        lacking = privileges.missing(privileges.query(rec.session, wanted),
+        wanted = privileges.needs(topo, inv, session.content.rootFolder)
+        lacking = privileges.missing(privileges.query(session, wanted),
                                      wanted)
         record("privileges", not lacking,
                "missing: " + "; ".join(lacking) if lacking else
@@ -272,12 +324,6 @@ def cmd_check(config_files: list[str], fmt: str) -> int:
                f"{len(wanted)} object(s) granted")
     except exceptions.VCenterError as exc:
         record("privileges", None, f"vCenter cannot tell: {exc}")
-    try:
-        nets = database_networks(None)
-        record("Neutron database", True, f"{len(nets)} network(s)")
-    except Exception as exc:  # noqa: BLE001 - any DB error is a failed check
-        record("Neutron database", False, str(exc).splitlines()[0])
-    return finish()
 
 
 # -- main ------------------------------------------------------------------------------
@@ -305,9 +351,10 @@ def main(argv: list[str] | None = None) -> int:
                         logging.CRITICAL + 1, stream=sys.stderr)
     if args.command == "check":
         return cmd_check(args.config_file, args.format)
+    rec = None
     try:
         settings = load_config(args.config_file)
-        rec = Reconciler.from_settings(settings)
+        rec = Reconciler.from_settings(settings, watch=False)
         if args.command == "status":
             return cmd_status(rec, args.format)
         return cmd_sync(rec, args.format, args.dry_run)
@@ -319,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{str(exc).splitlines()[0] if str(exc) else ''}",
               file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if rec is not None:
+            log_out(rec)
 
 
 if __name__ == "__main__":
