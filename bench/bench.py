@@ -19,6 +19,12 @@ Scenarios:
 * ``vswitch``  N standard port groups on every host of a 16-host cluster.
   - ours:      ``sync_all``: host writes in parallel (``max_parallel_tasks``);
   - retired:   one ``AddPortGroup`` after another.
+* ``hosts``    one standard port group on every host of a 1-host and of a
+               32-host cluster (two simulators, same injected latency,
+               ``AddPortGroup`` 100 ms): one network's reconcile, as each
+               network API call runs it.  Host writes run in parallel up to
+               ``max_parallel_host_writes`` (32); the 8-wide column shows the
+               cap they shared with tasks before (``max_parallel_tasks``).
 * ``scale``    one network's reconcile (what each API call and each port bind
                costs) when vCenter already holds N port groups.
   - ours:      the targeted read (``FindChild`` by the names the network can
@@ -27,7 +33,7 @@ Scenarios:
                "read everything and diff" does (and this project's first
                version did).
 
-Run: ``.venv/bin/python bench/bench.py [--scenario dvs|vswitch] [--count N]
+Run: ``.venv/bin/python bench/bench.py [--scenario dvs|vswitch|hosts|scale] [--count N]
 [--rounds R]``; prints each round and the median ratio.  RESULTS.md keeps
 measured figures.
 """
@@ -57,15 +63,28 @@ from vcsim_launcher import Vcsim  # noqa: E402
 DVS = vim.dvs.VmwareDistributedVirtualSwitch
 
 
-def settings(sim: Vcsim, mapping: dict[str, str], cluster: str) -> \
-        conf.Settings:
+def settings(sim: Vcsim, mapping: dict[str, str], cluster: str,
+             host_writes: int = 32) -> conf.Settings:
     return conf.Settings(
         host_ip=sim.host, host_port=sim.port, host_username=sim.username,
         host_password=sim.password, ca_file=None, insecure=True,
         api_retry_count=2, api_timeout=60, task_timeout=600,
         switch_mappings=mapping, compute_hosts={"bench": cluster},
         dvs_name_template=conf.DEFAULT_DVS_NAME_TEMPLATE,
-        max_parallel_tasks=8, dvs_batch_size=100)
+        max_parallel_tasks=8, dvs_batch_size=100,
+        max_parallel_host_writes=host_writes)
+
+
+def reconciler(cfg: conf.Settings) -> Reconciler:
+    rec = Reconciler(cfg, Locks(default_backend_url(None)))
+    start = getattr(rec, "start", None)   # the live replica, where there is
+    if start is not None:
+        start()
+    return rec
+
+
+def close(rec: Reconciler) -> None:
+    getattr(rec, "close", rec.session.close)()
 
 
 def networks(n: int, physnet: str) -> list[desired_mod.NetworkSpec]:
@@ -162,9 +181,65 @@ def scale(args) -> int:
     return 0
 
 
+def hosts(args) -> int:
+    """One standard port group on 1 host vs on 32 hosts, side by side."""
+    latency = ("-delay", str(args.delay_ms), "-method-delay",
+               f"AddPortGroup:{args.host_ms}", "-extra-vswitch", "vSwitch1")
+    one = Vcsim(clusters=1, hosts=1, extra_args=latency).start()
+    many = Vcsim(clusters=1, hosts=32, extra_args=latency).start()
+    recs: list[Reconciler] = []
+    try:
+        mapping = {"physnet2": "vSwitch1"}
+        variants = [
+            ("1 host", reconciler(settings(one, mapping, "DC0_C0"))),
+            ("32 hosts", reconciler(settings(many, mapping, "DC0_C0"))),
+            ("32 hosts, 8 wide", reconciler(settings(many, mapping, "DC0_C0",
+                                                     host_writes=8))),
+        ]
+        recs = [r for _, r in variants]
+        print(f"scenario hosts: one standard port group per network, "
+              f"{args.delay_ms} ms per call, {args.host_ms} ms per "
+              f"AddPortGroup; median of {args.count} networks a round")
+        known: list = []
+
+        def run(rec: Reconciler) -> float:
+            times = []
+            for net in networks(args.count, "physnet2"):
+                known.append(net)
+                t0 = time.perf_counter()
+                res = rec.sync_network(net.id, lambda ids: [
+                    n for n in known if n.id in ids])
+                times.append(time.perf_counter() - t0)
+                assert not res.outcome.failed, res.outcome.failed
+                assert res.outcome.done, res.plan.describe()
+            return statistics.median(times)
+
+        ratios, ratios8 = [], []
+        for r in range(args.rounds):
+            t = {name: run(rec) for name, rec in variants}
+            ratio = t["32 hosts"] / t["1 host"]
+            ratio8 = t["32 hosts, 8 wide"] / t["1 host"]
+            ratios.append(ratio)
+            ratios8.append(ratio8)
+            print(f"round {r + 1}: 1 host {t['1 host'] * 1000:6.0f} ms   "
+                  f"32 hosts {t['32 hosts'] * 1000:6.0f} ms   ratio "
+                  f"{ratio:4.2f}x   (8 wide: "
+                  f"{t['32 hosts, 8 wide'] * 1000:6.0f} ms, {ratio8:4.2f}x)")
+        print(f"median ratio (32 hosts / 1 host): "
+              f"{statistics.median(ratios):.2f}x; 8 wide: "
+              f"{statistics.median(ratios8):.2f}x")
+    finally:
+        for rec in recs:
+            close(rec)
+        one.stop()
+        many.stop()
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=("dvs", "vswitch", "scale"),
+    parser.add_argument("--scenario",
+                        choices=("dvs", "vswitch", "hosts", "scale"),
                         default="dvs")
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
@@ -172,10 +247,14 @@ def main() -> int:
                         help="added to every vSphere call")
     parser.add_argument("--task-ms", type=int, default=200,
                         help="added to AddDVPortgroup_Task / AddPortGroup")
+    parser.add_argument("--host-ms", type=int, default=100,
+                        help="hosts: added to AddPortGroup")
     args = parser.parse_args()
 
     if args.scenario == "scale":
         return scale(args)
+    if args.scenario == "hosts":
+        return hosts(args)
     if args.scenario == "dvs":
         extra = ("-method-delay", f"AddDVPortgroup_Task:{args.task_ms}")
         sim_kw = {}

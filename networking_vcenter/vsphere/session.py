@@ -376,10 +376,16 @@ class Session:
     def close(self) -> None:
         with self._lock:
             if self._content is not None:
+                # Best effort, and briefly: a stop must not wait for a
+                # vCenter that does not answer.
+                previous = getattr(self._local, "timeout", None)
+                self._local.timeout = min(self._settings.api_timeout, 10)
                 try:
                     self._content.sessionManager.Logout()
                 except Exception:  # noqa: BLE001 - best effort on shutdown
                     pass
+                finally:
+                    self._local.timeout = previous
             if self._stub is not None:
                 self._stub.DropConnections()
             self._content = self._stub = None
@@ -497,16 +503,27 @@ class Session:
             return []
         tasks = list(tasks)
         deadline = time.monotonic() + self._settings.task_timeout
-        pc = self.call(f"{what}: watch its task(s)",
-                       self.content.propertyCollector.CreatePropertyCollector)
-        try:
-            info = self._watch(pc, tasks, deadline, what)
-        finally:
+        for watch in (1, 2):
+            generation = self._generation
+            pc = self.call(f"{what}: watch its task(s)", self.content
+                           .propertyCollector.CreatePropertyCollector)
             try:
-                self.call(f"{what}: stop watching", pc.DestroyPropertyCollector,
-                          attempts=0)
-            except exceptions.VCenterError:
-                pass  # session-scoped: gone with the session at the latest
+                info = self._watch(pc, tasks, deadline, what)
+                break
+            except exceptions.NotFound as exc:
+                # The collector (or a task) is unknown: the session was
+                # lost and logged in again meanwhile.  Never a verdict on
+                # the task's own object: watch again once with a new one.
+                if watch == 2 or generation == self._generation:
+                    raise exceptions.TransientFault(
+                        what, f"lost track of its task(s): {exc.fault}"
+                    ) from exc
+            finally:
+                try:
+                    self.call(f"{what}: stop watching",
+                              pc.DestroyPropertyCollector, attempts=0)
+                except exceptions.VCenterError:
+                    pass  # session-scoped: gone with the session at least
         results = []
         for task in tasks:
             props = info[task._moId]
