@@ -2,55 +2,53 @@
 
 This module speaks ML2 and nothing else.  A network change becomes "reconcile
 network N" for :class:`~networking_vcenter.reconcile.reconciler.Reconciler`,
-which reads N afresh from Neutron; ``bind_port`` answers for the nova-compute
-hosts of ``compute_hosts`` with ``vif_type = dvs``.  What the API user sees:
+which reads N afresh from Neutron and vCenter from the live replica;
+``bind_port`` answers for the nova-compute hosts of ``compute_hosts`` with
+``vif_type = dvs``.  What the API user sees:
 
-* a network whose port group vCenter *refuses* (a name taken by a port group we
-  did not create, a name too long) is refused at create with 409 and a message
-  naming both sides; ML2 then deletes the network, so Neutron and vCenter stay
-  consistent.  Updates are never refused: ML2 cannot roll them back;
-* when vCenter is *unavailable* or slow, network create, update and delete
-  succeed within ``api_call_budget`` seconds (at once while vCenter is known to
-  be down) and the periodic resync does the port group work once vCenter is
-  back;
-* binding a port whose port group cannot be made leaves the port unbound
-  (``binding_failed``), with the reason in the log: the one thing that fails.
+* every hook returns within ``api_call_budget`` seconds whatever vCenter does
+  (down, black-holed, slow): the work runs in a thread the hook waits for
+  until the deadline, and what is not done by then is finished by the
+  maintenance worker (:mod:`~networking_vcenter.reconcile.worker`);
+* a network whose port group vCenter *refuses* (a name taken by a port group
+  we did not create, a name too long) is refused at create with 409 and a
+  message naming both sides; ML2 then deletes the network.  Updates are never
+  refused: ML2 cannot roll them back;
+* binding a port whose port group cannot be had in time leaves the port
+  unbound (``binding_failed``), with the reason in the log;
+* a network with no VLAN/flat segment on a mapped physical network (and no
+  port group of ours) costs nothing: no lock, no vCenter call.
 """
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures
 import logging
-import threading
+import os
+import time
 from typing import Any
 
 from neutron_lib import constants as n_const
-from neutron_lib import context as n_context
 from neutron_lib.api.definitions import portbindings
-from neutron_lib.plugins import directory
 from neutron_lib.plugins.ml2 import api
 from oslo_config import cfg
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions
+from networking_vcenter import neutron_db
 from networking_vcenter.reconcile import desired as desired_mod
+from networking_vcenter.reconcile import worker as worker_mod
 from networking_vcenter.reconcile.reconciler import Pass, Reconciler
 
 LOG = logging.getLogger(__name__)
 
 VIF_TYPE_DVS = "dvs"
 # Seconds after vCenter was found unreachable during which API hooks do not
-# try it again (the resync does).
+# try it again (the maintenance worker does).
 UNREACHABLE_HOLD_OFF = 30.0
-# Seconds between start-up and the first full pass, so the plugin is ready.
-FIRST_PASS_DELAY = 5.0
-
-
-def neutron_networks(ids: set[str] | None) -> list[desired_mod.NetworkSpec]:
-    """Networks (all, or those ids) read now through the core plugin."""
-    plugin = directory.get_plugin()
-    filters = {"id": sorted(ids)} if ids is not None else None
-    nets = plugin.get_networks(n_context.get_admin_context(), filters=filters)
-    return [desired_mod.network_from_neutron(n) for n in nets]
+# Threads that run API hooks' vCenter work, per process.
+HOOK_THREADS = 8
 
 
 class VCenterMechanismDriver(api.MechanismDriver):
@@ -62,11 +60,30 @@ class VCenterMechanismDriver(api.MechanismDriver):
         return portbindings.CONNECTIVITY_L2
 
     def initialize(self) -> None:
-        self.topology: desired_mod.Topology | None = None
         try:
             self.settings = conf.load(cfg.CONF)
-            self.reconciler = Reconciler.from_settings(self.settings)
-            self.topology = self.reconciler.validate()
+        except exceptions.ConfigError as exc:
+            LOG.critical("vcenter mechanism driver cannot start: %s", exc)
+            raise
+        self.source = neutron_db.networks
+        self._pid = None
+        self._start(background=False)
+
+    def _start(self, background: bool) -> None:
+        """This process's reconciler, replica and hook threads."""
+        self._pid = os.getpid()
+        self.reconciler = Reconciler.from_settings(self.settings)
+        self._hooks = concurrent.futures.ThreadPoolExecutor(
+            HOOK_THREADS, thread_name_prefix="vcenter-hook")
+        atexit.register(self._close, self._pid)
+        try:
+            self.reconciler.start(background=background)
+            if not background:
+                topology = self.reconciler.validate()
+                LOG.info("vcenter driver ready: %s; locks: %s", ", ".join(
+                    f"{t.physnet} -> {t.kind} {t.switch}"
+                    for t in topology.targets.values()),
+                    self.reconciler.locks.backend_url.split("@")[-1])
         except exceptions.ConnectionFailed as exc:
             if not self.settings.start_without_vcenter:
                 LOG.critical("vcenter mechanism driver cannot start: %s "
@@ -77,63 +94,105 @@ class VCenterMechanismDriver(api.MechanismDriver):
                         "%s. Networks are accepted and their port groups "
                         "made once vCenter answers; ports cannot be bound "
                         "until then.", exc)
+            self.reconciler.start(background=True)
         except exceptions.VCenterError as exc:
             LOG.critical("vcenter mechanism driver cannot start: %s", exc)
             raise
-        if self.topology is not None:
-            LOG.info("vcenter driver ready: %s; locks: %s", ", ".join(
-                f"{t.physnet} -> {t.kind} {t.switch}"
-                for t in self.topology.targets.values()),
-                self.reconciler.locks.backend_url.split("@")[-1])
-        self._stop = threading.Event()
-        self._resync_thread = None
-        if self.settings.resync_interval:
-            self._resync_thread = threading.Thread(
-                target=self._resync_loop, name="vcenter-resync", daemon=True)
-            self._resync_thread.start()
+
+    def _here(self) -> Reconciler:
+        """The reconciler of this process: a forked worker process makes
+        its own (its parent's session and replica thread stay behind)."""
+        if self._pid != os.getpid():
+            self._start(background=True)
+        return self.reconciler
+
+    def _close(self, pid: int) -> None:
+        """Log out and stop watching when the process ends (atexit)."""
+        if pid == os.getpid() and self._pid == pid:
+            self._hooks.shutdown(wait=False, cancel_futures=True)
+            self.reconciler.close()
+
+    # -- the maintenance worker ----------------------------------------------
+
+    def get_workers(self):
+        return [worker_mod.MaintenanceWorker(self.start_maintenance)]
+
+    def start_maintenance(self) -> worker_mod.Maintenance:
+        """Start the maintenance loop in this process (the worker's
+        start(); tests call it directly)."""
+        maintenance = worker_mod.Maintenance(
+            self._here(), self.source, neutron_db.change_token,
+            self.settings.resync_interval, self.settings.resync_grace_period)
+        maintenance.start()
+        return maintenance
 
     # -- networks ------------------------------------------------------------
 
     def create_network_postcommit(self, context: api.NetworkContext) -> None:
-        self._sync(context.current["id"], refuse=True)
+        self._sync(context, refuse=True)
 
     def update_network_postcommit(self, context: api.NetworkContext) -> None:
         # Also called for segments added or removed through the segments
         # service plugin.
-        self._sync(context.current["id"], refuse=False)
+        self._sync(context, refuse=False)
 
     def delete_network_postcommit(self, context: api.NetworkContext) -> None:
-        self._sync(context.current["id"], refuse=False)
+        self._sync(context, refuse=False)
 
-    def _reconcile(self, network_id: str) -> Pass:
-        """Reconcile one network within the API time budget."""
-        down = self.reconciler.session.unreachable_for()
+    def _in_time(self, what: str, fn, *args):
+        """Run ``fn`` in a hook thread under the API deadline; raise
+        TransientFault when the deadline passes first (the thread finishes
+        its current call and stops: the session refuses calls past it)."""
+        rec = self._here()
+        budget = self.settings.api_call_budget
+        down = rec.session.unreachable_for()
         if down is not None and down < UNREACHABLE_HOLD_OFF:
             raise exceptions.TransientFault(
-                f"reconcile network {network_id}",
-                f"vCenter was unreachable {down:.0f}s ago")
-        budget = self.settings.api_call_budget
-        with self.reconciler.session.budget(budget):
-            result = self.reconciler.sync_network(
-                network_id, neutron_networks, wait=budget)
-        self.topology = result.topology
-        return result
+                what, f"vCenter was unreachable {down:.0f}s ago")
+        deadline = time.monotonic() + budget
 
-    def _sync(self, network_id: str, refuse: bool) -> None:
-        """Reconcile; refuse the API call only on a permanent no at create."""
+        def job():
+            with rec.session.budget(max(0.0, deadline - time.monotonic())):
+                return fn(rec, deadline, *args)
+
+        future = self._hooks.submit(job)
         try:
-            result = self._reconcile(network_id)
-        except exceptions.TransientFault as exc:
-            LOG.warning("network %s: vCenter unavailable (%s); the periodic "
-                        "resync will finish the work", network_id, exc)
+            return future.result(timeout=max(0.0,
+                                             deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise exceptions.TransientFault(
+                what, f"not done within api_call_budget ({budget:.0f}s)")
+
+    def _sync(self, context: api.NetworkContext, refuse: bool) -> None:
+        """Reconcile; refuse the API call only on a permanent no at create."""
+        network_id = context.current["id"]
+        segments = list(context.network_segments or [])
+        original = getattr(context, "original", None) or {}
+        segments += [{"network_type": original.get("provider:network_type"),
+                      "physical_network":
+                          original.get("provider:physical_network")}]
+        if not self._here().manages(network_id, segments):
             return
+
+        def reconcile(rec: Reconciler, deadline: float) -> Pass:
+            # Until the replica shows what was written (read your writes):
+            # a bind or a full pass right after sees it.
+            return rec.sync_network(
+                network_id, self.source,
+                wait=max(0.0, deadline - time.monotonic()),
+                settle=max(0.0, deadline - time.monotonic()))
+
+        try:
+            result = self._in_time(f"reconcile network {network_id}",
+                                   reconcile)
         except exceptions.VCenterError as exc:
-            LOG.error("network %s: %s; the periodic resync will retry",
-                      network_id, exc)
+            LOG.warning("network %s: %s; the maintenance worker will finish "
+                        "the work", network_id, exc)
             return
         except Exception:  # noqa: BLE001 - a bug must not fail the API call
-            LOG.exception("network %s: unexpected error; the periodic resync "
-                          "will retry", network_id)
+            LOG.exception("network %s: unexpected error; the maintenance "
+                          "worker will retry", network_id)
             return
         outcome = result.outcome
         problems = [c.reason for c in outcome.conflicts] + \
@@ -143,6 +202,46 @@ class VCenterMechanismDriver(api.MechanismDriver):
             raise exceptions.PortGroupConflict(
                 reason=f"vCenter cannot hold network {network_id}: "
                        + "; ".join(problems))
+
+    def check_vlan_transparency(self, context: api.NetworkContext) -> bool:
+        """Transparent networks are not supported on mapped physical
+        networks yet; elsewhere other drivers decide."""
+        return not any(
+            seg.get(api.NETWORK_TYPE) in desired_mod.SUPPORTED_TYPES and
+            seg.get(api.PHYSICAL_NETWORK) in self.settings.switch_mappings
+            for seg in context.network_segments or [])
+
+    # -- host filtering (ML2's and the DHCP scheduler's) ------------------------
+
+    def filter_hosts_with_segment_access(self, context, segments,
+                                         candidate_hosts, agent_getter):
+        """The compute hosts whose cluster a mapped VLAN/flat segment
+        reaches.  From memory; with no replica yet, the mapping alone."""
+        rec = self._here()
+        topology = None
+        if rec.replica is not None and rec.replica.synced:
+            try:
+                topology = rec.validate()
+            except exceptions.VCenterError:
+                topology = None
+        hosts = set()
+        for host in candidate_hosts:
+            cluster = self.settings.compute_hosts.get(host)
+            if cluster is None:
+                continue
+            if any(self._reaches(seg, cluster, topology) for seg in segments):
+                hosts.add(host)
+        return hosts
+
+    def _reaches(self, segment, cluster: str, topology) -> bool:
+        if segment.get(api.NETWORK_TYPE) not in desired_mod.SUPPORTED_TYPES:
+            return False
+        physnet = segment.get(api.PHYSICAL_NETWORK) or ""
+        if topology is None:
+            return physnet in self.settings.switch_mappings
+        target = topology.targets.get(physnet)
+        hosts = topology.cluster_hosts.get(cluster, frozenset())
+        return target is not None and bool(target.host_moids & hosts)
 
     # -- port binding ----------------------------------------------------------
 
@@ -157,60 +256,47 @@ class VCenterMechanismDriver(api.MechanismDriver):
             LOG.debug("port %s: vnic_type %s is not bound by vcenter",
                       context.current["id"], vnic)
             return
-        if self.topology is None:
-            try:
-                with self.reconciler.session.budget(
-                        self.settings.api_call_budget):
-                    self.topology = self.reconciler.validate()
-            except exceptions.VCenterError as exc:
-                LOG.error("port %s on %s: cannot bind: vCenter has not been "
-                          "reachable since start-up: %s",
-                          context.current["id"], host, exc)
-                return
-        segment = self._pick_segment(context.segments_to_bind, cluster)
-        if segment is None:
-            LOG.debug("port %s on %s: no VLAN/flat segment mapped to a switch "
-                      "of cluster %s", context.current["id"], host, cluster)
-            return
+        port_id = context.current["id"]
         net_id = context.network.current["id"]
+        segments = list(context.segments_to_bind)
+
+        def find(rec: Reconciler, deadline: float):
+            topology = rec.validate(max(0.0, deadline - time.monotonic()))
+            segment = self._pick_segment(segments, cluster, topology)
+            if segment is None:
+                return None
+            pg, found = rec.port_group_for(
+                net_id, segment[api.PHYSICAL_NETWORK], self.source, deadline)
+            return segment, topology, pg, found
+
         try:
-            result = self._reconcile(net_id)
-            # One port group per physical network and network at most.
-            pg = next((d for d in result.desired
-                       if d.physnet == segment[api.PHYSICAL_NETWORK]), None)
-            if pg is None:
-                raise exceptions.PermanentFault(
-                    f"segment {segment[api.ID]}", "has no port group")
-            problems = [str(exc) for s, exc in result.outcome.failed
-                        if s.name == pg.name] + \
-                [c.reason for c in result.outcome.conflicts
-                 if c.name == pg.name]
-            if problems:
-                raise exceptions.VSphereFault(f"port group {pg.name}",
-                                              "; ".join(problems))
-            created = any(s.name == pg.name for s in result.outcome.done)
-            found = self.reconciler.find_port_group(
-                pg, None if created else result.inventory)
+            picked = self._in_time(f"bind port {port_id}", find)
         except exceptions.VCenterError as exc:
             LOG.error("port %s on %s: cannot bind: the port group of network "
-                      "%s is not available: %s", context.current["id"], host,
-                      net_id, exc)
+                      "%s is not available: %s", port_id, host, net_id, exc)
             return
+        if picked is None:
+            LOG.debug("port %s on %s: no VLAN/flat segment mapped to a switch "
+                      "of cluster %s", port_id, host, cluster)
+            return
+        segment, topology, pg, found = picked
         details: dict[str, Any] = {
             "dvs_port_group_name": pg.name,
             "segmentation_id": pg.vlan,
             portbindings.VIF_DETAILS_CONNECTIVITY: portbindings.CONNECTIVITY_L2,
         }
         if pg.kind == desired_mod.DVS:
-            details["dvs_id"] = self.topology.targets[pg.physnet].dvs_uuid
+            details["dvs_id"] = topology.targets[pg.physnet].dvs_uuid
             details["pg_id"] = found.key
         context.set_binding(segment[api.ID], VIF_TYPE_DVS, details,
                             status=n_const.PORT_STATUS_ACTIVE)
-        LOG.info("port %s bound on %s to %s %s (%s)", context.current["id"],
-                 host, pg.switch, pg.name, found.moid)
+        LOG.info("port %s bound on %s to %s %s (%s)", port_id, host,
+                 pg.switch, pg.name, found.moid)
 
-    def _pick_segment(self, segments: list[dict[str, Any]],
-                      cluster: str) -> dict[str, Any] | None:
+    @staticmethod
+    def _pick_segment(segments: list[dict[str, Any]], cluster: str,
+                      topology: desired_mod.Topology
+                      ) -> dict[str, Any] | None:
         """A segment whose switch reaches the cluster; distributed first.
 
         When a network reaches a host both through a distributed and a
@@ -218,13 +304,12 @@ class VCenterMechanismDriver(api.MechanismDriver):
         switch UUID and key, without the name search that could confuse the
         two.
         """
-        hosts = self.topology.cluster_hosts.get(cluster, frozenset())
+        hosts = topology.cluster_hosts.get(cluster, frozenset())
         best = None
         for seg in segments:
             if seg.get(api.NETWORK_TYPE) not in desired_mod.SUPPORTED_TYPES:
                 continue
-            target = self.topology.targets.get(
-                seg.get(api.PHYSICAL_NETWORK) or "")
+            target = topology.targets.get(seg.get(api.PHYSICAL_NETWORK) or "")
             if target is None or not (target.host_moids & hosts):
                 continue
             if target.kind == desired_mod.DVS:
@@ -232,40 +317,11 @@ class VCenterMechanismDriver(api.MechanismDriver):
             best = best or seg
         return best
 
-    # -- full resync -------------------------------------------------------------
+    # -- full pass (tests, tools) -------------------------------------------------
 
     def resync(self, grace: float | None = None) -> Pass | None:
-        """One full pass over every Neutron network; None if one is running
-        elsewhere.  Port groups of deleted networks are removed."""
-        result = self.reconciler.sync_all(
-            neutron_networks, self.settings.resync_grace_period
+        """One full pass over every Neutron network now; None if one is
+        running elsewhere.  Port groups of deleted networks are removed."""
+        return self._here().sync_all(
+            self.source, self.settings.resync_grace_period
             if grace is None else grace)
-        if result is not None:
-            self.topology = result.topology
-        return result
-
-    def _resync_loop(self) -> None:
-        delay = FIRST_PASS_DELAY
-        while not self._stop.wait(delay):
-            delay = self.settings.resync_interval
-            if directory.get_plugin() is None:
-                delay = FIRST_PASS_DELAY
-                continue
-            try:
-                result = self.resync()
-            except Exception as exc:  # noqa: BLE001 - keep the loop alive
-                LOG.error("vcenter resync failed: %s", exc)
-                continue
-            if result is None:
-                LOG.debug("vcenter resync: another worker is running it")
-                continue
-            out = result.outcome
-            LOG.info("vcenter resync: %d networks, %d fixed, %d failed, "
-                     "%d deferred, %d conflicts, %d left to their API call",
-                     len(result.networks), len(out.done), len(out.failed),
-                     len(out.deferred), len(out.conflicts),
-                     len(result.skipped))
-
-    def stop(self) -> None:
-        if getattr(self, "_stop", None):
-            self._stop.set()

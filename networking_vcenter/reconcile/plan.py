@@ -173,7 +173,7 @@ def _owned_std(name: str, net: inv_mod.StdNetwork | None, inv: Inventory,
     """The network id owning a standard port group name, or None if foreign."""
     if net is not None and net.owner:
         return net.owner
-    if inv.owner_field_key is None and UUID_RE.match(name) and \
+    if not inv.custom_fields and UUID_RE.match(name) and \
             (scope is None or name in scope):
         return name
     return None
@@ -311,7 +311,7 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
                     d.network_id, d.name, moid, host.name, d.switch, d.vlan,
                     have_pg.vlan))
                 drift = True
-        unmarked = inv.owner_field_key is not None and (
+        unmarked = inv.custom_fields and (
             net.owner != d.network_id if net is not None else added)
         if unmarked:
             result.steps.append(MarkStdNetwork(d.network_id, d.name))

@@ -1,22 +1,25 @@
-"""Make vCenter match Neutron: read fresh, plan purely, apply idempotently.
+"""Make vCenter match Neutron: read the replica, plan purely, apply idempotently.
 
 Two entry points, one mechanism:
 
-* :meth:`Reconciler.sync_network` -- right after an API change, and before a
-  port is bound.  Under the network's lock it reads vCenter, then the network
-  *fresh from Neutron* (not the copy the API hook was handed), so that two
-  workers racing on one network converge on whatever Neutron holds when the
-  last of them runs.
-* :meth:`Reconciler.sync_all` -- the full pass, at start-up, periodically and
-  from the CLI.  It runs once at a time across the deployment.  It reads
-  vCenter *before* Neutron: a port group it sees then belongs to a network
-  that the later Neutron read still shows unless the network was deleted, so
-  deleting port groups of networks Neutron no longer has is safe.  Networks
-  changed within ``grace`` seconds are left to their own API hook, so that a
-  full pass never undoes a change still in flight.
+* :meth:`Reconciler.sync_network` -- right after an API change, before a port
+  is bound, and from the maintenance worker for a network the replica or
+  Neutron says changed.  Under the network's lock it takes the replica's
+  view of vCenter, then the network *fresh from Neutron* (not the copy the
+  API hook was handed), so that two workers racing on one network converge
+  on whatever Neutron holds when the last of them runs.  With nothing to
+  change it makes no vCenter call at all.
+* :meth:`Reconciler.sync_all` -- the full pass, at start-up, periodically, on
+  the replica's say-so (vCenter came back empty, a host joined a cluster)
+  and from the CLI.  It runs once at a time across the deployment.  It takes
+  vCenter's view *before* reading Neutron: a port group seen then belongs to
+  a network that the later Neutron read still shows unless the network was
+  deleted, so deleting port groups of networks Neutron no longer has is safe.
+  Networks changed within ``grace`` seconds are left to their own API hook.
 
-Every pass reads the inventory afresh and rebuilds the topology, so hosts that
-joined a mapped cluster get their standard port groups on the next pass.
+The view of vCenter is the live replica (:mod:`..vsphere.replica`) in a
+server, or one full read per pass in the CLI (``watch=False``).  Writes are
+owner-checked against what vCenter answers, never against the replica.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from networking_vcenter.reconcile import locks as locks_mod
 from networking_vcenter.reconcile.locks import Locks
 from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere import switches
+from networking_vcenter.vsphere.replica import Replica
 from networking_vcenter.vsphere.session import Session
 
 LOG = logging.getLogger(__name__)
@@ -61,47 +65,66 @@ class Pass:
 
 class Reconciler:
     @classmethod
-    def from_settings(cls, settings: conf.Settings) -> "Reconciler":
+    def from_settings(cls, settings: conf.Settings,
+                      watch: bool = True) -> "Reconciler":
         """A reconciler with the configured locks (file locks in Neutron's
-        lock_path by default)."""
+        lock_path by default); ``watch`` False for one-shot tools."""
         url = settings.coordination_backend_url or \
             locks_mod.default_backend_url(locks_mod.configured_lock_path())
-        return cls(settings, Locks(url))
+        return cls(settings, Locks(url), watch=watch)
 
     def __init__(self, settings: conf.Settings, locks: Locks,
-                 session: Session | None = None):
+                 session: Session | None = None, watch: bool = True):
         self.settings = settings
         self.locks = locks
         self.session = session or Session(settings)
+        self.replica = Replica(self.session, settings) if watch else None
+        self._topology: tuple[inventory.Inventory, desired_mod.Topology] | None = None
 
-    def validate(self) -> desired_mod.Topology:
-        """Connect and check every mapping against vCenter (start-up)."""
-        self.session.connect()
-        return desired_mod.build_topology(self.settings, self._read())
+    # -- life cycle -------------------------------------------------------
 
-    def _read(self, scope: inventory.Scope | None = None
-              ) -> inventory.Inventory:
-        # Our custom attribute is (re)defined on every pass: a vCenter
-        # restored from scratch has lost it with everything else.
-        return inventory.read(self.session,
-                              switches.ensure_owner_field(self.session),
-                              self.settings.deployment_name, scope)
+    def start(self, background: bool = False) -> None:
+        """Start the replica: read vCenter now (typed errors), or -- with
+        ``background`` -- as soon as it answers."""
+        if self.replica is None:
+            self.session.connect()
+        elif background:
+            self.replica.start_background()
+        else:
+            self.replica.start()
 
-    def scope_of(self, network_id: str) -> inventory.Scope | None:
-        """What one network's reconcile must read: the names its port groups
-        can have on any mapped switch, and the mapped clusters' hosts.
+    def close(self) -> None:
+        """Stop watching, log out of vCenter, leave the lock backend."""
+        try:
+            if self.replica is not None:
+                self.replica.stop()
+        finally:
+            try:
+                self.session.close()
+            finally:
+                self.locks.stop()
 
-        None (read everything) when the name template uses the VLAN: the
-        names of a deleted network cannot be derived then.
-        """
-        template = self.settings.dvs_name_template
-        if "{segmentation_id}" in template:
-            return None
-        names = {network_id} | {
-            desired_mod.dvs_port_group_name(template, network_id, physnet, 0)
-            for physnet in self.settings.switch_mappings}
-        return inventory.Scope(frozenset(names),
-                               frozenset(self.settings.clusters))
+    # -- reading ------------------------------------------------------------
+
+    def inventory(self, timeout: float = 0) -> inventory.Inventory:
+        """vCenter as the replica shows it (waiting up to ``timeout`` for
+        its first read); a fresh full read without a replica."""
+        if self.replica is None:
+            return Replica.read_once(self.session, self.settings)
+        return self.replica.snapshot(timeout)
+
+    def validate(self, timeout: float = 0) -> desired_mod.Topology:
+        """Check every mapping against vCenter (start-up, ``check``)."""
+        return self.topology(self.inventory(timeout))
+
+    def topology(self, inv: inventory.Inventory) -> desired_mod.Topology:
+        """The topology of an inventory, built once per inventory."""
+        cached = self._topology
+        if cached is not None and cached[0] is inv:
+            return cached[1]
+        topo = desired_mod.build_topology(self.settings, inv)
+        self._topology = (inv, topo)
+        return topo
 
     def desired(self, networks: Iterable[desired_mod.NetworkSpec],
                 topo: desired_mod.Topology
@@ -120,18 +143,45 @@ class Reconciler:
             result.extend(pgs)
         return result, refused
 
+    def manages(self, network_id: str,
+                segments: Iterable[dict] = ()) -> bool:
+        """Whether a network is any of our business: one of ``segments`` is
+        a VLAN/flat segment on a mapped physical network, or vCenter holds a
+        port group of ours for it.  Answered from memory."""
+        for seg in segments:
+            if seg.get("network_type") in desired_mod.SUPPORTED_TYPES and \
+                    seg.get("physical_network") in \
+                    self.settings.switch_mappings:
+                return True
+        if self.replica is None or not self.replica.synced:
+            return True    # cannot tell: let the reconcile decide
+        inv = self.replica.snapshot()
+        return any(pg.owner == network_id for pg in inv.dvs_portgroups) or \
+            any(n.owner == network_id or n.name == network_id
+                for n in inv.std_networks.values())
+
+    # -- reconciling ----------------------------------------------------------
+
     def sync_network(self, network_id: str, source: NetworkSource,
-                     wait: float = -1, dry_run: bool = False) -> Pass:
-        """Reconcile one network; ``wait`` bounds the wait for its lock."""
+                     wait: float = -1, dry_run: bool = False,
+                     settle: float = 0) -> Pass:
+        """Reconcile one network; ``wait`` bounds the wait for its lock,
+        ``settle`` the wait for the replica to show what was written."""
         with self.locks.hold(f"network-{network_id}", timeout=wait) as got:
             if not got:
                 raise exceptions.TransientFault(
                     f"reconcile network {network_id}",
                     f"another worker still holds it after {wait}s")
-            inv = self._read(self.scope_of(network_id))
+            inv = self.inventory()
             nets = list(source({network_id}))
-            return self._plan_and_apply(inv, nets, {network_id}, set(),
-                                        dry_run)
+            result = self._plan_and_apply(inv, nets, {network_id}, set(),
+                                          dry_run)
+        if settle > 0 and result.outcome is not None and \
+                result.outcome.done and self.replica is not None:
+            self.replica.wait_until(
+                lambda fresh: not self._plan(fresh, nets, {network_id},
+                                             set())[2].steps, settle)
+        return result
 
     def sync_all(self, source: NetworkSource, grace: float = 0,
                  dry_run: bool = False, wait: float | None = None,
@@ -146,7 +196,7 @@ class Reconciler:
                              timeout=-1 if wait is None else wait) as got:
             if not got:
                 return None
-            inv = self._read()                      # vCenter first, then
+            inv = self.inventory()                  # vCenter first, then
             nets = list(source(None))               # Neutron: see above
             now = time.time()
             young = {n.id for n in nets
@@ -155,35 +205,98 @@ class Reconciler:
                 inv, [n for n in nets if n.id not in young], None, young,
                 dry_run, progress)
 
+    def _plan(self, inv: inventory.Inventory,
+              nets: list[desired_mod.NetworkSpec], scope: set[str] | None,
+              skip: set[str]):
+        topo = self.topology(inv)
+        want, refused = self.desired(nets, topo)
+        the_plan = plan_mod.plan(want, inv, scope, skip)
+        the_plan.conflicts.extend(refused)
+        return topo, want, the_plan
+
     def _plan_and_apply(self, inv: inventory.Inventory,
                         nets: list[desired_mod.NetworkSpec],
                         scope: set[str] | None, skip: set[str],
                         dry_run: bool,
                         progress: apply_mod.Progress | None = None) -> Pass:
-        topo = desired_mod.build_topology(self.settings, inv)
-        want, refused = self.desired(nets, topo)
-        the_plan = plan_mod.plan(want, inv, scope, skip)
-        the_plan.conflicts.extend(refused)
+        topo, want, the_plan = self._plan(inv, nets, scope, skip)
         outcome = None
         if not dry_run:
+            if inv.custom_fields and inv.owner_field_key is None and any(
+                    isinstance(s, plan_mod.MarkStdNetwork)
+                    for s in the_plan.steps):
+                # Defined on first need only: reads never write.
+                inv = dataclasses.replace(
+                    inv, owner_field_key=switches.ensure_owner_field(
+                        self.session))
             outcome = apply_mod.Applier(self.session, self.settings,
                                         progress).apply(the_plan, inv)
         return Pass(topo, inv, nets, want, the_plan, outcome, skip)
 
-    def find_port_group(self, pg: desired_mod.DesiredPortGroup,
-                        inv: inventory.Inventory | None = None
-                        ) -> inventory.DvsPortGroup | inventory.StdNetwork:
-        """The vSphere object of a desired port group, read fresh if needed."""
-        inv = inv or self._read(self.scope_of(pg.network_id))
-        if pg.kind == desired_mod.DVS:
-            dvs = inv.dvs(pg.switch)
-            for have in inv.dvs_portgroups:
-                if dvs and have.dvs_moid == dvs.moid and have.name == pg.name:
-                    return have
-        else:
-            net = inv.std_networks.get(pg.name)
-            if net is not None:
-                return net
-        raise exceptions.PermanentFault(
-            f"port group {pg.name} of network {pg.network_id}",
-            f"not found on {pg.switch}")
+    def port_group_for(self, network_id: str, physnet: str,
+                       source: NetworkSource, deadline: float
+                       ) -> tuple[desired_mod.DesiredPortGroup,
+                                  inventory.DvsPortGroup |
+                                  inventory.StdNetwork]:
+        """The port group a port of ``network_id`` on ``physnet`` attaches
+        to, made first if missing, by ``deadline`` (monotonic).
+
+        From memory when it is there as wanted (no vCenter call); otherwise
+        the network is reconciled and the replica awaited.  Raises a
+        VCenterError saying why it cannot be had.
+        """
+        inv = self.inventory(max(0.0, deadline - time.monotonic()))
+        nets = list(source({network_id}))
+        _, want, the_plan = self._plan(inv, nets, {network_id}, set())
+        pg = next((d for d in want if d.physnet == physnet), None)
+        if pg is None:
+            raise exceptions.PermanentFault(
+                f"network {network_id}",
+                f"has no port group on physical network {physnet}")
+        if not self._trouble(pg, the_plan):
+            found = _find(pg, inv)
+            if found is not None:
+                return pg, found
+        left = deadline - time.monotonic()
+        result = self.sync_network(network_id, source, wait=max(0.0, left))
+        problems = [str(exc) for s, exc in (result.outcome.failed
+                                            if result.outcome else [])
+                    if s.name == pg.name] + \
+            [c.reason for c in result.plan.conflicts if c.name == pg.name]
+        if problems:
+            raise exceptions.VSphereFault(f"port group {pg.name}",
+                                          "; ".join(problems))
+        holder: list = []
+
+        def ready(fresh: inventory.Inventory) -> bool:
+            found = _find(pg, fresh)
+            if found is None or self._trouble(pg, self._plan(
+                    fresh, nets, {network_id}, set())[2]):
+                return False
+            holder.append(found)
+            return True
+
+        if not self.replica.wait_until(
+                ready, max(0.0, deadline - time.monotonic())):
+            raise exceptions.TransientFault(
+                f"port group {pg.name} of network {network_id}",
+                "not seen in vCenter in time")
+        return pg, holder[-1]
+
+    @staticmethod
+    def _trouble(pg: desired_mod.DesiredPortGroup,
+                 the_plan: plan_mod.Plan) -> bool:
+        return any(s.name == pg.name for s in the_plan.steps) or \
+            any(c.name == pg.name for c in the_plan.conflicts)
+
+
+def _find(pg: desired_mod.DesiredPortGroup, inv: inventory.Inventory
+          ) -> inventory.DvsPortGroup | inventory.StdNetwork | None:
+    """The vSphere object of a desired port group in an inventory."""
+    if pg.kind == desired_mod.DVS:
+        dvs = inv.dvs(pg.switch)
+        for have in inv.dvs_portgroups:
+            if dvs and have.dvs_moid == dvs.moid and have.name == pg.name:
+                return have
+        return None
+    return inv.std_networks.get(pg.name)

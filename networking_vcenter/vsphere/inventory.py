@@ -1,10 +1,11 @@
-"""Read what vCenter has, in a few batched calls, into plain dataclasses.
+"""What vCenter has, as plain dataclasses; ownership marks; targeted reads.
 
-Each managed-object type is read with one container view and one
-``RetrievePropertiesEx`` (continued while vCenter pages), never attribute by
-attribute: reading 1,000 port groups that way costs 3 round trips instead of
-3,000.  The result is a snapshot that the pure planner compares with the desired
-state; nothing here changes vCenter.
+The live replica (:mod:`networking_vcenter.vsphere.replica`) holds vCenter's
+objects as properties and turns them into an :class:`Inventory` with
+:func:`from_objects`, which the pure planner compares with the desired state.
+The few direct reads here (:func:`retrieve`, :func:`find_children`) serve the
+write path, which checks ownership against what vCenter answers rather than
+the replica.  Nothing here changes vCenter.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from networking_vcenter.vsphere.session import Session
 # port groups, and the Neutron network the port group serves.
 OWNER_TAG = "networking-vcenter"
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+UUID_RE = re.compile("^" + _UUID + "$")
 _OWNER_RE = re.compile(OWNER_TAG + r" managed by (?P<dep>[A-Za-z0-9_.-]+): "
                        r"Neutron network (?P<net>" + _UUID + ")")
 # Custom attribute marking standard networks (a HostPortGroup has no
@@ -132,7 +134,9 @@ class Inventory:
                                                   # cluster of that name
     hosts: dict[str, Host]                        # moid -> host
     std_networks: dict[str, StdNetwork]           # name -> network
-    owner_field_key: int | None                   # None: no custom fields
+    owner_field_key: int | None                   # None: not defined (yet)
+    custom_fields: bool = True                    # False: standalone ESXi,
+                                                  # ownership by name
     network_folders: list[Any] = dataclasses.field(default_factory=list)
 
     def dvs(self, name: str) -> Dvs | None:
@@ -217,18 +221,6 @@ def find_children(session: Session, folders: list[Any], names: set[str],
     return found
 
 
-@dataclasses.dataclass(frozen=True)
-class Scope:
-    """What one network's reconcile needs to see, and nothing more.
-
-    ``names``: the port group names the network can have; ``clusters``: the
-    mapped clusters, whose hosts are the only ones read.
-    """
-
-    names: frozenset[str]
-    clusters: frozenset[str]
-
-
 def _vlan_of(spec: Any) -> int | None:
     vlan = getattr(spec, "vlan", None)
     if isinstance(vlan, vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec):
@@ -249,110 +241,94 @@ def owner_field_key(session: Session) -> int | None:
     return None
 
 
-def read(session: Session, field_key: int | None,
-         deployment: str, scope: Scope | None = None) -> Inventory:
-    """Read switches, port groups, clusters, hosts and standard networks.
+def field_key_of(fields: Any) -> int | None:
+    """Key of our custom attribute among CustomFieldsManager.field."""
+    for field in fields or []:
+        if field.name == OWNER_FIELD:
+            return field.key
+    return None
 
-    ``field_key`` is our custom attribute's key (see
-    :func:`networking_vcenter.vsphere.switches.ensure_owner_field`), None
-    where vSphere has no custom attributes.  Port groups count as owned
-    (``owner`` set) only when marked by ``deployment``.  With a ``scope``,
-    only the port groups of those names and the hosts of those clusters are
-    read: the cost of one network's reconcile does not grow with vCenter.
-    """
-    def mark_of(custom_values: Any) -> Mark | None:
-        for cv in custom_values or []:
-            if field_key is not None and cv.key == field_key:
-                return mark_from_value(cv.value)
+
+def mark_of(custom_values: Any, field_key: int | None) -> Mark | None:
+    """Our mark among an entity's custom values."""
+    if field_key is None:
         return None
+    for cv in custom_values or []:
+        if cv.key == field_key:
+            return mark_from_value(cv.value)
+    return None
 
+
+Objects = list[tuple[Any, dict[str, Any]]]
+
+
+def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
+                 compute: Objects, datacenters: Objects, hosts: Objects,
+                 field_key: int | None, has_fields: bool,
+                 deployment: str) -> Inventory:
+    """An Inventory from (reference, properties) pairs, as the replica holds
+    them (see :mod:`networking_vcenter.vsphere.replica` for the paths).
+
+    Port groups count as owned (``owner`` set) only when marked by
+    ``deployment``.  Pure: reads nothing.
+    """
     switches: dict[str, list[Dvs]] = {}
-    folders: dict[str, Any] = {}    # where the switches' port groups live
-    for ref, p in retrieve(session, vim.DistributedVirtualSwitch,
-                           ["name", "uuid", "summary.hostMember", "parent"],
-                           "distributed switches"):
-        folders[p["parent"]._moId] = p["parent"]
-        dvs = Dvs(moid=ref._moId, name=p["name"], uuid=p["uuid"],
+    for ref, p in dvss:
+        if "name" not in p:
+            continue
+        dvs = Dvs(moid=ref._moId, name=p["name"], uuid=p.get("uuid"),
                   host_moids=frozenset(h._moId for h in
                                        p.get("summary.hostMember") or []),
-                  ref=ref, folder=p["parent"])
+                  ref=ref, folder=p.get("parent"))
         switches.setdefault(dvs.name, []).append(dvs)
 
-    network_folders = [p["networkFolder"] for _, p in retrieve(
-        session, vim.Datacenter, ["networkFolder"], "datacenters")]
-
-    dvpgs = []
-    for ref, p in retrieve(session, vim.dvs.DistributedVirtualPortgroup,
-                           ["name", "key", "config.distributedVirtualSwitch",
-                            "config.defaultPortConfig", "config.description",
-                            "vm"], "distributed port groups",
-                           None if scope is None else list(find_children(
-                               session, list(folders.values()), scope.names,
-                               vim.dvs.DistributedVirtualPortgroup).values())):
+    dvpgs_out = []
+    for ref, p in dvpgs:
+        switch = p.get("config.distributedVirtualSwitch")
+        if switch is None or "name" not in p:
+            continue
         description = p.get("config.description") or ""
         mark = mark_from_description(description)
-        dvpgs.append(DvsPortGroup(
-            moid=ref._moId, name=p["name"], key=p["key"],
-            dvs_moid=p["config.distributedVirtualSwitch"]._moId,
+        dvpgs_out.append(DvsPortGroup(
+            moid=ref._moId, name=p["name"], key=p.get("key"),
+            dvs_moid=switch._moId,
             vlan=_vlan_of(p.get("config.defaultPortConfig")),
-            description=description,
-            owner=owner(mark, deployment),
+            description=description, owner=owner(mark, deployment),
             vm_count=len(p.get("vm") or []), ref=ref, mark=mark))
 
     clusters: dict[str, list[list[str]]] = {}
-    host_refs: dict[str, list[Any]] = {}
-    for ref, p in retrieve(session, vim.ComputeResource, ["name", "host"],
-                           "clusters"):
-        clusters.setdefault(p["name"], []).append(
+    for ref, p in compute:
+        clusters.setdefault(p.get("name", ref._moId), []).append(
             [h._moId for h in p.get("host") or []])
-        host_refs.setdefault(p["name"], []).extend(p.get("host") or [])
 
     std: dict[str, StdNetwork] = {}
-    paths = ["name", "host", "vm"] + (["customValue"] if field_key is not None
-                                      else [])
-    for ref, p in retrieve(session, vim.Network, paths, "networks",
-                           None if scope is None else list(find_children(
-                               session, network_folders, scope.names,
-                               vim.Network).values())):
-        if isinstance(ref, (vim.dvs.DistributedVirtualPortgroup,
-                            vim.OpaqueNetwork)):
+    for ref, p in networks:
+        if "name" not in p:
             continue
-        mark = mark_of(p.get("customValue"))
+        mark = mark_of(p.get("customValue"), field_key)
         std[p["name"]] = StdNetwork(
             moid=ref._moId, name=p["name"],
             host_moids=frozenset(h._moId for h in p.get("host") or []),
             owner=owner(mark, deployment),
             vm_count=len(p.get("vm") or []), ref=ref, mark=mark)
 
-    # Hosts last: a port group another worker is creating right now is then
-    # seen on the hosts at least as far as its Network was seen above, which
-    # is what recognising our own unmarked port group relies on (plan.py).
-    # Scoped: the mapped clusters' hosts only -- unless one of them is not a
-    # cluster name, when all hosts are read so that start-up validation
-    # reports it exactly as a full read would.
-    wanted_hosts = None
-    if scope is not None and all(c in host_refs for c in scope.clusters):
-        wanted_hosts = [h for c in sorted(scope.clusters)
-                        for h in host_refs[c]]
-    hosts = {}
-    for ref, p in retrieve(session, vim.HostSystem,
-                           ["name", "configManager.networkSystem",
-                            "config.network.vswitch",
-                            "config.network.portgroup"], "hosts",
-                           wanted_hosts):
+    hosts_out = {}
+    for ref, p in hosts:
         pgs = {}
         for pg in p.get("config.network.portgroup") or []:
             pgs[pg.spec.name] = HostPortGroup(
                 name=pg.spec.name, vswitch=pg.spec.vswitchName,
                 vlan=int(pg.spec.vlanId or 0))
-        hosts[ref._moId] = Host(
-            moid=ref._moId, name=p["name"],
+        hosts_out[ref._moId] = Host(
+            moid=ref._moId, name=p.get("name", ref._moId),
             vswitches=frozenset(v.name for v in
                                 p.get("config.network.vswitch") or []),
             portgroups=pgs,
             network_system=p.get("configManager.networkSystem"), ref=ref)
 
-    return Inventory(switches=switches, dvs_portgroups=dvpgs,
-                     clusters=clusters, hosts=hosts, std_networks=std,
-                     owner_field_key=field_key,
-                     network_folders=network_folders)
+    return Inventory(switches=switches, dvs_portgroups=dvpgs_out,
+                     clusters=clusters, hosts=hosts_out, std_networks=std,
+                     owner_field_key=field_key, custom_fields=has_fields,
+                     network_folders=[p["networkFolder"]
+                                      for _, p in datacenters
+                                      if p.get("networkFolder")])

@@ -33,7 +33,7 @@ def needs(topo: Topology, inv: Inventory, root: Any) -> list[Need]:
     """Which privileges on which objects this configuration needs."""
     result = [Need(root, "vCenter root folder",
                    READ + (CUSTOM_FIELD_PRIVILEGES
-                           if inv.owner_field_key is not None else ()))]
+                           if inv.custom_fields else ()))]
     for target in topo.targets.values():
         if target.kind == DVS:
             dvs = inv.dvs(target.switch)

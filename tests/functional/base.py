@@ -73,7 +73,7 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
 
     def setUp(self):
         super().setUp()
-        self.addCleanup(self.vcenter_driver.reconciler.session.close)
+        self.addCleanup(self.vcenter_driver.reconciler.close)
 
     # -- helpers -------------------------------------------------------------
 
@@ -113,6 +113,30 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
         body = self.deserialize(self.fmt, res)
         self.assertEqual(201, res.status_int, body)
         return body["port"]
+
+    def replica_caught_up(self, timeout: float = 15) -> None:
+        """Wait until the driver's replica plans what a fresh full read of
+        vCenter plans: it has seen every change made so far."""
+        from networking_vcenter.vsphere.replica import Replica
+        rec = self.vcenter_driver.reconciler
+        nets = list(self.vcenter_driver.source(None))
+
+        def plan_of(inv):
+            return sorted(rec._plan(inv, nets, None, set())[2].describe())
+
+        fresh = plan_of(Replica.read_once(rec.session, rec.settings))
+        self.assertTrue(rec.replica.wait_until(
+            lambda inv: plan_of(inv) == fresh, timeout),
+            f"the replica did not catch up with vCenter: {fresh} "
+            f"(replica: {rec.replica.error!r}, {rec.replica.reloads} reads)")
+
+    def resync(self, grace: float = 0):
+        """A full pass, as the maintenance worker runs it, once the replica
+        has seen every change made so far."""
+        self.replica_caught_up()
+        result = self.vcenter_driver.resync(grace=grace)
+        self.assertIsNotNone(result)
+        return result
 
     def dvs_name(self, net_id, physnet="physnet1"):
         return f"neutron-{physnet}-{net_id}"

@@ -39,7 +39,7 @@ class TestStandaloneEsxi(base.VCenterMl2TestCase):
         # host's own port groups are untouched.
         self.vsphere.host(ESXI).configManager.networkSystem.UpdatePortGroup(
             flat["id"], _spec(flat["id"], "vSwitch1", 99))
-        result = self.vcenter_driver.resync(grace=0)
+        result = self.resync()
         self.assertEqual(["retag"], [s.verb for s in result.plan.steps])
         self.assertEqual({ESXI: ("vSwitch1", 0)},
                          self.vsphere.host_portgroups(flat["id"]))

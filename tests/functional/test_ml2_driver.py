@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 from neutron.plugins.ml2.common import exceptions as ml2_exc
 from neutron.tests.common import helpers
 from neutron_lib.api.definitions import portbindings
@@ -85,8 +87,7 @@ class TestNetworks(base.VCenterMl2TestCase):
 
     def test_create_is_idempotent(self):
         net = self.make_network("vlan", "physnet1", 71)
-        driver = self.vcenter_driver
-        result = driver.resync(grace=0)
+        result = self.resync()
         self.assertEqual([], result.plan.for_network(net["id"]).steps)
         self.assertEqual(1, len(self.vsphere.dv_portgroups(
             self.dvs_name(net["id"]))))
@@ -98,7 +99,7 @@ class TestNetworks(base.VCenterMl2TestCase):
         from networking_vcenter.reconcile import apply as apply_mod
         from networking_vcenter.reconcile import plan as plan_mod
         rec = self.vcenter_driver.reconciler
-        stale = rec._read()
+        stale = rec.inventory()
         net = self.make_network("vlan", "physnet1", 76)
         foreign_id = uuidutils.generate_uuid()
         self.vsphere.add_dv_portgroup("DVS0", self.dvs_name(foreign_id), 77,
@@ -116,21 +117,37 @@ class TestNetworks(base.VCenterMl2TestCase):
             self.dvs_name(net["id"]))))
         self.vsphere.destroy_dv_portgroup(self.dvs_name(foreign_id))
 
-    def test_one_networks_reconcile_reads_only_its_port_groups(self):
-        nets = [self.make_network("vlan", "physnet1", 73 + i)
-                for i in range(3)]
-        std = self.make_network("vlan", "physnet2", 274)
+    def test_bind_and_no_drift_reconcile_make_no_vcenter_call(self):
+        """Once the replica is warm, a bind on an existing network and a
+        reconcile with nothing to change cost zero SOAP calls (the
+        replica's own long poll, WaitForUpdatesEx, excluded)."""
+        from pyVmomi import SoapAdapter
+        dvs_net = self.make_network("vlan", "physnet1", 73)
+        std_net = self.make_network("vlan", "physnet2", 274)
         rec = self.vcenter_driver.reconciler
-        from networking_vcenter.ml2 import driver as driver_mod
-        result = rec.sync_network(nets[0]["id"], driver_mod.neutron_networks)
-        self.assertEqual([self.dvs_name(nets[0]["id"])],
-                         [pg.name for pg in result.inventory.dvs_portgroups])
-        self.assertEqual({}, result.inventory.std_networks)
-        self.assertEqual(sorted(self.cluster_hosts()), sorted(
-            h.name for h in result.inventory.hosts.values()))
-        result = rec.sync_network(std["id"], driver_mod.neutron_networks)
-        self.assertEqual([std["id"]], list(result.inventory.std_networks))
-        self.assertEqual([], result.inventory.dvs_portgroups)
+        for net in (dvs_net, std_net):   # the replica has seen them
+            self.assertTrue(rec.replica.wait_until(
+                lambda inv, n=net: not rec._plan(
+                    inv, list(self.vcenter_driver.source({n["id"]})),
+                    {n["id"]}, set())[2].steps, 10))
+        calls = []
+        real = SoapAdapter.SoapStubAdapter.InvokeMethod
+
+        def counting(stub, mo, info, args, *rest, **kw):
+            if info.wsdlName != "WaitForUpdatesEx":
+                calls.append(info.wsdlName)
+            return real(stub, mo, info, args, *rest, **kw)
+
+        with mock.patch.object(SoapAdapter.SoapStubAdapter, "InvokeMethod",
+                               counting):
+            for net in (dvs_net, std_net):
+                port = self.bind_port(net["id"], base.COMPUTE_HOST)
+                self.assertEqual("dvs", port["binding:vif_type"])
+                result = rec.sync_network(net["id"],
+                                          self.vcenter_driver.source)
+                self.assertEqual([], result.plan.steps)
+                self.assertEqual([], result.outcome.done)
+        self.assertEqual([], calls)
 
     def test_foreign_port_group_untouched_and_create_refused(self):
         net_id = uuidutils.generate_uuid()
@@ -205,6 +222,11 @@ class TestPortBinding(base.VCenterMl2TestCase):
     def test_bind_recreates_missing_port_group(self):
         net = self.make_network("vlan", "physnet1", 82)
         self.vsphere.destroy_dv_portgroup(self.dvs_name(net["id"]))
+        # Once the replica has seen it go (no maintenance worker runs here),
+        # the bind makes it again.
+        self.assertTrue(self.vcenter_driver.reconciler.replica.wait_until(
+            lambda inv: not any(pg.name == self.dvs_name(net["id"])
+                                for pg in inv.dvs_portgroups), 5))
         port = self.bind_port(net["id"], base.COMPUTE_HOST)
         (pg,) = self.vsphere.dv_portgroups(self.dvs_name(net["id"]))
         self.assertEqual(pg["key"], port[portbindings.VIF_DETAILS]["pg_id"])

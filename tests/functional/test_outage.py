@@ -57,11 +57,6 @@ class OutageTestCase(base.VCenterMl2TestCase):
                                        "vCenter")
         return result
 
-    def resync(self):
-        result = self.vcenter_driver.resync(grace=0)
-        self.assertIsNotNone(result)
-        return result
-
     def count_dvs(self, net_id):
         return len(self.vsphere.dv_portgroups(self.dvs_name(net_id)))
 
@@ -237,12 +232,14 @@ class TestStartWithoutVcenter(OutageTestCase):
         base.VCenterMl2TestCase.setUp(self)
 
     def test_starts_degraded_and_catches_up(self):
-        self.assertIsNone(self.vcenter_driver.topology)
+        self.assertFalse(self.vcenter_driver.reconciler.replica.synced)
         net = self.timed(self.make_network, "vlan", "physnet1", 98)
         port = self.timed(self.bind_port, net["id"], base.COMPUTE_HOST)
         self.assertEqual("binding_failed", port["binding:vif_type"])
         self.assertEqual(0, self.count_dvs(net["id"]))
         self.proxy.mode = "pass"
+        self.assertTrue(self.vcenter_driver.reconciler.replica.wait_until(
+            lambda inv: True, 30))
         self.resync()
         self.assertEqual(1, self.count_dvs(net["id"]))
         port = self.bind_port(net["id"], base.COMPUTE_HOST)

@@ -1,0 +1,251 @@
+"""The maintenance worker: one per Neutron server, a queue of keys.
+
+Like a Kubernetes controller, it keeps a queue of *keys* -- network ids, or
+"everything" -- and one loop that reconciles them:
+
+* the replica (:mod:`..vsphere.replica`) enqueues the networks whose port
+  groups changed in vCenter (deleted, retagged or renamed by hand), or
+  everything when the topology changed (a host joined a mapped cluster, a
+  switch changed, vCenter came back empty or the session was lost): drift is
+  repaired as soon as vCenter shows it;
+* Neutron is asked every ``POLL`` seconds whether any network or segment
+  changed (one aggregate query); when it did, the networks whose segments or
+  ``updated_at`` changed are enqueued -- so whatever an API call could not
+  finish in time (vCenter down or slow) is finished here;
+* a full pass runs at start, every ``resync_interval`` seconds, and when
+  the replica says everything may have changed; once at a time across
+  servers (the reconciler's lock);
+* a network whose reconcile failed is retried with capped exponential
+  backoff (``BACKOFF``), not left to the next full pass.
+
+Event handlers only enqueue; the loop does the work.  Neutron runs it as a
+plugin worker (:class:`MaintenanceWorker`, from the driver's
+``get_workers()``), in the ``neutron-periodic-workers`` process -- not in the
+API workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from neutron_lib import worker as n_worker
+
+from networking_vcenter import exceptions
+from networking_vcenter.reconcile.reconciler import NetworkSource, Reconciler
+from networking_vcenter.vsphere.replica import Event
+
+LOG = logging.getLogger(__name__)
+
+# Seconds between two "did Neutron change?" questions.
+POLL = 2.0
+# Retry delays of a failed network: first, factor, cap (seconds).
+BACKOFF = (1.0, 2.0, 60.0)
+# Seconds a full pass asked for by the replica waits for more changes.
+DEBOUNCE = 0.5
+# Seconds the worker waits for a network's lock before retrying later.
+LOCK_WAIT = 1.0
+
+FULL = "*"
+
+
+class Maintenance:
+    """The queue and its loop (the part of the worker that does things)."""
+
+    def __init__(self, reconciler: Reconciler, source: NetworkSource,
+                 change_token: Callable[[], object] | None,
+                 resync_interval: float, grace: float):
+        self._rec = reconciler
+        self._source = source
+        self._token = change_token
+        self._interval = resync_interval
+        self._grace = grace
+        self._cond = threading.Condition()
+        self._due: dict[str, float] = {}      # key -> monotonic due time
+        self._attempts: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_token: object = None
+        self._fingerprints: dict[str, tuple] | None = None
+        self.passes = 0                        # full passes run
+        self.last_pass = None                  # the last full pass's Pass
+
+    # -- the queue ----------------------------------------------------------
+
+    def enqueue(self, keys, delay: float = 0.0) -> None:
+        at = time.monotonic() + delay
+        with self._cond:
+            for key in keys:
+                if key not in self._due or self._due[key] > at:
+                    self._due[key] = at
+            self._cond.notify_all()
+
+    def on_replica(self, event: Event) -> None:
+        """The replica's listener: only enqueue."""
+        if event.full:
+            self.enqueue([FULL], DEBOUNCE)
+        if event.networks:
+            self.enqueue(event.networks)
+
+    def pending(self) -> dict[str, float]:
+        with self._cond:
+            return dict(self._due)
+
+    # -- life cycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        if self._rec.replica is not None:
+            self._rec.replica.add_listener(self.on_replica)
+        self.enqueue([FULL])
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="vcenter-maintenance")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def wait(self) -> None:
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=1)
+
+    # -- the loop -------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_poll = 0.0
+        next_pass = time.monotonic() + self._interval if self._interval \
+            else None
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if self._token is not None and now >= next_poll:
+                next_poll = now + POLL
+                self._poll_neutron()
+            if next_pass is not None and now >= next_pass:
+                next_pass = now + self._interval
+                self.enqueue([FULL])
+            with self._cond:
+                due = sorted((t, k) for k, t in self._due.items()
+                             if t <= now)
+                for _, key in due:
+                    del self._due[key]
+            keys = [k for _, k in due]
+            if FULL in keys:
+                self._full_pass()
+                keys.remove(FULL)
+            for key in keys:
+                if self._stop.is_set():
+                    return
+                self._network(key)
+            with self._cond:
+                wake = [next_poll if self._token is not None else now + 60]
+                if next_pass is not None:
+                    wake.append(next_pass)
+                wake.extend(self._due.values())
+                self._cond.wait(max(0.0, min(wake) - time.monotonic()))
+
+    def _poll_neutron(self) -> None:
+        try:
+            token = self._token()
+            if token == self._last_token:
+                return
+            nets = self._source(None)
+        except Exception as exc:  # noqa: BLE001 - the database may be away
+            LOG.warning("vcenter maintenance: cannot read Neutron: %s", exc)
+            return
+        self._last_token = token
+        prints = {n.id: (n.changed_at, n.segments) for n in nets}
+        if self._fingerprints is not None:
+            changed = {i for i in prints.keys() | self._fingerprints.keys()
+                       if prints.get(i) != self._fingerprints.get(i)}
+            if changed:
+                LOG.debug("vcenter maintenance: Neutron changed %d "
+                          "network(s)", len(changed))
+                self.enqueue(changed)
+        self._fingerprints = prints
+
+    def _retry(self, key: str, why: str) -> None:
+        n = self._attempts.get(key, 0)
+        self._attempts[key] = n + 1
+        first, factor, cap = BACKOFF
+        delay = min(cap, first * factor ** n)
+        LOG.warning("vcenter maintenance: %s: %s; retry in %.0fs",
+                    "full pass" if key == FULL else f"network {key}", why,
+                    delay)
+        self.enqueue([key], delay)
+
+    def _network(self, network_id: str) -> None:
+        try:
+            result = self._rec.sync_network(network_id, self._source,
+                                            wait=LOCK_WAIT)
+        except exceptions.VCenterError as exc:
+            self._retry(network_id, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - keep the loop alive
+            LOG.exception("vcenter maintenance: network %s", network_id)
+            self._retry(network_id, repr(exc))
+            return
+        out = result.outcome
+        if out.failed or out.deferred:
+            self._retry(network_id, "; ".join(
+                [str(e) for _, e in out.failed] +
+                [r for _, r in out.deferred]))
+            return
+        self._attempts.pop(network_id, None)
+
+    def _full_pass(self) -> None:
+        try:
+            result = self._rec.sync_all(self._source, self._grace)
+        except Exception as exc:  # noqa: BLE001 - keep the loop alive
+            self._retry(FULL, str(exc))
+            return
+        if result is None:
+            LOG.debug("vcenter maintenance: a full pass runs elsewhere")
+            self._attempts.pop(FULL, None)
+            return
+        self.passes += 1
+        self.last_pass = result
+        out = result.outcome
+        LOG.info("vcenter full pass: %d networks, %d fixed, %d failed, "
+                 "%d deferred, %d conflicts, %d left to their API call",
+                 len(result.networks), len(out.done), len(out.failed),
+                 len(out.deferred), len(out.conflicts), len(result.skipped))
+        self._attempts.pop(FULL, None)
+        # Networks that failed are retried on their own, with backoff.
+        for step, _ in out.failed + out.deferred:
+            if step.network_id:
+                self._retry(step.network_id, "failed in the full pass")
+        if result.skipped:
+            self.enqueue(result.skipped, self._grace)
+
+
+class MaintenanceWorker(n_worker.BaseWorker):
+    """The vcenter driver's maintenance worker, as Neutron runs it."""
+
+    def __init__(self, start: Callable[[], Maintenance]):
+        # 0: Neutron runs it with the other thread workers, in one process
+        # of the periodic workers, never in the API workers.
+        super().__init__(worker_process_count=0,
+                         desc="vcenter maintenance worker")
+        self._start = start
+        self._maintenance: Maintenance | None = None
+
+    def start(self, name="neutron-server", desc=None):
+        super().start(name=name, desc=desc)
+        self._maintenance = self._start()
+
+    def wait(self):
+        if self._maintenance is not None:
+            self._maintenance.wait()
+
+    def stop(self):
+        if self._maintenance is not None:
+            self._maintenance.stop()
+
+    def reset(self):
+        pass

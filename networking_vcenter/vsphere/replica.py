@@ -1,0 +1,465 @@
+"""A live, in-memory replica of the part of vCenter the driver cares about.
+
+One PropertyCollector per process, with one filter over
+
+* distributed switches (name, UUID, member hosts, folder),
+* every network -- distributed port groups with their VLAN, description and
+  VMs; standard networks with their hosts, VMs and custom values,
+* compute resources (name, hosts) and datacenters (network folder),
+* the hosts of the mapped clusters (vSwitches and port groups),
+* our custom attribute definitions,
+
+read in full once and then kept current by ``WaitForUpdatesEx`` (versioned,
+incremental), like a Kubernetes informer: list once, then watch.  After a
+session loss (vCenter restarted, session expired) or an invalid version the
+collector is made again and everything is read afresh.
+
+Readers never call vCenter: :meth:`Replica.snapshot` builds an
+:class:`~networking_vcenter.vsphere.inventory.Inventory` from memory (cached
+until the next change).  Each batch of changes is also turned into *keys* for
+the maintenance worker -- the networks whose port groups changed, or "full"
+when the topology itself changed (a host joined a cluster, a switch changed,
+vCenter came back empty) -- and handed to the listeners, which only enqueue.
+
+Nothing here writes to vCenter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pyVmomi import vim, vmodl
+
+from networking_vcenter import conf
+from networking_vcenter import exceptions
+from networking_vcenter.vsphere import inventory
+from networking_vcenter.vsphere.session import Session
+
+LOG = logging.getLogger(__name__)
+
+PC = vmodl.query.PropertyCollector
+
+# Seconds one WaitForUpdatesEx may wait on vCenter for changes.
+LONG_POLL = 20
+# Seconds between attempts while vCenter does not answer.
+RETRY_DELAY = (1.0, 5.0)
+
+# What is watched, per type.  A distributed port group is a Network too, so
+# it gets both lists.
+NETWORK_PATHS = ["name", "host", "vm", "customValue"]
+DVPG_PATHS = ["key", "config.distributedVirtualSwitch",
+              "config.defaultPortConfig", "config.description"]
+DVS_PATHS = ["name", "uuid", "summary.hostMember", "parent"]
+CR_PATHS = ["name", "host"]
+DC_PATHS = ["networkFolder"]
+HOST_PATHS = ["name", "configManager.networkSystem",
+              "config.network.vswitch", "config.network.portgroup"]
+FIELD_PATHS = ["field"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """What a batch of changes means for the reconciler."""
+
+    networks: frozenset[str] = frozenset()   # networks whose port groups
+    full: bool = False                       # changed; or everything
+
+
+@dataclasses.dataclass
+class _Obj:
+    ref: Any
+    props: dict[str, Any]
+
+
+def _kind(ref: Any) -> str:
+    if isinstance(ref, vim.dvs.DistributedVirtualPortgroup):
+        return "dvpg"
+    if isinstance(ref, vim.DistributedVirtualSwitch):
+        return "dvs"
+    if isinstance(ref, vim.OpaqueNetwork):
+        return "other"
+    if isinstance(ref, vim.Network):
+        return "network"
+    if isinstance(ref, vim.HostSystem):
+        return "host"
+    if isinstance(ref, vim.ComputeResource):
+        return "cr"
+    if isinstance(ref, vim.Datacenter):
+        return "dc"
+    if isinstance(ref, vim.CustomFieldsManager):
+        return "fields"
+    return "other"
+
+
+class Replica:
+    """The live replica of one process (see the module doc)."""
+
+    def __init__(self, session: Session, settings: conf.Settings):
+        self._session = session
+        self._settings = settings
+        self._objects: dict[str, _Obj] = {}
+        self._cond = threading.Condition()
+        self._synced = False           # a full read has completed
+        self._generation = 0           # bumped on every change applied
+        self._snapshot: tuple[int, inventory.Inventory] | None = None
+        self._listeners: list[Callable[[Event], None]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._collector = None
+        self._views: list[Any] = []
+        self._version = ""
+        self._session_generation = -1
+        self.error: Exception | None = None   # why it is not current
+        self.reloads = 0                       # full reads done
+
+    # -- readers ----------------------------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        return self._synced
+
+    def add_listener(self, fn: Callable[[Event], None]) -> None:
+        self._listeners.append(fn)
+
+    def snapshot(self, timeout: float = 0) -> inventory.Inventory:
+        """The current inventory, from memory.  Waits up to ``timeout``
+        seconds for the first full read; TransientFault if there is none."""
+        with self._cond:
+            if not self._synced:
+                self._cond.wait_for(lambda: self._synced or self._stop.is_set(),
+                                    timeout=max(0.0, timeout))
+            if not self._synced:
+                raise exceptions.TransientFault(
+                    f"vCenter {self._session.endpoint}",
+                    f"not read yet ({self.error or 'connecting'})")
+            if self._snapshot is None or \
+                    self._snapshot[0] != self._generation:
+                self._snapshot = (self._generation, self._build())
+            return self._snapshot[1]
+
+    def wait_until(self, predicate: Callable[[inventory.Inventory], bool],
+                   timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the replica shows what
+        ``predicate`` wants -- e.g. a port group just created."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._cond:
+                generation = self._generation
+            try:
+                if predicate(self.snapshot()):
+                    return True
+            except exceptions.TransientFault:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._generation != generation or
+                    self._stop.is_set(), timeout=left)
+            if self._stop.is_set():
+                return False
+
+    # -- life cycle -------------------------------------------------------
+
+    def start(self) -> None:
+        """Read everything now (errors raised typed), then watch in a
+        thread."""
+        self._reload()
+        self._spawn()
+
+    def start_background(self) -> None:
+        """Watch in a thread, reading everything once vCenter answers."""
+        self._spawn()
+
+    def _spawn(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="vcenter-replica")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        collector = self._collector
+        if collector is not None:
+            try:   # wake the long poll; best effort
+                self._session.call("cancel the replica's wait",
+                                   collector.CancelWaitForUpdates,
+                                   attempts=0)
+            except Exception:  # noqa: BLE001 - vCenter may be gone
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._destroy_collector()
+
+    @classmethod
+    def read_once(cls, session: Session,
+                  settings: conf.Settings) -> inventory.Inventory:
+        """One full read, no watch: the CLI's view of vCenter."""
+        replica = cls(session, settings)
+        try:
+            replica._reload()
+            return replica.snapshot()
+        finally:
+            replica._destroy_collector()
+
+    # -- the watch --------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = RETRY_DELAY[0]
+        while not self._stop.is_set():
+            try:
+                if self._collector is None or \
+                        self._session_generation != self._session.generation:
+                    self._reload()
+                else:
+                    self._poll()
+                delay = RETRY_DELAY[0]
+            except Exception as exc:  # noqa: BLE001 - the watch never dies
+                if self._stop.is_set():
+                    break
+                if self.error is None or str(exc) != str(self.error):
+                    LOG.warning("vCenter replica: %s; retrying", exc)
+                self.error = exc
+                # A lost connection, a collector vCenter no longer knows, an
+                # invalid version: start from scratch with a full read (a
+                # wait cut off mid-way may have taken changes with it).
+                self._destroy_collector()
+                self._stop.wait(delay)
+                delay = min(delay * 2, RETRY_DELAY[1])
+
+    def _reload(self) -> None:
+        """Make the collector and filter anew and read everything."""
+        self._destroy_collector()
+        session = self._session
+        content = session.content
+        self._session_generation = session.generation
+        collector = session.call("create the replica's property collector",
+                                 content.propertyCollector
+                                 .CreatePropertyCollector)
+        self._collector = collector
+        root = session.call("open a view of the inventory",
+                            content.viewManager.CreateContainerView,
+                            content.rootFolder,
+                            [vim.DistributedVirtualSwitch, vim.Network,
+                             vim.ComputeResource, vim.Datacenter], True)
+        self._views = [root]
+        host_containers = self._host_containers(content)
+        for container in host_containers:
+            self._views.append(session.call(
+                "open a view of the mapped clusters' hosts",
+                content.viewManager.CreateContainerView, container,
+                [vim.HostSystem], True))
+        objects = [PC.ObjectSpec(obj=v, skip=True, selectSet=[
+            PC.TraversalSpec(name="view", path="view", skip=False,
+                             type=vim.view.ContainerView)])
+            for v in self._views]
+        types = [(vim.Network, NETWORK_PATHS),
+                 (vim.dvs.DistributedVirtualPortgroup, DVPG_PATHS),
+                 (vim.DistributedVirtualSwitch, DVS_PATHS),
+                 (vim.ComputeResource, CR_PATHS),
+                 (vim.Datacenter, DC_PATHS),
+                 (vim.HostSystem, HOST_PATHS)]
+        if content.customFieldsManager is not None:
+            objects.append(PC.ObjectSpec(obj=content.customFieldsManager))
+            types.append((vim.CustomFieldsManager, FIELD_PATHS))
+        spec = PC.FilterSpec(objectSet=objects, propSet=[
+            PC.PropertySpec(type=t, pathSet=p) for t, p in types])
+        session.call("watch the inventory", collector.CreateFilter, spec,
+                     partialUpdates=False)
+        fresh: dict[str, _Obj] = {}
+        version = ""
+        while True:   # the first answer may come in several parts
+            update = session.call("read the inventory",
+                                  collector.WaitForUpdatesEx, version,
+                                  PC.WaitOptions(maxWaitSeconds=0))
+            if update is None:
+                break
+            version = update.version
+            self._apply(update, fresh, None)
+            if not update.truncated:
+                break
+        with self._cond:
+            self._objects = fresh
+            self._version = version
+            self._synced = True
+            self._generation += 1
+            self.error = None
+            self.reloads += 1
+            self._cond.notify_all()
+        LOG.info("vCenter replica: read %d objects (reload %d)", len(fresh),
+                 self.reloads)
+        self._notify(Event(full=True))
+
+    def _host_containers(self, content: Any) -> list[Any]:
+        """The mapped clusters, to watch only their hosts; the root folder
+        when one of them is not a compute resource of that exact name (a
+        standalone ESXi host named in compute_hosts, a typo that start-up
+        validation will report)."""
+        found: dict[str, list[Any]] = {}
+        for ref, props in inventory.retrieve(
+                self._session, vim.ComputeResource, ["name"],
+                "compute resources"):
+            found.setdefault(props["name"], []).append(ref)
+        wanted = self._settings.clusters
+        if all(len(found.get(c, [])) == 1 for c in wanted):
+            return [found[c][0] for c in wanted]
+        return [content.rootFolder]
+
+    def _poll(self) -> None:
+        update = self._session.call(
+            "wait for inventory changes", self._collector.WaitForUpdatesEx,
+            self._version, PC.WaitOptions(maxWaitSeconds=LONG_POLL),
+            timeout=LONG_POLL + self._settings.api_timeout, attempts=0)
+        if update is None or self._stop.is_set():
+            return
+        event = Event()
+        with self._cond:
+            objects = dict(self._objects)
+        event = self._apply(update, objects, event)
+        with self._cond:
+            self._objects = objects
+            self._version = update.version
+            self._generation += 1
+            self.error = None
+            self._cond.notify_all()
+        if event.full or event.networks:
+            self._notify(event)
+
+    def _destroy_collector(self) -> None:
+        collector, views = self._collector, self._views
+        self._collector, self._views = None, []
+        for obj, fn in [(v, "DestroyView") for v in views] + \
+                ([(collector, "DestroyPropertyCollector")]
+                 if collector is not None else []):
+            try:
+                self._session.call(f"clean up the replica ({fn})",
+                                   getattr(obj, fn), attempts=0)
+            except Exception:  # noqa: BLE001 - the session may be gone
+                pass
+
+    def _notify(self, event: Event) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn(event)
+            except Exception:  # noqa: BLE001 - a listener must not kill us
+                LOG.exception("vCenter replica listener failed")
+
+    # -- applying updates -------------------------------------------------
+
+    def _apply(self, update: Any, objects: dict[str, _Obj],
+               event: Event | None) -> Event | None:
+        """Apply one UpdateSet to ``objects``; with ``event``, also say
+        which networks (or everything) the changes concern."""
+        networks: set[str] = set(event.networks) if event else set()
+        full = event.full if event else False
+        field_key = self._field_key(objects)
+        for fs in update.filterSet or []:
+            for ou in fs.objectSet or []:
+                moid = ou.obj._moId
+                old = objects.get(moid)
+                old_props = dict(old.props) if old else {}
+                if ou.kind == "leave":
+                    objects.pop(moid, None)
+                    new_props = None
+                else:
+                    # A new dict: the previous snapshot's objects stay as
+                    # they were while this update is applied.
+                    props = dict(old_props)
+                    for change in ou.changeSet or []:
+                        if change.op in ("remove", "indirectRemove"):
+                            props.pop(change.name, None)
+                        else:
+                            props[change.name] = change.val
+                    objects[moid] = _Obj(ou.obj, props)
+                    new_props = props
+                if event is not None:
+                    nets, everything = self._concerns(
+                        ou.obj, ou.kind, old_props, new_props, field_key)
+                    networks |= nets
+                    full = full or everything
+        if event is None:
+            return None
+        return Event(frozenset(networks), full)
+
+    def _field_key(self, objects: dict[str, _Obj]) -> int | None:
+        for obj in objects.values():
+            if _kind(obj.ref) == "fields":
+                return inventory.field_key_of(obj.props.get("field"))
+        return None
+
+    def _concerns(self, ref: Any, kind: str, old: dict[str, Any],
+                  new: dict[str, Any] | None, field_key: int | None
+                  ) -> tuple[set[str], bool]:
+        what = _kind(ref)
+        deployment = self._settings.deployment_name
+        if what in ("dvs", "cr", "fields"):
+            return set(), True
+        if what == "host":
+            if kind in ("enter", "leave"):
+                return set(), True
+            if old.get("config.network.vswitch") is not \
+                    new.get("config.network.vswitch") and \
+                    _vswitch_names(old) != _vswitch_names(new):
+                return set(), True
+            changed = _portgroups(old) ^ _portgroups(new)
+            return {name for name, _, _ in changed
+                    if inventory.UUID_RE.match(name)}, False
+        if what == "dvpg":
+            owners = {inventory.owner(inventory.mark_from_description(
+                p.get("config.description")), deployment)
+                for p in (old, new or {})}
+            return {o for o in owners if o}, False
+        if what == "network":
+            owners = {inventory.owner(inventory.mark_of(
+                p.get("customValue"), field_key), deployment)
+                for p in (old, new or {})}
+            owners |= {p.get("name") for p in (old, new or {})
+                       if inventory.UUID_RE.match(p.get("name") or "")}
+            return {o for o in owners if o}, False
+        return set(), False
+
+    # -- the inventory ----------------------------------------------------
+
+    def _build(self) -> inventory.Inventory:
+        by_kind: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
+        for obj in self._objects.values():
+            by_kind.setdefault(_kind(obj.ref), []).append(
+                (obj.ref, obj.props))
+        field_key = self._field_key(self._objects)
+        return inventory.from_objects(
+            dvss=by_kind.get("dvs", []), dvpgs=by_kind.get("dvpg", []),
+            networks=by_kind.get("network", []),
+            compute=by_kind.get("cr", []), datacenters=by_kind.get("dc", []),
+            hosts=by_kind.get("host", []), field_key=field_key,
+            has_fields=bool(by_kind.get("fields")),
+            deployment=self._settings.deployment_name)
+
+
+def _portgroups(props: dict[str, Any] | None) -> set[tuple[str, str, int]]:
+    return {(pg.spec.name, pg.spec.vswitchName, int(pg.spec.vlanId or 0))
+            for pg in (props or {}).get("config.network.portgroup") or []}
+
+
+def _vswitch_names(props: dict[str, Any] | None) -> set[str]:
+    return {v.name for v in (props or {}).get("config.network.vswitch")
+            or []}
+
+
+def networks_of(events: Iterable[Event]) -> tuple[set[str], bool]:
+    """Merge events: the networks they name, and whether any was full."""
+    nets: set[str] = set()
+    full = False
+    for e in events:
+        nets |= e.networks
+        full = full or e.full
+    return nets, full
