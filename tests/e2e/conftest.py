@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 
+import psutil
 import pytest
 
 from tests.e2e import nova_client
@@ -80,6 +82,15 @@ def vsphere(vcsim):
     reader = Reader(vcsim.connect())
     yield reader
     reader.close()
+
+
+def listening(pids: list[int]) -> list[tuple[str, int]]:
+    """(address, port) of every listening TCP/UDP socket of those PIDs."""
+    pids = set(pids)
+    return sorted((c.laddr.ip, c.laddr.port)
+                  for c in psutil.net_connections("inet")
+                  if c.pid in pids and (c.status == psutil.CONN_LISTEN
+                                        or c.type == socket.SOCK_DGRAM))
 
 
 def start_server(vcsim, mode: str, port: int, **kw):

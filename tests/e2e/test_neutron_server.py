@@ -8,6 +8,7 @@ tests/fixtures/vcsim.py) and the venv's uwsgi and openstack commands.
 """
 
 import json
+import ipaddress
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import psutil
 import pytest
 
+from tests.e2e import conftest
 from tests.fixtures.vcsim import Vcsim
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -107,6 +109,13 @@ def test_plugin_workers_run_in_their_own_process(server):
         text = f.read()
     assert "AllServicesNeutronWorker start finished" in text
     assert not re.search(r"^\S+ \S+ \d+ (CRITICAL|ERROR) ", text, re.M)
+
+
+def test_nothing_listens_beyond_loopback(server):
+    sockets = conftest.listening(server.pids())
+    assert ("127.0.0.1", server.state["ports"]["api"]) in sockets
+    assert all(ipaddress.ip_address(ip).is_loopback for ip, _ in sockets), \
+        sockets
 
 
 def test_stop_leaves_nothing(server):

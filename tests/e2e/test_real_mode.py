@@ -4,6 +4,7 @@ mechanism drivers bind, each its own hosts."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
@@ -50,3 +51,13 @@ def test_real_mode_lifecycle_and_two_drivers(real, vsphere):
         api.cli("port", "delete", port["id"], "--no-format")
     api.cli("network", "delete", net["id"], "--no-format")
     assert vsphere.dv_portgroups(f"neutron-physnet1-{net['id']}") == []
+
+
+def test_real_mode_listens_on_loopback_only(real):
+    sockets = conftest.listening(real.pids())
+    ports = real.state["ports"]
+    for name in ("api", "mariadb", "amqp", "dist", "epmd"):
+        assert ("127.0.0.1", ports[name]) in sockets, (name, sockets)
+    # (epmd also listens on ::1, always: loopback too)
+    assert all(ipaddress.ip_address(ip).is_loopback for ip, _ in sockets), \
+        sockets
