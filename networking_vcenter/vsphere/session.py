@@ -282,7 +282,17 @@ class Session:
             if left <= 0:
                 raise _BudgetSpent()
             timeout = min(timeout, left)
+        self._local.sent_timeout = timeout
         return timeout
+
+    def _unreachable(self, cause: BaseException | None) -> bool:
+        """Whether a failed request says vCenter is unreachable: a transport
+        failure -- but not a request timed out only because the budget left
+        it less than a second."""
+        if not isinstance(cause, TRANSPORT_ERRORS):
+            return False
+        return not isinstance(cause, TimeoutError) or \
+            getattr(self._local, "sent_timeout", 1.0) >= 1.0
 
     # -- connection --------------------------------------------------------
 
@@ -449,8 +459,7 @@ class Session:
             result = retry_policy(self, what, retries)(
                 self._attempt, what, fn, args, kwargs, timeout, slots)
         except exceptions.TransientFault as exc:
-            if isinstance(exc.__cause__, TRANSPORT_ERRORS) or \
-                    isinstance(exc, exceptions.ConnectionFailed):
+            if self._unreachable(exc.__cause__):
                 self._unreachable_at = time.monotonic()
             raise
         self._unreachable_at = None

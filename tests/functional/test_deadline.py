@@ -104,6 +104,8 @@ class TestDeadline(DeadlineTestCase):
         # The socket timeout was the time left, not api_timeout, and no
         # retry was attempted past the deadline.
         self.assertGreaterEqual(elapsed, BUDGET - 0.5)
+        # API hooks are told: they leave work to the worker at once.
+        self.assertIsNotNone(self.session.unreachable_for())
 
     def test_vcenter_answering_25s_late(self):
         self.assertIsNotNone(self.find_dvs())
@@ -183,6 +185,7 @@ class TestDeadline(DeadlineTestCase):
         self.assert_bounded(self.find_dvs)
         self.proxy.mode = "pass"
         self.assertIsNotNone(self.find_dvs())
+        self.assertIsNone(self.session.unreachable_for())
 
 
 class TestCallTimeout(DeadlineTestCase):
