@@ -83,8 +83,8 @@ def refused(caplog, error_type=exceptions.VCenterError) -> str:
 def test_good_configuration_starts(config):
     config()
     driver = start_driver()
-    assert driver.topology.targets["physnet1"].kind == "dvs"
-    driver.reconciler.session.close()
+    assert driver.reconciler.validate().targets["physnet1"].kind == "dvs"
+    driver.reconciler.close()
 
 
 def test_unreachable_vcenter(config, caplog):
