@@ -334,10 +334,6 @@ class NeutronServer:
         return os.path.join(self.workdir, *parts)
 
     @property
-    def rundir(self) -> str:
-        return self.path("run")
-
-    @property
     def neutron_conf(self) -> str:
         return self.path("etc", "neutron.conf")
 
