@@ -107,15 +107,18 @@ class VCenterMechanismDriver(api.MechanismDriver):
         return self.reconciler
 
     def _close(self, pid: int) -> None:
-        """Log out and stop watching when the process ends (atexit)."""
+        """Log out and stop watching when the process ends (atexit, or the
+        maintenance worker's stop); once."""
         if pid == os.getpid() and self._pid == pid:
+            self._pid = None
             self._hooks.shutdown(wait=False, cancel_futures=True)
             self.reconciler.close()
 
     # -- the maintenance worker ----------------------------------------------
 
     def get_workers(self):
-        return [worker_mod.MaintenanceWorker(self.start_maintenance)]
+        return [worker_mod.MaintenanceWorker(
+            self.start_maintenance, lambda: self._close(os.getpid()))]
 
     def start_maintenance(self) -> worker_mod.Maintenance:
         """Start the maintenance loop in this process (the worker's
@@ -221,7 +224,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
         topology = None
         if rec.replica is not None and rec.replica.synced:
             try:
-                topology = rec.validate()
+                topology = rec.topology(rec.inventory())
             except exceptions.VCenterError:
                 topology = None
         hosts = set()
@@ -261,7 +264,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
         segments = list(context.segments_to_bind)
 
         def find(rec: Reconciler, deadline: float):
-            topology = rec.validate(max(0.0, deadline - time.monotonic()))
+            topology = rec.topology(rec.inventory(
+                max(0.0, deadline - time.monotonic())))
             segment = self._pick_segment(segments, cluster, topology)
             if segment is None:
                 return None

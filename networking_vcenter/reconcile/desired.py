@@ -89,10 +89,19 @@ def _cluster_hosts(name: str, inv: Inventory,
     return frozenset()
 
 
-def build_topology(settings: conf.Settings, inv: Inventory) -> Topology:
-    """Resolve every mapping against vCenter; one problem line per mistake."""
+def build_topology(settings: conf.Settings, inv: Inventory,
+                   strict: bool = True) -> Topology:
+    """Resolve every mapping against vCenter; one problem line per mistake.
+
+    ``strict`` (start-up, ``check``) refuses a standard vSwitch missing on
+    some host of the mapped clusters; otherwise (a running server, where a
+    host just joined a cluster and is not set up yet) those hosts are left
+    out with a warning until they have it.
+    """
     problems: list[str] = []
-    cluster_hosts = {c: _cluster_hosts(c, inv, problems)
+    # Hosts the inventory lists in a cluster but has not described yet (one
+    # that is joining right now) count once they are described.
+    cluster_hosts = {c: _cluster_hosts(c, inv, problems) & inv.hosts.keys()
                      for c in settings.clusters}
     all_hosts = frozenset().union(*cluster_hosts.values()) \
         if cluster_hosts else frozenset()
@@ -120,13 +129,20 @@ def build_topology(settings: conf.Settings, inv: Inventory) -> Topology:
         elif with_vswitch:
             missing = sorted(inv.hosts[h].name for h in all_hosts
                              if switch not in inv.hosts[h].vswitches)
-            if missing:
+            if missing and strict:
                 problems.append(
                     f"{where}: standard vSwitch '{switch}' is missing on "
                     f"host(s) {', '.join(missing)}")
             else:
-                targets[physnet] = Target(physnet, VSWITCH, switch, None,
-                                          all_hosts)
+                if missing:
+                    LOG.warning("%s: standard vSwitch '%s' is missing on "
+                                "host(s) %s; they get no port groups until "
+                                "it is added", where, switch,
+                                ", ".join(missing))
+                targets[physnet] = Target(
+                    physnet, VSWITCH, switch, None,
+                    frozenset(h for h in all_hosts
+                              if switch in inv.hosts[h].vswitches))
         else:
             problems.append(
                 f"{where}: '{switch}' is neither a distributed switch in "

@@ -114,15 +114,17 @@ class Reconciler:
         return self.replica.snapshot(timeout)
 
     def validate(self, timeout: float = 0) -> desired_mod.Topology:
-        """Check every mapping against vCenter (start-up, ``check``)."""
-        return self.topology(self.inventory(timeout))
+        """Check every mapping against vCenter, strictly (start-up)."""
+        return desired_mod.build_topology(self.settings,
+                                          self.inventory(timeout))
 
     def topology(self, inv: inventory.Inventory) -> desired_mod.Topology:
-        """The topology of an inventory, built once per inventory."""
+        """The topology of an inventory as a running server uses it (hosts
+        not set up yet left out), built once per inventory."""
         cached = self._topology
         if cached is not None and cached[0] is inv:
             return cached[1]
-        topo = desired_mod.build_topology(self.settings, inv)
+        topo = desired_mod.build_topology(self.settings, inv, strict=False)
         self._topology = (inv, topo)
         return topo
 

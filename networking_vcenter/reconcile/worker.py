@@ -227,12 +227,14 @@ class Maintenance:
 class MaintenanceWorker(n_worker.BaseWorker):
     """The vcenter driver's maintenance worker, as Neutron runs it."""
 
-    def __init__(self, start: Callable[[], Maintenance]):
+    def __init__(self, start: Callable[[], Maintenance],
+                 close: Callable[[], None]):
         # 0: Neutron runs it with the other thread workers, in one process
         # of the periodic workers, never in the API workers.
         super().__init__(worker_process_count=0,
                          desc="vcenter maintenance worker")
         self._start = start
+        self._close = close
         self._maintenance: Maintenance | None = None
 
     def start(self, name="neutron-server", desc=None):
@@ -244,8 +246,13 @@ class MaintenanceWorker(n_worker.BaseWorker):
             self._maintenance.wait()
 
     def stop(self):
-        if self._maintenance is not None:
-            self._maintenance.stop()
+        # The process ends with os._exit after this (cotyledon): atexit
+        # handlers never run, so the vCenter session is logged out here.
+        try:
+            if self._maintenance is not None:
+                self._maintenance.stop()
+        finally:
+            self._close()
 
     def reset(self):
         pass

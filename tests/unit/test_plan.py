@@ -31,7 +31,8 @@ def seg(net_type, physnet, vlan=None, sid="seg"):
             "physical_network": physnet, "segmentation_id": vlan}
 
 
-def inventory(dvpgs=(), host_pgs=None, std=(), field_key=101):
+def inventory(dvpgs=(), host_pgs=None, std=(), field_key=101,
+              custom_fields=True):
     host_pgs = host_pgs or {}
     hosts = {h: I.Host(h, h.upper(), frozenset({"vSwitch0", "vSwitch1"}),
                        {pg.name: pg for pg in host_pgs.get(h, [])}, None)
@@ -40,7 +41,8 @@ def inventory(dvpgs=(), host_pgs=None, std=(), field_key=101):
     return I.Inventory(switches={"DVS0": [dvs]}, dvs_portgroups=list(dvpgs),
                        clusters={"C1": [list(HOSTS)]}, hosts=hosts,
                        std_networks={n.name: n for n in std},
-                       owner_field_key=field_key)
+                       owner_field_key=field_key,
+                       custom_fields=custom_fields)
 
 
 def dvpg(name, vlan, owner, moid="dvportgroup-9", vms=0, deployment="dep"):
@@ -261,9 +263,20 @@ def test_esxi_name_based_ownership():
                                                           200)]},
                      std=[I.StdNetwork("network-3", NET_A,
                                        frozenset({"host-1"}), None, 0, None)],
-                     field_key=None)
+                     field_key=None, custom_fields=False)
     assert [s.name for s in P.plan([], have, {NET_A}).steps] == [NET_A]
     assert P.plan([], have, {NET_B}).steps == []
+
+
+def test_undefined_custom_attribute_is_not_name_ownership():
+    """A vCenter whose custom attribute is not defined yet (a read-only
+    command before any write): nothing is ours by name, nothing deleted."""
+    have = inventory(host_pgs={"host-1": [I.HostPortGroup(NET_A, "vSwitch1",
+                                                          200)]},
+                     std=[I.StdNetwork("network-3", NET_A,
+                                       frozenset({"host-1"}), None, 0, None)],
+                     field_key=None, custom_fields=True)
+    assert P.plan([], have, {NET_A}).steps == []
 
 
 @pytest.mark.parametrize("net", [

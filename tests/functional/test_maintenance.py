@@ -1,0 +1,218 @@
+"""The maintenance worker: drift repaired in seconds, with default settings.
+
+The worker runs as Neutron runs it -- the driver's ``get_workers()``, started
+in this process -- with ``resync_interval`` at its default (300 s), so every
+repair below comes from the replica's events or the Neutron poll, never from
+a periodic pass.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+from oslo_utils import uuidutils
+from pyVmomi import vim
+
+# Neutron's test base first: it chooses oslo.service's backend, which
+# importing neutron_lib.worker (the worker module) would otherwise fix.
+from tests.functional import base  # noqa: I100
+
+from networking_vcenter import neutron_db  # noqa: I202
+from networking_vcenter.reconcile import worker as worker_mod
+from tests.fixtures.vcsim import Vcsim
+from tests.fixtures.vsphere_reader import Reader
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
+                                "tools"))
+import faultproxy  # noqa: E402
+
+# The issue's target on the simulator.
+REPAIR = 5.0
+
+
+class MaintenanceTestCase(base.VCenterMl2TestCase):
+
+    def ml2_vcenter_options(self) -> dict:
+        options = super().ml2_vcenter_options()
+        del options["resync_interval"]      # the default, 300 s
+        return options
+
+    def setUp(self):
+        super().setUp()
+        self.assertEqual(300, self.vcenter_driver.settings.resync_interval)
+        (self.worker,) = [w for w in self.vcenter_driver.get_workers()
+                          if isinstance(w, worker_mod.MaintenanceWorker)]
+        # Neutron's test base shares one in-memory sqlite connection between
+        # threads, which a real server never does: the worker's own reads of
+        # Neutron wait while the test is inside an API call.
+        self.db = threading.RLock()
+        self.worker._start = self._start_serialized
+        self.worker.start()
+        self.addCleanup(self.worker._maintenance.stop)
+        self.maintenance = self.worker._maintenance
+
+    def _start_serialized(self):
+        driver = self.vcenter_driver
+        real_source, real_token = driver.source, worker_mod.Maintenance
+
+        def source(ids):
+            with self.db:
+                return list(real_source(ids))
+
+        def token():
+            with self.db:
+                return neutron_db.change_token()
+
+        maintenance = real_token(
+            driver.reconciler, source, token,
+            driver.settings.resync_interval,
+            driver.settings.resync_grace_period)
+        maintenance.start()
+        return maintenance
+
+    def make_network(self, *args, **kwargs):
+        with self.db:
+            return super().make_network(*args, **kwargs)
+
+    def delete_network(self, net_id):
+        with self.db:
+            return super().delete_network(net_id)
+
+    def within(self, seconds, predicate, what):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            if predicate():
+                return time.monotonic() - t0
+            time.sleep(0.1)
+        self.fail(f"{what}: not within {seconds}s")
+
+    def dvs_vlan(self, net_id):
+        pgs = self.vsphere.dv_portgroups(self.dvs_name(net_id))
+        return [pg["vlan"] for pg in pgs]
+
+
+class TestDriftRepaired(MaintenanceTestCase):
+
+    def test_hand_edits_repaired_within_seconds(self):
+        dvs = self.make_network("vlan", "physnet1", 121)
+        std = self.make_network("vlan", "physnet2", 321)
+        renamed = self.make_network("vlan", "physnet1", 122)
+        hosts = self.cluster_hosts()
+        self.assertEqual([121], self.dvs_vlan(dvs["id"]))
+
+        self.vsphere.destroy_dv_portgroup(self.dvs_name(dvs["id"]))
+        self.within(REPAIR, lambda: self.dvs_vlan(dvs["id"]) == [121],
+                    "deleted distributed port group re-created")
+
+        self.vsphere.retag_dv_portgroup(self.dvs_name(dvs["id"]), 999)
+        self.within(REPAIR, lambda: self.dvs_vlan(dvs["id"]) == [121],
+                    "retagged distributed port group fixed")
+
+        self.vsphere.host(hosts[0]).configManager.networkSystem \
+            .UpdatePortGroup(std["id"], vim.host.PortGroup.Specification(
+                name=std["id"], vlanId=998, vswitchName="vSwitch1",
+                policy=vim.host.NetworkPolicy()))
+        self.vsphere.remove_host_portgroup(hosts[1], std["id"])
+        self.within(REPAIR, lambda: self.vsphere.host_portgroups(std["id"])
+                    == {h: ("vSwitch1", 321) for h in hosts},
+                    "standard port group retagged and removed by hand")
+
+        (pg,) = self.vsphere.dv_portgroups(self.dvs_name(renamed["id"]))
+        spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+            name="renamed-by-hand", configVersion=pg["ref"].config
+            .configVersion, description=pg["description"],
+            defaultPortConfig=pg["ref"].config.defaultPortConfig,
+            type="earlyBinding", numPorts=8, autoExpand=True)
+        self.vsphere.wait(pg["ref"].ReconfigureDVPortgroup_Task(spec))
+        self.within(REPAIR, lambda: self.dvs_vlan(renamed["id"]) == [122]
+                    and not self.vsphere.dv_portgroups("renamed-by-hand"),
+                    "renamed port group back under its name")
+
+    def test_foreign_port_group_only_reported(self):
+        net = self.make_network("vlan", "physnet1", 123)
+        self.vsphere.destroy_dv_portgroup(self.dvs_name(net["id"]))
+        foreign = self.vsphere.add_dv_portgroup(
+            "DVS0", self.dvs_name(net["id"]), 7, "made by hand")
+        time.sleep(REPAIR)
+        (pg,) = self.vsphere.dv_portgroups(self.dvs_name(net["id"]))
+        self.assertEqual((foreign["moid"], 7, "made by hand"),
+                         (pg["moid"], pg["vlan"], pg["description"]))
+        plan = self.vcenter_driver.reconciler.sync_network(
+            net["id"], self.vcenter_driver.source, dry_run=True).plan
+        (conflict,) = plan.conflicts
+        self.assertIn("was not made by networking-vcenter", conflict.reason)
+        self.vsphere.destroy_dv_portgroup(self.dvs_name(net["id"]))
+
+    def test_work_an_api_call_did_not_do_is_finished(self):
+        """A network whose API hook did nothing (as when it ran out of time)
+        gets its port group from the worker's Neutron poll."""
+        driver = self.vcenter_driver
+        real = driver._sync
+        driver._sync = lambda context, refuse: None
+        try:
+            net = self.make_network("vlan", "physnet1", 124)
+        finally:
+            driver._sync = real
+        self.assertEqual([], self.dvs_vlan(net["id"]))
+        self.within(REPAIR, lambda: self.dvs_vlan(net["id"]) == [124],
+                    "port group made by the maintenance worker")
+        self.delete_network(net["id"])
+        self.assertEqual([], self.dvs_vlan(net["id"]))
+
+    def test_host_joining_a_mapped_cluster_gets_the_port_groups(self):
+        std = self.make_network("vlan", "physnet2", 322)
+        cluster = self.vsphere._all(vim.ClusterComputeResource)
+        (cluster,) = [c for c in cluster if c.name == base.CLUSTER]
+        name = f"new-host-{uuidutils.generate_uuid()[:8]}"
+        self.vsphere.wait(cluster.AddHost_Task(
+            spec=vim.host.ConnectSpec(hostName=name), asConnected=True))
+        host = self.vsphere.host(name)
+        # The operator sets the new host up with the mapped vSwitch.
+        host.configManager.networkSystem.AddVirtualSwitch(
+            "vSwitch1", vim.host.VirtualSwitch.Specification(numPorts=128))
+        self.within(REPAIR, lambda: self.vsphere.host_portgroups(std["id"])
+                    .get(name) == ("vSwitch1", 322),
+                    "port group on the new host")
+
+
+class TestVcenterRestartedEmpty(MaintenanceTestCase):
+    """vCenter comes back with none of its state (a new simulator behind the
+    same address): the replica reads it anew and the worker rebuilds."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.proxy = faultproxy.FaultProxy(cls.vcsim.host,
+                                          cls.vcsim.port).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proxy.stop()
+        super().tearDownClass()
+
+    def ml2_vcenter_options(self) -> dict:
+        return {**super().ml2_vcenter_options(), "host_port": self.proxy.port}
+
+    def test_rebuilt_without_waiting_for_the_interval(self):
+        dvs = self.make_network("vlan", "physnet1", 125)
+        std = self.make_network("flat", "physnet2")
+        old = self.__class__.vcsim
+        new = Vcsim(**self.vcsim_kwargs).start()
+        self.addCleanup(new.stop)
+        self.proxy.target = (new.host, new.port)
+        self.proxy.cut()
+        old.stop()
+        self.__class__.vcsim = new   # for tearDownClass
+        self.vsphere = Reader(new.connect())
+        self.addCleanup(self.vsphere.close)
+        self.assertEqual([], self.dvs_vlan(dvs["id"]))
+        # Session lost, replica re-read, full pass: well within a minute,
+        # nowhere near resync_interval.
+        took = self.within(60, lambda: self.dvs_vlan(dvs["id"]) == [125] and
+                           self.vsphere.host_portgroups(std["id"]) ==
+                           {h: ("vSwitch1", 0) for h in self.cluster_hosts()},
+                           "rebuilt after vCenter came back empty")
+        self.assertLess(took, 60)
