@@ -179,12 +179,9 @@ class VCenterMechanismDriver(api.MechanismDriver):
             return
 
         def reconcile(rec: Reconciler, deadline: float) -> Pass:
-            # Until the replica shows what was written (read your writes):
-            # a bind or a full pass right after sees it.
             return rec.sync_network(
                 network_id, self.source,
-                wait=max(0.0, deadline - time.monotonic()),
-                settle=max(0.0, deadline - time.monotonic()))
+                wait=max(0.0, deadline - time.monotonic()))
 
         try:
             result = self._in_time(f"reconcile network {network_id}",

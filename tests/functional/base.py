@@ -8,8 +8,10 @@ networks, whose UUIDs keep the tests apart.  Assertions read the simulator with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from unittest import mock
 
 from neutron.tests.unit.plugins.ml2 import test_plugin
 from neutron_lib.api.definitions import portbindings
@@ -113,6 +115,23 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
         body = self.deserialize(self.fmt, res)
         self.assertEqual(201, res.status_int, body)
         return body["port"]
+
+    @contextlib.contextmanager
+    def soap_calls(self):
+        """Collect the names of the SOAP calls made inside the block, by any
+        thread, except the replica's own long poll (WaitForUpdatesEx)."""
+        from pyVmomi import SoapAdapter
+        calls: list[str] = []
+        real = SoapAdapter.SoapStubAdapter.InvokeMethod
+
+        def counting(stub, mo, info, args, *rest, **kw):
+            if info.wsdlName != "WaitForUpdatesEx":
+                calls.append(info.wsdlName)
+            return real(stub, mo, info, args, *rest, **kw)
+
+        with mock.patch.object(SoapAdapter.SoapStubAdapter, "InvokeMethod",
+                               counting):
+            yield calls
 
     def replica_caught_up(self, timeout: float = 15) -> None:
         """Wait until the driver's replica plans what a fresh full read of

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from unittest import mock
-
 from neutron.plugins.ml2.common import exceptions as ml2_exc
 from neutron.tests.common import helpers
 from neutron_lib.api.definitions import portbindings
@@ -121,7 +119,6 @@ class TestNetworks(base.VCenterMl2TestCase):
         """Once the replica is warm, a bind on an existing network and a
         reconcile with nothing to change cost zero SOAP calls (the
         replica's own long poll, WaitForUpdatesEx, excluded)."""
-        from pyVmomi import SoapAdapter
         dvs_net = self.make_network("vlan", "physnet1", 73)
         std_net = self.make_network("vlan", "physnet2", 274)
         rec = self.vcenter_driver.reconciler
@@ -130,16 +127,7 @@ class TestNetworks(base.VCenterMl2TestCase):
                 lambda inv, n=net: not rec._plan(
                     inv, list(self.vcenter_driver.source({n["id"]})),
                     {n["id"]}, set())[2].steps, 10))
-        calls = []
-        real = SoapAdapter.SoapStubAdapter.InvokeMethod
-
-        def counting(stub, mo, info, args, *rest, **kw):
-            if info.wsdlName != "WaitForUpdatesEx":
-                calls.append(info.wsdlName)
-            return real(stub, mo, info, args, *rest, **kw)
-
-        with mock.patch.object(SoapAdapter.SoapStubAdapter, "InvokeMethod",
-                               counting):
+        with self.soap_calls() as calls:
             for net in (dvs_net, std_net):
                 port = self.bind_port(net["id"], base.COMPUTE_HOST)
                 self.assertEqual("dvs", port["binding:vif_type"])
@@ -249,3 +237,55 @@ class TestPortBinding(base.VCenterMl2TestCase):
         net = self.make_network("vxlan")
         port = self.bind_port(net["id"], base.COMPUTE_HOST)
         self.assertEqual("binding_failed", port[portbindings.VIF_TYPE])
+
+
+class TestGoodNeighbour(base.VCenterMl2TestCase):
+    """Beside openvswitch, the driver keeps ML2's host filtering on, and
+    networks it does not manage cost it nothing."""
+
+    def test_hosts_filtered_by_segment_access(self):
+        helpers.register_ovs_agent(host="net-node-a",
+                                   bridge_mappings={"physnet1": "br-eth1"})
+        helpers.register_ovs_agent(host="net-node-b",
+                                   bridge_mappings={"physnet9": "br-eth9"})
+        self.assertTrue(self.driver.mechanism_manager.host_filtering_supported)
+        candidates = {"net-node-a", "net-node-b", base.COMPUTE_HOST}
+        vlan = self.make_network("vlan", "physnet1", 131)
+        std = self.make_network("vlan", "physnet2", 331)
+        vxlan = self.make_network("vxlan")
+        ctx = self.context
+
+        def hosts(net):
+            return self.driver.filter_hosts_with_network_access(
+                ctx, net["id"], candidates)
+
+        self.assertEqual({"net-node-a", base.COMPUTE_HOST}, hosts(vlan))
+        # physnet2 is on the compute host's vSwitch1; no agent maps it.
+        self.assertEqual({base.COMPUTE_HOST}, hosts(std))
+        # Tunnels: both agents (vxlan by default), never the vSphere host.
+        self.assertEqual({"net-node-a", "net-node-b"}, hosts(vxlan))
+
+    def test_unmanaged_network_costs_no_vcenter_call(self):
+        with self.soap_calls() as calls:
+            net = self.make_network("vxlan")
+            req = self.new_update_request("networks", {"network": {
+                "name": "renamed"}}, net["id"])
+            self.assertEqual(200, req.get_response(self.api).status_int)
+            self.delete_network(net["id"])
+            unmapped = self.make_network("vlan", "physnet3", 132)
+            self.delete_network(unmapped["id"])
+        self.assertEqual([], calls)
+
+    def test_vlan_transparent_network_refused_on_mapped_physnet(self):
+        driver = self.vcenter_driver
+
+        class Ctx:
+            def __init__(self, segments):
+                self.network_segments = segments
+
+        self.assertFalse(driver.check_vlan_transparency(Ctx([{
+            "network_type": "flat", "physical_network": "physnet1"}])))
+        self.assertTrue(driver.check_vlan_transparency(Ctx([{
+            "network_type": "vxlan", "physical_network": None}])))
+        self.assertTrue(driver.check_vlan_transparency(Ctx([{
+            "network_type": "vlan", "physical_network": "physnet3"}])))

@@ -1,0 +1,119 @@
+"""The maintenance worker's queue on plain data: backoff, events, polls.
+
+The reconciler here is a stand-in that records calls and fails on demand;
+what a reconcile does against vCenter is tested in tests/functional.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+
+import pytest
+
+from networking_vcenter import exceptions
+from networking_vcenter.reconcile import apply as apply_mod
+from networking_vcenter.reconcile import desired
+from networking_vcenter.reconcile import worker as worker_mod
+from networking_vcenter.vsphere.replica import Event
+
+NET = "0f9d2a1c-5b7e-4c1a-9e0b-3c4d5e6f7a8b"
+OTHER = "1a2b3c4d-5e6f-4a1b-8c9d-0e1f2a3b4c5d"
+
+
+class Rec:
+    """Records reconciles; ``failures[net]`` times a network fails first."""
+
+    replica = None
+
+    def __init__(self, failures=None):
+        self.failures = dict(failures or {})
+        self.calls: list[tuple[str, float]] = []
+        self.full = 0
+        self.lock = threading.Lock()
+
+    def sync_network(self, network_id, source, wait=-1):
+        with self.lock:
+            self.calls.append((network_id, time.monotonic()))
+            if self.failures.get(network_id, 0) > 0:
+                self.failures[network_id] -= 1
+                raise exceptions.TransientFault(network_id, "vCenter busy")
+        return types.SimpleNamespace(outcome=apply_mod.Outcome())
+
+    def sync_all(self, source, grace):
+        self.full += 1
+        return types.SimpleNamespace(outcome=apply_mod.Outcome(),
+                                     networks=[], skipped=set())
+
+
+def run(maintenance, until, timeout=10.0):
+    maintenance.start()
+    try:
+        t0 = time.monotonic()
+        while not until() and time.monotonic() - t0 < timeout:
+            time.sleep(0.01)
+    finally:
+        maintenance.stop()
+    assert until()
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    monkeypatch.setattr(worker_mod, "BACKOFF", (0.05, 2.0, 0.2))
+    monkeypatch.setattr(worker_mod, "POLL", 0.02)
+
+
+def test_failed_network_retried_with_capped_exponential_backoff(fast):
+    rec = Rec({NET: 5})
+    m = worker_mod.Maintenance(rec, lambda ids: [], None, 0, 0)
+    m.enqueue([NET])
+    run(m, lambda: len(rec.calls) == 6)
+    gaps = [b[1] - a[1] for a, b in zip(rec.calls, rec.calls[1:])]
+    # 0.05, 0.1, 0.2, then capped at 0.2
+    for gap, want in zip(gaps, (0.05, 0.1, 0.2, 0.2, 0.2)):
+        assert want * 0.9 <= gap < want + 0.15, gaps
+    assert rec.full == 1          # only the start's pass: no full pass waited
+
+
+def test_replica_events_only_enqueue(fast):
+    rec = Rec()
+    m = worker_mod.Maintenance(rec, lambda ids: [], None, 0, 0)
+    m.on_replica(Event(networks=frozenset({NET, OTHER})))
+    assert set(m.pending()) == {NET, OTHER}
+    assert rec.calls == []        # nothing done in the listener itself
+    m.on_replica(Event(full=True))
+    assert worker_mod.FULL in m.pending()
+
+
+def test_neutron_changes_enqueue_the_changed_networks(fast):
+    rec = Rec()
+    nets = {NET: desired.NetworkSpec(NET, ({"network_type": "vlan",
+                                            "physical_network": "p",
+                                            "segmentation_id": 5},), 1.0)}
+    token = [1]
+    m = worker_mod.Maintenance(rec, lambda ids: list(nets.values()),
+                               lambda: token[0], 0, 0)
+    m.start()
+    try:
+        time.sleep(0.1)                       # first poll: a baseline
+        assert rec.calls == []
+        nets[OTHER] = desired.NetworkSpec(OTHER, (), 2.0)   # created
+        del nets[NET]                                       # deleted
+        token[0] = 2
+        t0 = time.monotonic()
+        while len(rec.calls) < 2 and time.monotonic() - t0 < 5:
+            time.sleep(0.01)
+    finally:
+        m.stop()
+    assert {c[0] for c in rec.calls} == {NET, OTHER}
+
+
+def test_unchanged_token_reads_nothing(fast):
+    reads = []
+    m = worker_mod.Maintenance(Rec(), lambda ids: reads.append(ids) or [],
+                               lambda: "same", 0, 0)
+    m.start()
+    time.sleep(0.2)
+    m.stop()
+    assert reads == [None]        # the baseline read, then only the token
