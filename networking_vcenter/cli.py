@@ -43,6 +43,10 @@ from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere import privileges
 
 EXIT_OK, EXIT_DIFF, EXIT_ERROR = 0, 1, 2
+# A check whose result is one of these passes.  "pending": something the
+# driver itself makes on its first write (our custom attribute), which a
+# read-only check must not make.
+PASSING = ("ok", "pending")
 
 
 class CliError(Exception):
@@ -275,12 +279,6 @@ def cmd_check(config_files: list[str], fmt: str) -> int:
     except Exception as exc:  # noqa: BLE001 - any DB error is a failed check
         record("Neutron database", False, str(exc).splitlines()[0])
     return finish()
-
-
-# A check whose result is one of these passes.  "pending": something the
-# driver itself makes on its first write (our custom attribute), which a
-# read-only check must not make.
-PASSING = ("ok", "pending")
 
 
 def check_vcenter(rec: Reconciler, settings: conf.Settings,
