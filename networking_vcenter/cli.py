@@ -36,6 +36,7 @@ from oslo_config import cfg
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions
+from networking_vcenter import neutron_db
 from networking_vcenter.reconcile import desired as desired_mod
 from networking_vcenter.reconcile import plan as plan_mod
 from networking_vcenter.reconcile.reconciler import Pass, Reconciler
@@ -78,25 +79,6 @@ def load_config(config_files: list[str]) -> conf.Settings:
     except cfg.Error as exc:
         raise CliError(f"cannot read the configuration: {exc}")
     return conf.load(cfg.CONF)
-
-
-def database_networks(ids: set[str] | None
-                      ) -> list[desired_mod.NetworkSpec]:
-    """Networks and their segments, read from Neutron's database."""
-    from neutron.objects import network as net_obj
-    from neutron_lib import context
-    ctx = context.get_admin_context()
-    filters = {"id": sorted(ids)} if ids is not None else {}
-    seg_filters = {"network_id": sorted(ids)} if ids is not None else {}
-    segments = defaultdict(list)
-    for seg in net_obj.NetworkSegment.get_objects(ctx, **seg_filters):
-        segments[seg.network_id].append({
-            "network_type": seg.network_type,
-            "physical_network": seg.physical_network,
-            "segmentation_id": seg.segmentation_id})
-    return [desired_mod.network_from_neutron(
-        {"id": n.id, "updated_at": n.updated_at}, segments.get(n.id, []))
-        for n in net_obj.Network.get_objects(ctx, **filters)]
 
 
 # -- status ----------------------------------------------------------------------
@@ -176,7 +158,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def cmd_status(rec: Reconciler, fmt: str) -> int:
-    result = rec.sync_all(database_networks, dry_run=True, wait=60)
+    result = rec.sync_all(neutron_db.networks, dry_run=True, wait=60)
     rows = status_rows(result)
     counts: dict[str, int] = defaultdict(int)
     for r in rows:
@@ -197,7 +179,7 @@ def cmd_status(rec: Reconciler, fmt: str) -> int:
 
 def cmd_sync(rec: Reconciler, fmt: str, dry_run: bool) -> int:
     if dry_run:
-        result = rec.sync_all(database_networks, dry_run=True, wait=60)
+        result = rec.sync_all(neutron_db.networks, dry_run=True, wait=60)
         steps = result.plan.describe()
         if fmt == "json":
             json.dump({"plan": steps}, sys.stdout, indent=2)
@@ -217,9 +199,9 @@ def cmd_sync(rec: Reconciler, fmt: str, dry_run: bool) -> int:
             print(f"[{done[0]}/{total[0] or '?'}] {how:8} {step.describe()}",
                   file=sys.stderr, flush=True)
 
-    preview = rec.sync_all(database_networks, dry_run=True, wait=60)
+    preview = rec.sync_all(neutron_db.networks, dry_run=True, wait=60)
     total[0] = len(preview.plan.steps)
-    result = rec.sync_all(database_networks, wait=60, progress=progress)
+    result = rec.sync_all(neutron_db.networks, wait=60, progress=progress)
     out = result.outcome
     summary = {"done": len(out.done), "failed": len(out.failed),
                "deferred": len(out.deferred), "conflicts": len(out.conflicts)}
@@ -274,7 +256,7 @@ def cmd_check(config_files: list[str], fmt: str) -> int:
     finally:
         log_out(rec)
     try:
-        nets = database_networks(None)
+        nets = neutron_db.networks(None)
         record("Neutron database", True, f"{len(nets)} network(s)")
     except Exception as exc:  # noqa: BLE001 - any DB error is a failed check
         record("Neutron database", False, str(exc).splitlines()[0])
@@ -313,7 +295,12 @@ def check_vcenter(rec: Reconciler, settings: conf.Settings,
         record("custom attribute", True, f"'{inventory.OWNER_FIELD}' is "
                                          f"defined (key {inv.owner_field_key})")
     try:
-        wanted = privileges.needs(topo, inv, session.content.rootFolder)
+        wanted = privileges.needs(
+            inv, session.content.rootFolder,
+            [t.switch for t in topo.targets.values()
+             if t.kind == desired_mod.DVS],
+            [h for t in topo.targets.values()
+             if t.kind == desired_mod.VSWITCH for h in t.host_moids])
         lacking = privileges.missing(privileges.query(session, wanted),
                                      wanted)
         record("privileges", not lacking,

@@ -95,11 +95,14 @@ mapping_opts = [
 
 behaviour_opts = [
     cfg.IntOpt("resync_interval", default=300, min=0,
-               help="Seconds between two full reconcile passes, which make "
-                    "vCenter match Neutron again after outages, restarts or "
-                    "hand edits (missing port groups re-created, wrong VLANs "
-                    "fixed, port groups of deleted networks removed). "
-                    "0 disables the periodic pass."),
+               help="Seconds between two full reconcile passes of the "
+                    "maintenance worker (in neutron-periodic-workers), which "
+                    "make vCenter match Neutron again (missing port groups "
+                    "re-created, wrong VLANs fixed, port groups of deleted "
+                    "networks removed). Drift that vCenter reports (hand "
+                    "edits, a restart, a host joining a cluster) and work "
+                    "an API call could not finish are handled within "
+                    "seconds regardless. 0 disables the periodic pass."),
     cfg.BoolOpt("start_without_vcenter", default=False,
                 help="Start even when vCenter cannot be reached (Neutron "
                      "keeps serving; port groups are made once vCenter "
@@ -120,10 +123,13 @@ behaviour_opts = [
                     "[oslo_concurrency] lock_path, enough for the workers "
                     "of one host."),
     cfg.FloatOpt("api_call_budget", default=20.0, min=0.0,
-                 help="Seconds a network create, update or delete API call "
-                      "spends retrying an unavailable vCenter before it "
-                      "succeeds anyway and leaves the port group work to "
-                      "the periodic resync. Port binding uses it too."),
+                 help="Hard deadline, in seconds, of the driver's work in "
+                      "a network create, update or delete API call and in a "
+                      "port binding, whatever vCenter does (down, "
+                      "black-holed, slow). Network calls then succeed and "
+                      "leave the port group work to the maintenance worker; "
+                      "a binding that needs a port group vCenter has not "
+                      "made in time fails."),
     cfg.IntOpt("max_parallel_tasks", default=8, min=1,
                help="Upper bound on vSphere tasks (distributed port group "
                     "create, reconfigure, destroy) the driver runs at the "
@@ -279,8 +285,8 @@ def check_name_template(template: str,
     except ValueError as exc:
         raise exceptions.ConfigError([f"{option}: '{template}': {exc}"])
     if not any(re.match(r"network_id\b", f) for f in fields):
-        problems.append(f"must contain {{network_id}} so that each network "
-                        f"gets its own port group")
+        problems.append("must contain {network_id} so that each network "
+                        "gets its own port group")
     if problems:
         raise exceptions.ConfigError(
             [f"{option}: '{template}': {p}" for p in problems])

@@ -142,14 +142,23 @@ class VCenterMechanismDriver(api.MechanismDriver):
     def delete_network_postcommit(self, context: api.NetworkContext) -> None:
         self._sync(context, refuse=False)
 
-    def _in_time(self, what: str, fn, *args):
+    def _unreachable(self, rec: Reconciler) -> float | None:
+        """Seconds since vCenter was found unreachable, if that is recent
+        enough for API calls not to try it again (the worker does)."""
+        down = rec.session.unreachable_for()
+        return down if down is not None and down < UNREACHABLE_HOLD_OFF \
+            else None
+
+    def _in_time(self, what: str, fn, *args, from_memory: bool = False):
         """Run ``fn`` in a hook thread under the API deadline; raise
         TransientFault when the deadline passes first (the thread finishes
-        its current call and stops: the session refuses calls past it)."""
+        its current call and stops: the session refuses calls past it).
+        While vCenter is known unreachable, fail at once -- unless ``fn``
+        can answer ``from_memory`` (the replica)."""
         rec = self._here()
         budget = self.settings.api_call_budget
-        down = rec.session.unreachable_for()
-        if down is not None and down < UNREACHABLE_HOLD_OFF:
+        down = self._unreachable(rec)
+        if down is not None and not from_memory:
             raise exceptions.TransientFault(
                 what, f"vCenter was unreachable {down:.0f}s ago")
         deadline = time.monotonic() + budget
@@ -267,11 +276,13 @@ class VCenterMechanismDriver(api.MechanismDriver):
             if segment is None:
                 return None
             pg, found = rec.port_group_for(
-                net_id, segment[api.PHYSICAL_NETWORK], self.source, deadline)
+                net_id, segment[api.PHYSICAL_NETWORK], self.source, deadline,
+                fix=self._unreachable(rec) is None)
             return segment, topology, pg, found
 
         try:
-            picked = self._in_time(f"bind port {port_id}", find)
+            picked = self._in_time(f"bind port {port_id}", find,
+                                   from_memory=True)
         except exceptions.VCenterError as exc:
             LOG.error("port %s on %s: cannot bind: the port group of network "
                       "%s is not available: %s", port_id, host, net_id, exc)

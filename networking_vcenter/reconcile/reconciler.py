@@ -228,12 +228,14 @@ class Reconciler:
         return Pass(topo, inv, nets, want, the_plan, outcome, skip)
 
     def port_group_for(self, network_id: str, physnet: str,
-                       source: NetworkSource, deadline: float
+                       source: NetworkSource, deadline: float,
+                       fix: bool = True
                        ) -> tuple[desired_mod.DesiredPortGroup,
                                   inventory.DvsPortGroup |
                                   inventory.StdNetwork]:
         """The port group a port of ``network_id`` on ``physnet`` attaches
-        to, made first if missing, by ``deadline`` (monotonic).
+        to, made first if missing (unless not ``fix``), by ``deadline``
+        (monotonic).
 
         From memory when it is there as wanted (no vCenter call); otherwise
         the network is reconciled and the replica awaited.  Raises a
@@ -251,6 +253,10 @@ class Reconciler:
             found = _find(pg, inv)
             if found is not None:
                 return pg, found
+        if not fix:
+            raise exceptions.TransientFault(
+                f"port group {pg.name} of network {network_id}",
+                "not in vCenter as wanted, and vCenter is unreachable")
         left = deadline - time.monotonic()
         result = self.sync_network(network_id, source, wait=max(0.0, left))
         problems = [str(exc) for s, exc in (result.outcome.failed

@@ -8,9 +8,9 @@ the driver's own session holds each of them on the objects it acts on.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
-from networking_vcenter.reconcile.desired import DVS, Topology
 from networking_vcenter.vsphere.inventory import Inventory
 from networking_vcenter.vsphere.session import Session
 
@@ -29,22 +29,21 @@ class Need:
     privileges: tuple[str, ...]
 
 
-def needs(topo: Topology, inv: Inventory, root: Any) -> list[Need]:
-    """Which privileges on which objects this configuration needs."""
+def needs(inv: Inventory, root: Any, switches: Iterable[str],
+          host_moids: Iterable[str]) -> list[Need]:
+    """Which privileges on which objects the driver needs: the mapped
+    distributed ``switches``, and the hosts carrying standard port groups."""
     result = [Need(root, "vCenter root folder",
                    READ + (CUSTOM_FIELD_PRIVILEGES
                            if inv.custom_fields else ()))]
-    for target in topo.targets.values():
-        if target.kind == DVS:
-            dvs = inv.dvs(target.switch)
-            if dvs is not None:
-                result.append(Need(dvs.ref, f"distributed switch {dvs.name}",
-                                   DVS_PRIVILEGES))
-        else:
-            for moid in sorted(target.host_moids):
-                host = inv.hosts[moid]
-                result.append(Need(host.ref, f"host {host.name}",
-                                   HOST_PRIVILEGES))
+    for name in switches:
+        dvs = inv.dvs(name)
+        if dvs is not None:
+            result.append(Need(dvs.ref, f"distributed switch {dvs.name}",
+                               DVS_PRIVILEGES))
+    for moid in sorted(set(host_moids)):
+        host = inv.hosts[moid]
+        result.append(Need(host.ref, f"host {host.name}", HOST_PRIVILEGES))
     return result
 
 
