@@ -4,10 +4,11 @@ Order: creations first (a network must be attachable as soon as possible), then
 VLAN fixes, then deletions.  Distributed port groups of one switch are created
 in batched tasks; when a batch fails, its port groups are retried one by one so
 that one bad port group does not hold back the others.  Standard port groups are
-written on all hosts in parallel (``max_parallel_host_writes`` at once: host
-writes are not vCenter tasks and are not held to ``max_parallel_tasks``); the
-steps of one host and name run in plan order.  A port group still used by VMs is
-not forced: its deletion is *deferred* and the next pass tries again.
+written on all hosts in parallel (``max_parallel_host_writes`` at once, on the
+session's threads: host writes are not vCenter tasks and are not held to
+``max_parallel_tasks``); the steps of one host and name run in plan order.  A
+port group still used by VMs is not forced: its deletion is *deferred* and the
+next pass tries again.
 
 Ownership is checked again against what vCenter answers wherever the snapshot
 the plan was made from may be stale: a name that turns out to be taken when it
@@ -21,7 +22,6 @@ its network is not marked.  The caller's time budget
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import logging
 import threading
@@ -265,15 +265,7 @@ class Applier:
             for chain in chains.values():
                 run_chain(chain)
         else:
-            deadline = self._session.deadline
-
-            def run_bounded(chain: list[plan_mod.Step]) -> None:
-                with self._session.until(deadline):
-                    run_chain(chain)
-
-            workers = min(len(chains), self._settings.max_parallel_host_writes)
-            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-                list(pool.map(run_bounded, chains.values()))
+            self._session.run_parallel(run_chain, list(chains.values()))
         self._undo_refused(created, inv, out)
 
     def _std_owner(self, step: plan_mod.AddHostPortGroup,
