@@ -51,10 +51,18 @@ class FaultProxy:
 
     @mode.setter
     def mode(self, value: str) -> None:
+        self.switch(value)
+
+    def switch(self, value: str, cut: bool = True) -> None:
+        """Change mode; ``cut`` also ends every connection in flight (a
+        failover).  Without it, connections already open stay open and
+        behave as the new mode says: a black hole or a slow link that
+        clients only notice by waiting."""
         if value not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
         self._mode = value
-        self.cut()
+        if cut:
+            self.cut()
 
     def cut(self) -> None:
         """Close every connection in flight."""
@@ -140,6 +148,13 @@ def _close(s: socket.socket, reset: bool = False) -> None:
             # SO_LINGER 0: close with RST, as a crashed peer would.
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                          struct.pack("ii", 1, 0))
+        # close() alone does not end a connection while a pump thread is
+        # blocked reading it (the kernel keeps the socket for that read):
+        # the peer would wait for its own timeout. shutdown() ends it now.
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
         s.close()
     except OSError:
         pass

@@ -26,6 +26,7 @@ import atexit
 import concurrent.futures
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -75,6 +76,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
         self.reconciler = Reconciler.from_settings(self.settings)
         self._hooks = concurrent.futures.ThreadPoolExecutor(
             HOOK_THREADS, thread_name_prefix="vcenter-hook")
+        self._lock = threading.Lock()
+        self._binds: dict[str, float] = {}   # port id -> binding deadline
         atexit.register(self._close, self._pid)
         try:
             self.reconciler.start(background=background)
@@ -149,19 +152,26 @@ class VCenterMechanismDriver(api.MechanismDriver):
         return down if down is not None and down < UNREACHABLE_HOLD_OFF \
             else None
 
-    def _in_time(self, what: str, fn, *args, from_memory: bool = False):
-        """Run ``fn`` in a hook thread under the API deadline; raise
-        TransientFault when the deadline passes first (the thread finishes
-        its current call and stops: the session refuses calls past it).
-        While vCenter is known unreachable, fail at once -- unless ``fn``
-        can answer ``from_memory`` (the replica)."""
+    def _in_time(self, what: str, fn, *args, from_memory: bool = False,
+                 deadline: float | None = None):
+        """Run ``fn`` in a hook thread under the API deadline (now plus
+        ``api_call_budget``, or ``deadline``); raise TransientFault when the
+        deadline passes first (the thread finishes its current call and
+        stops: the session refuses calls past it).  While vCenter is known
+        unreachable, fail at once -- unless ``fn`` can answer
+        ``from_memory`` (the replica)."""
         rec = self._here()
         budget = self.settings.api_call_budget
         down = self._unreachable(rec)
         if down is not None and not from_memory:
             raise exceptions.TransientFault(
                 what, f"vCenter was unreachable {down:.0f}s ago")
-        deadline = time.monotonic() + budget
+        if deadline is None:
+            deadline = time.monotonic() + budget
+        if deadline <= time.monotonic():
+            # Spent (ML2 retrying a binding): answer from memory, here.
+            with rec.session.budget(0):
+                return fn(rec, deadline, *args)
 
         def job():
             with rec.session.budget(max(0.0, deadline - time.monotonic())):
@@ -190,7 +200,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
         def reconcile(rec: Reconciler, deadline: float) -> Pass:
             return rec.sync_network(
                 network_id, self.source,
-                wait=max(0.0, deadline - time.monotonic()))
+                wait=max(0.0, deadline - time.monotonic()),
+                settle=max(0.0, deadline - time.monotonic()))
 
         try:
             result = self._in_time(f"reconcile network {network_id}",
@@ -268,6 +279,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
         port_id = context.current["id"]
         net_id = context.network.current["id"]
         segments = list(context.segments_to_bind)
+        deadline = self._bind_deadline(port_id)
 
         def find(rec: Reconciler, deadline: float):
             topology = rec.topology(rec.inventory(
@@ -277,12 +289,13 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 return None
             pg, found = rec.port_group_for(
                 net_id, segment[api.PHYSICAL_NETWORK], self.source, deadline,
-                fix=self._unreachable(rec) is None)
+                fix=self._unreachable(rec) is None and
+                deadline > time.monotonic())
             return segment, topology, pg, found
 
         try:
             picked = self._in_time(f"bind port {port_id}", find,
-                                   from_memory=True)
+                                   from_memory=True, deadline=deadline)
         except exceptions.VCenterError as exc:
             LOG.error("port %s on %s: cannot bind: the port group of network "
                       "%s is not available: %s", port_id, host, net_id, exc)
@@ -304,6 +317,19 @@ class VCenterMechanismDriver(api.MechanismDriver):
                             status=n_const.PORT_STATUS_ACTIVE)
         LOG.info("port %s bound on %s to %s %s (%s)", port_id, host,
                  pg.switch, pg.name, found.moid)
+
+    def _bind_deadline(self, port_id: str) -> float:
+        """The deadline of a port's binding, shared by ML2's retries: ML2
+        tries a failed binding up to ten times in a row, and together they
+        must not take longer than one ``api_call_budget``.  A binding asked
+        for again later gets a deadline of its own."""
+        now = time.monotonic()
+        budget = self.settings.api_call_budget
+        with self._lock:
+            for port, at in list(self._binds.items()):
+                if at + budget < now:
+                    del self._binds[port]
+            return self._binds.setdefault(port_id, now + budget)
 
     @staticmethod
     def _pick_segment(segments: list[dict[str, Any]], cluster: str,

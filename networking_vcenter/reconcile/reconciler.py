@@ -165,8 +165,11 @@ class Reconciler:
     # -- reconciling ----------------------------------------------------------
 
     def sync_network(self, network_id: str, source: NetworkSource,
-                     wait: float = -1, dry_run: bool = False) -> Pass:
-        """Reconcile one network; ``wait`` bounds the wait for its lock."""
+                     wait: float = -1, dry_run: bool = False,
+                     settle: float = 0) -> Pass:
+        """Reconcile one network; ``wait`` bounds the wait for its lock,
+        ``settle`` the wait for this process's replica to show what was
+        written (so that a bind right after answers from memory)."""
         with self.locks.hold(f"network-{network_id}", timeout=wait) as got:
             if not got:
                 raise exceptions.TransientFault(
@@ -174,8 +177,14 @@ class Reconciler:
                     f"another worker still holds it after {wait}s")
             inv = self.inventory()
             nets = list(source({network_id}))
-            return self._plan_and_apply(inv, nets, {network_id}, set(),
-                                        dry_run)
+            result = self._plan_and_apply(inv, nets, {network_id}, set(),
+                                          dry_run)
+        if settle > 0 and result.outcome is not None and \
+                result.outcome.done and self.replica is not None:
+            self.replica.wait_until(
+                lambda fresh: not self._plan(fresh, nets, {network_id},
+                                             set())[2].steps, settle)
+        return result
 
     def sync_all(self, source: NetworkSource, grace: float = 0,
                  dry_run: bool = False, wait: float | None = None,
