@@ -226,7 +226,7 @@ class Session:
 
     @property
     def max_parallel_host_writes(self) -> int:
-        return getattr(self._settings, "max_parallel_host_writes", 32)
+        return self._settings.max_parallel_host_writes
 
     def unreachable_for(self) -> float | None:
         """Seconds since vCenter was last found unreachable; None if it
