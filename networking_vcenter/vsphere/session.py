@@ -178,7 +178,10 @@ class _StopAtDeadline(tenacity.stop.stop_base):
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
         left = self._session.time_left()
-        return left is not None and left <= retry_state.upcoming_sleep
+        stop = left is not None and left <= retry_state.upcoming_sleep
+        if stop:
+            retry_state.retry_object.statistics["stopped_at_deadline"] = True
+        return stop
 
 
 def retry_policy(session: "Session", what: str, retries: int
@@ -481,12 +484,18 @@ class Session:
               slots: threading.BoundedSemaphore | None) -> T:
         retries = self._settings.api_retry_count if attempts is None \
             else attempts
+        policy = retry_policy(self, what, retries)
         try:
-            result = retry_policy(self, what, retries)(
-                self._attempt, what, fn, args, kwargs, timeout, slots)
+            result = policy(self._attempt, what, fn, args, kwargs, timeout,
+                            slots)
         except exceptions.TransientFault as exc:
             if self._unreachable(exc.__cause__):
                 self._unreachable_at = time.monotonic()
+            if policy.statistics.get("stopped_at_deadline") and \
+                    not isinstance(exc, exceptions.OutOfTime):
+                # Cut short by the deadline, not given up after retries.
+                raise exceptions.OutOfTime(
+                    what, f"no time left to retry ({exc.fault})") from exc
             raise
         self._unreachable_at = None
         return result
@@ -538,27 +547,17 @@ class Session:
             return []
         tasks = list(tasks)
         deadline = time.monotonic() + self._settings.task_timeout
-        for watch in (1, 2):
-            generation = self._generation
-            pc = self.call(f"{what}: watch its task(s)", self.content
-                           .propertyCollector.CreatePropertyCollector)
-            try:
-                info = self._watch(pc, tasks, deadline, what)
-                break
-            except exceptions.NotFound as exc:
-                # The collector (or a task) is unknown: the session was
-                # lost and logged in again meanwhile.  Never a verdict on
-                # the task's own object: watch again once with a new one.
-                if watch == 2 or generation == self._generation:
-                    raise exceptions.TransientFault(
-                        what, f"lost track of its task(s): {exc.fault}"
-                    ) from exc
-            finally:
-                try:
-                    self.call(f"{what}: stop watching",
-                              pc.DestroyPropertyCollector, attempts=0)
-                except exceptions.VCenterError:
-                    pass  # session-scoped: gone with the session at least
+        outer = self.deadline
+        # Everything below, retries included, ends by the task deadline too.
+        bound = deadline if outer is None else min(outer, deadline)
+        try:
+            info = self._watch_tasks(tasks, deadline, bound, what)
+        except exceptions.OutOfTime as exc:
+            if outer is None or deadline < outer:
+                raise exceptions.TaskTimeout(
+                    what, f"not finished after "
+                          f"{self._settings.task_timeout}s") from exc
+            raise
         results = []
         for task in tasks:
             props = info[task._moId]
@@ -568,6 +567,34 @@ class Session:
                     exceptions.TaskFailed(what, "task failed")
             results.append(props.get("info.result"))
         return results
+
+    def _watch_tasks(self, tasks: list[vim.Task], deadline: float,
+                     bound: float, what: str) -> dict[str, dict[str, Any]]:
+        for watch in (1, 2):
+            generation = self._generation
+            with self.until(bound):
+                pc = self.call(f"{what}: watch its task(s)", self.content
+                               .propertyCollector.CreatePropertyCollector)
+            try:
+                with self.until(bound):
+                    return self._watch(pc, tasks, deadline, what)
+            except exceptions.NotFound as exc:
+                # The collector (or a task) is unknown: the session was
+                # lost and logged in again meanwhile.  Never a verdict on
+                # the task's own object: watch again once with a new one.
+                if watch == 2 or generation == self._generation:
+                    raise exceptions.TransientFault(
+                        what, f"lost track of its task(s): {exc.fault}"
+                    ) from exc
+            finally:
+                # Under the caller's deadline only: a task that overran
+                # still gets its collector removed.
+                try:
+                    self.call(f"{what}: stop watching",
+                              pc.DestroyPropertyCollector, attempts=0)
+                except exceptions.VCenterError:
+                    pass  # session-scoped: gone with the session at least
+        raise AssertionError("unreachable")
 
     def _watch(self, pc: Any, tasks: list[vim.Task], deadline: float,
                what: str) -> dict[str, dict[str, Any]]:

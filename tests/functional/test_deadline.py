@@ -180,6 +180,26 @@ class TestDeadline(DeadlineTestCase):
         pg = next(p for p in dvs.portgroup if p.name == name)
         switches.destroy_dvs_port_group(self.session, pg, "clean up")
 
+    def test_task_wait_never_past_task_timeout_retries_included(self):
+        """Without a budget (the maintenance worker), a task wait against a
+        black hole ends at task_timeout, not after api_retry_count retries
+        of 30 s each."""
+        self.session.close()
+        self.session = Session(default_settings(
+            self.proxy.host, self.proxy.port, task_timeout=2))
+        dvs = self.find_dvs()
+        name = "task-timeout-test-pg"
+        task = self.session.call("create", dvs.AddDVPortgroup_Task, [
+            switches.dvs_port_group_spec(name, 6, "test")])
+        self.proxy.mode = "drop"
+        t0 = time.monotonic()
+        with self.assertRaises(exceptions.TaskTimeout):
+            self.session.wait_for_tasks([task], "create")
+        self.assertLessEqual(time.monotonic() - t0, 2 + SLACK)
+        self.proxy.mode = "pass"
+        pg = next(p for p in dvs.portgroup if p.name == name)
+        switches.destroy_dvs_port_group(self.session, pg, "clean up")
+
     def test_api_still_answers_after_the_outage(self):
         self.proxy.mode = "drop"
         self.assert_bounded(self.find_dvs)

@@ -119,6 +119,7 @@ def test_never_retries_past_the_deadline():
     # the one after (2 s) after the deadline: not made, no sleep into it.
     assert len(calls) == 3
     assert time.monotonic() - t0 < 1.8
+    assert policy.statistics["stopped_at_deadline"]
 
 
 def test_permanent_fault_raised_at_once():
