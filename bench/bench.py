@@ -32,9 +32,9 @@ Scenarios:
                a naive "read everything and diff" does (and this project's
                first version did).
 
-Run: ``.venv/bin/python bench/bench.py [--scenario dvs|vswitch|hosts|scale] [--count N]
-[--rounds R]``; prints each round and the median ratio.  RESULTS.md keeps
-measured figures.
+Run: ``.venv/bin/python bench/bench.py [--scenario dvs|vswitch|hosts|scale]
+[--count N] [--rounds R]``; prints each round and the median ratio.
+RESULTS.md keeps measured figures.
 """
 
 from __future__ import annotations
@@ -256,10 +256,10 @@ def hosts(args) -> int:
                     f"({t['32 hosts, 8 wide'] / t['1 host']:4.2f}x)")
             print(f"round {r + 1}: " + ";  ".join(line))
         for measure in measures:
+            wide = statistics.median(ratios[measure, "32 hosts"])
+            narrow = statistics.median(ratios[measure, "32 hosts, 8 wide"])
             print(f"median ratio, {measure} (32 hosts / 1 host): "
-                  f"{statistics.median(ratios[measure, '32 hosts']):.2f}x; "
-                  f"8 wide: "
-                  f"{statistics.median(ratios[measure, '32 hosts, 8 wide']):.2f}x")
+                  f"{wide:.2f}x; 8 wide: {narrow:.2f}x")
     finally:
         for rec in recs.values():
             close(rec)

@@ -17,11 +17,11 @@ for messages only.
      +-- ConfigError
      +-- VSphereFault
           +-- AuthenticationFailed, TLSFailed
-          +-- TransientFault           retried by Session.call (some subtypes not)
+          +-- TransientFault           retried by Session.call (not all)
           |    +-- ConnectionFailed
           |    +-- NotAuthenticated      (re-login; raised only if it persists)
           |    +-- ConcurrentModification
-          |    +-- OutOfTime             the caller's budget is spent; not retried
+          |    +-- OutOfTime             the budget is spent; not retried
           |    +-- TaskTimeout           not retried
           |    +-- InUse                 not retried: the next pass tries again
           +-- PermanentFault           never retried

@@ -1,4 +1,4 @@
-"""The vSphere session: login, re-login, typed faults, retries, deadlines, tasks.
+"""The vSphere session: login, re-login, typed faults, retries, deadlines.
 
 This is the only place that opens connections to vCenter and the only place
 that looks at pyVmomi's faults.  Every call of the package goes through
@@ -22,7 +22,8 @@ Tasks are awaited together with one property-collector filter and
 ``WaitForUpdatesEx`` under one deadline, rather than polled one by one.  At most
 ``max_parallel_tasks`` tasks run at once (vCenter becomes unstable under many
 parallel tasks); standard port group writes on hosts, which are not vCenter
-tasks, have their own cap, ``max_parallel_host_writes``.
+tasks, have their own cap, ``max_parallel_host_writes``, and run on threads the
+session keeps (:meth:`Session.run_parallel`).
 """
 
 from __future__ import annotations
