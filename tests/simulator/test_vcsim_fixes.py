@@ -734,6 +734,25 @@ def test_reconfigure_three_ports_in_one_task(sim, si):
         _wait(pg.Destroy_Task())
 
 
+def _filter_spec(key, direction="both", address="10.0.0.1"):
+    """A port spec (at configVersion 1) with one rule of a given direction
+    and source address."""
+    rule = vim.dvs.TrafficRule(
+        sequence=1, direction=direction,
+        action=vim.dvs.TrafficRule.DropAction(),
+        qualifier=[vim.dvs.TrafficRule.IpQualifier(
+            sourceAddress=vim.SingleIp(address=address))])
+    return vim.dvs.DistributedVirtualPort.ConfigSpec(
+        key=key, operation="edit", configVersion="1",
+        setting=VmwareDVS.VmwarePortConfigPolicy(
+            filterPolicy=vim.dvs.DistributedVirtualPort.FilterPolicy(
+                inherited=False, filterConfig=[
+                    vim.dvs.DistributedVirtualPort.TrafficFilterConfig(
+                        agentName="dvfilter-generic-vmware", inherited=False,
+                        trafficRuleset=vim.dvs.TrafficRuleset(
+                            enabled=True, rules=[rule]))])))
+
+
 def test_stale_config_version_unknown_key_or_forbidden_override_changes_nothing(sim, si):
     dvs = _dvs0(si)
     pgs = _add_dvpgs(dvs, _pg_spec7("cfg-stale", 2, policy=_open_policy()),
@@ -766,6 +785,10 @@ def test_stale_config_version_unknown_key_or_forbidden_override_changes_nothing(
                      setting=VmwareDVS.VmwarePortConfigPolicy(
                          vlan=VmwareDVS.TrunkVlanSpec(inherited=False, vlanId=[
                              vim.NumericRange(start=4000, end=4095)])))]),
+            (vmodl.fault.InvalidArgument, [       # no such direction
+                named(k1, "lost", "0"), _filter_spec(k2, direction="ingress")]),
+            (vmodl.fault.InvalidArgument, [       # not an address
+                named(k1, "lost", "0"), _filter_spec(k2, address="10.0.0.300")]),
             (vmodl.fault.InvalidArgument, [       # negative bandwidth
                 named(k1, "lost", "0"),
                 Spec(key=k2, operation="edit", configVersion="1",
@@ -894,7 +917,7 @@ def test_port_groups_grow_on_demand_and_on_reconfigure(sim, si, model_vms):
                 for vm in (vm0, vm1)} <= set(auto2.portKeys)
 
         _set_backing(vm0, _port_backing(fixed))
-        with pytest.raises(vim.fault.ResourceInUse):      # full, fixed
+        with pytest.raises(vim.fault.ResourceNotAvailable):   # full, fixed
             _set_backing(vm1, _port_backing(fixed))
         assert _nic(_as(sim.connect(), vm1)).backing.port.portgroupKey == \
             auto.key
