@@ -153,8 +153,11 @@ def test_foreign_port_group_refused_clearly(api, vsphere, neutron):
     overwritten, and the log names both sides."""
     net = create_vlan(api, "e2e-clash", "physnet1", 184)
     name = dvs_name(net["id"])
-    vsphere.destroy_dv_portgroup(name)
-    foreign = vsphere.add_dv_portgroup("DVS0", name, 7, "made by hand")
+    # Someone takes our port group over by hand: in one reconfigure, our mark
+    # replaced and the VLAN changed (a delete and a re-create would race the
+    # maintenance worker, which re-creates ours within a second).
+    vsphere.retag_dv_portgroup(name, 7, "made by hand")
+    (foreign,) = vsphere.dv_portgroups(name)
     port = api.cli("port", "create", "--network", net["id"], "--host",
                    "vc-compute-1", "p-clash")
     assert port["binding_vif_type"] == "binding_failed"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from unittest import mock
 
@@ -19,6 +20,10 @@ from neutron_lib.api.definitions import provider_net as pnet
 
 from tests.fixtures.vcsim import Vcsim
 from tests.fixtures.vsphere_reader import Reader
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
+                                "tools"))
+import faultproxy  # noqa: E402
 
 COMPUTE_HOST = "vc-compute-1"
 CLUSTER = "DC0_C0"
@@ -162,3 +167,23 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
 
     def cluster_hosts(self):
         return self.vsphere.hosts_of_cluster(CLUSTER)
+
+
+class ProxiedMixin:
+    """The driver reaches the simulator through :mod:`tools.faultproxy`,
+    which the tests switch between passing, resetting, black-holing and
+    delaying; the tests themselves read the simulator directly."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.proxy = faultproxy.FaultProxy(cls.vcsim.host,
+                                          cls.vcsim.port).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proxy.stop()
+        super().tearDownClass()
+
+    def ml2_vcenter_options(self) -> dict:
+        return {**super().ml2_vcenter_options(), "host_port": self.proxy.port}

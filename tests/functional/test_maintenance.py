@@ -8,8 +8,6 @@ a periodic pass.
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 
@@ -24,10 +22,6 @@ from networking_vcenter import neutron_db  # noqa: I202
 from networking_vcenter.reconcile import worker as worker_mod
 from tests.fixtures.vcsim import Vcsim
 from tests.fixtures.vsphere_reader import Reader
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
-                                "tools"))
-import faultproxy  # noqa: E402
 
 # The issue's target on the simulator.
 REPAIR = 5.0
@@ -178,23 +172,9 @@ class TestDriftRepaired(MaintenanceTestCase):
                     "port group on the new host")
 
 
-class TestVcenterRestartedEmpty(MaintenanceTestCase):
+class TestVcenterRestartedEmpty(base.ProxiedMixin, MaintenanceTestCase):
     """vCenter comes back with none of its state (a new simulator behind the
     same address): the replica reads it anew and the worker rebuilds."""
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.proxy = faultproxy.FaultProxy(cls.vcsim.host,
-                                          cls.vcsim.port).start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.proxy.stop()
-        super().tearDownClass()
-
-    def ml2_vcenter_options(self) -> dict:
-        return {**super().ml2_vcenter_options(), "host_port": self.proxy.port}
 
     def test_rebuilt_without_waiting_for_the_interval(self):
         dvs = self.make_network("vlan", "physnet1", 125)
@@ -202,13 +182,13 @@ class TestVcenterRestartedEmpty(MaintenanceTestCase):
         old = self.__class__.vcsim
         new = Vcsim(**self.vcsim_kwargs).start()
         self.addCleanup(new.stop)
+        self.vsphere = Reader(new.connect())
+        self.addCleanup(self.vsphere.close)
+        self.assertEqual([], self.dvs_vlan(dvs["id"]))      # empty
         self.proxy.target = (new.host, new.port)
         self.proxy.cut()
         old.stop()
         self.__class__.vcsim = new   # for tearDownClass
-        self.vsphere = Reader(new.connect())
-        self.addCleanup(self.vsphere.close)
-        self.assertEqual([], self.dvs_vlan(dvs["id"]))
         # Session lost, replica re-read, full pass: well within a minute,
         # nowhere near resync_interval.
         took = self.within(60, lambda: self.dvs_vlan(dvs["id"]) == [125] and

@@ -6,8 +6,6 @@ tests switch between passing, resetting and black-holing connections.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 from pyVmomi import vim
@@ -16,34 +14,15 @@ from tests.fixtures.vcsim import Vcsim
 from tests.fixtures.vsphere_reader import Reader
 from tests.functional import base
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
-                                "tools"))
-import faultproxy  # noqa: E402
-
 # An API call may take the budget plus one vSphere call timeout; anything
 # beyond this bound is a hang, whatever the machine's speed.
 BUDGET = 3
 HANG = BUDGET + 15
 
 
-class OutageTestCase(base.VCenterMl2TestCase):
+class OutageTestCase(base.ProxiedMixin, base.VCenterMl2TestCase):
     extra_ml2_vcenter = {"api_call_budget": BUDGET, "api_retry_count": 2,
                          "api_timeout": 2, "resync_grace_period": 0}
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.proxy = faultproxy.FaultProxy(cls.vcsim.host,
-                                          cls.vcsim.port).start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.proxy.stop()
-        super().tearDownClass()
-
-    def ml2_vcenter_options(self) -> dict:
-        # The driver talks to the proxy; the tests read the simulator itself.
-        return {**super().ml2_vcenter_options(), "host_port": self.proxy.port}
 
     def setUp(self):
         self.proxy.mode = "pass"

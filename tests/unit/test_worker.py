@@ -11,12 +11,21 @@ import time
 import types
 
 import pytest
+from oslo_service import backend
 
-from networking_vcenter import exceptions
-from networking_vcenter.reconcile import apply as apply_mod
-from networking_vcenter.reconcile import desired
-from networking_vcenter.reconcile import worker as worker_mod
-from networking_vcenter.vsphere.replica import Event
+# Neutron runs on oslo.service's threading backend (its own tests choose it
+# too); importing neutron_lib.worker first would fix eventlet for the whole
+# test run.
+try:
+    backend.init_backend(backend.BackendType.THREADING)
+except backend.exceptions.BackendAlreadySelected:
+    pass
+
+from networking_vcenter import exceptions  # noqa: E402
+from networking_vcenter.reconcile import apply as apply_mod  # noqa: E402
+from networking_vcenter.reconcile import desired  # noqa: E402
+from networking_vcenter.reconcile import worker as worker_mod  # noqa: E402
+from networking_vcenter.vsphere.replica import Event  # noqa: E402
 
 NET = "0f9d2a1c-5b7e-4c1a-9e0b-3c4d5e6f7a8b"
 OTHER = "1a2b3c4d-5e6f-4a1b-8c9d-0e1f2a3b4c5d"
