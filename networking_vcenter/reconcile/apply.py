@@ -204,7 +204,8 @@ class Applier:
         vim = inventory.vim
         found = inventory.retrieve(
             self._session, vim.dvs.DistributedVirtualPortgroup,
-            ["config.configVersion", "config.description"],
+            ["config.configVersion", "config.description",
+             "config.numPorts"],
             f"{step.name} before retagging", [pg.ref])
         if not found:
             raise exceptions.NotFound(step.describe(), "it is gone")
@@ -218,7 +219,8 @@ class Applier:
                                  f"untouched")
         spec = switches.dvs_port_group_spec(
             step.name, step.vlan, self._description(step),
-            props.get("config.configVersion"))
+            props.get("config.configVersion"),
+            num_ports=props.get("config.numPorts"))
         switches.reconfigure_dvs_port_group(self._session, pg.ref, spec,
                                             step.describe())
 

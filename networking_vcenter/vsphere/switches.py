@@ -32,16 +32,20 @@ VmwareDVS = vim.dvs.VmwareDistributedVirtualSwitch
 
 
 def dvs_port_group_spec(name: str, vlan: int, description: str,
-                        config_version: str | None = None
+                        config_version: str | None = None,
+                        num_ports: int | None = None
                         ) -> vim.dvs.DistributedVirtualPortgroup.ConfigSpec:
     """A complete spec (vCenter's simulator wipes fields a spec leaves out).
 
     Static binding with auto-expand: Nova attaches NICs by port group key and
-    ports are allocated as VMs come, without a size limit to tune.
+    ports are allocated as VMs come, without a size limit to tune.  A
+    reconfigure passes the group's current ``num_ports``: fewer would make
+    vCenter delete free ports (or refuse, below the connected ones).
     """
     return vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
         name=name, description=description, type="earlyBinding",
-        numPorts=8, autoExpand=True, configVersion=config_version,
+        numPorts=max(8, num_ports or 0), autoExpand=True,
+        configVersion=config_version,
         defaultPortConfig=VmwareDVS.VmwarePortConfigPolicy(
             vlan=VmwareDVS.VlanIdSpec(vlanId=vlan, inherited=False)))
 

@@ -90,6 +90,27 @@ class TestNetworks(base.VCenterMl2TestCase):
         self.assertEqual(1, len(self.vsphere.dv_portgroups(
             self.dvs_name(net["id"]))))
 
+    def test_retag_keeps_a_grown_port_group_size(self):
+        """Fixing a hand-changed VLAN never shrinks a port group that grew
+        (vCenter would delete its free ports, or refuse)."""
+        from pyVmomi import vim
+        net = self.make_network("vlan", "physnet1", 72)
+        (pg,) = self.vsphere.dv_portgroups(self.dvs_name(net["id"]))
+        ref = pg["ref"]
+        spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+            name=ref.name, type="earlyBinding", numPorts=24, autoExpand=True,
+            configVersion=ref.config.configVersion,
+            description=ref.config.description,
+            defaultPortConfig=vim.dvs.VmwareDistributedVirtualSwitch
+            .VmwarePortConfigPolicy(vlan=vim.dvs.VmwareDistributedVirtualSwitch
+                                    .VlanIdSpec(vlanId=999, inherited=False)))
+        self.vsphere.wait(ref.ReconfigureDVPortgroup_Task(spec))
+        result = self.resync()
+        self.assertEqual(["retag"], [s.verb for s in
+                                     result.plan.for_network(net["id"]).steps])
+        (pg,) = self.vsphere.dv_portgroups(self.dvs_name(net["id"]))
+        self.assertEqual((72, 24), (pg["vlan"], pg["ref"].config.numPorts))
+
     def test_create_racing_another_worker_is_success(self):
         """A create planned from a snapshot taken before another worker made
         the same port group (DuplicateName) counts as done; one taken by a
