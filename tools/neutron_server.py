@@ -530,6 +530,11 @@ class NeutronServer:
                 self.write_config()
                 self._init_sqlite()
             api = self._spawn_api()
+            if self.mode == "embedded":
+                # Both processes load the ML2 plugin, which writes the VLAN
+                # allocation table at start: on sqlite one at a time, or
+                # the second fails with "database is locked".
+                self._wait_api(api)
             periodic = self._spawn("neutron-periodic-workers",
                                    self._neutron_cmd(
                                        "neutron-periodic-workers",

@@ -31,10 +31,13 @@ import time
 from typing import Any
 
 from neutron_lib import constants as n_const
+from neutron_lib import context as n_context
 from neutron_lib.api.definitions import portbindings
+from neutron_lib.plugins import directory
 from neutron_lib.plugins.ml2 import api
 from oslo_config import cfg
 
+from networking_vcenter import agent
 from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter import neutron_db
@@ -128,9 +131,30 @@ class VCenterMechanismDriver(api.MechanismDriver):
         start(); tests call it directly)."""
         maintenance = worker_mod.Maintenance(
             self._here(), self.source, neutron_db.change_token,
-            self.settings.resync_interval, self.settings.resync_grace_period)
+            self.settings.resync_interval, self.settings.resync_grace_period,
+            heartbeat=self._report_health,
+            heartbeat_interval=self._agent_down_time() / 3)
         maintenance.start()
         return maintenance
+
+    @staticmethod
+    def _agent_down_time() -> float:
+        try:
+            return float(cfg.CONF.agent_down_time)
+        except cfg.NoSuchOptError:
+            return 75.0
+
+    def _report_health(self, maintenance: worker_mod.Maintenance) -> bool:
+        """Heartbeat the backend's agent row while vCenter answers."""
+        rec = self._here()
+        if rec.replica is None or not rec.replica.current:
+            return False
+        state = agent.state(self.settings, rec.replica.snapshot(),
+                            maintenance.last_pass, maintenance.last_pass_at,
+                            start=maintenance.beats == 0)
+        directory.get_plugin().create_or_update_agent(
+            n_context.get_admin_context(), state)
+        return True
 
     # -- networks ------------------------------------------------------------
 

@@ -16,7 +16,9 @@ Like a Kubernetes controller, it keeps a queue of *keys* -- network ids, or
   the replica says everything may have changed; once at a time across
   servers (the reconciler's lock);
 * a network whose reconcile failed is retried with capped exponential
-  backoff (``BACKOFF``), not left to the next full pass.
+  backoff (``BACKOFF``), not left to the next full pass;
+* while vCenter answers, a heartbeat (the backend's row in Neutron's agents
+  API, see :mod:`networking_vcenter.agent`).
 
 Event handlers only enqueue; the loop does the work.  Neutron runs it as a
 plugin worker (:class:`MaintenanceWorker`, from the driver's
@@ -56,7 +58,9 @@ class Maintenance:
 
     def __init__(self, reconciler: Reconciler, source: NetworkSource,
                  change_token: Callable[[], object] | None,
-                 resync_interval: float, grace: float):
+                 resync_interval: float, grace: float,
+                 heartbeat: Callable[["Maintenance"], bool] | None = None,
+                 heartbeat_interval: float = 25.0):
         self._rec = reconciler
         self._source = source
         self._token = change_token
@@ -69,8 +73,13 @@ class Maintenance:
         self._thread: threading.Thread | None = None
         self._last_token: object = None
         self._fingerprints: dict[str, tuple] | None = None
+        self._heartbeat = heartbeat
+        self._beat_every = heartbeat_interval
+        self._beat_soon = False
         self.passes = 0                        # full passes run
         self.last_pass = None                  # the last full pass's Pass
+        self.last_pass_at: float | None = None  # its time (epoch)
+        self.beats = 0                          # heartbeats written
 
     # -- the queue ----------------------------------------------------------
 
@@ -85,6 +94,9 @@ class Maintenance:
     def on_replica(self, event: Event) -> None:
         """The replica's listener: only enqueue."""
         if event.full:
+            # Everything read anew (vCenter back): a full pass, and a
+            # heartbeat now rather than at its next turn.
+            self._beat_soon = True
             self.enqueue([FULL], DEBOUNCE)
         if event.networks:
             self.enqueue(event.networks)
@@ -118,11 +130,16 @@ class Maintenance:
     # -- the loop -------------------------------------------------------------
 
     def _run(self) -> None:
-        next_poll = 0.0
+        next_poll = next_beat = 0.0
         next_pass = time.monotonic() + self._interval if self._interval \
             else None
         while not self._stop.is_set():
             now = time.monotonic()
+            if self._heartbeat is not None and (now >= next_beat or
+                                                self._beat_soon):
+                self._beat_soon = False
+                next_beat = now + self._beat_every
+                self._beat()
             if self._token is not None and now >= next_poll:
                 next_poll = now + POLL
                 self._poll_neutron()
@@ -144,10 +161,19 @@ class Maintenance:
                 self._network(key)
             with self._cond:
                 wake = [next_poll if self._token is not None else now + 60]
+                if self._heartbeat is not None:
+                    wake.append(next_beat)
                 if next_pass is not None:
                     wake.append(next_pass)
                 wake.extend(self._due.values())
                 self._cond.wait(max(0.0, min(wake) - time.monotonic()))
+
+    def _beat(self) -> None:
+        try:
+            if self._heartbeat(self):
+                self.beats += 1
+        except Exception as exc:  # noqa: BLE001 - the database may be away
+            LOG.warning("vcenter maintenance: heartbeat not written: %s", exc)
 
     def _poll_neutron(self) -> None:
         try:
@@ -210,6 +236,7 @@ class Maintenance:
             return
         self.passes += 1
         self.last_pass = result
+        self.last_pass_at = time.time()
         out = result.outcome
         LOG.info("vcenter full pass: %d networks, %d fixed, %d failed, "
                  "%d deferred, %d conflicts, %d left to their API call",

@@ -116,12 +116,22 @@ class Replica:
         self._session_generation = -1
         self.error: Exception | None = None   # why it is not current
         self.reloads = 0                       # full reads done
+        self.last_contact: float | None = None  # monotonic: vCenter's last
+                                                # answer to the watch
 
     # -- readers ----------------------------------------------------------
 
     @property
     def synced(self) -> bool:
         return self._synced
+
+    @property
+    def current(self) -> bool:
+        """Read, and vCenter answered the watch within one long poll: the
+        replica can be trusted to be (nearly) what vCenter has."""
+        at = self.last_contact
+        return self._synced and self.error is None and at is not None and \
+            time.monotonic() - at < LONG_POLL + 5
 
     def add_listener(self, fn: Callable[[Event], None]) -> None:
         self._listeners.append(fn)
@@ -295,6 +305,7 @@ class Replica:
             self._generation += 1
             self.error = None
             self.reloads += 1
+            self.last_contact = time.monotonic()
             self._cond.notify_all()
         LOG.info("vCenter replica: read %d objects (reload %d)", len(fresh),
                  self.reloads)
@@ -320,6 +331,7 @@ class Replica:
             "wait for inventory changes", self._collector.WaitForUpdatesEx,
             self._version, PC.WaitOptions(maxWaitSeconds=LONG_POLL),
             timeout=LONG_POLL + self._settings.api_timeout, attempts=0)
+        self.last_contact = time.monotonic()
         if update is None or self._stop.is_set():
             return
         event = Event()

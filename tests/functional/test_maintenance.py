@@ -18,7 +18,8 @@ from pyVmomi import vim
 # importing neutron_lib.worker (the worker module) would otherwise fix.
 from tests.functional import base  # noqa: I100
 
-from networking_vcenter import neutron_db  # noqa: I202
+from networking_vcenter import agent  # noqa: I202
+from networking_vcenter import neutron_db
 from networking_vcenter.reconcile import worker as worker_mod
 from tests.fixtures.vcsim import Vcsim
 from tests.fixtures.vsphere_reader import Reader
@@ -60,10 +61,15 @@ class MaintenanceTestCase(base.VCenterMl2TestCase):
             with self.db:
                 return neutron_db.change_token()
 
+        def heartbeat(maintenance):
+            with self.db:
+                return driver._report_health(maintenance)
+
         maintenance = real_token(
             driver.reconciler, source, token,
             driver.settings.resync_interval,
-            driver.settings.resync_grace_period)
+            driver.settings.resync_grace_period, heartbeat=heartbeat,
+            heartbeat_interval=driver._agent_down_time() / 3)
         maintenance.start()
         return maintenance
 
@@ -196,3 +202,39 @@ class TestVcenterRestartedEmpty(base.ProxiedMixin, MaintenanceTestCase):
                            {h: ("vSwitch1", 0) for h in self.cluster_hosts()},
                            "rebuilt after vCenter came back empty")
         self.assertLess(took, 60)
+
+
+class TestHealthInAgentList(base.ProxiedMixin, MaintenanceTestCase):
+    """The backend's row in Neutron's agents API: alive while vCenter
+    answers, down ``agent_down_time`` (its default, 75 s) after it stops,
+    alive again when it is back -- no agent involved."""
+
+    def agent_row(self):
+        with self.db:
+            rows = self.driver.get_agents(
+                self.context, filters={"agent_type": [agent.AGENT_TYPE]})
+        self.assertEqual(1, len(rows), rows)
+        return rows[0]
+
+    def test_alive_down_alive(self):
+        from neutron_lib import context as n_context
+        self.context = n_context.get_admin_context()
+        self.within(10, lambda: self.maintenance.beats > 0, "first beat")
+        row = self.agent_row()
+        self.assertTrue(row["alive"])
+        self.assertEqual((agent.BINARY, f"default@{self.vcsim.host}"),
+                         (row["binary"], row["host"]))
+        configuration = row["configurations"]
+        self.assertEqual(f"{self.vcsim.host}:{self.proxy.port}",
+                         configuration["vcenter"])
+        self.assertEqual({"physnet1": "DVS0", "physnet2": "vSwitch1"},
+                         configuration["switch_mappings"])
+        self.assertIn("last_full_pass", configuration)
+
+        self.proxy.mode = "reset"       # vCenter stops answering
+        t0 = time.monotonic()
+        self.within(75 + 25 + 15, lambda: not self.agent_row()["alive"],
+                    "agent row down")
+        self.assertGreater(time.monotonic() - t0, 40)   # not at once
+        self.proxy.mode = "pass"
+        self.within(30, lambda: self.agent_row()["alive"], "alive again")

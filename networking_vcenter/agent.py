@@ -1,0 +1,64 @@
+"""The vCenter backend as a row in Neutron's agents API, without an agent.
+
+The maintenance worker writes one row per (deployment, vCenter) through the
+core plugin's ``create_or_update_agent`` -- a heartbeat while vCenter
+answers -- so ``openstack network agent list`` shows the backend alive or
+down (Neutron's ``agent_down_time``) and ``openstack network agent show``
+its configuration: the vCenter, the mappings, what it manages and the last
+full pass.  Nothing is written while vCenter does not answer: the row then
+turns down on its own.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from networking_vcenter import conf
+from networking_vcenter.vsphere.inventory import Inventory
+
+AGENT_TYPE = "vCenter backend"
+BINARY = "networking-vcenter"
+TOPIC = "N/A"
+
+
+def host(settings: conf.Settings) -> str:
+    """The row's host: this deployment at this vCenter."""
+    return f"{settings.deployment_name}@{settings.host_ip}"
+
+
+def state(settings: conf.Settings, inv: Inventory, last_pass: Any,
+          last_pass_at: float | None, start: bool) -> dict[str, Any]:
+    """The agent state Neutron's agents API takes (pure)."""
+    pass_info: dict[str, Any] = {"time": None}
+    if last_pass is not None and last_pass_at is not None:
+        out = last_pass.outcome
+        pass_info = {
+            "time": datetime.datetime.fromtimestamp(
+                last_pass_at, datetime.timezone.utc).isoformat(
+                    timespec="seconds"),
+            "result": "ok" if not (out.failed or out.conflicts or
+                                   out.deferred) else "incomplete",
+            "networks": len(last_pass.networks),
+            "fixed": len(out.done), "failed": len(out.failed),
+            "deferred": len(out.deferred),
+            "conflicts": [c.reason for c in out.conflicts][:20],
+        }
+    return {
+        "agent_type": AGENT_TYPE,
+        "binary": BINARY,
+        "host": host(settings),
+        "topic": TOPIC,
+        "start_flag": start,
+        "configurations": {
+            "vcenter": f"{settings.host_ip}:{settings.host_port}",
+            "deployment_name": settings.deployment_name,
+            "switch_mappings": dict(settings.switch_mappings),
+            "compute_hosts": dict(settings.compute_hosts),
+            "managed_distributed_port_groups": sum(
+                1 for pg in inv.dvs_portgroups if pg.owner),
+            "managed_standard_port_groups": sum(
+                1 for n in inv.std_networks.values() if n.owner),
+            "last_full_pass": pass_info,
+        },
+    }
