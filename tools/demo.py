@@ -137,6 +137,24 @@ def main() -> int:
             details = json.dumps(port["binding_vif_details"],
                                  sort_keys=True)
             print(f"      vif_details={details}\n")
+        # The backend's health, without an agent: the maintenance worker's
+        # heartbeat (in neutron-periodic-workers).
+        rows = [r for r in openstack(url, "network", "agent", "list")
+                if r["Binary"] == "networking-vcenter"]
+        for row in rows:
+            shown = openstack(url, "network", "agent", "show", row["ID"])
+            conf = shown["configuration"]
+            print(f"\n  agent {row['Agent Type']!r} on {row['Host']}: "
+                  f"alive={row['Alive']}")
+            print(f"    vcenter={conf['vcenter']} managed: "
+                  f"{conf['managed_distributed_port_groups']} distributed, "
+                  f"{conf['managed_standard_port_groups']} standard port "
+                  f"group(s); last full pass "
+                  f"{conf['last_full_pass'].get('time')}: "
+                  f"{conf['last_full_pass'].get('result')}\n")
+        if not rows:
+            print("  no networking-vcenter row in the agent list")
+            return 1
         print("Deleting the networks:")
         for net, kind in made:
             for port in openstack(url, "port", "list", "--network",
