@@ -195,10 +195,16 @@ def _unmarked_but_ours(d: DesiredPortGroup, inv: Inventory) -> bool:
     which nobody could know before the network existed; when every copy also
     has exactly the wanted vSwitch and VLAN, it is what we would have made,
     and it is adopted.  Anything else of that name stays a conflict.
+
+    The live replica may show the Network before the hosts' port group
+    lists that carry it (they change in separate updates): with no copy
+    seen yet, nothing contradicts it either.  The writes that follow are
+    owner-checked against what vCenter answers (an existing copy is taken
+    only if it is exactly ours), so a wrong guess changes nothing.
     """
     copies = [h.portgroups[d.name] for h in inv.hosts.values()
               if d.name in h.portgroups]
-    return bool(copies) and UUID_RE.match(d.name) is not None and all(
+    return UUID_RE.match(d.name) is not None and all(
         pg.vswitch == d.switch and pg.vlan == d.vlan for pg in copies)
 
 

@@ -204,6 +204,19 @@ def test_unmarked_standard_port_group_exactly_as_wanted_is_adopted():
         P.MarkStdNetwork(NET_A, NET_A)]
 
 
+def test_network_seen_before_its_host_copies_is_not_a_conflict():
+    """The replica shows a Network before the hosts' port group lists that
+    carry it: not a conflict, the writes (owner-checked) and the mark."""
+    net = D.NetworkSpec(NET_A, (seg("vlan", "physnet2", 200),))
+    want = D.desired_for_network(net, topology())
+    have = inventory(std=[I.StdNetwork("network-3", NET_A,
+                                       frozenset(HOSTS), None, 0, None)])
+    result = P.plan(want, have, {NET_A})
+    assert result.conflicts == []
+    assert [type(s) for s in result.steps] == \
+        [P.AddHostPortGroup] * len(HOSTS) + [P.MarkStdNetwork]
+
+
 def test_adopted_everywhere_is_only_marked():
     net = D.NetworkSpec(NET_A, (seg("vlan", "physnet2", 200),))
     want = D.desired_for_network(net, topology())
