@@ -95,6 +95,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 LOG.critical("vcenter mechanism driver cannot start: %s "
                              "(set [ml2_vcenter] start_without_vcenter = true "
                              "to start anyway)", exc)
+                self._close(self._pid)
                 raise
             LOG.warning("vcenter mechanism driver starts without vCenter: "
                         "%s. Networks are accepted and their port groups "
@@ -103,6 +104,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
             self.reconciler.start(background=True)
         except exceptions.VCenterError as exc:
             LOG.critical("vcenter mechanism driver cannot start: %s", exc)
+            self._close(self._pid)      # no watch or session left behind
             raise
 
     def _here(self) -> Reconciler:

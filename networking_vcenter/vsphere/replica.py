@@ -30,7 +30,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from pyVmomi import vim, vmodl
@@ -466,12 +466,3 @@ def _vswitch_names(props: dict[str, Any] | None) -> set[str]:
     return {v.name for v in (props or {}).get("config.network.vswitch")
             or []}
 
-
-def networks_of(events: Iterable[Event]) -> tuple[set[str], bool]:
-    """Merge events: the networks they name, and whether any was full."""
-    nets: set[str] = set()
-    full = False
-    for e in events:
-        nets |= e.networks
-        full = full or e.full
-    return nets, full
