@@ -252,10 +252,9 @@ class VCenterMechanismDriver(api.MechanismDriver):
     def check_vlan_transparency(self, context: api.NetworkContext) -> bool:
         """Transparent networks are not supported on mapped physical
         networks yet; elsewhere other drivers decide."""
-        return not any(
-            seg.get(api.NETWORK_TYPE) in desired_mod.SUPPORTED_TYPES and
-            seg.get(api.PHYSICAL_NETWORK) in self.settings.switch_mappings
-            for seg in context.network_segments or [])
+        return not any(desired_mod.is_mapped(seg,
+                                             self.settings.switch_mappings)
+                       for seg in context.network_segments or [])
 
     # -- host filtering (ML2's and the DHCP scheduler's) ------------------------
 
@@ -280,14 +279,10 @@ class VCenterMechanismDriver(api.MechanismDriver):
         return hosts
 
     def _reaches(self, segment, cluster: str, topology) -> bool:
-        if segment.get(api.NETWORK_TYPE) not in desired_mod.SUPPORTED_TYPES:
-            return False
-        physnet = segment.get(api.PHYSICAL_NETWORK) or ""
         if topology is None:
-            return physnet in self.settings.switch_mappings
-        target = topology.targets.get(physnet)
-        hosts = topology.cluster_hosts.get(cluster, frozenset())
-        return target is not None and bool(target.host_moids & hosts)
+            return desired_mod.is_mapped(segment,
+                                         self.settings.switch_mappings)
+        return topology.target_reaching(segment, cluster) is not None
 
     # -- port binding ----------------------------------------------------------
 
@@ -368,13 +363,10 @@ class VCenterMechanismDriver(api.MechanismDriver):
         switch UUID and key, without the name search that could confuse the
         two.
         """
-        hosts = topology.cluster_hosts.get(cluster, frozenset())
         best = None
         for seg in segments:
-            if seg.get(api.NETWORK_TYPE) not in desired_mod.SUPPORTED_TYPES:
-                continue
-            target = topology.targets.get(seg.get(api.PHYSICAL_NETWORK) or "")
-            if target is None or not (target.host_moids & hosts):
+            target = topology.target_reaching(seg, cluster)
+            if target is None:
                 continue
             if target.kind == desired_mod.DVS:
                 return seg

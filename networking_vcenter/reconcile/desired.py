@@ -46,6 +46,26 @@ class Topology:
     compute_hosts: dict[str, str]              # nova-compute host -> cluster
     dvs_name_template: str
 
+    def target_reaching(self, segment: Mapping[str, Any],
+                        cluster: str) -> Target | None:
+        """The switch of a VLAN/flat segment, when it reaches a host of
+        ``cluster``."""
+        if segment.get("network_type") not in SUPPORTED_TYPES:
+            return None
+        target = self.targets.get(segment.get("physical_network") or "")
+        hosts = self.cluster_hosts.get(cluster, frozenset())
+        if target is None or not (target.host_moids & hosts):
+            return None
+        return target
+
+
+def is_mapped(segment: Mapping[str, Any],
+              switch_mappings: Mapping[str, str]) -> bool:
+    """A VLAN/flat segment on a physical network mapped to a switch: one
+    this driver makes port groups for."""
+    return segment.get("network_type") in SUPPORTED_TYPES and \
+        segment.get("physical_network") in switch_mappings
+
 
 @dataclasses.dataclass(frozen=True)
 class DesiredPortGroup:

@@ -150,11 +150,9 @@ class Reconciler:
         """Whether a network is any of our business: one of ``segments`` is
         a VLAN/flat segment on a mapped physical network, or vCenter holds a
         port group of ours for it.  Answered from memory."""
-        for seg in segments:
-            if seg.get("network_type") in desired_mod.SUPPORTED_TYPES and \
-                    seg.get("physical_network") in \
-                    self.settings.switch_mappings:
-                return True
+        if any(desired_mod.is_mapped(seg, self.settings.switch_mappings)
+               for seg in segments):
+            return True
         if self.replica is None or not self.replica.synced:
             return True    # cannot tell: let the reconcile decide
         inv = self.replica.snapshot()
@@ -258,10 +256,14 @@ class Reconciler:
             raise exceptions.PermanentFault(
                 f"network {network_id}",
                 f"has no port group on physical network {physnet}")
-        if not self._trouble(pg, the_plan):
-            found = _find(pg, inv)
-            if found is not None:
-                return pg, found
+
+        def settled(fresh: inventory.Inventory, the_plan: plan_mod.Plan):
+            """The port group as wanted in ``fresh``, or None."""
+            return None if self._trouble(pg, the_plan) else _find(pg, fresh)
+
+        found = settled(inv, the_plan)
+        if found is not None:
+            return pg, found
         if not fix:
             raise exceptions.TransientFault(
                 f"port group {pg.name} of network {network_id}",
@@ -278,12 +280,9 @@ class Reconciler:
         holder: list = []
 
         def ready(fresh: inventory.Inventory) -> bool:
-            found = _find(pg, fresh)
-            if found is None or self._trouble(pg, self._plan(
-                    fresh, nets, {network_id}, set())[2]):
-                return False
-            holder.append(found)
-            return True
+            holder.append(settled(fresh, self._plan(
+                fresh, nets, {network_id}, set())[2]))
+            return holder[-1] is not None
 
         if not self.replica.wait_until(
                 ready, max(0.0, deadline - time.monotonic())):
