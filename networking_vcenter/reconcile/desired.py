@@ -91,6 +91,66 @@ class NetworkSpec:
     changed_at: float | None = None    # epoch seconds of Neutron's updated_at
 
 
+@dataclasses.dataclass(frozen=True)
+class SgRule:
+    """One Neutron security group rule, as stored."""
+
+    direction: str                      # "ingress" | "egress" (VM's view)
+    ethertype: str                      # "IPv4" | "IPv6"
+    protocol: str | None = None         # name or number text; None: any
+    port_range_min: int | None = None
+    port_range_max: int | None = None
+    remote_ip_prefix: str | None = None
+    remote_group_id: str | None = None
+    remote_address_group_id: str | None = None
+    id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SecurityGroup:
+    id: str
+    stateful: bool
+    rules: tuple[SgRule, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class BandwidthLimit:
+    """A QoS ``bandwidth_limit`` rule (kbit/s, as Neutron stores it)."""
+
+    direction: str                      # "ingress" | "egress" (VM's view)
+    max_kbps: int
+    max_burst_kbps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PortSpec:
+    """The part of a Neutron port its DV port depends on.
+
+    ``remote_groups`` maps each security group referenced as a remote group
+    by this port's rules to its members' addresses (fixed IPs and allowed
+    address pair addresses of every port in it, host or CIDR text);
+    ``address_groups`` each referenced address group to its CIDRs.  Both
+    are filled by the reader so that translating a port needs nothing else.
+    """
+
+    id: str
+    network_id: str
+    host: str                           # binding:host_id ('' unbound)
+    physnet: str | None                 # of the bound segment, if bound here
+    mac: str
+    fixed_ips: tuple[str, ...] = ()
+    allowed_address_pairs: tuple[tuple[str, str | None], ...] = ()
+    port_security: bool = True
+    security_groups: tuple[SecurityGroup, ...] = ()
+    remote_groups: dict[str, tuple[str, ...]] = dataclasses.field(
+        default_factory=dict, hash=False)
+    address_groups: dict[str, tuple[str, ...]] = dataclasses.field(
+        default_factory=dict, hash=False)
+    qos: tuple[BandwidthLimit, ...] = ()
+    status: str = ""                    # Neutron's port status
+    device_owner: str = ""
+
+
 def _cluster_hosts(name: str, inv: Inventory,
                    problems: list[str]) -> frozenset[str]:
     found = inv.clusters.get(name, [])

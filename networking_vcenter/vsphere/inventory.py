@@ -138,6 +138,10 @@ class Inventory:
     custom_fields: bool = True                    # False: standalone ESXi,
                                                   # ownership by name
     network_folders: list[Any] = dataclasses.field(default_factory=list)
+    # The ports of our distributed port groups, by port group key; a group
+    # absent here has not been read (yet).
+    dv_ports: dict[str, tuple["DvPort", ...]] = dataclasses.field(
+        default_factory=dict)
 
     def dvs(self, name: str) -> Dvs | None:
         found = self.switches.get(name) or []
@@ -332,3 +336,88 @@ def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
                      network_folders=[p["networkFolder"]
                                       for _, p in datacenters
                                       if p.get("networkFolder")])
+
+
+# -- distributed ports ------------------------------------------------------
+#
+# What one DV port holds, as plain data: the desired side (derived from a
+# Neutron port by :mod:`networking_vcenter.reconcile.secgroups`) and the read
+# side (a port's *own* settings as FetchDVPorts shows them, converted by
+# :mod:`networking_vcenter.vsphere.ports`) compare equal when nothing needs
+# to change.  A field left None is not set on the port: the port group's
+# value applies (vSphere's ``inherited = true``).
+
+# The traffic filter's directions, as vSphere names them.
+INCOMING = "incomingPackets"
+OUTGOING = "outgoingPackets"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrafficRule:
+    """One ``DvsTrafficRule`` with at most one IP qualifier.
+
+    Addresses are CIDRs in ``ipaddress`` text form (a host is /32 or /128;
+    "0.0.0.0/0" or "::/0" say "any address of that family"); None: any
+    address of any family.  Ports are inclusive (first, last) ranges; a
+    single port is (p, p).  The rule's sequence is its position in
+    :attr:`PortSettings.rules` (first match wins).
+    """
+
+    direction: str                       # INCOMING, OUTGOING
+    action: str                          # "accept", "drop"
+    protocol: int | None = None          # IP protocol number; None: any
+    source: str | None = None
+    source_negated: bool = False
+    destination: str | None = None
+    destination_negated: bool = False
+    source_ports: tuple[int, int] | None = None
+    destination_ports: tuple[int, int] | None = None
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shaping:
+    """``DVSTrafficShapingPolicy``: enabled False means "no limit"."""
+
+    enabled: bool
+    average_bps: int = 0
+    peak_bps: int = 0
+    burst_bytes: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PortSettings:
+    """The settings of one DV port this driver manages (None: inherited
+    from the port group).
+
+    ``rules`` () means "no traffic filter" set on the port (port security
+    off); None leaves the group's.  ``mac_learning`` maps to the 6.6+
+    MAC management policy where the switch has it.
+    """
+
+    blocked: bool | None = None
+    rules: tuple[TrafficRule, ...] | None = None
+    allow_promiscuous: bool | None = None
+    mac_changes: bool | None = None
+    forged_transmits: bool | None = None
+    mac_learning: bool | None = None
+    in_shaping: Shaping | None = None     # VM -> switch
+    out_shaping: Shaping | None = None    # switch -> VM
+
+
+INHERITED = PortSettings()
+
+
+@dataclasses.dataclass(frozen=True)
+class DvPort:
+    """One port of a distributed port group, as FetchDVPorts shows it."""
+
+    key: str
+    dvs_uuid: str
+    portgroup_key: str
+    name: str                  # our reservation: the Neutron port id
+    config_version: str
+    connected: bool            # a VM NIC is its connectee
+    vm_moid: str | None = None
+    mac: str | None = None     # the connected NIC's MAC, when known
+    settings: PortSettings = INHERITED
