@@ -144,10 +144,33 @@ behaviour_opts = [
                     "number of hosts of the largest mapped cluster."),
     cfg.IntOpt("dvs_batch_size", default=100, min=1,
                help="Most distributed port groups created by one "
-                    "AddDVPortgroup task."),
+                    "AddDVPortgroup task, and most distributed ports "
+                    "reconfigured by one ReconfigureDVPort task (a rule "
+                    "change on 1,000 ports takes 10 tasks)."),
 ]
 
-ALL_OPTS = connection_opts + mapping_opts + behaviour_opts
+port_opts = [
+    cfg.IntOpt("max_rules_per_port", default=1024, min=16, max=65535,
+               help="Budget of traffic filter rules on one distributed "
+                    "port: a port whose security groups need more (after "
+                    "remote groups are expanded and collapsed into CIDRs) "
+                    "keeps the rules it had, and the reason is logged and "
+                    "shown by 'networking-vcenter status' -- rules are "
+                    "never silently dropped. See docs/security-groups.md."),
+    cfg.StrOpt("standard_vswitch_ports", default="bind",
+               choices=[("bind", "bind the port; its security groups and "
+                                 "QoS are not enforced (a warning per "
+                                 "network, shown by status)"),
+                        ("refuse", "refuse to bind a port whose security "
+                                   "groups or QoS policy a standard vSwitch "
+                                   "cannot enforce")],
+               help="A standard vSwitch has no per-port settings: port "
+                    "security follows the port group (enforced when all "
+                    "its ports have it), security groups and QoS cannot be "
+                    "enforced. What to do with ports that have them."),
+]
+
+ALL_OPTS = connection_opts + mapping_opts + behaviour_opts + port_opts
 
 
 def register_opts(conf: cfg.ConfigOpts = cfg.CONF) -> None:
@@ -184,6 +207,8 @@ class Settings:
     coordination_backend_url: str | None = None
     deployment_name: str = "default"
     start_without_vcenter: bool = False
+    max_rules_per_port: int = 1024
+    standard_vswitch_ports: str = "bind"
 
     @property
     def clusters(self) -> list[str]:
@@ -387,5 +412,7 @@ def load(conf: cfg.ConfigOpts = cfg.CONF) -> Settings:
         resync_grace_period=group.resync_grace_period,
         coordination_backend_url=group.coordination_backend_url,
         deployment_name=group.deployment_name,
+        max_rules_per_port=group.max_rules_per_port,
+        standard_vswitch_ports=group.standard_vswitch_ports,
         start_without_vcenter=group.start_without_vcenter,
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions
-from networking_vcenter.vsphere.inventory import Inventory
+from networking_vcenter.vsphere.inventory import Inventory, PortSettings
 
 LOG = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class Target:
     dvs_uuid: str | None           # DVS only
     host_moids: frozenset[str]     # VSWITCH: hosts that carry the port
                                    # groups; DVS: member hosts
+    mac_learning: bool = True      # DVS: MAC learning (6.6+) available
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +150,7 @@ class PortSpec:
     qos: tuple[BandwidthLimit, ...] = ()
     status: str = ""                    # Neutron's port status
     device_owner: str = ""
+    changed_at: float | None = None     # epoch seconds of its updated_at
 
 
 def _cluster_hosts(name: str, inv: Inventory,
@@ -358,3 +360,82 @@ def _epoch(stamp: Any) -> float | None:
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=datetime.timezone.utc)
     return stamp.timestamp()
+
+
+# -- ports ------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class DesiredPort:
+    """A Neutron port bound here and the DV port it needs.
+
+    ``settings`` None: what the port needs cannot be expressed (``problem``
+    says why); its DV port keeps what it has, and the reason is reported.
+    """
+
+    port_id: str
+    network_id: str
+    pg: DesiredPortGroup            # the distributed port group it lives in
+    settings: PortSettings | None
+    problem: str | None = None
+    status: str = ""                # Neutron's port status now
+
+
+@dataclasses.dataclass(frozen=True)
+class UnenforcedPort:
+    """A port on a standard vSwitch whose policy cannot be enforced there."""
+
+    port_id: str
+    network_id: str
+    what: tuple[str, ...]           # "security groups", "QoS", ...
+
+
+def desired_ports(ports: Iterable[PortSpec],
+                  networks: Mapping[str, NetworkSpec], topo: Topology,
+                  max_rules: int
+                  ) -> tuple[list[DesiredPort], list[UnenforcedPort]]:
+    """The DV ports the given Neutron ports need.
+
+    A port counts when it is bound (``physnet`` set by the reader from its
+    bound segment) to a physical network mapped to a distributed switch; one
+    on a standard vSwitch has no DV port, and what its policy asks that the
+    vSwitch cannot do is returned as :class:`UnenforcedPort`.
+    """
+    from networking_vcenter.reconcile import portsettings
+    result: list[DesiredPort] = []
+    unenforced: list[UnenforcedPort] = []
+    for port in ports:
+        net = networks.get(port.network_id)
+        if not port.physnet or net is None:
+            continue
+        pg = next((d for d in desired_for_network(net, topo)
+                   if d.physnet == port.physnet), None)
+        if pg is None:
+            continue
+        if pg.kind != DVS:
+            what = unenforceable_on_vswitch(port)
+            if what:
+                unenforced.append(UnenforcedPort(port.id, port.network_id,
+                                                 what))
+            continue
+        target = topo.targets[pg.physnet]
+        try:
+            settings = portsettings.port_settings(
+                port, max_rules=max_rules, mac_learning=target.mac_learning)
+        except (portsettings.TooManyRules,
+                portsettings.Unenforceable) as exc:
+            result.append(DesiredPort(port.id, port.network_id, pg, None,
+                                      str(exc), port.status))
+            continue
+        result.append(DesiredPort(port.id, port.network_id, pg, settings,
+                                  status=port.status))
+    return result, unenforced
+
+
+def unenforceable_on_vswitch(port: PortSpec) -> tuple[str, ...]:
+    """What of a port's policy a standard vSwitch cannot enforce."""
+    what = []
+    if port.port_security and port.security_groups:
+        what.append("security groups")
+    if port.qos:
+        what.append("QoS")
+    return tuple(what)
