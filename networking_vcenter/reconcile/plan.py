@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from networking_vcenter.reconcile.desired import DVS, DesiredPortGroup
+from networking_vcenter.reconcile.desired import DVS, DesiredPort, \
+    DesiredPortGroup
 from networking_vcenter.vsphere import inventory as inv_mod
-from networking_vcenter.vsphere.inventory import Inventory
+from networking_vcenter.vsphere.inventory import Inventory, PortSettings
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-"
                      r"[0-9a-f]{12}$")
@@ -67,6 +68,18 @@ class UpdateDvsPortGroup(Step):
         return (f"retag distributed port group {self.name} ({self.moid}) on "
                 f"{self.switch}: {vlan_text(self.old_vlan)} -> "
                 f"{vlan_text(self.vlan)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertDvsPortGroup(UpdateDvsPortGroup):
+    """Made by an earlier version: give it the policy per-port settings
+    need (static ports, overrides allowed); no NIC is detached."""
+
+    verb = "convert"
+
+    def describe(self) -> str:
+        return (f"convert distributed port group {self.name} ({self.moid}) "
+                f"on {self.switch} to per-port policies")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +281,10 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
                 result.steps.append(UpdateDvsPortGroup(
                     d.network_id, d.name, d.switch, have.moid, d.vlan,
                     have.vlan, d.physnet))
+            elif not getattr(have, "ports_ready", True):
+                result.steps.append(ConvertDvsPortGroup(
+                    d.network_id, d.name, d.switch, have.moid, d.vlan,
+                    have.vlan, d.physnet))
             else:
                 result.in_sync.append(d)
             continue
@@ -351,3 +368,185 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
             result.steps.append(RemoveHostPortGroup(
                 owner, name, moid, host.name, vms))
     return result
+
+
+# -- distributed ports ------------------------------------------------------
+#
+# A Neutron port bound on a distributed switch owns one DV port of its
+# network's port group: the port *named* after the Neutron port id (vCenter
+# has no "reserved" state; the name is the reservation, found again after a
+# restart or a lost race).  Its settings are the port's policy.  Everything
+# below is pure, like plan(): the applier runs the steps, each DV port spec
+# carrying the configVersion the plan saw, so a port changed since by anybody
+# is refused by vCenter (ConcurrentAccess) and planned again from a fresh
+# read.
+
+@dataclasses.dataclass(frozen=True)
+class PortStep:
+    port_id: str                  # the Neutron port (a release: the old name)
+    network_id: str
+    switch: str
+    portgroup: str                # port group name
+    portgroup_key: str
+    key: str | None               # DV port key; None: none free, grow first
+    config_version: str | None
+    settings: PortSettings
+    name: str | None = None       # new name (None: unchanged)
+
+    verb = "?"
+
+    def describe(self) -> str:
+        where = f"port {self.key}" if self.key else "a new port"
+        return (f"{self.verb} {where} of {self.portgroup} on {self.switch} "
+                f"for Neutron port {self.port_id}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReservePort(PortStep):
+    verb = "reserve"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigurePort(PortStep):
+    verb = "configure"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleasePort(PortStep):
+    verb = "release"
+
+
+@dataclasses.dataclass(frozen=True)
+class PortConflict:
+    port_id: str
+    network_id: str
+    reason: str
+
+
+@dataclasses.dataclass
+class PortPlan:
+    steps: list[PortStep] = dataclasses.field(default_factory=list)
+    conflicts: list[PortConflict] = dataclasses.field(default_factory=list)
+    reserved: dict[str, inv_mod.DvPort] = dataclasses.field(
+        default_factory=dict)        # port id -> its DV port, as seen
+    status: dict[str, str] = dataclasses.field(
+        default_factory=dict)        # port id -> status Neutron should show
+    waiting: set[str] = dataclasses.field(default_factory=set)
+                                     # ports whose port group is not ready
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    def describe(self) -> list[str]:
+        return [s.describe() for s in self.steps] + \
+            [f"CONFLICT: port {c.port_id}: {c.reason}"
+             for c in self.conflicts]
+
+
+ACTIVE = "ACTIVE"
+DOWN = "DOWN"
+
+
+def plan_ports(desired: Iterable[DesiredPort], inv: Inventory,
+               released: Callable[[bool], PortSettings],
+               scope: set[str] | None = None,
+               keep: set[str] | frozenset[str] = frozenset()) -> PortPlan:
+    """Steps that give every desired port its DV port, as it should be.
+
+    ``scope``: the Neutron port ids this pass is about (None: every port;
+    then reservations of ports not desired are released).  ``keep``: port
+    ids whose reservations are left alone even if not desired (ports
+    changed too recently to judge).  ``released(connected)`` gives the
+    settings of a released port.  Port groups whose ports are unread or
+    not ready for per-port settings (made by an older version, converted
+    first by plan()) are left for a later pass.
+    """
+    result = PortPlan()
+    desired = list(desired)
+    groups: dict[tuple[str, str], inv_mod.DvsPortGroup] = {}
+    for pg in inv.dvs_portgroups:
+        groups[(pg.dvs_moid, pg.name)] = pg
+    by_name: dict[str, list[inv_mod.DvPort]] = {}
+    taken: set[tuple[str, str]] = set()     # (pg key, port key) in use
+    for pg_key, ports in inv.dv_ports.items():
+        for p in ports:
+            if p.name:
+                by_name.setdefault(p.name, []).append(p)
+    ours = {pg.key: pg for pg in inv.dvs_portgroups if pg.owner}
+
+    def step_for(cls, port, d_or_none, pg, settings, name=None,
+                 port_id=None, network_id=None):
+        dvs = inv.dvs_by_moid(pg.dvs_moid)
+        return cls(port_id or d_or_none.port_id,
+                   network_id or (d_or_none.network_id if d_or_none
+                                  else pg.owner or ""),
+                   dvs.name if dvs else pg.dvs_moid, pg.name, pg.key,
+                   port.key if port else None,
+                   port.config_version if port else None, settings, name)
+
+    wanted: set[str] = set()
+    reserve: dict[str, list[tuple[DesiredPort, inv_mod.DvsPortGroup]]] = {}
+    for d in desired:
+        wanted.add(d.port_id)
+        dvs = inv.dvs(d.pg.switch)
+        pg = groups.get((dvs.moid, d.pg.name)) if dvs else None
+        if pg is None or pg.owner != d.network_id or \
+                not getattr(pg, "ports_ready", True) or \
+                pg.key not in inv.dv_ports:
+            result.waiting.add(d.port_id)
+            taken.update((p.portgroup_key, p.key)
+                         for p in by_name.get(d.port_id, ()))
+            continue
+        mine = [p for p in by_name.get(d.port_id, ())
+                if p.portgroup_key == pg.key]
+        # Keep one: the connected one, else the lowest key.
+        mine.sort(key=lambda p: (not p.connected, _key_order(p.key)))
+        for extra in mine[1:]:
+            result.steps.append(step_for(ReleasePort, extra, d, pg,
+                                         released(extra.connected), ""))
+            taken.add((pg.key, extra.key))
+        if d.problem:
+            result.conflicts.append(PortConflict(d.port_id, d.network_id,
+                                                 d.problem))
+        if mine:
+            have = mine[0]
+            taken.add((pg.key, have.key))
+            result.reserved[d.port_id] = have
+            if d.settings is not None and have.settings != d.settings:
+                result.steps.append(step_for(ConfigurePort, have, d, pg,
+                                             d.settings))
+            status = ACTIVE if have.connected else DOWN
+            if d.status and d.status != status:
+                result.status[d.port_id] = status
+        elif d.settings is not None:
+            reserve.setdefault(pg.key, []).append((d, pg))
+            if d.status and d.status != DOWN:
+                result.status[d.port_id] = DOWN
+
+    # Reservations held elsewhere (moved, unbound, deleted): released.
+    for name, ports in sorted(by_name.items()):
+        if not UUID_RE.match(name) or name in keep or \
+                (scope is not None and name not in scope):
+            continue
+        for p in ports:
+            pg = ours.get(p.portgroup_key)
+            if pg is None or (pg.key, p.key) in taken:
+                continue
+            result.steps.append(step_for(ReleasePort, p, None, pg,
+                                         released(p.connected), "",
+                                         port_id=name))
+
+    # New reservations take free ports: no name, no NIC, lowest key first.
+    for pg_key, wants in reserve.items():
+        free = [p for p in inv.dv_ports.get(pg_key, ())
+                if not p.name and not p.connected
+                and (pg_key, p.key) not in taken]
+        free.sort(key=lambda p: _key_order(p.key))
+        for (d, pg), port in zip(wants, free + [None] * len(wants)):
+            result.steps.append(step_for(ReservePort, port, d, pg,
+                                         d.settings, d.port_id))
+    return result
+
+
+def _key_order(key: str):
+    return (0, int(key), "") if key.isdigit() else (1, 0, key)

@@ -1,0 +1,112 @@
+"""The pure port planner on plain data: exact steps asserted."""
+
+import dataclasses
+
+from networking_vcenter.reconcile import desired as D
+from networking_vcenter.reconcile import plan as P
+from networking_vcenter.vsphere import inventory as I
+from tests.unit.test_plan import NET_A, dvpg, inventory
+
+PORT_1 = "11111111-0000-4000-8000-000000000001"
+PORT_2 = "22222222-0000-4000-8000-000000000002"
+PG_NAME = f"neutron-physnet1-{NET_A}"
+WANT = I.PortSettings(blocked=False, rules=(), allow_promiscuous=False,
+                      mac_changes=False, forged_transmits=False,
+                      mac_learning=False)
+OTHER = dataclasses.replace(WANT, forged_transmits=True)
+
+
+def released(connected):
+    return dataclasses.replace(I.INHERITED, blocked=True if connected
+                               else None)
+
+
+def port(key, name="", settings=I.INHERITED, connected=False, pg="key-pg1",
+         version="1"):
+    return I.DvPort(key, "uuid-dvs0", pg, name, version, connected,
+                    settings=settings)
+
+
+def setup(ports, pg_ready=True):
+    pg = dataclasses.replace(dvpg(PG_NAME, 10, NET_A, moid="pg1"))
+    if hasattr(pg, "ports_ready"):
+        pg = dataclasses.replace(pg, ports_ready=pg_ready)
+    inv = inventory([pg])
+    inv.dv_ports = {pg.key: tuple(ports)}
+    return inv
+
+
+def want(port_id, settings=WANT, status="DOWN"):
+    pg = D.DesiredPortGroup(NET_A, "physnet1", D.DVS, "DVS0", PG_NAME, 10)
+    return D.DesiredPort(port_id, NET_A, pg, settings, status=status)
+
+
+def test_reserve_takes_the_lowest_free_port_with_its_settings():
+    inv = setup([port("10", "x-hand-named"), port("9", connected=True),
+                 port("12"), port("11")])
+    plan = P.plan_ports([want(PORT_1)], inv, released)
+    (step,) = plan.steps
+    assert isinstance(step, P.ReservePort)
+    assert (step.key, step.name, step.settings, step.config_version) == \
+        ("11", PORT_1, WANT, "1")
+
+
+def test_in_sync_reservation_plans_nothing_and_reports_status():
+    inv = setup([port("3", PORT_1, WANT, connected=True)])
+    plan = P.plan_ports([want(PORT_1, status="DOWN")], inv, released)
+    assert plan.steps == []
+    assert plan.reserved[PORT_1].key == "3"
+    assert plan.status == {PORT_1: "ACTIVE"}
+
+
+def test_drifted_settings_are_configured_with_the_seen_version():
+    inv = setup([port("3", PORT_1, OTHER, version="7")])
+    (step,) = P.plan_ports([want(PORT_1)], inv, released).steps
+    assert isinstance(step, P.ConfigurePort)
+    assert (step.key, step.config_version, step.settings, step.name) == \
+        ("3", "7", WANT, None)
+
+
+def test_no_free_port_asks_to_grow():
+    inv = setup([port("0", connected=True)])
+    (step,) = P.plan_ports([want(PORT_1)], inv, released).steps
+    assert isinstance(step, P.ReservePort) and step.key is None
+
+
+def test_duplicate_reservations_keep_the_connected_one():
+    inv = setup([port("1", PORT_1, WANT), port("2", PORT_1, WANT,
+                                                connected=True)])
+    plan = P.plan_ports([want(PORT_1)], inv, released)
+    (step,) = plan.steps
+    assert isinstance(step, P.ReleasePort) and step.key == "1"
+    assert plan.reserved[PORT_1].key == "2"
+
+
+def test_reservation_of_a_gone_port_released_in_scope_only():
+    inv = setup([port("1", PORT_2, WANT, connected=True)])
+    (step,) = P.plan_ports([], inv, released, scope={PORT_2}).steps
+    assert isinstance(step, P.ReleasePort)
+    assert (step.key, step.name, step.settings) == \
+        ("1", "", released(True))
+    assert P.plan_ports([], inv, released, scope={PORT_1}).steps == []
+    # A port changed too recently to judge is kept.
+    assert P.plan_ports([], inv, released, keep={PORT_2}).steps == []
+    # Names that are no Neutron port id are not ours to release.
+    assert P.plan_ports([], setup([port("1", "web-1")]), released).steps == []
+
+
+def test_unreadable_or_unready_port_group_waits():
+    inv = setup([port("1")])
+    inv.dv_ports = {}
+    plan = P.plan_ports([want(PORT_1)], inv, released)
+    assert (plan.steps, plan.waiting) == ([], {PORT_1})
+
+
+def test_unexpressible_policy_is_a_conflict_and_keeps_the_port():
+    inv = setup([port("3", PORT_1, OTHER)])
+    bad = dataclasses.replace(want(PORT_1, settings=None),
+                              problem="needs 2000 rules")
+    plan = P.plan_ports([bad], inv, released)
+    assert plan.steps == []
+    assert [c.reason for c in plan.conflicts] == ["needs 2000 rules"]
+    assert plan.reserved[PORT_1].key == "3"
