@@ -78,6 +78,7 @@ class Dvs:
     host_moids: frozenset[str]
     ref: Any = dataclasses.field(compare=False, repr=False)
     folder: Any = dataclasses.field(default=None, compare=False, repr=False)
+    version: str | None = None   # config.productInfo.version ("7.0.0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,35 @@ class DvsPortGroup:
     vm_count: int
     ref: Any = dataclasses.field(compare=False, repr=False)
     mark: Mark | None = None  # anybody's networking-vcenter mark
+    # Per-port settings (issue 8): whether the group is static and lets
+    # its ports override what the driver sets on them (see
+    # :func:`ports_ready_of`); its size and config version, for a grow or
+    # a conversion in place.
+    ports_ready: bool = True
+    num_ports: int = 0
+    config_version: str | None = None
+    mac_override: bool = False   # macManagementOverrideAllowed too
+    port_keys: tuple[str, ...] = ()
+
+
+# The port overrides a group must allow for the settings the driver puts on
+# its ports (blocked, traffic filter, security, shaping).  MAC management
+# (macManagementOverrideAllowed, vim 6.7) is asked for too but not required:
+# an older API session cannot even send it.
+PORT_OVERRIDES = ("blockOverrideAllowed", "shapingOverrideAllowed",
+                  "trafficFilterOverrideAllowed",
+                  "securityPolicyOverrideAllowed")
+
+
+def ports_ready_of(pg_type: str | None, policy: Any) -> bool:
+    """Whether a distributed port group (``config.type``, ``config.policy``)
+    can hold per-port settings as the driver makes them: static (early
+    binding), the :data:`PORT_OVERRIDES` allowed, and the settings kept when
+    a NIC disconnects (``portConfigResetAtDisconnect`` off)."""
+    if pg_type != "earlyBinding" or policy is None:
+        return False
+    return all(getattr(policy, flag, False) for flag in PORT_OVERRIDES) \
+        and not getattr(policy, "portConfigResetAtDisconnect", True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,7 +299,9 @@ Objects = list[tuple[Any, dict[str, Any]]]
 def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
                  compute: Objects, datacenters: Objects, hosts: Objects,
                  field_key: int | None, has_fields: bool,
-                 deployment: str) -> Inventory:
+                 deployment: str,
+                 dv_ports: dict[str, tuple["DvPort", ...]] | None = None
+                 ) -> Inventory:
     """An Inventory from (reference, properties) pairs, as the replica holds
     them (see :mod:`networking_vcenter.vsphere.replica` for the paths).
 
@@ -283,7 +315,9 @@ def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
         dvs = Dvs(moid=ref._moId, name=p["name"], uuid=p.get("uuid"),
                   host_moids=frozenset(h._moId for h in
                                        p.get("summary.hostMember") or []),
-                  ref=ref, folder=p.get("parent"))
+                  ref=ref, folder=p.get("parent"),
+                  version=getattr(p.get("config.productInfo"), "version",
+                                  None) or None)
         switches.setdefault(dvs.name, []).append(dvs)
 
     dvpgs_out = []
@@ -298,7 +332,14 @@ def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
             dvs_moid=switch._moId,
             vlan=_vlan_of(p.get("config.defaultPortConfig")),
             description=description, owner=owner(mark, deployment),
-            vm_count=len(p.get("vm") or []), ref=ref, mark=mark))
+            vm_count=len(p.get("vm") or []), ref=ref, mark=mark,
+            ports_ready=ports_ready_of(p.get("config.type"),
+                                       p.get("config.policy")),
+            num_ports=int(p.get("config.numPorts") or 0),
+            config_version=p.get("config.configVersion"),
+            mac_override=bool(getattr(p.get("config.policy"),
+                                      "macManagementOverrideAllowed", False)),
+            port_keys=tuple(p.get("portKeys") or ())))
 
     clusters: dict[str, list[list[str]]] = {}
     for ref, p in compute:
@@ -335,7 +376,8 @@ def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
                      owner_field_key=field_key, custom_fields=has_fields,
                      network_folders=[p["networkFolder"]
                                       for _, p in datacenters
-                                      if p.get("networkFolder")])
+                                      if p.get("networkFolder")],
+                     dv_ports=dict(dv_ports or {}))
 
 
 # -- distributed ports ------------------------------------------------------

@@ -2,9 +2,10 @@
 
 One PropertyCollector per process, with one filter over
 
-* distributed switches (name, UUID, member hosts, folder),
-* every network -- distributed port groups with their VLAN, description and
-  VMs; standard networks with their hosts, VMs and custom values,
+* distributed switches (name, UUID, member hosts, folder, version),
+* every network -- distributed port groups with their VLAN, description,
+  VMs, binding type, policy, size, configVersion and port keys; standard
+  networks with their hosts, VMs and custom values,
 * compute resources (name, hosts) and datacenters (network folder),
 * the hosts of the mapped clusters (vSwitches and port groups),
 * our custom attribute definitions,
@@ -21,11 +22,23 @@ the maintenance worker -- the networks whose port groups changed, or "full"
 when the topology itself changed (a host joined a cluster, a switch changed,
 vCenter came back empty) -- and handed to the listeners, which only enqueue.
 
+The ports of our distributed port groups (those marked by this deployment)
+are kept too, in :attr:`Inventory.dv_ports`: a port is no managed object and
+a port reconfigure changes no property, so they are read with
+``FetchDVPorts`` -- one call per switch for all its groups -- after each full
+read, again for the groups an update touches (their ``portKeys``, ``vm`` or
+config: a NIC connected or gone, the group resized or converted), batched
+per update, in the replica thread; and on demand with
+:meth:`Replica.refresh_ports` (the reconciler's full pass sees hand edits of
+port settings that way, and its own writes).  Groups whose ports changed are
+reported in :attr:`Event.portgroups`.
+
 Nothing here writes to vCenter.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -38,6 +51,7 @@ from pyVmomi import vim, vmodl
 from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter.vsphere import inventory
+from networking_vcenter.vsphere import ports as ports_mod
 from networking_vcenter.vsphere.session import Session
 
 LOG = logging.getLogger(__name__)
@@ -53,8 +67,14 @@ RETRY_DELAY = (1.0, 5.0)
 # it gets both lists.
 NETWORK_PATHS = ["name", "host", "vm", "customValue"]
 DVPG_PATHS = ["key", "config.distributedVirtualSwitch",
-              "config.defaultPortConfig", "config.description"]
-DVS_PATHS = ["name", "uuid", "summary.hostMember", "parent"]
+              "config.defaultPortConfig", "config.description",
+              "config.type", "config.policy", "config.numPorts",
+              "config.configVersion", "portKeys"]
+DVS_PATHS = ["name", "uuid", "summary.hostMember", "parent",
+             "config.productInfo"]
+# A change of these on one of our port groups means its ports may have
+# changed: they are read again.
+PORT_PATHS = ("portKeys", "vm", "config")
 CR_PATHS = ["name", "host"]
 DC_PATHS = ["networkFolder"]
 HOST_PATHS = ["name", "configManager.networkSystem",
@@ -68,6 +88,8 @@ class Event:
 
     networks: frozenset[str] = frozenset()   # networks whose port groups
     full: bool = False                       # changed; or everything
+    portgroups: frozenset[str] = frozenset()  # keys of our distributed port
+                                              # groups whose ports changed
 
 
 @dataclasses.dataclass
@@ -107,6 +129,12 @@ class Replica:
         self._synced = False           # a full read has completed
         self._generation = 0           # bumped on every change applied
         self._snapshot: tuple[int, inventory.Inventory] | None = None
+        # The ports of our distributed port groups, by group key, and the
+        # number of the read each came from (a later read wins).
+        self._ports: dict[str, tuple[inventory.DvPort, ...]] = {}
+        self._port_reads: dict[str, int] = {}
+        self._reads = 0
+        self._read_lock = threading.Lock()
         self._listeners: list[Callable[[Event], None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -174,6 +202,37 @@ class Replica:
                     self._stop.is_set(), timeout=left)
             if self._stop.is_set():
                 return False
+
+    def refresh_ports(self, portgroup_keys: Any = None,
+                      timeout: float | None = None) -> frozenset[str]:
+        """Read the ports of our distributed port groups now (all of them,
+        or those of ``portgroup_keys`` that are ours), in the caller's
+        thread: one ``FetchDVPorts`` per switch, under a budget of
+        ``timeout`` seconds when given.  Answers the keys of the groups
+        whose ports changed; listeners get them in an Event too.  Raises
+        the session's typed errors (TransientFault before the first full
+        read)."""
+        with self._cond:
+            if not self._synced:
+                raise exceptions.TransientFault(
+                    f"vCenter {self._session.endpoint}",
+                    f"not read yet ({self.error or 'connecting'})")
+            objects = self._objects
+        groups = self._our_groups(objects)
+        if portgroup_keys is not None:
+            wanted = set(portgroup_keys)
+            groups = {moid: (ref, keys & wanted)
+                      for moid, (ref, keys) in groups.items()
+                      if keys & wanted}
+        if timeout is None:
+            read, found = self._fetch(groups)
+        else:
+            with self._session.budget(timeout):
+                read, found = self._fetch(groups)
+        changed = self._store_ports(read, found, set())
+        if changed:
+            self._notify(Event(portgroups=changed))
+        return changed
 
     # -- life cycle -------------------------------------------------------
 
@@ -298,7 +357,10 @@ class Replica:
             self._apply(update, fresh, None)
             if not update.truncated:
                 break
+        read, ports = self._fetch(self._our_groups(fresh))
         with self._cond:
+            self._ports = ports
+            self._port_reads = {k: read for k in ports}
             self._objects = fresh
             self._version = version
             self._synced = True
@@ -307,8 +369,8 @@ class Replica:
             self.reloads += 1
             self.last_contact = time.monotonic()
             self._cond.notify_all()
-        LOG.info("vCenter replica: read %d objects (reload %d)", len(fresh),
-                 self.reloads)
+        LOG.info("vCenter replica: read %d objects and the ports of %d port "
+                 "group(s) (reload %d)", len(fresh), len(ports), self.reloads)
         self._notify(Event(full=True))
 
     def _host_containers(self, content: Any) -> list[Any]:
@@ -338,14 +400,105 @@ class Replica:
         with self._cond:
             objects = dict(self._objects)
         event = self._apply(update, objects, event)
+        # Ports of our groups that this update may have changed: read
+        # before the update is published, so that a snapshot never shows a
+        # group with ports older than itself.
+        touched = self._ports_touched(update, objects)
+        groups = {moid: (ref, keys & touched) for moid, (ref, keys)
+                  in self._our_groups(objects).items() if keys & touched}
+        read, found = self._fetch(groups)
         with self._cond:
             self._objects = objects
             self._version = update.version
+            changed = self._store_ports(read, found, touched, publish=False)
             self._generation += 1
             self.error = None
             self._cond.notify_all()
-        if event.full or event.networks:
+        if changed:
+            event = dataclasses.replace(event, portgroups=changed)
+        if event.full or event.networks or event.portgroups:
             self._notify(event)
+
+    # -- ports ------------------------------------------------------------
+
+    def _our_groups(self, objects: dict[str, _Obj]
+                    ) -> dict[str, tuple[Any, set[str]]]:
+        """{switch moid: (switch, keys of our port groups on it)}."""
+        deployment = self._settings.deployment_name
+        out: dict[str, tuple[Any, set[str]]] = {}
+        for obj in objects.values():
+            p = obj.props
+            switch = p.get("config.distributedVirtualSwitch")
+            if _kind(obj.ref) != "dvpg" or switch is None or \
+                    not p.get("key"):
+                continue
+            mark = inventory.mark_from_description(p.get("config.description"))
+            if inventory.owner(mark, deployment) is None:
+                continue
+            out.setdefault(switch._moId, (switch, set()))[1].add(p["key"])
+        return out
+
+    def _fetch(self, groups: dict[str, tuple[Any, set[str]]]
+               ) -> tuple[int, dict[str, tuple[inventory.DvPort, ...]]]:
+        """Read the ports of ``groups``: one FetchDVPorts per switch.
+        Answers the read's number (its order among all reads) too."""
+        with self._read_lock:
+            self._reads += 1
+            read = self._reads
+        found: dict[str, tuple[inventory.DvPort, ...]] = {}
+        for moid in sorted(groups):
+            ref, keys = groups[moid]
+            found.update(ports_mod.fetch_ports(self._session, ref, keys))
+        return read, found
+
+    def _store_ports(self, read: int,
+                     found: dict[str, tuple[inventory.DvPort, ...]],
+                     touched: set[str], publish: bool = True
+                     ) -> frozenset[str]:
+        """Keep what a read found (unless a later read has stored that
+        group already); groups in ``touched`` that are no longer ours (or
+        gone) are forgotten.  Answers the groups whose ports changed.
+        ``publish``: bump the generation (the caller does otherwise, and
+        holds the lock)."""
+        lock = self._cond if publish else contextlib.nullcontext()
+        changed = set()
+        with lock:
+            ports = dict(self._ports)
+            for key in touched - set(found):
+                if key in ports:
+                    del ports[key]
+                    self._port_reads.pop(key, None)
+                    changed.add(key)
+            for key, value in found.items():
+                if self._port_reads.get(key, 0) > read:
+                    continue
+                self._port_reads[key] = read
+                if ports.get(key) != value:
+                    ports[key] = value
+                    changed.add(key)
+            if changed:
+                self._ports = ports
+                if publish:
+                    self._generation += 1
+                    self._cond.notify_all()
+        return frozenset(changed)
+
+    def _ports_touched(self, update: Any, objects: dict[str, _Obj]
+                       ) -> set[str]:
+        """Keys of the distributed port groups whose portKeys, VMs or
+        config an update changed (or that came or went)."""
+        keys = set()
+        for fs in update.filterSet or []:
+            for ou in fs.objectSet or []:
+                if _kind(ou.obj) != "dvpg":
+                    continue
+                if ou.kind in ("enter", "leave") or any(
+                        c.name.split(".")[0] in PORT_PATHS
+                        for c in ou.changeSet or []):
+                    obj = objects.get(ou.obj._moId)
+                    key = obj.props.get("key") if obj else None
+                    keys.add(key or ou.obj._moId)
+        return keys
 
     def _destroy_collector(self) -> None:
         collector, views = self._collector, self._views
@@ -454,7 +607,8 @@ class Replica:
             compute=by_kind.get("cr", []), datacenters=by_kind.get("dc", []),
             hosts=by_kind.get("host", []), field_key=field_key,
             has_fields=bool(by_kind.get("fields")),
-            deployment=self._settings.deployment_name)
+            deployment=self._settings.deployment_name,
+            dv_ports=self._ports)
 
 
 def _portgroups(props: dict[str, Any] | None) -> set[tuple[str, str, int]]:

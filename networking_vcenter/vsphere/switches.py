@@ -35,19 +35,75 @@ def dvs_port_group_spec(name: str, vlan: int, description: str,
                         config_version: str | None = None,
                         num_ports: int | None = None
                         ) -> vim.dvs.DistributedVirtualPortgroup.ConfigSpec:
-    """A complete spec (vCenter's simulator wipes fields a spec leaves out).
+    """The complete spec of one of our distributed port groups.
 
-    Static binding with auto-expand: Nova attaches NICs by port group key and
-    ports are allocated as VMs come, without a size limit to tune.  A
-    reconfigure passes the group's current ``num_ports``: fewer would make
-    vCenter delete free ports (or refuse, below the connected ones).
+    Static binding (earlyBinding) with autoExpand: Nova attaches NICs by
+    port group key or pinned to a port key (``vif_details['dvs_port_key']``)
+    that the driver reserves and configures before the VM boots, and ports
+    are added as VMs come, without a size to tune.  The group lets its ports
+    override what the driver sets per Neutron port (:func:`port_group_policy`)
+    and keeps a port's settings when its NIC disconnects, so that a reserved
+    port stays configured.  The defaults its ports inherit are written out
+    in full (:func:`default_port_config`) rather than left to the switch.
+
+    A reconfigure (a retag, or the conversion in place of a group made by an
+    earlier version: dynamic policy, reset at disconnect) passes the group's
+    ``config_version`` -- vCenter refuses the spec if the group changed since
+    -- and its current ``num_ports``: fewer would make vCenter delete free
+    ports (or refuse, below the connected ones); a connected NIC keeps its
+    port.  vCenter merges a reconfigure spec (unset fields stay); the spec
+    is complete anyway, so that a group reads the same however it was made.
     """
     return vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
         name=name, description=description, type="earlyBinding",
         numPorts=max(8, num_ports or 0), autoExpand=True,
-        configVersion=config_version,
-        defaultPortConfig=VmwareDVS.VmwarePortConfigPolicy(
-            vlan=VmwareDVS.VlanIdSpec(vlanId=vlan, inherited=False)))
+        configVersion=config_version, policy=port_group_policy(),
+        defaultPortConfig=default_port_config(vlan))
+
+
+def port_group_policy() -> VmwareDVS.VMwarePortgroupPolicy:
+    """What ports of our groups may override: blocked, shaping, the traffic
+    filter, security and MAC management (6.6+ switches) -- the settings of
+    :class:`~networking_vcenter.vsphere.inventory.PortSettings`; nothing
+    else (VLAN, teaming, vendor config, resource pools, NetFlow).  Settings
+    survive a NIC's disconnect (``portConfigResetAtDisconnect`` off)."""
+    return VmwareDVS.VMwarePortgroupPolicy(
+        blockOverrideAllowed=True, shapingOverrideAllowed=True,
+        vendorConfigOverrideAllowed=False, livePortMovingAllowed=False,
+        portConfigResetAtDisconnect=False,
+        networkResourcePoolOverrideAllowed=False,
+        trafficFilterOverrideAllowed=True, vlanOverrideAllowed=False,
+        uplinkTeamingOverrideAllowed=False,
+        securityPolicyOverrideAllowed=True, ipfixOverrideAllowed=False,
+        macManagementOverrideAllowed=True)
+
+
+def default_port_config(vlan: int) -> VmwareDVS.VmwarePortConfigPolicy:
+    """The group's port defaults: its VLAN, not blocked, Neutron's port
+    security (promiscuous mode, MAC changes and forged transmits rejected;
+    a port opens them itself), no shaping.  The traffic filter is left to
+    the switch (none): ports carry their own."""
+    reject = vim.BoolPolicy(inherited=False, value=False)
+    no_limit = vim.dvs.DistributedVirtualPort.TrafficShapingPolicy(
+        inherited=False, enabled=vim.BoolPolicy(inherited=False, value=False))
+    return VmwareDVS.VmwarePortConfigPolicy(
+        vlan=VmwareDVS.VlanIdSpec(vlanId=vlan, inherited=False),
+        blocked=vim.BoolPolicy(inherited=False, value=False),
+        securityPolicy=VmwareDVS.SecurityPolicy(
+            inherited=False, allowPromiscuous=reject, macChanges=reject,
+            forgedTransmits=reject),
+        inShapingPolicy=no_limit, outShapingPolicy=no_limit)
+
+
+def convert_port_group_spec(config_version: str | None, num_ports: int
+                            ) -> vim.dvs.DistributedVirtualPortgroup.ConfigSpec:
+    """The smallest spec turning a group made by an earlier version into
+    one that holds per-port settings (static, :func:`port_group_policy`),
+    in place: its ports, connected NICs and everything else stay (vCenter
+    merges a reconfigure spec; the simulator does since patch 0008)."""
+    return vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+        configVersion=config_version, type="earlyBinding", autoExpand=True,
+        numPorts=max(8, num_ports or 0), policy=port_group_policy())
 
 
 def create_dvs_port_groups(session: Session, dvs: Any,

@@ -1,0 +1,424 @@
+"""Distributed ports: their settings as plain data, batched reads and writes.
+
+A Neutron port on a distributed switch gets a DV port of its static port
+group; what the port carries (traffic filter, security, shaping, blocked) is
+the port's *own* settings (``VMwareDVSPortSetting``), the rest comes from
+the group.  This module translates between
+:class:`~networking_vcenter.vsphere.inventory.PortSettings` (plain data, the
+planner's side) and pyVmomi, and does the three port operations in as few
+round trips as vSphere allows:
+
+* :func:`fetch_ports` -- one ``FetchDVPorts`` per switch, for any number of
+  port groups;
+* :func:`reconfigure_ports` -- one ``ReconfigureDVPort_Task`` for any number
+  of ports, all or nothing, each port's ``configVersion`` checked by vCenter
+  (a port changed meanwhile fails the whole task with ConcurrentAccess,
+  raised as :class:`~networking_vcenter.exceptions.ConcurrentModification`);
+* :func:`grow_port_group` -- one ``ReconfigureDVPortgroup_Task`` adding free
+  ports to a static group.
+
+Conventions (one place, so that reads and writes agree):
+
+* a :class:`PortSettings` field that is None is sent as ``inherited=true``
+  (vSphere drops the port's own value; the group's applies), and a port
+  setting shown ``inherited`` reads back as None: ``settings_of`` is the
+  exact inverse of ``setting_spec`` for what a port holds itself;
+* rules get sequences 10, 20, 30... in their order (first match wins; the
+  gaps leave an operator room, and are not read back);
+* a rule's IP part is always one ``DvsIpNetworkRuleQualifier``, even when it
+  says nothing (any protocol, any address): it then matches every IP packet
+  and nothing else, so a final "drop all" never drops ARP;
+* ``rules=()`` is a filter set on the port with an empty, disabled ruleset
+  (no filtering, whatever the group says); None leaves the group's;
+* the security booleans go to ``securityPolicy``; on switches with MAC
+  management (6.6.0 and later, :func:`mac_management_supported`) they are
+  repeated in ``macManagementPolicy`` with ``mac_learning``.  That policy's
+  booleans cannot be "inherited" one by one: one left None there is sent as
+  False (reject, our groups' default).  It is a vim 6.7 type: a session
+  speaking an older API version (``session.API_NAMESPACE``) leaves it out of
+  the request, and the switch keeps what it had.
+
+Nothing here imports the reconciler.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pyVmomi import vim
+
+from networking_vcenter.vsphere import inventory
+from networking_vcenter.vsphere.inventory import (
+    DvPort, PortSettings, Shaping, TrafficRule)
+from networking_vcenter.vsphere.session import Session
+
+VmwareDVS = vim.dvs.VmwareDistributedVirtualSwitch
+DVPort = vim.dvs.DistributedVirtualPort
+Rule = vim.dvs.TrafficRule
+
+# The only filter agent of vSphere's own traffic filtering.
+FILTER_AGENT = "dvfilter-generic-vmware"
+# Rule n (from 0) gets sequence (n + 1) * SEQUENCE_STEP.
+SEQUENCE_STEP = 10
+# The first switch version with DVSMacManagementPolicy (MAC learning).
+MAC_MANAGEMENT_VERSION = (6, 6, 0)
+# Ports added at a time to a group that is full: as vCenter's auto-expand.
+GROW_BY = 8
+# vSphere's own defaults when MAC learning is turned on.
+MAC_LEARNING_LIMIT = 4096
+MAC_LEARNING_LIMIT_POLICY = "DROP"
+
+_ACTIONS = {"accept": Rule.AcceptAction, "drop": Rule.DropAction}
+
+# One change of one port: (key, configVersion read with it, new name or None
+# to keep it, new settings or None to keep them).
+PortChange = tuple[str, str, "str | None", "PortSettings | None"]
+
+
+# -- settings -> pyVmomi ----------------------------------------------------
+
+def _bool(value: bool | None) -> vim.BoolPolicy:
+    if value is None:
+        return vim.BoolPolicy(inherited=True)
+    return vim.BoolPolicy(inherited=False, value=bool(value))
+
+
+def _long(value: int) -> vim.LongPolicy:
+    return vim.LongPolicy(inherited=False, value=int(value))
+
+
+def _address(cidr: str, negated: bool) -> Any:
+    net = ipaddress.ip_network(cidr, strict=False)
+    if net.prefixlen == net.max_prefixlen:
+        return vim.SingleIp(address=str(net.network_address), negate=negated)
+    return vim.IpRange(addressPrefix=str(net.network_address),
+                       prefixLength=net.prefixlen, negate=negated)
+
+
+def _port_range(ports: tuple[int, int]) -> Any:
+    first, last = ports
+    if first == last:
+        return Rule.SingleIpPort(portNumber=int(first))
+    return Rule.IpPortRange(startPortNumber=int(first),
+                            endPortNumber=int(last))
+
+
+def rule_spec(rule: TrafficRule, sequence: int) -> vim.dvs.TrafficRule:
+    """One ``DvsTrafficRule`` with its IP qualifier."""
+    qualifier = Rule.IpQualifier()
+    if rule.protocol is not None:
+        qualifier.protocol = vim.IntExpression(value=int(rule.protocol))
+    if rule.source is not None:
+        qualifier.sourceAddress = _address(rule.source, rule.source_negated)
+    if rule.destination is not None:
+        qualifier.destinationAddress = _address(rule.destination,
+                                                rule.destination_negated)
+    if rule.source_ports is not None:
+        qualifier.sourceIpPort = _port_range(rule.source_ports)
+    if rule.destination_ports is not None:
+        qualifier.destinationIpPort = _port_range(rule.destination_ports)
+    try:
+        action = _ACTIONS[rule.action]()
+    except KeyError:
+        raise ValueError(f"traffic rule action {rule.action!r}: only "
+                         f"{sorted(_ACTIONS)}") from None
+    return Rule(sequence=sequence, direction=rule.direction,
+                description=rule.description or None, action=action,
+                qualifier=[qualifier])
+
+
+def _filter(rules: tuple[TrafficRule, ...] | None) -> Any:
+    if rules is None:
+        return DVPort.FilterPolicy(inherited=True)
+    ruleset = vim.dvs.TrafficRuleset(
+        enabled=bool(rules),
+        rules=[rule_spec(r, (i + 1) * SEQUENCE_STEP)
+               for i, r in enumerate(rules)])
+    return DVPort.FilterPolicy(inherited=False, filterConfig=[
+        DVPort.TrafficFilterConfig(agentName=FILTER_AGENT, inherited=False,
+                                   trafficRuleset=ruleset)])
+
+
+def _shaping(shaping: Shaping | None) -> Any:
+    if shaping is None:
+        return DVPort.TrafficShapingPolicy(inherited=True)
+    return DVPort.TrafficShapingPolicy(
+        inherited=False,
+        enabled=vim.BoolPolicy(inherited=False, value=bool(shaping.enabled)),
+        averageBandwidth=_long(shaping.average_bps),
+        peakBandwidth=_long(shaping.peak_bps),
+        burstSize=_long(shaping.burst_bytes))
+
+
+def _security(s: PortSettings) -> Any:
+    values = (s.allow_promiscuous, s.mac_changes, s.forged_transmits)
+    if all(v is None for v in values):
+        return VmwareDVS.SecurityPolicy(inherited=True)
+    return VmwareDVS.SecurityPolicy(
+        inherited=False, allowPromiscuous=_bool(s.allow_promiscuous),
+        macChanges=_bool(s.mac_changes),
+        forgedTransmits=_bool(s.forged_transmits))
+
+
+def _mac_management(s: PortSettings) -> Any:
+    values = (s.allow_promiscuous, s.mac_changes, s.forged_transmits,
+              s.mac_learning)
+    if all(v is None for v in values):
+        return VmwareDVS.MacManagementPolicy(inherited=True)
+    if s.mac_learning is None:
+        learning = VmwareDVS.MacLearningPolicy(inherited=True, enabled=False)
+    elif s.mac_learning:
+        learning = VmwareDVS.MacLearningPolicy(
+            inherited=False, enabled=True, allowUnicastFlooding=True,
+            limit=MAC_LEARNING_LIMIT, limitPolicy=MAC_LEARNING_LIMIT_POLICY)
+    else:
+        learning = VmwareDVS.MacLearningPolicy(inherited=False, enabled=False)
+    return VmwareDVS.MacManagementPolicy(
+        inherited=False, allowPromiscuous=bool(s.allow_promiscuous),
+        macChanges=bool(s.mac_changes),
+        forgedTransmits=bool(s.forged_transmits),
+        macLearningPolicy=learning)
+
+
+def setting_spec(settings: PortSettings, mac_management: bool
+                 ) -> vim.dvs.VmwareDistributedVirtualSwitch.VmwarePortConfigPolicy:
+    """The port setting that gives a port exactly ``settings`` as its own
+    (None fields: inherited from the group).  The VLAN and everything else
+    :class:`PortSettings` does not hold is left unset: unchanged."""
+    spec = VmwareDVS.VmwarePortConfigPolicy(
+        blocked=_bool(settings.blocked),
+        filterPolicy=_filter(settings.rules),
+        securityPolicy=_security(settings),
+        inShapingPolicy=_shaping(settings.in_shaping),
+        outShapingPolicy=_shaping(settings.out_shaping))
+    if mac_management:
+        spec.macManagementPolicy = _mac_management(settings)
+    return spec
+
+
+# -- pyVmomi -> settings ----------------------------------------------------
+
+def _own(policy: Any) -> bool:
+    """A policy the port holds itself (set, not inherited)."""
+    return policy is not None and not getattr(policy, "inherited", False)
+
+
+def _own_bool(policy: Any) -> bool | None:
+    if not _own(policy) or policy.value is None:
+        return None
+    return bool(policy.value)
+
+
+def _cidr(expr: Any) -> tuple[str | None, bool]:
+    if expr is None:
+        return None, False
+    negated = bool(getattr(expr, "negate", False))
+    if isinstance(expr, vim.SingleIp):
+        addr = ipaddress.ip_address(expr.address)
+        return str(ipaddress.ip_network(addr)), negated
+    if isinstance(expr, vim.IpRange):
+        addr = ipaddress.ip_address(expr.addressPrefix)
+        length = expr.prefixLength
+        if length is None:
+            # Optional on the wire, and a zero is left out (the simulator
+            # does): "0.0.0.0" or "::" alone is the whole family.
+            length = 0 if int(addr) == 0 else addr.max_prefixlen
+        return str(ipaddress.ip_network(f"{addr}/{length}", strict=False)), \
+            negated
+    raise ValueError(f"unknown address qualifier {type(expr).__name__}")
+
+
+def _ports(expr: Any) -> tuple[int, int] | None:
+    if expr is None:
+        return None
+    if isinstance(expr, Rule.SingleIpPort):
+        return int(expr.portNumber), int(expr.portNumber)
+    if isinstance(expr, Rule.IpPortRange):
+        return int(expr.startPortNumber), int(expr.endPortNumber)
+    raise ValueError(f"unknown port qualifier {type(expr).__name__}")
+
+
+def rule_of(rule: vim.dvs.TrafficRule) -> TrafficRule:
+    """The plain form of a ``DvsTrafficRule`` (its IP qualifier, if any)."""
+    if isinstance(rule.action, Rule.AcceptAction):
+        action = "accept"
+    elif isinstance(rule.action, Rule.DropAction):
+        action = "drop"
+    else:
+        action = type(rule.action).__name__
+    ip = next((q for q in rule.qualifier or []
+               if isinstance(q, Rule.IpQualifier)), None)
+    if ip is None:
+        return TrafficRule(direction=rule.direction, action=action,
+                           description=rule.description or "")
+    source, source_negated = _cidr(ip.sourceAddress)
+    destination, destination_negated = _cidr(ip.destinationAddress)
+    return TrafficRule(
+        direction=rule.direction, action=action,
+        protocol=None if ip.protocol is None else int(ip.protocol.value),
+        source=source, source_negated=source_negated,
+        destination=destination, destination_negated=destination_negated,
+        source_ports=_ports(ip.sourceIpPort),
+        destination_ports=_ports(ip.destinationIpPort),
+        description=rule.description or "")
+
+
+def _rules_of(policy: Any) -> tuple[TrafficRule, ...] | None:
+    if not _own(policy):
+        return None
+    for config in policy.filterConfig or []:
+        if config.agentName != FILTER_AGENT:
+            continue
+        ruleset = config.trafficRuleset
+        if ruleset is None or not ruleset.enabled:
+            return ()
+        rules = sorted(ruleset.rules or [], key=lambda r: r.sequence or 0)
+        return tuple(rule_of(r) for r in rules)
+    return ()
+
+
+def _shaping_of(policy: Any) -> Shaping | None:
+    if not _own(policy):
+        return None
+
+    def value(p: Any) -> int:
+        return int(p.value) if p is not None and p.value is not None else 0
+
+    return Shaping(enabled=bool(policy.enabled and policy.enabled.value),
+                   average_bps=value(policy.averageBandwidth),
+                   peak_bps=value(policy.peakBandwidth),
+                   burst_bytes=value(policy.burstSize))
+
+
+def settings_of(setting: Any) -> PortSettings:
+    """A port's own settings, as FetchDVPorts shows them (what it inherits
+    is None): the inverse of :func:`setting_spec`."""
+    if setting is None:
+        return inventory.INHERITED
+    security = getattr(setting, "securityPolicy", None)
+    if not _own(security):
+        security = None
+    mac = getattr(setting, "macManagementPolicy", None)
+    learning = mac.macLearningPolicy if _own(mac) else None
+    return PortSettings(
+        blocked=_own_bool(getattr(setting, "blocked", None)),
+        rules=_rules_of(getattr(setting, "filterPolicy", None)),
+        allow_promiscuous=None if security is None
+        else _own_bool(security.allowPromiscuous),
+        mac_changes=None if security is None
+        else _own_bool(security.macChanges),
+        forged_transmits=None if security is None
+        else _own_bool(security.forgedTransmits),
+        mac_learning=bool(learning.enabled) if _own(learning) else None,
+        in_shaping=_shaping_of(getattr(setting, "inShapingPolicy", None)),
+        out_shaping=_shaping_of(getattr(setting, "outShapingPolicy", None)))
+
+
+def port_of(p: vim.dvs.DistributedVirtualPort) -> DvPort:
+    """The plain form of one port of FetchDVPorts."""
+    config = p.config
+    connectee = p.connectee
+    vm = getattr(connectee, "connectedEntity", None) if connectee else None
+    connected = isinstance(vm, vim.VirtualMachine) and \
+        connectee.type in (None, "vmVnic")
+    runtime = p.state.runtimeInfo if p.state is not None else None
+    mac = (getattr(runtime, "macAddress", None) or
+           (connectee.addressHint if connected else None)) or None
+    return DvPort(
+        key=p.key, dvs_uuid=p.dvsUuid, portgroup_key=p.portgroupKey,
+        name=(config.name if config is not None else None) or "",
+        config_version=(config.configVersion if config is not None
+                        else None) or "",
+        connected=connected, vm_moid=vm._moId if connected else None,
+        mac=mac if connected else None,
+        settings=settings_of(config.setting if config is not None
+                             else None))
+
+
+# -- calls ------------------------------------------------------------------
+
+def fetch_ports(session: Session, dvs_ref: Any,
+                portgroup_keys: Iterable[str]
+                ) -> dict[str, tuple[DvPort, ...]]:
+    """The ports of these port groups of one switch, by group key (every
+    key given is in the answer, with () if it has none): one round trip."""
+    keys = sorted(set(portgroup_keys))
+    if not keys:
+        return {}
+    criteria = vim.dvs.PortCriteria(portgroupKey=keys, inside=True)
+    found = session.call(
+        f"read the ports of {len(keys)} port group(s) on {dvs_ref._moId}",
+        dvs_ref.FetchDVPorts, criteria)
+    out: dict[str, list[DvPort]] = {k: [] for k in keys}
+    for p in found or []:
+        if p.portgroupKey in out:
+            out[p.portgroupKey].append(port_of(p))
+    return {k: tuple(sorted(v, key=_key_order)) for k, v in out.items()}
+
+
+def _key_order(port: DvPort) -> tuple[int, str]:
+    return (int(port.key), "") if port.key.isdigit() else (1 << 62, port.key)
+
+
+def port_spec(change: PortChange, mac_management: bool
+              ) -> vim.dvs.DistributedVirtualPort.ConfigSpec:
+    key, config_version, name, settings = change
+    spec = DVPort.ConfigSpec(key=key, operation="edit",
+                             configVersion=config_version)
+    if name is not None:
+        spec.name = name
+    if settings is not None:
+        spec.setting = setting_spec(settings, mac_management)
+    return spec
+
+
+def reconfigure_ports(session: Session, dvs_ref: Any,
+                      changes: Sequence[PortChange], what: str,
+                      mac_management: bool = False) -> None:
+    """Apply ``changes`` (key, configVersion, name or None, settings or
+    None) in one ``ReconfigureDVPort_Task``: all or none.  A port changed
+    since its configVersion was read raises ConcurrentModification (and no
+    port changes); an unknown key NotFound; a setting the group does not
+    let ports override TaskFailed."""
+    if not changes:
+        return
+    specs = [port_spec(c, mac_management) for c in changes]
+    session.run_task(what, dvs_ref.ReconfigureDVPort_Task, specs)
+
+
+def grow_port_group(session: Session, pg: inventory.DvsPortGroup,
+                    add: int = 0, what: str | None = None) -> int:
+    """Add ``add`` (default :data:`GROW_BY`) free ports to a static port
+    group, as the replica saw it (``pg.num_ports`` at
+    ``pg.config_version``): one ``ReconfigureDVPortgroup_Task`` whose spec
+    sets only configVersion and numPorts (vCenter merges a port group spec:
+    the rest stays; the simulator does too since patch 0008).  A group
+    changed meanwhile raises ConcurrentModification.  Answers the new
+    number of ports."""
+    add = add or GROW_BY
+    total = pg.num_ports + add
+    spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+        configVersion=pg.config_version, numPorts=total)
+    session.run_task(what or f"add {add} ports to port group {pg.name} "
+                             f"({pg.moid})",
+                     pg.ref.ReconfigureDVPortgroup_Task, spec)
+    return total
+
+
+def _version(text: str | None) -> tuple[int, ...]:
+    parts = []
+    for part in (text or "").split("."):
+        digits = "".join(c for c in part if c.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def mac_management_supported(dvs: inventory.Dvs) -> bool:
+    """Whether the switch has MAC management (``macManagementPolicy``):
+    its product version is 6.6.0 or later.  Unknown version: no."""
+    version = _version(dvs.version)
+    return bool(version) and version >= MAC_MANAGEMENT_VERSION
