@@ -1,0 +1,483 @@
+"""A Neutron port translated into the settings of its distributed port.
+
+Pure: plain data in (:class:`desired.PortSpec`), plain data out
+(:class:`inventory.PortSettings`); no pyVmomi, no Neutron, no I/O.  What the
+translation admits and why is explained in docs/security-groups.md; the
+property tests in tests/unit/test_port_settings.py check it against an
+independent model of Neutron's security groups.
+
+The traffic filter of a DV port is a stateless, first-match ACL with one IP
+qualifier per rule (one source, one destination, one protocol, one range of
+ports each side) and no ICMP type, TCP flag or connection state.  Its rules
+come in this order, per direction:
+
+from the VM (:data:`FROM_VM`)
+    drop DHCP server replies (udp 67->68, 547->546) sent by the VM;
+    accept DHCP discovery (0.0.0.0:68 -> 255.255.255.255:67) and ICMPv6
+    from ``::`` to ff02::/16 (duplicate address detection, MLD);
+    for each own address: accept DHCP client (68->67, 546->547) and ICMPv6;
+    the accept rules of the security groups, one per own address (that is
+    the anti-spoofing: every accept names an own address as its source);
+    drop all IPv4, drop all IPv6.
+to the VM (:data:`TO_VM`)
+    accept DHCP replies (67->68, 547->546) and all ICMPv6;
+    the accept rules of the security groups;
+    drop all IPv4, drop all IPv6.
+
+For stateful groups, reflexive accept rules admit the replies (see
+docs/security-groups.md for exactly what more they admit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Iterable
+
+from networking_vcenter.reconcile import desired
+from networking_vcenter.vsphere import inventory
+
+# The one place for the direction mapping.  vSphere does not document which
+# way incomingPackets/outgoingPackets point relative to the VM; we take them as
+# relative to the switch port: incomingPackets enter the switch from the VM.
+# Unverified on real ESXi: to flip it, swap these two values (the traffic
+# rules and the QoS shaping sides follow).
+FROM_VM = inventory.INCOMING    # Neutron "egress"; QoS egress -> in_shaping
+TO_VM = inventory.OUTGOING      # Neutron "ingress"; QoS ingress -> out_shaping
+
+# Same default as [ml2_vcenter] max_rules_per_port (conf.py).
+DEFAULT_MAX_RULES = 1024
+
+# Neutron's kbit is 1000 bit (as OVS and tc use it); vSphere counts bit/s.
+BITS_PER_KBIT = 1000
+# Neutron's OVS and Linux bridge QoS drivers use 80 % of the rate as the
+# burst (in kbit) when a rule has max_burst_kbps = 0.
+DEFAULT_BURST_RATIO = 0.8
+
+ACCEPT = "accept"
+DROP = "drop"
+
+TCP, UDP, ICMP, ICMPV6, SCTP, DCCP, UDPLITE = 6, 17, 1, 58, 132, 33, 136
+# Protocols whose rules may carry port ranges (Neutron's SG_PORT_PROTO_NUMS).
+PORT_PROTOCOLS = frozenset({TCP, UDP, SCTP, DCCP, UDPLITE})
+
+# IANA protocol numbers by the names Neutron accepts (neutron_lib's
+# IP_PROTOCOL_MAP, plus the legacy 'icmpv6').
+PROTOCOL_NUMBERS = {
+    "ah": 51, "dccp": 33, "egp": 8, "esp": 50, "gre": 47, "hopopt": 0,
+    "icmp": 1, "igmp": 2, "ip": 0, "ipip": 4, "ipv6-encap": 41,
+    "ipv6-frag": 44, "ipv6-icmp": 58, "icmpv6": 58, "ipv6-nonxt": 59,
+    "ipv6-opts": 60, "ipv6-route": 43, "ospf": 89, "pgm": 113, "rsvp": 46,
+    "sctp": 132, "tcp": 6, "udp": 17, "udplite": 136, "vrrp": 112,
+}
+
+_ANY = {4: "0.0.0.0/0", 6: "::/0"}
+_ICMP = {4: ICMP, 6: ICMPV6}
+_DHCP_CLIENT = {4: (68, 67), 6: (546, 547)}     # (client port, server port)
+_LLA_PREFIX = ipaddress.IPv6Network("fe80::/64")
+
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TooManyRules(ValueError):
+    """A port needs more traffic rules than the budget allows."""
+
+    def __init__(self, port_id: str, count: int, budget: int):
+        self.port_id, self.count, self.budget = port_id, count, budget
+        super().__init__(
+            f"port {port_id}: its security groups need {count} traffic "
+            f"rules, more than the budget of {budget} per port; the port "
+            f"keeps the rules it had. Raise [ml2_vcenter] max_rules_per_port "
+            f"or use fewer rules / smaller remote groups")
+
+
+class Unenforceable(ValueError):
+    """Something of a port's policy the DV port cannot express."""
+
+    def __init__(self, port_id: str, what: str):
+        self.port_id = port_id
+        super().__init__(f"port {port_id}: {what}")
+
+
+# -- public ------------------------------------------------------------------
+
+def port_settings(port: desired.PortSpec, *,
+                  max_rules: int = DEFAULT_MAX_RULES,
+                  mac_learning: bool = True) -> inventory.PortSettings:
+    """Every setting of the DV port reserved for ``port`` (none inherited).
+
+    Raises :class:`TooManyRules` (never truncates) and
+    :class:`Unenforceable`.
+    """
+    in_shaping, out_shaping = qos_shaping(port.qos, port_id=port.id)
+    if not port.port_security:
+        return inventory.PortSettings(
+            blocked=False, rules=(),
+            allow_promiscuous=not mac_learning,
+            mac_changes=True, forged_transmits=True,
+            mac_learning=mac_learning,
+            in_shaping=in_shaping, out_shaping=out_shaping)
+    rules = traffic_rules(port)
+    if len(rules) > max_rules:
+        raise TooManyRules(port.id, len(rules), max_rules)
+    own_mac = _mac_int(port.id, port.mac)
+    other_mac = any(mac and _mac_int(port.id, mac) != own_mac
+                    for _ip, mac in port.allowed_address_pairs)
+    return inventory.PortSettings(
+        blocked=False, rules=rules, allow_promiscuous=False,
+        mac_changes=other_mac, forged_transmits=other_mac,
+        mac_learning=False,
+        in_shaping=in_shaping, out_shaping=out_shaping)
+
+
+def released_settings(connected: bool) -> inventory.PortSettings:
+    """What a DV port we no longer use gets: the port group's settings;
+    blocked while a NIC is still connected to it."""
+    if connected:
+        return inventory.PortSettings(blocked=True)
+    return inventory.INHERITED
+
+
+def qos_shaping(limits: Iterable[desired.BandwidthLimit], *,
+                port_id: str = "") -> tuple[inventory.Shaping,
+                                            inventory.Shaping]:
+    """(in_shaping, out_shaping) for Neutron ``bandwidth_limit`` rules.
+
+    Egress (from the VM) shapes the :data:`FROM_VM` side, ingress the
+    :data:`TO_VM` side.  max_kbps x 1000 = average and peak bit/s; burst
+    bytes = max_burst_kbps x 1000 / 8, or 80 % of max_kbps when 0 (as
+    Neutron's OVS driver).  A side without a rule, or with max_kbps 0 (no
+    limit for OVS too), is ``Shaping(enabled=False)``.
+    """
+    by_dir: dict[str, inventory.Shaping] = {}
+    for lim in limits:
+        if lim.direction not in ("egress", "ingress"):
+            raise Unenforceable(port_id, f"QoS bandwidth_limit rule with "
+                                f"direction {lim.direction!r}")
+        if lim.direction in by_dir:
+            raise Unenforceable(port_id, f"two QoS bandwidth_limit rules "
+                                f"for direction {lim.direction}")
+        if lim.max_kbps < 0 or lim.max_burst_kbps < 0:
+            raise Unenforceable(port_id, f"QoS bandwidth_limit rule "
+                                f"{lim.direction} max_kbps={lim.max_kbps} "
+                                f"max_burst_kbps={lim.max_burst_kbps}")
+        if lim.max_kbps == 0:
+            by_dir[lim.direction] = inventory.Shaping(enabled=False)
+            continue
+        bps = lim.max_kbps * BITS_PER_KBIT
+        burst_kbit = lim.max_burst_kbps or lim.max_kbps * DEFAULT_BURST_RATIO
+        by_dir[lim.direction] = inventory.Shaping(
+            enabled=True, average_bps=bps, peak_bps=bps,
+            burst_bytes=int(burst_kbit * BITS_PER_KBIT // 8))
+    off = inventory.Shaping(enabled=False)
+    from_vm = by_dir.get("egress", off)
+    to_vm = by_dir.get("ingress", off)
+    if FROM_VM == inventory.INCOMING:
+        return from_vm, to_vm
+    return to_vm, from_vm
+
+
+def protocol_number(protocol: str | int | None, ethertype: str) -> int | None:
+    """IANA number of a Neutron rule's protocol (None: any).
+
+    As Neutron does, 'icmp' (or 1) on an IPv6 rule means ICMPv6.
+    """
+    if protocol is None or protocol in ("", "any"):
+        return None
+    text = str(protocol).strip().lower()
+    num = PROTOCOL_NUMBERS.get(text)
+    if num is None:
+        num = int(text)         # Neutron stores numbers as text
+        if not 0 <= num <= 255:
+            raise ValueError(f"protocol {protocol!r}")
+    if ethertype == "IPv6" and num == ICMP:
+        num = ICMPV6
+    return num
+
+
+def link_local(mac: str) -> ipaddress.IPv6Address:
+    """The EUI-64 IPv6 link-local address of a MAC (RFC 4291 appendix A)."""
+    value = _mac_int("", mac)
+    eui = ((value >> 24) << 40) | (0xFFFE << 24) | (value & 0xFFFFFF)
+    eui ^= 1 << 57                                      # universal/local bit
+    return ipaddress.IPv6Address(int(_LLA_PREFIX.network_address) | eui)
+
+
+# -- the traffic filter ------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Sg:
+    """One Neutron rule, resolved: family, protocol number, port range and
+    the remote CIDRs (already filtered by family and collapsed)."""
+
+    direction: str          # FROM_VM / TO_VM
+    family: int
+    protocol: int | None
+    ports: tuple[int, int] | None
+    remotes: tuple[Net, ...]
+    stateful: bool
+    label: str
+
+
+def traffic_rules(port: desired.PortSpec) -> tuple[inventory.TrafficRule, ...]:
+    """The traffic filter of a port with port security on (see the module
+    docstring for its shape)."""
+    own = own_addresses(port)
+    head_out: list[inventory.TrafficRule] = []
+    head_in: list[inventory.TrafficRule] = []
+    accepts: list[inventory.TrafficRule] = []
+    for fam in (4, 6):
+        client, server = _DHCP_CLIENT[fam]
+        head_out.append(_rule(FROM_VM, DROP, UDP, sports=(server, server),
+                              dports=(client, client), fam=fam,
+                              why="DHCP server reply from the VM"))
+        head_in.append(_rule(TO_VM, ACCEPT, UDP, src=_ANY[fam],
+                             sports=(server, server),
+                             dports=(client, client),
+                             why="DHCP reply to the VM"))
+    head_out.append(_rule(FROM_VM, ACCEPT, UDP, src="0.0.0.0/32",
+                          dst="255.255.255.255/32", sports=(68, 68),
+                          dports=(67, 67), why="DHCP discovery"))
+    head_out.append(_rule(FROM_VM, ACCEPT, ICMPV6, src="::/128",
+                          dst="ff02::/16", why="ICMPv6 DAD/MLD from ::"))
+    head_in.append(_rule(TO_VM, ACCEPT, ICMPV6, src="::/0",
+                         why="ICMPv6 (neighbour discovery, RA, MLD)"))
+    for fam in (4, 6):
+        client, server = _DHCP_CLIENT[fam]
+        for addr in own[fam]:
+            head_out.append(_rule(FROM_VM, ACCEPT, UDP, src=str(addr),
+                                  sports=(client, client),
+                                  dports=(server, server),
+                                  why="DHCP client"))
+            if fam == 6:
+                head_out.append(_rule(FROM_VM, ACCEPT, ICMPV6, src=str(addr),
+                                      why="ICMPv6 from own address"))
+    for sg in _resolve(port):
+        accepts.extend(_forward(sg, own))
+        if sg.stateful:
+            accepts.extend(_reflexive(sg, own))
+    tail = [_rule(d, DROP, None, src=_ANY[fam], why=f"drop all IPv{fam}")
+            for d in (FROM_VM, TO_VM) for fam in (4, 6)]
+    accepts = _without_subsumed(_unique(sorted(accepts, key=_sort_key)))
+    out = [r for r in accepts if r.direction == FROM_VM]
+    into = [r for r in accepts if r.direction == TO_VM]
+    return tuple(_unique(head_out + out + tail[:2] + head_in + into
+                         + tail[2:]))
+
+
+def own_addresses(port: desired.PortSpec) -> dict[int, tuple[Net, ...]]:
+    """The source addresses the port may send from, per family: its fixed
+    IPs, its allowed address pairs (CIDRs too) and the link-local address of
+    its MAC and of each IPv6 allowed pair's MAC, collapsed."""
+    nets: dict[int, list[Net]] = {4: [], 6: [link_local_net(port.mac)]}
+    for ip in port.fixed_ips:
+        net = _net(port.id, ip)
+        nets[net.version].append(net)
+    for ip, mac in port.allowed_address_pairs:
+        net = _net(port.id, ip)
+        nets[net.version].append(net)
+        if net.version == 6:
+            nets[6].append(link_local_net(mac or port.mac))
+    return {fam: tuple(ipaddress.collapse_addresses(v))
+            for fam, v in nets.items()}
+
+
+def link_local_net(mac: str) -> ipaddress.IPv6Network:
+    return ipaddress.IPv6Network(f"{link_local(mac)}/128")
+
+
+def _resolve(port: desired.PortSpec) -> list[_Sg]:
+    result = []
+    for group in port.security_groups:
+        for r in group.rules:
+            fam = _family(port.id, r.ethertype)
+            label = f"sg {group.id} rule {r.id}" if r.id else \
+                f"sg {group.id}"
+            try:
+                proto = protocol_number(r.protocol, r.ethertype)
+            except ValueError:
+                raise Unenforceable(port.id, f"security group rule {r.id}: "
+                                    f"unknown protocol {r.protocol!r}")
+            result.append(_Sg(
+                direction=_direction(port.id, r.direction), family=fam,
+                protocol=proto, ports=_ports(proto, r),
+                remotes=_remotes(port, r, fam),
+                stateful=group.stateful, label=label))
+    return result
+
+
+def _ports(proto: int | None, r: desired.SgRule) -> tuple[int, int] | None:
+    if proto not in PORT_PROTOCOLS:
+        return None     # ICMP type/code cannot be expressed: all ICMP
+    lo, hi = r.port_range_min, r.port_range_max
+    if lo is None and hi is None:
+        return None
+    lo = hi if lo is None else lo
+    hi = lo if hi is None else hi
+    if (lo, hi) == (1, 65535):
+        return None     # Neutron makes the full range "no range" too
+    return (lo, hi)
+
+
+def _remotes(port: desired.PortSpec, r: desired.SgRule,
+             fam: int) -> tuple[Net, ...]:
+    if r.remote_group_id:
+        texts = port.remote_groups.get(r.remote_group_id, ())
+    elif r.remote_address_group_id:
+        texts = port.address_groups.get(r.remote_address_group_id, ())
+    elif r.remote_ip_prefix:
+        texts = (r.remote_ip_prefix,)
+    else:
+        texts = (_ANY[fam],)
+    nets = [n for n in (_net(port.id, t) for t in texts) if n.version == fam]
+    return tuple(ipaddress.collapse_addresses(nets))
+
+
+def _forward(sg: _Sg, own) -> list[inventory.TrafficRule]:
+    """The accept rules of one Neutron rule, as Neutron reads it."""
+    if sg.direction == TO_VM:
+        return [_rule(TO_VM, ACCEPT, sg.protocol, src=str(r), dports=sg.ports,
+                      why=sg.label) for r in sg.remotes]
+    return [_rule(FROM_VM, ACCEPT, sg.protocol, src=str(a), dst=str(r),
+                  dports=sg.ports, why=sg.label)
+            for a in own[sg.family] for r in sg.remotes]
+
+
+def _reflexive(sg: _Sg, own) -> list[inventory.TrafficRule]:
+    """Replies of what a stateful rule admits: the mirror image of the
+    rule between the remotes and the own addresses; for IPv4 also ICMP
+    between them (errors about the connection, e.g. "fragmentation
+    needed").  ICMPv6 is admitted anyway."""
+    result = []
+    protos = [sg.protocol]
+    if sg.family == 4 and sg.protocol not in (None, ICMP):
+        protos.append(ICMP)
+    why = f"{sg.label} (reply)"
+    for a in own[sg.family]:
+        for r in sg.remotes:
+            for proto in protos:
+                ports = sg.ports if proto == sg.protocol else None
+                if sg.direction == FROM_VM:
+                    result.append(_rule(TO_VM, ACCEPT, proto, src=str(r),
+                                        dst=str(a), sports=ports, why=why))
+                else:
+                    result.append(_rule(FROM_VM, ACCEPT, proto, src=str(a),
+                                        dst=str(r), sports=ports, why=why))
+    return result
+
+
+def _rule(direction, action, protocol, *, src=None, dst=None, sports=None,
+          dports=None, fam=None, why="") -> inventory.TrafficRule:
+    if src is None and dst is None and fam is not None:
+        src = _ANY[fam]
+    return inventory.TrafficRule(
+        direction=direction, action=action, protocol=protocol, source=src,
+        destination=dst, source_ports=sports, destination_ports=dports,
+        description=why)
+
+
+def _match_key(r: inventory.TrafficRule) -> tuple:
+    return dataclasses.astuple(dataclasses.replace(r, description=""))
+
+
+def _sort_key(r: inventory.TrafficRule) -> tuple:
+    def net(text):
+        if text is None:
+            return (0, 0, 0)
+        n = ipaddress.ip_network(text)
+        return (n.version, int(n.network_address), n.prefixlen)
+    return (r.direction, -1 if r.protocol is None else r.protocol,
+            net(r.source), net(r.destination),
+            r.source_ports or (0, 0), r.destination_ports or (0, 0),
+            r.description)
+
+
+def _unique(rules: Iterable[inventory.TrafficRule]
+            ) -> list[inventory.TrafficRule]:
+    seen: set[tuple] = set()
+    result = []
+    for r in rules:
+        key = _match_key(r)
+        if key not in seen:
+            seen.add(key)
+            result.append(r)
+    return result
+
+
+def _covers(big: inventory.TrafficRule, small: inventory.TrafficRule) -> bool:
+    """Every packet ``small`` matches, ``big`` matches (same direction,
+    neither negated)."""
+    if big.protocol is not None and big.protocol != small.protocol:
+        return False
+    for b, s in ((big.source, small.source),
+                 (big.destination, small.destination)):
+        if b is None:
+            continue
+        if s is None:
+            return False
+        bn, sn = ipaddress.ip_network(b), ipaddress.ip_network(s)
+        if bn.version != sn.version or not sn.subnet_of(bn):
+            return False
+    for b, s in ((big.source_ports, small.source_ports),
+                 (big.destination_ports, small.destination_ports)):
+        if b is None:
+            continue
+        if s is None or not b[0] <= s[0] <= s[1] <= b[1]:
+            return False
+    return True
+
+
+def _without_subsumed(accepts: list[inventory.TrafficRule]
+                      ) -> list[inventory.TrafficRule]:
+    """Leave out accept rules another accept of the block already covers.
+
+    All rules of the block accept and are followed only by the final drops,
+    so their order does not matter and a covered rule changes nothing.
+    """
+    by_key: dict[tuple, list[inventory.TrafficRule]] = {}
+    for r in accepts:
+        by_key.setdefault((r.direction, r.protocol), []).append(r)
+    # (After _unique no two rules match the same packets, so two rules
+    # never cover each other.)
+    result = []
+    for r in accepts:
+        candidates = by_key[(r.direction, r.protocol)]
+        if r.protocol is not None:
+            candidates = candidates + by_key.get((r.direction, None), [])
+        if not any(o is not r and _covers(o, r) for o in candidates):
+            result.append(r)
+    return result
+
+
+# -- small helpers -----------------------------------------------------------
+
+def _net(port_id: str, text: str) -> Net:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise Unenforceable(port_id, f"{text!r} is not an IP address or CIDR")
+
+
+def _family(port_id: str, ethertype: str) -> int:
+    if ethertype == "IPv4":
+        return 4
+    if ethertype == "IPv6":
+        return 6
+    raise Unenforceable(port_id, f"security group rule ethertype "
+                        f"{ethertype!r}")
+
+
+def _direction(port_id: str, direction: str) -> str:
+    if direction == "egress":
+        return FROM_VM
+    if direction == "ingress":
+        return TO_VM
+    raise Unenforceable(port_id, f"security group rule direction "
+                        f"{direction!r}")
+
+
+def _mac_int(port_id: str, mac: str) -> int:
+    digits = mac.replace(":", "").replace("-", "").replace(".", "")
+    if len(digits) != 12:
+        raise Unenforceable(port_id, f"MAC address {mac!r}")
+    return int(digits, 16)
