@@ -8,11 +8,23 @@ the ML2 driver, its maintenance worker and the CLI.
 :func:`change_token` is the cheap question the maintenance worker asks every
 few seconds ("has anything changed?"): counts, revision sums and the newest
 row of the two tables, one aggregate query each.
+
+Ports (the DV ports of the ports bound by this driver) are read the same
+way: :func:`ports` returns :class:`desired.PortSpec` with everything the
+port's DV port settings derive from (addresses, port security, security
+groups with their rules and the addresses those rules reference, QoS
+bandwidth limits) in about a dozen queries whatever the number of ports;
+:func:`port_change_token` is the cheap "has anything changed?" question (one
+statement), :func:`port_fingerprints` the per-port answer to "which
+ports?" (a few queries), :func:`ports_referencing` the fan-out of a
+security group, address group, QoS policy or network change to the ports
+it affects.  See :func:`port_fingerprints` for what a fingerprint covers.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 from typing import Any
 
 from networking_vcenter.reconcile import desired
@@ -72,3 +84,431 @@ def change_token() -> tuple:
                 sa.func.max(attrs.id)).join(
                     model, model.standard_attr_id == attrs.id).one())
     return tuple(token)
+
+
+# -- ports -------------------------------------------------------------------
+
+DRIVER = "vcenter"
+ACTIVE = "ACTIVE"
+
+
+class _M:
+    """Neutron's models, imported on first use (this module is imported by
+    the CLI and the worker before Neutron's models need to be)."""
+
+    def __init__(self) -> None:
+        from neutron.db.models import address_group
+        from neutron.db.models import allowed_address_pair
+        from neutron.db.models import securitygroup
+        from neutron.db.models import segment
+        from neutron.db import models_v2
+        from neutron.db.port_security import models as portsec
+        from neutron.db.qos import models as qos
+        from neutron.plugins.ml2 import models as ml2
+        from neutron_lib.db import standard_attr
+        self.Attrs = standard_attr.StandardAttribute
+        self.Network = models_v2.Network
+        self.Port = models_v2.Port
+        self.IP = models_v2.IPAllocation
+        self.Pair = allowed_address_pair.AllowedAddressPair
+        self.Binding = ml2.PortBinding
+        self.Level = ml2.PortBindingLevel
+        self.Segment = segment.NetworkSegment
+        self.PortSec = portsec.PortSecurityBinding
+        self.NetSec = portsec.NetworkSecurityBinding
+        self.SG = securitygroup.SecurityGroup
+        self.SGBinding = securitygroup.SecurityGroupPortBinding
+        self.Rule = securitygroup.SecurityGroupRule
+        self.AG = address_group.AddressGroup
+        self.AGAddress = address_group.AddressAssociation
+        self.Policy = qos.QosPolicy
+        self.PortPolicy = qos.QosPortPolicyBinding
+        self.NetPolicy = qos.QosNetworkPolicyBinding
+        self.BwRule = qos.QosBandwidthLimitRule
+
+
+_MODELS: _M | None = None
+
+
+def _m() -> _M:
+    global _MODELS
+    if _MODELS is None:
+        _MODELS = _M()
+    return _MODELS
+
+
+def _bound_here(m: _M, session, host_filter: set[str] | None):
+    """``(port_id, host, network_id, physnet)`` of the ports whose ACTIVE
+    binding is bound at level 0 by this driver, as a query."""
+    import sqlalchemy as sa
+    q = session.query(m.Port.id, m.Binding.host, m.Port.network_id,
+                      m.Segment.physical_network).join(
+        m.Binding, sa.and_(m.Binding.port_id == m.Port.id,
+                           m.Binding.status == ACTIVE)).join(
+        m.Level, sa.and_(m.Level.port_id == m.Port.id,
+                         m.Level.host == m.Binding.host,
+                         m.Level.level == 0,
+                         m.Level.driver == DRIVER)).outerjoin(
+        m.Segment, m.Segment.id == m.Level.segment_id)
+    if host_filter is not None:
+        q = q.filter(m.Binding.host.in_(sorted(host_filter)))
+    return q
+
+
+def _addresses_of_groups(m: _M, session, group_ids) -> dict[str, set[str]]:
+    """Security group id -> the fixed IPs and allowed address pair
+    addresses of every port in it (two queries)."""
+    found: dict[str, set[str]] = collections.defaultdict(set)
+    if not group_ids:
+        return found
+    groups = sorted(group_ids)
+    for model in (m.IP, m.Pair):
+        for sg_id, address in session.query(
+                m.SGBinding.security_group_id, model.ip_address).join(
+                model, model.port_id == m.SGBinding.port_id).filter(
+                m.SGBinding.security_group_id.in_(groups)):
+            found[sg_id].add(address)
+    return found
+
+
+def _digest(addresses) -> str:
+    """A short digest of a set of addresses, the same in every process."""
+    return hashlib.blake2b("\n".join(sorted(addresses)).encode(),
+                           digest_size=16).hexdigest()
+
+
+def ports(ids: set[str] | None = None,
+          host_filter: set[str] | None = None) -> list[desired.PortSpec]:
+    """The ports bound by this driver, with all their DV port depends on.
+
+    Without ``ids``: every port whose ACTIVE binding was bound at level 0 by
+    the ``vcenter`` mechanism driver (on a host in ``host_filter``, when
+    given).  With ``ids``: those of the ports that exist, bound here or not;
+    one not bound here (another driver, unbound, its host outside
+    ``host_filter``) has ``physnet=None`` and the host of its ACTIVE binding
+    ('' when unbound), so that the caller can release its DV port.
+
+    About a dozen queries for any number of ports: the ports are selected
+    once as a subquery that every detail query is joined with (no query
+    per port, no IN list of thousands of ids).
+    """
+    import sqlalchemy as sa
+    m = _m()
+    ctx, reader = _reader()
+    with reader:
+        s = ctx.session
+        if ids is None:
+            rows = [tuple(r) for r in _bound_here(m, s, host_filter)]
+            selected = _bound_here(m, s, host_filter).with_entities(
+                m.Port.id)
+        else:
+            wanted = sorted(ids)
+            here = sa.and_(m.Level.driver == DRIVER,
+                           m.Binding.host.in_(sorted(host_filter))
+                           if host_filter is not None else sa.true())
+            rows = [(pid, host or "", net, physnet if ours else None)
+                    for pid, host, net, physnet, ours in s.query(
+                        m.Port.id, m.Binding.host, m.Port.network_id,
+                        m.Segment.physical_network,
+                        sa.case((here, True), else_=False)).outerjoin(
+                        m.Binding, sa.and_(m.Binding.port_id == m.Port.id,
+                                           m.Binding.status == ACTIVE)
+                    ).outerjoin(
+                        m.Level, sa.and_(m.Level.port_id == m.Port.id,
+                                         m.Level.host == m.Binding.host,
+                                         m.Level.level == 0)).outerjoin(
+                        m.Segment, m.Segment.id == m.Level.segment_id
+                    ).filter(m.Port.id.in_(wanted))]
+            selected = s.query(m.Port.id).filter(m.Port.id.in_(wanted))
+        if not rows:
+            return []
+        sel = selected.subquery()
+        in_sel = sa.select(sel.c.id)
+
+        base = {pid: (mac, status, owner, psec, nsec)
+                for pid, mac, status, owner, psec, nsec in s.query(
+                    m.Port.id, m.Port.mac_address, m.Port.status,
+                    m.Port.device_owner, m.PortSec.port_security_enabled,
+                    m.NetSec.port_security_enabled).outerjoin(
+                    m.PortSec, m.PortSec.port_id == m.Port.id).outerjoin(
+                    m.NetSec, m.NetSec.network_id == m.Port.network_id
+                ).filter(m.Port.id.in_(in_sel))}
+        ips: dict[str, list[str]] = collections.defaultdict(list)
+        for pid, address in s.query(m.IP.port_id, m.IP.ip_address).filter(
+                m.IP.port_id.in_(in_sel)):
+            ips[pid].append(address)
+        pairs: dict[str, list] = collections.defaultdict(list)
+        for pid, address, mac in s.query(
+                m.Pair.port_id, m.Pair.ip_address, m.Pair.mac_address
+        ).filter(m.Pair.port_id.in_(in_sel)):
+            pairs[pid].append((address, mac))
+        port_sgs: dict[str, list[str]] = collections.defaultdict(list)
+        for pid, sg_id in s.query(m.SGBinding.port_id,
+                                  m.SGBinding.security_group_id).filter(
+                m.SGBinding.port_id.in_(in_sel)):
+            port_sgs[pid].append(sg_id)
+
+        # The port's groups, with their rules (one query, outer join: a
+        # group without rules still counts).
+        sg_ids = sa.select(m.SGBinding.security_group_id).filter(
+            m.SGBinding.port_id.in_(in_sel))
+        stateful: dict[str, bool] = {}
+        rules: dict[str, list[desired.SgRule]] = collections.defaultdict(
+            list)
+        for row in s.query(m.SG.id, m.SG.stateful, m.Rule.id,
+                           m.Rule.direction, m.Rule.ethertype,
+                           m.Rule.protocol, m.Rule.port_range_min,
+                           m.Rule.port_range_max, m.Rule.remote_ip_prefix,
+                           m.Rule.remote_group_id,
+                           m.Rule.remote_address_group_id).outerjoin(
+                m.Rule, m.Rule.security_group_id == m.SG.id).filter(
+                m.SG.id.in_(sg_ids)):
+            sg_id, is_stateful, rule_id = row[:3]
+            stateful[sg_id] = bool(is_stateful)
+            if rule_id is not None:
+                rules[sg_id].append(desired.SgRule(
+                    direction=row[3], ethertype=row[4], protocol=row[5],
+                    port_range_min=row[6], port_range_max=row[7],
+                    remote_ip_prefix=row[8], remote_group_id=row[9],
+                    remote_address_group_id=row[10], id=rule_id))
+        groups = {
+            sg_id: desired.SecurityGroup(
+                sg_id, stateful[sg_id],
+                tuple(sorted(rules[sg_id], key=lambda r: r.id)))
+            for sg_id in stateful}
+        remote_ids = {r.remote_group_id for rs in rules.values()
+                      for r in rs if r.remote_group_id}
+        ag_ids = {r.remote_address_group_id for rs in rules.values()
+                  for r in rs if r.remote_address_group_id}
+        members = _addresses_of_groups(m, s, remote_ids)
+        ag_cidrs: dict[str, set[str]] = collections.defaultdict(set)
+        if ag_ids:
+            for ag_id, address in s.query(
+                    m.AGAddress.address_group_id, m.AGAddress.address
+            ).filter(m.AGAddress.address_group_id.in_(sorted(ag_ids))):
+                ag_cidrs[ag_id].add(address)
+
+        # QoS: the port's policy, else its network's.
+        port_policy = dict(s.query(m.PortPolicy.port_id,
+                                   m.PortPolicy.policy_id).filter(
+            m.PortPolicy.port_id.in_(in_sel)))
+        net_policy = dict(s.query(m.NetPolicy.network_id,
+                                  m.NetPolicy.policy_id).filter(
+            m.NetPolicy.network_id.in_(
+                sa.select(m.Port.network_id).filter(
+                    m.Port.id.in_(in_sel)))))
+        limits: dict[str, list[desired.BandwidthLimit]] = \
+            collections.defaultdict(list)
+        policies = set(port_policy.values()) | set(net_policy.values())
+        if policies:
+            for policy_id, direction, kbps, burst in s.query(
+                    m.BwRule.qos_policy_id, m.BwRule.direction,
+                    m.BwRule.max_kbps, m.BwRule.max_burst_kbps).filter(
+                    m.BwRule.qos_policy_id.in_(sorted(policies))):
+                limits[policy_id].append(desired.BandwidthLimit(
+                    direction, kbps or 0, burst or 0))
+
+    specs = []
+    for pid, host, net_id, physnet in rows:
+        if pid not in base:
+            continue        # deleted between the two reads
+        mac, status, owner, psec, nsec = base[pid]
+        own = [groups[g] for g in sorted(port_sgs.get(pid, ()))
+               if g in groups]
+        remote = {r.remote_group_id for g in own for r in g.rules
+                  if r.remote_group_id}
+        ags = {r.remote_address_group_id for g in own for r in g.rules
+               if r.remote_address_group_id}
+        policy = port_policy.get(pid) or net_policy.get(net_id)
+        specs.append(desired.PortSpec(
+            id=pid, network_id=net_id, host=host or "", physnet=physnet,
+            mac=mac,
+            fixed_ips=tuple(sorted(ips.get(pid, ()))),
+            allowed_address_pairs=tuple(sorted(pairs.get(pid, ()),
+                                               key=lambda p: (p[0],
+                                                              p[1] or ""))),
+            port_security=bool(psec if psec is not None else
+                               nsec if nsec is not None else True),
+            security_groups=tuple(own),
+            remote_groups={g: tuple(sorted(members.get(g, ())))
+                           for g in sorted(remote)},
+            address_groups={a: tuple(sorted(ag_cidrs.get(a, ())))
+                            for a in sorted(ags)},
+            qos=tuple(sorted(limits.get(policy, ()),
+                             key=lambda b: b.direction)) if policy else (),
+            status=status or "", device_owner=owner or ""))
+    return specs
+
+
+def port_change_token() -> tuple:
+    """Changes whenever anything :func:`ports` reads is created, changed
+    or deleted: one statement of scalar subqueries.
+
+    Models with standard attributes (ports, networks, security groups and
+    their rules, address groups, QoS policies) contribute count, revision
+    sum and newest standard-attribute id; Neutron's revision plugin (a
+    default service plugin) bumps the parent's revision when a child row
+    changes (IP allocation, allowed address pair, port security, binding,
+    binding level, SG port binding and QoS port binding -> port; SG rule ->
+    group; address -> address group; bandwidth rule -> policy; QoS network
+    binding -> network).  The child tables also contribute their row
+    counts, so deletes by cascade, which bump nothing, are seen too.
+    """
+    import sqlalchemy as sa
+    m = _m()
+    ctx, reader = _reader()
+    cols = []
+    for model in (m.Port, m.Network, m.SG, m.Rule, m.AG, m.Policy):
+        join = m.Attrs.__table__.join(
+            model.__table__, model.standard_attr_id == m.Attrs.id)
+        for agg in (sa.func.count(m.Attrs.id),
+                    sa.func.sum(m.Attrs.revision_number),
+                    sa.func.max(m.Attrs.id)):
+            cols.append(sa.select(agg).select_from(join).scalar_subquery())
+    for model in (m.IP, m.Pair, m.Binding, m.Level, m.PortSec, m.SGBinding,
+                  m.AGAddress, m.PortPolicy, m.NetPolicy, m.BwRule):
+        cols.append(sa.select(sa.func.count()).select_from(
+            model.__table__).scalar_subquery())
+    with reader:
+        return tuple(ctx.session.execute(sa.select(*cols)).one())
+
+
+def port_fingerprints(host_filter: set[str] | None = None
+                      ) -> dict[str, tuple]:
+    """Port id -> a fingerprint, for every port bound by this driver (on a
+    host in ``host_filter``): two reads differ for a port exactly when
+    something its :class:`desired.PortSpec` derives from may have changed.
+    The maintenance worker diffs two such dicts, as it does for networks.
+
+    A fingerprint is made of revision numbers and of the addresses of the
+    remote groups, in at most nine queries whatever the number of ports:
+
+    - the port's revision (Neutron bumps it for its IPs, allowed address
+      pairs, port security, security group and QoS bindings, binding and
+      binding levels, status) and its bound host and segment's physnet;
+    - each of its security groups' id and revision (bumped by rule
+      create/delete) with their rule count;
+    - its QoS policy's id and revision (bumped by rule changes), and its
+      network's policy's;
+    - each address group its rules reference: id and revision (bumped when
+      addresses are added or removed);
+    - each remote group its rules reference: a hash of its members'
+      addresses (fixed IPs and allowed address pairs), so that a port
+      joining or leaving a group, or a member changing address, changes
+      every port whose rules refer to that group -- and nothing else does
+      (a member's status change does not fan out).
+    """
+    import sqlalchemy as sa
+    m = _m()
+    ctx, reader = _reader()
+    with reader:
+        s = ctx.session
+        sel = _bound_here(m, s, host_filter).with_entities(
+            m.Port.id).subquery()
+        in_sel = sa.select(sel.c.id)
+        ports_ = {pid: (host, net, physnet, rev)
+                  for pid, host, net, physnet, rev in _bound_here(
+                      m, s, host_filter).add_columns(
+                      m.Attrs.revision_number).join(
+                      m.Attrs, m.Attrs.id == m.Port.standard_attr_id)}
+        if not ports_:
+            return {}
+        port_sgs: dict[str, list[str]] = collections.defaultdict(list)
+        for pid, sg_id in s.query(m.SGBinding.port_id,
+                                  m.SGBinding.security_group_id).filter(
+                m.SGBinding.port_id.in_(in_sel)):
+            port_sgs[pid].append(sg_id)
+        sg_sel = sa.select(m.SGBinding.security_group_id).filter(
+            m.SGBinding.port_id.in_(in_sel))
+        sg_rev: dict[str, tuple] = {}
+        for sg_id, rev, n in s.query(
+                m.SG.id, m.Attrs.revision_number,
+                sa.func.count(m.Rule.id)).join(
+                m.Attrs, m.Attrs.id == m.SG.standard_attr_id).outerjoin(
+                m.Rule, m.Rule.security_group_id == m.SG.id).filter(
+                m.SG.id.in_(sg_sel)).group_by(
+                m.SG.id, m.Attrs.revision_number):
+            sg_rev[sg_id] = (sg_id, rev, n)
+        refs: dict[str, set] = collections.defaultdict(set)
+        for sg_id, rg, ag in s.query(
+                m.Rule.security_group_id, m.Rule.remote_group_id,
+                m.Rule.remote_address_group_id).filter(
+                m.Rule.security_group_id.in_(sg_sel),
+                sa.or_(m.Rule.remote_group_id.isnot(None),
+                       m.Rule.remote_address_group_id.isnot(None))
+        ).distinct():
+            if rg:
+                refs[sg_id].add(("sg", rg))
+            if ag:
+                refs[sg_id].add(("ag", ag))
+        remote = {r for rs in refs.values() for k, r in rs if k == "sg"}
+        ags = {r for rs in refs.values() for k, r in rs if k == "ag"}
+        members = {g: _digest(a) for g, a in
+                   _addresses_of_groups(m, s, remote).items()}
+        ag_rev = {}
+        if ags:
+            ag_rev = dict(s.query(m.AG.id, m.Attrs.revision_number).join(
+                m.Attrs, m.Attrs.id == m.AG.standard_attr_id).filter(
+                m.AG.id.in_(sorted(ags))))
+        port_policy = {pid: (pol, rev) for pid, pol, rev in s.query(
+            m.PortPolicy.port_id, m.PortPolicy.policy_id,
+            m.Attrs.revision_number).join(
+            m.Policy, m.Policy.id == m.PortPolicy.policy_id).join(
+            m.Attrs, m.Attrs.id == m.Policy.standard_attr_id).filter(
+            m.PortPolicy.port_id.in_(in_sel))}
+        net_policy = {net: (pol, rev) for net, pol, rev in s.query(
+            m.NetPolicy.network_id, m.NetPolicy.policy_id,
+            m.Attrs.revision_number).join(
+            m.Policy, m.Policy.id == m.NetPolicy.policy_id).join(
+            m.Attrs, m.Attrs.id == m.Policy.standard_attr_id).filter(
+            m.NetPolicy.network_id.in_(sa.select(m.Port.network_id).filter(
+                m.Port.id.in_(in_sel))))}
+
+    prints = {}
+    for pid, (host, net, physnet, rev) in ports_.items():
+        sgs = sorted(port_sgs.get(pid, ()))
+        referenced = sorted({r for g in sgs for r in refs.get(g, ())})
+        prints[pid] = (
+            rev, host, physnet,
+            tuple(sg_rev.get(g, (g, None, 0)) for g in sgs),
+            tuple((k, r, members.get(r, "") if k == "sg" else ag_rev.get(r))
+                  for k, r in referenced),
+            port_policy.get(pid) or net_policy.get(net))
+    return prints
+
+
+def ports_referencing(security_group_ids=(), address_group_ids=(),
+                      qos_policy_ids=(), network_ids=()) -> set[str]:
+    """The ports bound by this driver whose :class:`desired.PortSpec` a
+    change of these objects may change: members of the security groups,
+    ports whose groups have rules referring to them (remote group) or to
+    the address groups, ports with one of the QoS policies, ports without
+    their own policy on a network with one, and ports on the networks (a
+    network's QoS policy changed).  One query."""
+    import sqlalchemy as sa
+    m = _m()
+    sgs, ags = sorted(security_group_ids), sorted(address_group_ids)
+    pols, nets = sorted(qos_policy_ids), sorted(network_ids)
+    conds = []
+    if sgs or ags:
+        via_rules = sa.select(m.Rule.security_group_id).filter(sa.or_(
+            m.Rule.remote_group_id.in_(sgs),
+            m.Rule.remote_address_group_id.in_(ags)))
+        conds.append(m.Port.id.in_(sa.select(m.SGBinding.port_id).filter(
+            sa.or_(m.SGBinding.security_group_id.in_(sgs),
+                   m.SGBinding.security_group_id.in_(via_rules)))))
+    if pols:
+        conds.append(m.Port.id.in_(sa.select(m.PortPolicy.port_id).filter(
+            m.PortPolicy.policy_id.in_(pols))))
+        conds.append(sa.and_(
+            m.Port.network_id.in_(sa.select(m.NetPolicy.network_id).filter(
+                m.NetPolicy.policy_id.in_(pols))),
+            m.Port.id.notin_(sa.select(m.PortPolicy.port_id))))
+    if nets:
+        conds.append(m.Port.network_id.in_(nets))
+    if not conds:
+        return set()
+    ctx, reader = _reader()
+    with reader:
+        return {pid for pid, *_ in _bound_here(m, ctx.session, None).filter(
+            sa.or_(*conds))}
