@@ -65,6 +65,16 @@ SUPPORTED_RULES = {
 PolicyHook = Callable[[Any, str], None]
 
 
+def _standard_vswitch_ports() -> str:
+    from oslo_config import cfg
+
+    from networking_vcenter import conf
+    try:
+        return cfg.CONF[conf.GROUP].standard_vswitch_ports
+    except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+        return "bind"
+
+
 class VCenterQosDriver(base.DriverBase):
 
     on_policy_change: PolicyHook | None = None
@@ -80,7 +90,12 @@ class VCenterQosDriver(base.DriverBase):
 
     def validate_rule_for_port(self, context, rule, port) -> bool:
         """A shaping rule needs a DV port: a port on a standard vSwitch port
-        group (its binding has no ``dvs_id``) has no per-port shaping."""
+        group (its binding has no ``dvs_id``) has no per-port shaping.  It
+        is refused there with ``standard_vswitch_ports = refuse`` (as the
+        bind refuses such a port); with ``bind`` (the default) it is
+        accepted and not enforced, as at bind time."""
+        if _standard_vswitch_ports() != "refuse":
+            return True
         for binding in getattr(port, "bindings", None) or ():
             if binding.status == constants.ACTIVE and \
                     binding.vif_type == VIF_TYPE_DVS:

@@ -516,10 +516,24 @@ class TestQosDriver(PortReadsTestCase):
         p = self.port(net_id=net2["id"])
         pol = self.policy()
         self.bw_rule(pol["id"], "egress", 1000)
+        # standard_vswitch_ports = bind (the default): accepted, as the
+        # bind accepts such a port (not enforced).
+        self.update_port(p["id"], qos_policy_id=pol["id"])
+        self.update_port(p["id"], qos_policy_id=None)
+        # refuse: refused, naming the rule and the port.
+        from oslo_config import cfg
+        cfg.CONF.set_override("standard_vswitch_ports", "refuse",
+                              group="ml2_vcenter")
+        self.addCleanup(cfg.CONF.clear_override, "standard_vswitch_ports",
+                        group="ml2_vcenter")
         status, body = self.call("PUT", "ports", {"port": {
             "qos_policy_id": pol["id"]}}, id=p["id"])
         self.assertEqual(409, status, body)
         self.assertIn("bandwidth_limit", body["NeutronError"]["message"])
+        self.assertIn(p["id"], body["NeutronError"]["message"])
+        # A port on a distributed switch is not concerned.
+        dv = self.port()
+        self.update_port(dv["id"], qos_policy_id=pol["id"])
 
     def test_register_is_idempotent(self):
         self.assertIs(qos.register(), qos.register())
