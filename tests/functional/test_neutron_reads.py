@@ -357,6 +357,20 @@ class TestChanges(PortReadsTestCase):
         self.assertEqual(set(), self.changed(lambda: self.update_port(
             box["d"]["id"], name="renamed")))
 
+    def test_remote_group_deleted(self):
+        # Deleting a group that another group's rule names as remote group
+        # deletes that rule too (no rule event for it: the callback side
+        # must ask ports_referencing before the delete).
+        gone = self.sg("gone")
+        self.rule(self.web["id"], remote_group_id=gone["id"])
+        self.assertEqual({self.a["id"], self.c["id"]},
+                         neutron_db.ports_referencing(
+                             security_group_ids=[gone["id"]]))
+        self.assertEqual({"a", "c"}, self.changed(lambda: self._delete(
+            "security-groups", gone["id"])))
+        self.assertEqual(set(), neutron_db.ports_referencing(
+            security_group_ids=[gone["id"]]))
+
     def test_address_group_addresses(self):
         self.assertEqual({"a", "c"}, self.changed(lambda: self.call(
             "PUT", "address-groups", {"addresses": ["198.51.100.0/24"]},
