@@ -8,6 +8,9 @@ as every Neutron tool) and Neutron's database directly::
 
 * ``status``          a table of Neutron networks against vSphere port groups:
                       in-sync, missing, partial, wrong-vlan, orphan, conflict;
+                      and one of ports against their DV ports: in-sync,
+                      drift, unreserved, waiting, orphan, conflict,
+                      not-enforced (a standard vSwitch);
 * ``sync``            apply the difference (a progress line per step);
   ``sync --dry-run``  print the plan instead;
 * ``check``           the configuration, the vCenter connection and mappings,
@@ -25,6 +28,7 @@ configuration, vCenter or database unreachable).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -39,7 +43,8 @@ from networking_vcenter import exceptions
 from networking_vcenter import neutron_db
 from networking_vcenter.reconcile import desired as desired_mod
 from networking_vcenter.reconcile import plan as plan_mod
-from networking_vcenter.reconcile.reconciler import Pass, Reconciler
+from networking_vcenter.reconcile.reconciler import Pass, PortPass, \
+    Reconciler
 from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere import privileges
 
@@ -145,6 +150,60 @@ def status_rows(result: Pass) -> list[dict[str, Any]]:
     return out
 
 
+def port_rows(result: PortPass) -> list[dict[str, Any]]:
+    """One row per Neutron port bound here, or DV port reserved for one."""
+    rows: dict[str, dict[str, Any]] = {}
+
+    def row(port_id: str, network_id: str, portgroup: str, state: str,
+            detail: str = "", key: str = "") -> None:
+        r = rows.setdefault(port_id, {
+            "port": port_id, "network": network_id,
+            "port_group": portgroup, "dv_port": key, "state": state,
+            "detail": []})
+        r["state"] = state
+        if detail:
+            r["detail"].append(detail)
+
+    plan = result.plan
+    for d in result.desired:
+        have = plan.reserved.get(d.port_id)
+        row(d.port_id, d.network_id, d.pg.name,
+            "in-sync" if have else "unreserved",
+            key=have.key if have else "")
+    for s in plan.steps:
+        if isinstance(s, plan_mod.ConfigurePort):
+            row(s.port_id, s.network_id, s.portgroup, "drift",
+                "its settings differ from what Neutron says", s.key)
+        elif isinstance(s, plan_mod.ReleasePort):
+            if s.port_id in rows and rows[s.port_id]["dv_port"] != s.key:
+                rows[s.port_id]["detail"].append(
+                    f"also holds DV port {s.key} of {s.portgroup}")
+                continue
+            row(s.port_id, s.network_id, s.portgroup, "orphan",
+                "reserved, but the port is gone or bound elsewhere", s.key)
+    for port_id in plan.waiting:
+        r = rows.get(port_id)
+        if r is not None:
+            row(port_id, r["network"], r["port_group"], "waiting",
+                "its port group is not ready for per-port settings yet")
+    for c in plan.conflicts:
+        r = rows.get(c.port_id, {})
+        row(c.port_id, c.network_id, r.get("port_group", ""), "conflict",
+            c.reason, r.get("dv_port", ""))
+    for u in result.unenforced:
+        row(u.port_id, u.network_id, u.network_id, "not-enforced",
+            f"standard vSwitch: {' and '.join(u.what)} not enforced")
+    out = sorted(rows.values(), key=lambda r: (r["network"], r["port"]))
+    for r in out:
+        r["detail"] = "; ".join(r["detail"])
+    return out
+
+
+def _port_source(rec: Reconciler):
+    return functools.partial(neutron_db.ports,
+                             host_filter=set(rec.settings.compute_hosts))
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     if not rows:
         print("(nothing)")
@@ -158,36 +217,53 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def cmd_status(rec: Reconciler, fmt: str) -> int:
-    result = rec.sync_all(neutron_db.networks, dry_run=True, wait=60)
+    result = rec.sync_all(neutron_db.networks, dry_run=True, wait=60,
+                          port_source=_port_source(rec))
     rows = status_rows(result)
+    ports = port_rows(result.ports)
     counts: dict[str, int] = defaultdict(int)
+    port_counts: dict[str, int] = defaultdict(int)
     for r in rows:
         counts[r["state"]] += 1
+    for r in ports:
+        port_counts[r["state"]] += 1
     if fmt == "json":
-        json.dump({"port_groups": rows, "summary": dict(counts)}, sys.stdout,
-                  indent=2)
+        json.dump({"port_groups": rows, "summary": dict(counts),
+                   "ports": ports, "port_summary": dict(port_counts)},
+                  sys.stdout, indent=2)
         print()
     else:
         print_table(rows, ["network", "physical_network", "switch",
                            "port_group", "vlan", "state", "detail"])
         print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
               if counts else "")
-    return EXIT_OK if set(counts) <= {"in-sync"} else EXIT_DIFF
+        print()
+        print_table(ports, ["port", "network", "dv_port", "state",
+                            "detail"])
+        print("\n" + ", ".join(f"{n} ports {s}" for s, n in
+                               sorted(port_counts.items()))
+              if port_counts else "")
+    ok = {"in-sync", "not-enforced"}
+    return EXIT_OK if set(counts) <= {"in-sync"} and set(port_counts) <= ok \
+        else EXIT_DIFF
 
 
 # -- sync --------------------------------------------------------------------------
 
 def cmd_sync(rec: Reconciler, fmt: str, dry_run: bool) -> int:
     if dry_run:
-        result = rec.sync_all(neutron_db.networks, dry_run=True, wait=60)
-        steps = result.plan.describe()
+        result = rec.sync_all(neutron_db.networks, dry_run=True, wait=60,
+                              port_source=_port_source(rec))
+        ports = result.ports
+        steps = result.plan.describe() + ports.plan.describe()
         if fmt == "json":
             json.dump({"plan": steps}, sys.stdout, indent=2)
             print()
         else:
             print("\n".join(steps) if steps else "nothing to do")
         return EXIT_OK if not result.plan.steps and \
-            not result.plan.conflicts else EXIT_DIFF
+            not result.plan.conflicts and not ports.plan.steps and \
+            not ports.plan.conflicts else EXIT_DIFF
 
     done = [0]
     total = [0]
@@ -201,16 +277,30 @@ def cmd_sync(rec: Reconciler, fmt: str, dry_run: bool) -> int:
 
     preview = rec.sync_all(neutron_db.networks, dry_run=True, wait=60)
     total[0] = len(preview.plan.steps)
-    result = rec.sync_all(neutron_db.networks, wait=60, progress=progress)
+    result = rec.sync_all(neutron_db.networks, wait=60, progress=progress,
+                          port_source=_port_source(rec))
     out = result.outcome
+    ports = result.ports
+    port_out = ports.outcome
+    for step in port_out.done:
+        progress(step, "done")
+    port_failed = [(s, e) for s, e in port_out.failed] + \
+        [(s, "changed meanwhile; run again") for s in port_out.stale]
     summary = {"done": len(out.done), "failed": len(out.failed),
-               "deferred": len(out.deferred), "conflicts": len(out.conflicts)}
+               "deferred": len(out.deferred), "conflicts": len(out.conflicts),
+               "ports done": len(port_out.done),
+               "ports failed": len(port_failed),
+               "port conflicts": len(ports.plan.conflicts)}
     if quiet:
         json.dump({"summary": summary,
                    "failed": [f"{s.describe()}: {e}" for s, e in out.failed],
                    "deferred": [f"{s.describe()}: {r}"
                                 for s, r in out.deferred],
-                   "conflicts": [c.reason for c in out.conflicts]},
+                   "conflicts": [c.reason for c in out.conflicts],
+                   "port_failed": [f"{s.describe()}: {e}"
+                                   for s, e in port_failed],
+                   "port_conflicts": [f"port {c.port_id}: {c.reason}"
+                                      for c in ports.plan.conflicts]},
                   sys.stdout, indent=2)
         print()
     else:
@@ -220,8 +310,13 @@ def cmd_sync(rec: Reconciler, fmt: str, dry_run: bool) -> int:
             print(f"DEFERRED: {s.describe()}: {r}")
         for c in out.conflicts:
             print(f"CONFLICT: {c.reason}")
+        for s, e in port_failed:
+            print(f"FAILED: {s.describe()}: {e}")
+        for c in ports.plan.conflicts:
+            print(f"CONFLICT: port {c.port_id}: {c.reason}")
         print(", ".join(f"{v} {k}" for k, v in summary.items()))
-    return EXIT_OK if not (out.failed or out.deferred or out.conflicts) \
+    return EXIT_OK if not (out.failed or out.deferred or out.conflicts or
+                           port_failed or ports.plan.conflicts) \
         else EXIT_DIFF
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -41,11 +43,25 @@ from networking_vcenter import agent
 from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter import neutron_db
+from networking_vcenter import qos
 from networking_vcenter.reconcile import desired as desired_mod
 from networking_vcenter.reconcile import worker as worker_mod
 from networking_vcenter.reconcile.reconciler import Pass, Reconciler
 
 LOG = logging.getLogger(__name__)
+
+
+def _membership(port: dict | None) -> tuple:
+    """What a port contributes to remote security groups naming its
+    groups: its groups and addresses."""
+    if port is None:
+        return ()
+    return (tuple(sorted(port.get("security_groups") or ())),
+            tuple(sorted(ip.get("ip_address", "")
+                         for ip in port.get("fixed_ips") or ())),
+            tuple(sorted(str(p.get("ip_address"))
+                         for p in port.get("allowed_address_pairs") or ())))
+
 
 VIF_TYPE_DVS = "dvs"
 # Seconds after vCenter was found unreachable during which API hooks do not
@@ -70,8 +86,12 @@ class VCenterMechanismDriver(api.MechanismDriver):
             LOG.critical("vcenter mechanism driver cannot start: %s", exc)
             raise
         self.source = neutron_db.networks
+        self.port_source = functools.partial(
+            neutron_db.ports, host_filter=set(self.settings.compute_hosts))
         self._pid = None
         self._start(background=False)
+        qos.register(self._on_qos_policy)
+        self._subscribe()
 
     def _start(self, background: bool) -> None:
         """This process's reconciler, replica and hook threads."""
@@ -81,6 +101,10 @@ class VCenterMechanismDriver(api.MechanismDriver):
             HOOK_THREADS, thread_name_prefix="vcenter-hook")
         self._lock = threading.Lock()
         self._binds: dict[str, float] = {}   # port id -> binding deadline
+        self._soon: list = []                 # ports (or queries) to sync
+        self._sg_deleting: dict[str, set[str]] = {}
+        self._draining = False
+        self.reconciler.status_sink = self._set_port_status
         atexit.register(self._close, self._pid)
         try:
             self.reconciler.start(background=background)
@@ -135,7 +159,11 @@ class VCenterMechanismDriver(api.MechanismDriver):
             self._here(), self.source, neutron_db.change_token,
             self.settings.resync_interval, self.settings.resync_grace_period,
             heartbeat=self._report_health,
-            heartbeat_interval=self._agent_down_time() / 3)
+            heartbeat_interval=self._agent_down_time() / 3,
+            port_source=self.port_source,
+            port_prints=functools.partial(
+                neutron_db.port_fingerprints,
+                host_filter=set(self.settings.compute_hosts)))
         maintenance.start()
         return maintenance
 
@@ -167,6 +195,12 @@ class VCenterMechanismDriver(api.MechanismDriver):
         # Also called for segments added or removed through the segments
         # service plugin.
         self._sync(context, refuse=False)
+        before = getattr(context, "original", None) or {}
+        if context.current.get("qos_policy_id") != \
+                before.get("qos_policy_id"):
+            self._sync_ports_soon(set(), functools.partial(
+                neutron_db.ports_referencing,
+                network_ids=[context.current["id"]]))
 
     def delete_network_postcommit(self, context: api.NetworkContext) -> None:
         self._sync(context, refuse=False)
@@ -249,6 +283,162 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 reason=f"vCenter cannot hold network {network_id}: "
                        + "; ".join(problems))
 
+    # -- ports ----------------------------------------------------------------
+    #
+    # A port's DV port follows the port (bound, updated, unbound, deleted)
+    # and everything its policy depends on (security groups and rules,
+    # address groups, QoS policies, the members of remote groups).  The API
+    # call never waits for it: the ports are synced by a hook thread right
+    # after, under the API deadline, and the maintenance worker's Neutron
+    # poll catches whatever that could not do.
+
+    def create_port_postcommit(self, context: api.PortContext) -> None:
+        self._port_changed(context.current, None)
+
+    def update_port_postcommit(self, context: api.PortContext) -> None:
+        self._port_changed(context.current, context.original)
+
+    def delete_port_postcommit(self, context: api.PortContext) -> None:
+        self._port_changed(None, context.current)
+
+    def _port_changed(self, port: dict | None, before: dict | None) -> None:
+        hosts = self.settings.compute_hosts
+        ids: set[str] = set()
+        groups: set[str] = set()
+        for p in (port, before):
+            if p is None:
+                continue
+            if p.get(portbindings.HOST_ID) in hosts:
+                ids.add(p["id"])
+            groups.update(p.get("security_groups") or ())
+        if _membership(port) != _membership(before) and groups:
+            # Its addresses are in the rules of ports that name one of its
+            # groups as remote group.
+            ids_of = functools.partial(neutron_db.ports_referencing,
+                                       security_group_ids=groups)
+            self._sync_ports_soon(ids, ids_of)
+        elif ids:
+            self._sync_ports_soon(ids)
+
+    def _subscribe(self) -> None:
+        """Security group, rule and address group changes: the ports whose
+        DV port they change, found in the hook thread (QoS policies tell
+        their driver, :mod:`networking_vcenter.qos`, instead)."""
+        from neutron_lib.callbacks import events
+        from neutron_lib.callbacks import registry
+        from neutron_lib.callbacks import resources
+        for resource, event, query in (
+                (resources.SECURITY_GROUP_RULE, events.AFTER_CREATE,
+                 lambda p: {"security_group_ids": [
+                     p.latest_state["security_group_id"]]}),
+                (resources.SECURITY_GROUP_RULE, events.AFTER_DELETE,
+                 lambda p: {"security_group_ids": [
+                     p.metadata["security_group_id"]]}),
+                (resources.SECURITY_GROUP, events.AFTER_UPDATE,
+                 lambda p: {"security_group_ids": [p.resource_id]}),
+                (resources.ADDRESS_GROUP, events.AFTER_UPDATE,
+                 lambda p: {"address_group_ids": [p.resource_id]})):
+            registry.subscribe(functools.partial(self._on_policy, query),
+                               resource, event)
+        # Deleting a group deletes the rules of other groups that name it
+        # as remote group, with no rule event: find their ports before.
+        registry.subscribe(self._before_sg_delete, resources.SECURITY_GROUP,
+                           events.BEFORE_DELETE)
+        registry.subscribe(self._after_sg_delete, resources.SECURITY_GROUP,
+                           events.AFTER_DELETE)
+
+    def _before_sg_delete(self, resource, event, trigger, payload=None):
+        try:
+            ids = neutron_db.ports_referencing(
+                security_group_ids=[payload.resource_id])
+        except Exception:  # noqa: BLE001 - never fail the API call
+            LOG.exception("vcenter: ports referring to security group %s "
+                          "not found; the maintenance worker will find them",
+                          getattr(payload, "resource_id", "?"))
+            return
+        if ids:
+            with self._lock:
+                self._sg_deleting[payload.resource_id] = ids
+
+    def _after_sg_delete(self, resource, event, trigger, payload=None):
+        with self._lock:
+            ids = self._sg_deleting.pop(getattr(payload, "resource_id", None),
+                                        None)
+        if ids:
+            self._sync_ports_soon(ids)
+
+    def _on_policy(self, query, resource, event, trigger, payload=None):
+        try:
+            which = query(payload)
+        except (AttributeError, KeyError, TypeError):
+            LOG.warning("vcenter: %s %s without the id it needs; the "
+                        "maintenance worker will find its ports", resource,
+                        event)
+            return
+        self._sync_ports_soon(set(), functools.partial(
+            neutron_db.ports_referencing, **which))
+
+    def _on_qos_policy(self, context, policy_id: str) -> None:
+        self._sync_ports_soon(set(), functools.partial(
+            neutron_db.ports_referencing, qos_policy_ids=[policy_id]))
+
+    def _sync_ports_soon(self, ids: set[str], ids_of=None) -> None:
+        """Sync these ports (and those ``ids_of()`` answers) in a hook
+        thread, coalescing what arrives meanwhile; never waits."""
+        with self._lock:
+            self._soon.append((ids, ids_of))
+            if self._draining:
+                return
+            self._draining = True
+        self._kick()
+
+    def _kick(self) -> None:
+        self._hooks.submit(self._drain_ports)
+
+    def _drain_ports(self) -> None:
+        while True:
+            with self._lock:
+                todo, self._soon = self._soon, []
+                if not todo:
+                    self._draining = False
+                    return
+            ids: set[str] = set()
+            try:
+                for some, ids_of in todo:
+                    ids |= some
+                    if ids_of is not None:
+                        ids |= set(ids_of())
+                if not ids:
+                    continue
+                rec = self._here()
+                if self._unreachable(rec) is not None:
+                    continue            # the worker's poll will do it
+                with rec.session.budget(self.settings.api_call_budget):
+                    rec.sync_ports(ids, self.source, self.port_source,
+                                   wait=self.settings.api_call_budget)
+            except exceptions.VCenterError as exc:
+                LOG.warning("ports %s: %s; the maintenance worker will "
+                            "finish the work", sorted(ids), exc)
+            except Exception:  # noqa: BLE001 - keep draining
+                LOG.exception("ports %s: unexpected error; the maintenance "
+                              "worker will retry", sorted(ids))
+
+    def _set_port_status(self, statuses: dict[str, str]) -> None:
+        """Neutron shows a port ACTIVE while a VM NIC is connected to its
+        DV port, DOWN otherwise."""
+        plugin = directory.get_plugin()
+        ctx = n_context.get_admin_context()
+        for port_id, status in sorted(statuses.items()):
+            try:
+                plugin.update_port_status(ctx, port_id, status)
+            except Exception as exc:  # noqa: BLE001 - the port may be gone
+                LOG.debug("port %s: status not set to %s: %s", port_id,
+                          status, exc)
+            else:
+                LOG.info("port %s is %s: a VM NIC is %s its DV port",
+                         port_id, status, "connected to" if status ==
+                         n_const.PORT_STATUS_ACTIVE else "not on")
+
     def check_vlan_transparency(self, context: api.NetworkContext) -> bool:
         """Transparent networks are not supported on mapped physical
         networks yet; elsewhere other drivers decide."""
@@ -301,6 +491,14 @@ class VCenterMechanismDriver(api.MechanismDriver):
         net_id = context.network.current["id"]
         segments = list(context.segments_to_bind)
         deadline = self._bind_deadline(port_id)
+        # Neutron is read here, in the API's thread (the hook thread is for
+        # vCenter, under the deadline).
+        found = neutron_db.ports({port_id})
+        if not found:
+            LOG.error("port %s on %s: cannot bind: not found in Neutron's "
+                      "database", port_id, host)
+            return
+        port_spec = found[0]
 
         def find(rec: Reconciler, deadline: float):
             topology = rec.topology(rec.inventory(
@@ -312,7 +510,13 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 net_id, segment[api.PHYSICAL_NETWORK], self.source, deadline,
                 fix=self._unreachable(rec) is None and
                 deadline > time.monotonic())
-            return segment, topology, pg, found
+            spec = dataclasses.replace(
+                port_spec, host=host, physnet=segment[api.PHYSICAL_NETWORK])
+            if pg.kind != desired_mod.DVS:
+                self._check_vswitch_port(spec)
+                return segment, topology, pg, found, None
+            return segment, topology, pg, found, rec.port_for(
+                spec, self.source, deadline)
 
         try:
             picked = self._in_time(f"bind port {port_id}", find,
@@ -325,7 +529,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
             LOG.debug("port %s on %s: no VLAN/flat segment mapped to a switch "
                       "of cluster %s", port_id, host, cluster)
             return
-        segment, topology, pg, found = picked
+        segment, topology, pg, found, dv_port = picked
+        status = n_const.PORT_STATUS_ACTIVE
         details: dict[str, Any] = {
             "dvs_port_group_name": pg.name,
             "segmentation_id": pg.vlan,
@@ -334,10 +539,25 @@ class VCenterMechanismDriver(api.MechanismDriver):
         if pg.kind == desired_mod.DVS:
             details["dvs_id"] = topology.targets[pg.physnet].dvs_uuid
             details["pg_id"] = found.key
+            # Nova pins the NIC to this port, whose policy is already set.
+            details["dvs_port_key"] = dv_port.key
+            status = n_const.PORT_STATUS_ACTIVE if dv_port.connected \
+                else n_const.PORT_STATUS_DOWN
         context.set_binding(segment[api.ID], VIF_TYPE_DVS, details,
-                            status=n_const.PORT_STATUS_ACTIVE)
-        LOG.info("port %s bound on %s to %s %s (%s)", port_id, host,
-                 pg.switch, pg.name, found.moid)
+                            status=status)
+        LOG.info("port %s bound on %s to %s %s (%s)%s", port_id, host,
+                 pg.switch, pg.name, found.moid,
+                 f", DV port {dv_port.key}" if dv_port else "")
+
+    def _check_vswitch_port(self, spec: desired_mod.PortSpec) -> None:
+        """A standard vSwitch has no per-port policy: refuse, if so
+        configured, a port whose policy would not be enforced."""
+        what = desired_mod.unenforceable_on_vswitch(spec)
+        if what and self.settings.standard_vswitch_ports == "refuse":
+            raise exceptions.PermanentFault(
+                f"port {spec.id}",
+                f"its {' and '.join(what)} cannot be enforced on a standard "
+                f"vSwitch ([{conf.GROUP}] standard_vswitch_ports = refuse)")
 
     def _bind_deadline(self, port_id: str) -> float:
         """The deadline of a port's binding, shared by ML2's retries: ML2
@@ -380,4 +600,4 @@ class VCenterMechanismDriver(api.MechanismDriver):
         running elsewhere.  Port groups of deleted networks are removed."""
         return self._here().sync_all(
             self.source, self.settings.resync_grace_period
-            if grace is None else grace)
+            if grace is None else grace, port_source=self.port_source)

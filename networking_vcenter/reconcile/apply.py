@@ -32,6 +32,7 @@ from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter.reconcile import plan as plan_mod
 from networking_vcenter.vsphere import inventory
+from networking_vcenter.vsphere import ports as ports_mod
 from networking_vcenter.vsphere import switches
 from networking_vcenter.vsphere.inventory import Inventory
 from networking_vcenter.vsphere.session import Session
@@ -56,6 +57,17 @@ class Outcome:
 
 
 Progress = Callable[[plan_mod.Step, str], None]
+
+
+@dataclasses.dataclass
+class PortOutcome:
+    done: list[plan_mod.PortStep] = dataclasses.field(default_factory=list)
+    failed: list[tuple[plan_mod.PortStep, exceptions.VCenterError]] = \
+        dataclasses.field(default_factory=list)
+    # Refused because a port changed since it was read (ConcurrentAccess),
+    # or waiting for ports its group just grew: plan again from a fresh read.
+    stale: list[plan_mod.PortStep] = dataclasses.field(default_factory=list)
+    tasks: int = 0
 
 
 class Applier:
@@ -89,6 +101,76 @@ class Applier:
             elif isinstance(step, plan_mod.DeleteDvsPortGroup):
                 self._run(step, out, lambda s=step: self._delete_dvs(s, inv))
         return out
+
+    # -- distributed ports ---------------------------------------------------
+
+    def apply_ports(self, plan: plan_mod.PortPlan,
+                    inv: Inventory) -> PortOutcome:
+        """Run port steps: many ports per ReconfigureDVPort task (up to
+        ``dvs_batch_size``), each spec with the configVersion the plan saw.
+
+        A task is all or nothing: one refused for a port changed meanwhile
+        (ConcurrentModification) leaves its steps *stale*, to be planned
+        again from a fresh read; one refused for any other reason is split
+        so that one bad port does not hold back the others.  Reservations
+        with no free port first grow their port group (one reconfigure) and
+        are stale too: the new ports are read, then taken.
+        """
+        out = PortOutcome()
+        groups = {pg.key: pg for pg in inv.dvs_portgroups}
+        keyless: dict[str, list[plan_mod.PortStep]] = {}
+        for step in plan.steps:
+            if step.key is None:
+                keyless.setdefault(step.portgroup_key, []).append(step)
+        for pg_key, steps in keyless.items():
+            pg = groups[pg_key]
+            try:
+                ports_mod.grow_port_group(self._session, pg,
+                                          max(ports_mod.GROW_BY, len(steps)))
+                out.tasks += 1
+            except exceptions.VCenterError as exc:
+                LOG.error("port group %s: cannot add ports: %s", pg.name, exc)
+                out.failed.extend((s, exc) for s in steps)
+                continue
+            out.stale.extend(steps)
+        by_switch: dict[str, list[plan_mod.PortStep]] = {}
+        for step in plan.steps:
+            if step.key is not None:
+                by_switch.setdefault(step.switch, []).append(step)
+        size = self._settings.dvs_batch_size
+        for switch, steps in by_switch.items():
+            dvs = inv.dvs(switch)
+            for i in range(0, len(steps), size):
+                self._port_chunk(dvs, steps[i:i + size], out)
+        for step in out.done:
+            LOG.info("network %s: %s", step.network_id, step.describe())
+        return out
+
+    def _port_chunk(self, dvs: inventory.Dvs, chunk: list[plan_mod.PortStep],
+                    out: PortOutcome) -> None:
+        changes = [(s.key, s.config_version, s.name, s.settings)
+                   for s in chunk]
+        what = (chunk[0].describe() if len(chunk) == 1 else
+                f"reconfigure {len(chunk)} ports on {dvs.name}")
+        try:
+            out.tasks += 1
+            ports_mod.reconfigure_ports(
+                self._session, dvs.ref, changes, what,
+                mac_management=ports_mod.mac_management_supported(dvs))
+        except exceptions.ConcurrentModification:
+            out.stale.extend(chunk)
+        except exceptions.VCenterError as exc:
+            if len(chunk) == 1:
+                LOG.error("network %s: %s failed: %s", chunk[0].network_id,
+                          what, exc)
+                out.failed.append((chunk[0], exc))
+                return
+            LOG.warning("%s failed (%s); retrying its ports one by one",
+                        what, exc)
+            for step in chunk:
+                self._port_chunk(dvs, [step], out)
+        else:
+            out.done.extend(chunk)
 
     # -- helpers -----------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions
+from networking_vcenter.vsphere import ports as vsphere_ports
 from networking_vcenter.vsphere.inventory import Inventory, PortSettings
 
 LOG = logging.getLogger(__name__)
@@ -206,8 +207,9 @@ def build_topology(settings: conf.Settings, inv: Inventory,
                 LOG.warning("%s: no host of the mapped clusters is a member "
                             "of distributed switch %s; ports cannot be bound "
                             "there", where, switch)
-            targets[physnet] = Target(physnet, DVS, switch, dvs.uuid,
-                                      dvs.host_moids)
+            targets[physnet] = Target(
+                physnet, DVS, switch, dvs.uuid, dvs.host_moids,
+                mac_learning=vsphere_ports.mac_management_supported(dvs))
         elif with_vswitch:
             missing = sorted(inv.hosts[h].name for h in all_hosts
                              if switch not in inv.hosts[h].vswitches)
@@ -426,6 +428,9 @@ def desired_ports(ports: Iterable[PortSpec],
             result.append(DesiredPort(port.id, port.network_id, pg, None,
                                       str(exc), port.status))
             continue
+        if not target.mac_learning:
+            # A switch without MAC management has no such setting to hold.
+            settings = dataclasses.replace(settings, mac_learning=None)
         result.append(DesiredPort(port.id, port.network_id, pg, settings,
                                   status=port.status))
     return result, unenforced

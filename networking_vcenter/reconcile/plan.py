@@ -445,6 +445,11 @@ class PortPlan:
 
 ACTIVE = "ACTIVE"
 DOWN = "DOWN"
+# The name a released DV port gets.  Not "": an empty name in a port spec
+# means "unchanged" to some implementations (the simulator), and an explicit
+# word tells an operator looking at the switch what happened.  A port named
+# "" (never reserved) or FREE is free.
+FREE = "free"
 
 
 def plan_ports(desired: Iterable[DesiredPort], inv: Inventory,
@@ -503,7 +508,7 @@ def plan_ports(desired: Iterable[DesiredPort], inv: Inventory,
         mine.sort(key=lambda p: (not p.connected, _key_order(p.key)))
         for extra in mine[1:]:
             result.steps.append(step_for(ReleasePort, extra, d, pg,
-                                         released(extra.connected), ""))
+                                         released(extra.connected), FREE))
             taken.add((pg.key, extra.key))
         if d.problem:
             result.conflicts.append(PortConflict(d.port_id, d.network_id,
@@ -533,13 +538,14 @@ def plan_ports(desired: Iterable[DesiredPort], inv: Inventory,
             if pg is None or (pg.key, p.key) in taken:
                 continue
             result.steps.append(step_for(ReleasePort, p, None, pg,
-                                         released(p.connected), "",
+                                         released(p.connected), FREE,
                                          port_id=name))
 
-    # New reservations take free ports: no name, no NIC, lowest key first.
+    # New reservations take free ports: no name (or FREE), no NIC, lowest
+    # key first.
     for pg_key, wants in reserve.items():
         free = [p for p in inv.dv_ports.get(pg_key, ())
-                if not p.name and not p.connected
+                if p.name in ("", FREE) and not p.connected
                 and (pg_key, p.key) not in taken]
         free.sort(key=lambda p: _key_order(p.key))
         for (d, pg), port in zip(wants, free + [None] * len(wants)):

@@ -24,6 +24,7 @@ owner-checked against what vCenter answers, never against the replica.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -34,9 +35,11 @@ from networking_vcenter import exceptions
 from networking_vcenter.reconcile import apply as apply_mod
 from networking_vcenter.reconcile import desired as desired_mod
 from networking_vcenter.reconcile import plan as plan_mod
+from networking_vcenter.reconcile import portsettings
 from networking_vcenter.reconcile import locks as locks_mod
 from networking_vcenter.reconcile.locks import Locks
 from networking_vcenter.vsphere import inventory
+from networking_vcenter.vsphere import ports as ports_mod
 from networking_vcenter.vsphere import switches
 from networking_vcenter.vsphere.replica import Replica
 from networking_vcenter.vsphere.session import Session
@@ -47,7 +50,17 @@ LOG = logging.getLogger(__name__)
 # no longer exists is simply absent.
 NetworkSource = Callable[[set[str] | None], Iterable[desired_mod.NetworkSpec]]
 
+# Reads the given Neutron ports (None: every port bound by this driver).  A
+# port asked for by id that exists but is not bound here comes back with
+# ``physnet`` None; one that does not exist is absent.
+PortSource = Callable[[set[str] | None], Iterable[desired_mod.PortSpec]]
+
 FULL_PASS_LOCK = "full-pass"
+# Seconds a full pass waits for a port's lock (then that port is retried).
+LOCK_WAIT = 1.0
+# Plan-apply rounds of one port sync: a round refused for a port changed
+# meanwhile, or waiting for a port group to grow, is planned again.
+PORT_ROUNDS = 4
 
 
 @dataclasses.dataclass
@@ -61,9 +74,27 @@ class Pass:
     plan: plan_mod.Plan
     outcome: apply_mod.Outcome | None
     skipped: set[str] = dataclasses.field(default_factory=set)
+    ports: "PortPass | None" = None     # the full pass's port sync
+
+
+@dataclasses.dataclass
+class PortPass:
+    """What one port sync saw, planned and did."""
+
+    ports: list[desired_mod.PortSpec]
+    desired: list[desired_mod.DesiredPort]
+    unenforced: list[desired_mod.UnenforcedPort]
+    plan: plan_mod.PortPlan                 # the last round's plan
+    outcome: apply_mod.PortOutcome
+    kept: set[str] = dataclasses.field(default_factory=set)
+                                            # too young to release
 
 
 class Reconciler:
+    # Told the status Neutron should show for ports whose NIC connected or
+    # went away ({port id: "ACTIVE" | "DOWN"}); set by the ML2 driver.
+    status_sink: Callable[[dict[str, str]], None] | None = None
+
     @classmethod
     def from_settings(cls, settings: conf.Settings,
                       watch: bool = True) -> "Reconciler":
@@ -80,6 +111,7 @@ class Reconciler:
         self.session = session or Session(settings)
         self.replica = Replica(self.session, settings) if watch else None
         self._topology: tuple[inventory.Inventory, desired_mod.Topology] | None = None
+        self._warned: set[tuple[str, tuple[str, ...]]] = set()
 
     # -- life cycle -------------------------------------------------------
 
@@ -186,12 +218,14 @@ class Reconciler:
 
     def sync_all(self, source: NetworkSource, grace: float = 0,
                  dry_run: bool = False, wait: float | None = None,
-                 progress: apply_mod.Progress | None = None
-                 ) -> Pass | None:
+                 progress: apply_mod.Progress | None = None,
+                 port_source: PortSource | None = None) -> Pass | None:
         """One full pass; None when another worker is running one.
 
         ``wait`` None: skip at once if the pass is taken (the periodic
         worker's choice); a number: wait that long for it (the CLI's).
+        With ``port_source``, every port's DV port too, read fresh from
+        vCenter (a port edited by hand shows no change in the replica).
         """
         with self.locks.hold(FULL_PASS_LOCK, blocking=wait is not None,
                              timeout=-1 if wait is None else wait) as got:
@@ -202,9 +236,14 @@ class Reconciler:
             now = time.time()
             young = {n.id for n in nets
                      if grace and n.changed_at and now - n.changed_at < grace}
-            return self._plan_and_apply(
+            result = self._plan_and_apply(
                 inv, [n for n in nets if n.id not in young], None, young,
                 dry_run, progress)
+            if port_source is not None:
+                result.ports = self.sync_ports(
+                    None, source, port_source, wait=LOCK_WAIT, grace=grace,
+                    dry_run=dry_run, refresh=self.replica is not None)
+            return result
 
     def _plan(self, inv: inventory.Inventory,
               nets: list[desired_mod.NetworkSpec], scope: set[str] | None,
@@ -290,6 +329,169 @@ class Reconciler:
                 f"port group {pg.name} of network {network_id}",
                 "not seen in vCenter in time")
         return pg, holder[-1]
+
+    # -- distributed ports ---------------------------------------------------
+
+    def sync_ports(self, port_ids: set[str] | None, source: NetworkSource,
+                   port_source: PortSource, wait: float = -1,
+                   grace: float = 0, dry_run: bool = False,
+                   refresh: bool = False, report_status: bool = True
+                   ) -> PortPass:
+        """Give ports (``port_ids``, or all with None) their DV ports.
+
+        Reservations of ports Neutron no longer has (or binds elsewhere)
+        are released, except of ports changed within ``grace`` seconds (a
+        binding still being committed).  ``refresh`` reads the ports of our
+        port groups fresh first (the full pass: vCenter reports no change
+        for a port edited by hand).  Reservations are made under the port's
+        lock after a fresh read of its port group, so two servers never
+        reserve two DV ports for one Neutron port; every other change is
+        guarded by the port's configVersion.  With nothing to change it
+        makes no vCenter call.
+        """
+        specs = list(port_source(port_ids))
+        now = time.time()
+        bound = [p for p in specs if p.physnet]
+        young = {p.id for p in specs if not p.physnet and grace and
+                 p.changed_at and now - p.changed_at < grace}
+        net_ids = {p.network_id for p in bound}
+        nets = {n.id: n for n in source(net_ids)} if net_ids else {}
+        inv = self.inventory()
+        if refresh:
+            inv = self._refresh_ports(inv, None)
+        if port_ids is None:
+            # Reservations named after ports not bound here: young ones?
+            known = {p.id for p in bound}
+            names = {p.name for ports in inv.dv_ports.values()
+                     for p in ports if inventory.UUID_RE.match(p.name)}
+            if names - known:
+                young |= {p.id for p in port_source(names - known)
+                          if not p.physnet and grace and p.changed_at and
+                          now - p.changed_at < grace}
+        total = apply_mod.PortOutcome()
+        with contextlib.ExitStack() as held:
+            locked: set[str] = set()
+            for _ in range(PORT_ROUNDS):
+                topo = self.topology(inv)
+                want, unenforced = desired_mod.desired_ports(
+                    bound, nets, topo, self.settings.max_rules_per_port)
+                the_plan = plan_mod.plan_ports(
+                    want, inv, portsettings.released_settings,
+                    port_ids, young)
+                if dry_run or not the_plan.steps:
+                    break
+                reserving = {s.port_id for s in the_plan.steps
+                             if isinstance(s, plan_mod.ReservePort)}
+                if reserving - locked:
+                    for port_id in sorted(reserving - locked):
+                        if not held.enter_context(self.locks.hold(
+                                f"port-{port_id}", timeout=wait)):
+                            raise exceptions.TransientFault(
+                                f"reserve a DV port for port {port_id}",
+                                f"another worker still holds it after "
+                                f"{wait}s")
+                        locked.add(port_id)
+                    # Another worker may have reserved it meanwhile.
+                    inv = self._refresh_ports(inv, {
+                        s.portgroup_key for s in the_plan.steps
+                        if s.port_id in reserving})
+                    continue
+                out = apply_mod.Applier(self.session, self.settings
+                                        ).apply_ports(the_plan, inv)
+                total.done += out.done
+                total.failed += out.failed
+                total.tasks += out.tasks
+                total.stale = out.stale
+                # Read back what was written (and, whole, the port groups
+                # of what was refused or grew): the next plan, here or in
+                # the next call, starts from it.
+                inv = self._read_back(inv, out)
+                if not out.stale:
+                    topo = self.topology(inv)
+                    want, unenforced = desired_mod.desired_ports(
+                        bound, nets, topo, self.settings.max_rules_per_port)
+                    the_plan = plan_mod.plan_ports(
+                        want, inv, portsettings.released_settings,
+                        port_ids, young)
+                    break
+        self._warn_unenforced(unenforced)
+        if report_status and not dry_run and the_plan.status and \
+                self.status_sink is not None:
+            self.status_sink(dict(the_plan.status))
+        return PortPass(specs, want, unenforced, the_plan, total, young)
+
+    def _warn_unenforced(self, unenforced) -> None:
+        """One warning per network (and process) whose ports' policy a
+        standard vSwitch cannot enforce; ``status`` lists the ports."""
+        by_net: dict[str, set[str]] = {}
+        for u in unenforced:
+            by_net.setdefault(u.network_id, set()).update(u.what)
+        for net_id, what in sorted(by_net.items()):
+            if (net_id, tuple(sorted(what))) in self._warned:
+                continue
+            self._warned.add((net_id, tuple(sorted(what))))
+            LOG.warning("network %s: its ports on a standard vSwitch have "
+                        "%s that a standard vSwitch cannot enforce: NOT "
+                        "ENFORCED ([%s] standard_vswitch_ports = refuse "
+                        "refuses such bindings)", net_id,
+                        " and ".join(sorted(what)), conf.GROUP)
+
+    def _refresh_ports(self, inv: inventory.Inventory,
+                       pg_keys: set[str] | None) -> inventory.Inventory:
+        """The inventory with the ports of ``pg_keys`` (None: all of ours)
+        read fresh from vCenter."""
+        if self.replica is not None:
+            self.replica.refresh_ports(pg_keys)
+            return self.replica.snapshot()
+        groups = [pg for pg in inv.dvs_portgroups if pg.owner and
+                  (pg_keys is None or pg.key in pg_keys)]
+        fresh = dict(inv.dv_ports)
+        for dvs_moid in {pg.dvs_moid for pg in groups}:
+            dvs = inv.dvs_by_moid(dvs_moid)
+            fresh.update(ports_mod.fetch_ports(
+                self.session, dvs.ref,
+                [pg.key for pg in groups if pg.dvs_moid == dvs_moid]))
+        return dataclasses.replace(inv, dv_ports=fresh)
+
+    def _read_back(self, inv: inventory.Inventory,
+                   out: apply_mod.PortOutcome) -> inventory.Inventory:
+        """The inventory once this process's replica shows what ``out``
+        wrote: the ports written, read one by one (a small read however big
+        their groups), and whole groups where steps were refused or ports
+        added."""
+        whole = {s.portgroup_key for s in out.stale} | \
+            {s.portgroup_key for s, _ in out.failed}
+        if self.replica is None:
+            done = {s.portgroup_key for s in out.done}
+            return self._refresh_ports(inv, whole | done)
+        by_switch: dict[str, set[str]] = {}
+        for s in out.done:
+            if s.portgroup_key not in whole:
+                dvs = inv.dvs(s.switch)
+                if dvs is not None:
+                    by_switch.setdefault(dvs.moid, set()).add(s.key)
+        for dvs_moid, keys in by_switch.items():
+            self.replica.refresh_port_keys(dvs_moid, keys)
+        return self._refresh_ports(inv, whole) if whole else \
+            self.replica.snapshot()
+
+    def port_for(self, spec: desired_mod.PortSpec, source: NetworkSource,
+                 deadline: float) -> inventory.DvPort:
+        """The DV port reserved for a port being bound (``spec.physnet``
+        set to the segment it binds to), reserved and configured first if
+        needed, by ``deadline``.  From memory when it is there as wanted."""
+        result = self.sync_ports(
+            {spec.id}, source, lambda ids: [spec],
+            wait=max(0.0, deadline - time.monotonic()), report_status=False)
+        port = result.plan.reserved.get(spec.id)
+        problems = [c.reason for c in result.plan.conflicts] + \
+            [str(exc) for _, exc in result.outcome.failed]
+        if port is None or problems:
+            raise exceptions.VSphereFault(
+                f"DV port for port {spec.id}",
+                "; ".join(problems) or "its port group is not ready for "
+                                       "per-port settings yet")
+        return port
 
     @staticmethod
     def _trouble(pg: desired_mod.DesiredPortGroup,

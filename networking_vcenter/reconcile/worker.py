@@ -36,7 +36,8 @@ from collections.abc import Callable
 from neutron_lib import worker as n_worker
 
 from networking_vcenter import exceptions
-from networking_vcenter.reconcile.reconciler import NetworkSource, Reconciler
+from networking_vcenter.reconcile.reconciler import NetworkSource, \
+    PortSource, Reconciler
 from networking_vcenter.vsphere.replica import Event
 
 LOG = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ DEBOUNCE = 0.5
 LOCK_WAIT = 1.0
 
 FULL = "*"
+PORT = "port:"          # key prefix of a Neutron port (others: networks)
 
 
 class Maintenance:
@@ -60,8 +62,13 @@ class Maintenance:
                  change_token: Callable[[], object] | None,
                  resync_interval: float, grace: float,
                  heartbeat: Callable[["Maintenance"], bool] | None = None,
-                 heartbeat_interval: float = 25.0):
+                 heartbeat_interval: float = 25.0,
+                 port_source: PortSource | None = None,
+                 port_prints: Callable[[], dict[str, object]] | None = None):
         self._rec = reconciler
+        self._port_source = port_source
+        self._port_prints = port_prints
+        self._last_port_prints: dict[str, object] | None = None
         self._source = source
         self._token = change_token
         self._interval = resync_interval
@@ -80,6 +87,7 @@ class Maintenance:
         self.last_pass = None                  # the last full pass's Pass
         self.last_pass_at: float | None = None  # its time (epoch)
         self.beats = 0                          # heartbeats written
+        self.last_ports = None                  # the last full port pass
 
     # -- the queue ----------------------------------------------------------
 
@@ -100,6 +108,17 @@ class Maintenance:
             self.enqueue([FULL], DEBOUNCE)
         if event.networks:
             self.enqueue(event.networks)
+        groups = getattr(event, "portgroups", frozenset())
+        if groups and self._port_source is not None:
+            # A NIC came or went (or the ports were read anew): the ports
+            # reserved in those groups, for their status and settings.
+            try:
+                inv = self._rec.inventory()
+            except exceptions.VCenterError:
+                return
+            self.enqueue(PORT + p.name for key in groups
+                         for p in inv.dv_ports.get(key, ())
+                         if p.name)
 
     def pending(self) -> dict[str, float]:
         with self._cond:
@@ -155,6 +174,10 @@ class Maintenance:
             if FULL in keys:
                 self._full_pass()
                 keys.remove(FULL)
+            ports = {k[len(PORT):] for k in keys if k.startswith(PORT)}
+            keys = [k for k in keys if not k.startswith(PORT)]
+            if ports:
+                self._ports(ports)
             for key in keys:
                 if self._stop.is_set():
                     return
@@ -185,6 +208,7 @@ class Maintenance:
             LOG.warning("vcenter maintenance: cannot read Neutron: %s", exc)
             return
         self._last_token = token
+        self._poll_ports()
         prints = {n.id: (n.changed_at, n.segments) for n in nets}
         if self._fingerprints is not None:
             changed = {i for i in prints.keys() | self._fingerprints.keys()
@@ -195,13 +219,60 @@ class Maintenance:
                 self.enqueue(changed)
         self._fingerprints = prints
 
+    def _poll_ports(self) -> None:
+        """Enqueue the ports whose DV port may need to change: their own
+        fingerprint (port, security groups, rules, address groups, QoS,
+        remote group membership) differs from the last poll's."""
+        if self._port_prints is None:
+            return
+        try:
+            prints = self._port_prints()
+        except Exception as exc:  # noqa: BLE001 - the database may be away
+            LOG.warning("vcenter maintenance: cannot read Neutron ports: %s",
+                        exc)
+            return
+        last = self._last_port_prints
+        self._last_port_prints = prints
+        if last is None:
+            return
+        changed = {i for i in prints.keys() | last.keys()
+                   if prints.get(i) != last.get(i)}
+        if changed:
+            LOG.debug("vcenter maintenance: Neutron changed %d port(s)",
+                      len(changed))
+            self.enqueue(PORT + i for i in changed)
+
+    def _ports(self, port_ids: set[str]) -> None:
+        try:
+            result = self._rec.sync_ports(port_ids, self._source,
+                                          self._port_source, wait=LOCK_WAIT,
+                                          grace=self._grace)
+        except Exception as exc:  # noqa: BLE001 - keep the loop alive
+            if not isinstance(exc, exceptions.VCenterError):
+                LOG.exception("vcenter maintenance: ports %s",
+                              sorted(port_ids))
+            for port_id in port_ids:
+                self._retry(PORT + port_id, str(exc))
+            return
+        out = result.outcome
+        again = {s.port_id for s, _ in out.failed} | \
+            {s.port_id for s in out.stale}
+        for port_id in again:
+            self._retry(PORT + port_id, "DV port not updated")
+        for port_id in port_ids - again:
+            self._attempts.pop(PORT + port_id, None)
+        if result.kept:
+            self.enqueue((PORT + i for i in result.kept), self._grace)
+
     def _retry(self, key: str, why: str) -> None:
         n = self._attempts.get(key, 0)
         self._attempts[key] = n + 1
         first, factor, cap = BACKOFF
         delay = min(cap, first * factor ** n)
         LOG.warning("vcenter maintenance: %s: %s; retry in %.0fs",
-                    "full pass" if key == FULL else f"network {key}", why,
+                    "full pass" if key == FULL else
+                    f"port {key[len(PORT):]}" if key.startswith(PORT) else
+                    f"network {key}", why,
                     delay)
         self.enqueue([key], delay)
 
@@ -226,7 +297,8 @@ class Maintenance:
 
     def _full_pass(self) -> None:
         try:
-            result = self._rec.sync_all(self._source, self._grace)
+            result = self._rec.sync_all(self._source, self._grace,
+                                        port_source=self._port_source)
         except Exception as exc:  # noqa: BLE001 - keep the loop alive
             self._retry(FULL, str(exc))
             return
@@ -249,6 +321,19 @@ class Maintenance:
                 self._retry(step.network_id, "failed in the full pass")
         if result.skipped:
             self.enqueue(result.skipped, self._grace)
+        ports = result.ports
+        if ports is None:
+            return
+        self.last_ports = ports
+        pout = ports.outcome
+        LOG.info("vcenter full pass: %d ports, %d DV ports changed in %d "
+                 "task(s), %d failed, %d conflicts", len(ports.desired),
+                 len(pout.done), pout.tasks, len(pout.failed),
+                 len(ports.plan.conflicts))
+        for step in [s for s, _ in pout.failed] + pout.stale:
+            self._retry(PORT + step.port_id, "failed in the full pass")
+        if ports.kept:
+            self.enqueue((PORT + i for i in ports.kept), self._grace)
 
 
 class MaintenanceWorker(n_worker.BaseWorker):

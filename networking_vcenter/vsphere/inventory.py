@@ -383,7 +383,7 @@ def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
 # -- distributed ports ------------------------------------------------------
 #
 # What one DV port holds, as plain data: the desired side (derived from a
-# Neutron port by :mod:`networking_vcenter.reconcile.secgroups`) and the read
+# Neutron port by :mod:`networking_vcenter.reconcile.portsettings`) and the read
 # side (a port's *own* settings as FetchDVPorts shows them, converted by
 # :mod:`networking_vcenter.vsphere.ports`) compare equal when nothing needs
 # to change.  A field left None is not set on the port: the port group's

@@ -234,6 +234,31 @@ class Replica:
             self._notify(Event(portgroups=changed))
         return changed
 
+    def refresh_port_keys(self, dvs_moid: str, port_keys: Any) -> None:
+        """Read just these ports of one switch now (the ones this process
+        has just written): one small ``FetchDVPorts``, merged into their
+        port groups' ports."""
+        with self._cond:
+            obj = self._objects.get(dvs_moid)
+        if obj is None:
+            return
+        with self._read_lock:
+            self._reads += 1
+            read = self._reads
+        fresh = ports_mod.fetch_port_keys(self._session, obj.ref, port_keys)
+        by_group: dict[str, dict[str, inventory.DvPort]] = {}
+        for p in fresh:
+            by_group.setdefault(p.portgroup_key, {})[p.key] = p
+        with self._cond:
+            merged = {}
+            for key, new in by_group.items():
+                have = self._ports.get(key)
+                if have is None or self._port_reads.get(key, 0) > read:
+                    continue
+                merged[key] = tuple(new.get(p.key, p) for p in have)
+        if merged:
+            self._store_ports(read, merged, set())
+
     # -- life cycle -------------------------------------------------------
 
     def start(self) -> None:

@@ -49,9 +49,11 @@ LOG = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# The API version we speak: every vCenter from 6.5 on accepts it, and it has all
-# we use (DVS port group specs, custom fields, container views).
-API_NAMESPACE = "vim25/6.5"
+# The API version we speak: vSphere 6.7 Update 1 and later accept it, and it
+# has all we use (DVS port group specs, custom fields, container views, and
+# the per-port MAC management policy, which pyVmomi silently leaves out of
+# requests made at an older version).
+API_NAMESPACE = "vim25/6.7.1"
 
 
 def _faults(*names: str) -> tuple[type, ...]:

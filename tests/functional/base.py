@@ -81,6 +81,21 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
     def setUp(self):
         super().setUp()
         self.addCleanup(self.vcenter_driver.reconciler.close)
+        # The driver syncs ports in a hook thread right after an API call;
+        # this test base shares one sqlite connection between threads, so
+        # here the same drain runs in the test's thread, when the test asks
+        # for it (settled()).
+        kick = mock.patch.object(self.vcenter_driver, "_kick", lambda: None)
+        kick.start()
+        self.addCleanup(kick.stop)
+
+    def settled(self):
+        """Run the port syncs that API calls handed to the driver."""
+        drv = self.vcenter_driver
+        with drv._lock:
+            pending = drv._draining
+        if pending:
+            drv._drain_ports()
 
     # -- helpers -------------------------------------------------------------
 
@@ -167,6 +182,22 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
 
     def cluster_hosts(self):
         return self.vsphere.hosts_of_cluster(CLUSTER)
+
+
+def patch_qos_resource_requests(test) -> None:
+    """The QoS plugin extends every port dict that has a policy with its
+    Placement resource request, read under a new admin context.  On the
+    tests' in-memory sqlite every session shares one connection, so closing
+    that reader rolls back the port's transaction: the policy binding is
+    silently lost on update, and a create fails (StaleDataError on
+    ml2_port_bindings).  The tests use no minimum-bandwidth or
+    minimum-packet-rate rule: no request groups."""
+    from neutron.services.qos import qos_plugin
+    for name in ("_get_min_bw_request_group", "_get_min_pps_request_group"):
+        patcher = mock.patch.object(qos_plugin.QoSPlugin, name,
+                                    staticmethod(lambda *a, **kw: {}))
+        patcher.start()
+        test.addCleanup(patcher.stop)
 
 
 class ProxiedMixin:

@@ -60,22 +60,10 @@ class PortReadsTestCase(base.VCenterMl2TestCase):
 
         patchers = [mock.patch.object(mech_driver.VCenterMechanismDriver,
                                       "initialize", initialize)]
-        # The QoS plugin extends every port dict that has a policy with its
-        # Placement resource request, read under a new admin context.  On
-        # the tests' in-memory sqlite every session shares one connection,
-        # so closing that reader rolls back the port's transaction: the
-        # policy binding is silently lost on update, and a create fails
-        # (StaleDataError on ml2_port_bindings).  No minimum-bandwidth or
-        # minimum-packet-rate rule is used here: no request groups.
-        from neutron.services.qos import qos_plugin
-        for name in ("_get_min_bw_request_group",
-                     "_get_min_pps_request_group"):
-            patchers.append(mock.patch.object(
-                qos_plugin.QoSPlugin, name,
-                staticmethod(lambda *args, **kwargs: {})))
         for patcher in patchers:
             patcher.start()
             self.addCleanup(patcher.stop)
+        base.patch_qos_resource_requests(self)
 
     def setUp(self):
         super().setUp()

@@ -43,7 +43,7 @@ def want(port_id, settings=WANT, status="DOWN"):
 
 def test_reserve_takes_the_lowest_free_port_with_its_settings():
     inv = setup([port("10", "x-hand-named"), port("9", connected=True),
-                 port("12"), port("11")])
+                 port("12"), port("11", P.FREE)])
     plan = P.plan_ports([want(PORT_1)], inv, released)
     (step,) = plan.steps
     assert isinstance(step, P.ReservePort)
@@ -87,7 +87,7 @@ def test_reservation_of_a_gone_port_released_in_scope_only():
     (step,) = P.plan_ports([], inv, released, scope={PORT_2}).steps
     assert isinstance(step, P.ReleasePort)
     assert (step.key, step.name, step.settings) == \
-        ("1", "", released(True))
+        ("1", P.FREE, released(True))
     assert P.plan_ports([], inv, released, scope={PORT_1}).steps == []
     # A port changed too recently to judge is kept.
     assert P.plan_ports([], inv, released, keep={PORT_2}).steps == []

@@ -1,0 +1,378 @@
+"""Ports as first-class vSphere ports: the real ML2 plugin (with security
+groups, port security and QoS) against the simulator.
+
+Each Neutron port bound on the distributed switch gets a DV port of its own,
+named after it, that carries its policy.  Everything is read back with plain
+pyVmomi calls written here (FetchDVPorts and attribute reads), sharing no
+code with the driver's conversion of settings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from unittest import mock
+
+from neutron_lib.api.definitions import portbindings
+from oslo_config import cfg
+from pyVmomi import vim
+
+from networking_vcenter.reconcile.reconciler import Reconciler
+from tests.functional import base
+
+
+def _addr(a):
+    """A qualifier address as CIDR text (None: any)."""
+    if a is None:
+        return None
+    if isinstance(a, vim.SingleIp):
+        net = ipaddress.ip_network(a.address)
+        return str(net), bool(a.negate)
+    # The simulator leaves out a prefix length of 0 (vCenter sends it).
+    return (str(ipaddress.ip_network(f"{a.addressPrefix}/{a.prefixLength or 0}",
+                                     strict=False)), bool(a.negate))
+
+
+def _ports(p):
+    if p is None:
+        return None
+    if isinstance(p, vim.dvs.TrafficRule.IpPortRange):
+        return (p.startPortNumber, p.endPortNumber)
+    return (p.portNumber, p.portNumber)
+
+
+def _rules(setting):
+    """The traffic rules of a port's own filter, as tuples."""
+    fp = setting.filterPolicy
+    if fp is None or fp.inherited or not fp.filterConfig:
+        return None
+    ruleset = fp.filterConfig[0].trafficRuleset
+    if ruleset is None or not ruleset.enabled:
+        return []
+    out = []
+    for r in sorted(ruleset.rules or [], key=lambda r: r.sequence):
+        q = (r.qualifier or [None])[0]
+        action = "accept" if isinstance(
+            r.action, vim.dvs.TrafficRule.AcceptAction) else "drop"
+        proto = q.protocol.value if q is not None and q.protocol else None
+        out.append({
+            "direction": r.direction, "action": action, "protocol": proto,
+            "source": _addr(q.sourceAddress) if q is not None else None,
+            "destination": (_addr(q.destinationAddress)
+                            if q is not None else None),
+            "dports": _ports(q.destinationIpPort) if q is not None else None,
+            "sports": _ports(q.sourceIpPort) if q is not None else None})
+    return out
+
+
+class PortsTestCase(base.VCenterMl2TestCase):
+    """ML2 with security groups, port security and QoS."""
+
+    def get_additional_service_plugins(self):
+        return {"qos": "neutron.services.qos.qos_plugin.QoSPlugin"}
+
+    def preSetUp(self):
+        cfg.CONF.set_override("extension_drivers", ["port_security", "qos"],
+                              group="ml2")
+
+    # -- reading the simulator -----------------------------------------------
+
+    def dv_ports(self, pg_key, switch="DVS0"):
+        dvs = self.vsphere.dvs(switch)
+        return dvs.FetchDVPorts(vim.dvs.PortCriteria(
+            portgroupKey=[pg_key], inside=True))
+
+    def dv_port(self, port):
+        """The DV port the binding handed to Nova, read from vCenter."""
+        details = port[portbindings.VIF_DETAILS]
+        (found,) = [p for p in self.dv_ports(details["pg_id"])
+                    if p.key == details["dvs_port_key"]]
+        return found
+
+    def setUp(self):
+        super().setUp()
+        base.patch_qos_resource_requests(self)
+
+    def eventually(self, fn, timeout=15):
+        end = time.monotonic() + timeout
+        while True:
+            self.settled()
+            value = fn()
+            if value or time.monotonic() > end:
+                return value
+            time.sleep(0.2)
+
+    def make_net(self, vlan):
+        """A VLAN network on the distributed switch, with an IPv4 subnet."""
+        net = self.make_network("vlan", "physnet1", vlan)
+        res = self._create_subnet(self.fmt, net["id"], f"10.{vlan}.0.0/24",
+                                  as_admin=True)
+        self.assertEqual(201, res.status_int, res.body)
+        return net
+
+    def make_sg(self, name="web", stateful=True):
+        return self.driver.create_security_group(self.context, {
+            "security_group": {"name": name, "description": "",
+                               "tenant_id": "p1", "project_id": "p1",
+                               "stateful": stateful}})
+
+    def add_rule(self, sg_id, **kw):
+        rule = {"security_group_id": sg_id, "direction": "ingress",
+                "ethertype": "IPv4", "protocol": None,
+                "port_range_min": None, "port_range_max": None,
+                "remote_ip_prefix": None, "remote_group_id": None,
+                "remote_address_group_id": None, "description": "",
+                "tenant_id": "p1", "project_id": "p1"}
+        rule.update(kw)
+        return self.driver.create_security_group_rule(
+            self.context, {"security_group_rule": rule})
+
+    def port_on(self, net_id, **kw):
+        args = {portbindings.HOST_ID: base.COMPUTE_HOST, **kw}
+        res = self._create_port(self.fmt, net_id, is_admin=True,
+                                arg_list=tuple(args), **args)
+        body = self.deserialize(self.fmt, res)
+        self.assertEqual(201, res.status_int, body)
+        self.settled()
+        return body["port"]
+
+    def update_port(self, port_id, **kw):
+        port = self.driver.update_port(self.context, port_id, {"port": kw})
+        self.settled()
+        return port
+
+
+class TestReservation(PortsTestCase):
+
+    def test_bind_reserves_a_configured_dv_port_for_nova(self):
+        net = self.make_net(90)
+        port = self.port_on(net["id"])
+        details = port[portbindings.VIF_DETAILS]
+        self.assertIn("dvs_port_key", details)
+        dvp = self.dv_port(port)
+        # Named after the port: the reservation, found again by name.
+        self.assertEqual(port["id"], dvp.config.name)
+        self.assertIsNone(dvp.connectee)
+        rules = _rules(dvp.config.setting)
+        self.assertTrue(rules, "the port has no traffic filter")
+        # Ends with drops for IPv4 and IPv6 in both directions.
+        drops = {(r["direction"], r["source"] or r["destination"])
+                 for r in rules if r["action"] == "drop"}
+        for direction in ("incomingPackets", "outgoingPackets"):
+            self.assertTrue(any(d == direction for d, _ in drops), drops)
+        # Anti-spoofing: what the VM sends is accepted only from its own
+        # addresses (or DHCP's 0.0.0.0).
+        ip = port["fixed_ips"][0]["ip_address"]
+        sources = {r["source"][0] for r in rules
+                   if r["action"] == "accept" and r["source"]
+                   and r["direction"] == "incomingPackets"}
+        self.assertIn(f"{ip}/32", sources)
+        self.assertFalse(sources - {f"{ip}/32", "0.0.0.0/32", "::/128"} - {
+            s for s in sources if s.startswith("fe80:")}, sources)
+        sec = dvp.config.setting.securityPolicy
+        self.assertFalse(sec.forgedTransmits.value)
+        self.assertFalse(sec.macChanges.value)
+        self.assertFalse(sec.allowPromiscuous.value)
+        self.assertEqual("DOWN", self.driver.get_port(
+            self.context, port["id"])["status"])
+
+    def test_two_ports_two_dv_ports_and_rebinding_is_idempotent(self):
+        net = self.make_net(91)
+        a = self.port_on(net["id"])
+        b = self.port_on(net["id"])
+        ka = a[portbindings.VIF_DETAILS]["dvs_port_key"]
+        kb = b[portbindings.VIF_DETAILS]["dvs_port_key"]
+        self.assertNotEqual(ka, kb)
+        # A new reconciler (a restart) finds the reservations by name and
+        # has nothing to do.
+        drv = self.vcenter_driver
+        rec = Reconciler.from_settings(drv.settings, watch=False)
+        self.addCleanup(rec.close)
+        rec.start()
+        result = rec.sync_ports({a["id"], b["id"]}, drv.source,
+                                drv.port_source, dry_run=True)
+        self.assertEqual([], result.plan.steps)
+        self.assertEqual({a["id"]: ka, b["id"]: kb},
+                         {i: p.key for i, p in result.plan.reserved.items()})
+
+    def test_delete_releases_and_resets_the_dv_port(self):
+        net = self.make_net(92)
+        port = self.port_on(net["id"])
+        key = port[portbindings.VIF_DETAILS]["dvs_port_key"]
+        pg_key = port[portbindings.VIF_DETAILS]["pg_id"]
+        self._delete("ports", port["id"])
+        self.settled()
+        (dvp,) = [p for p in self.dv_ports(pg_key) if p.key == key]
+        self.assertEqual("free", dvp.config.name)
+        self.assertIsNone(_rules(dvp.config.setting))
+        self.assertTrue(dvp.config.setting.securityPolicy.inherited)
+
+    def test_full_port_group_grows(self):
+        net = self.make_net(93)
+        ports = [self.port_on(net["id"]) for _ in range(10)]
+        keys = {p[portbindings.VIF_DETAILS]["dvs_port_key"] for p in ports}
+        self.assertEqual(10, len(keys))
+        pg_key = ports[0][portbindings.VIF_DETAILS]["pg_id"]
+        named = {p.config.name for p in self.dv_ports(pg_key)}
+        self.assertTrue({p["id"] for p in ports} <= named)
+
+
+class TestPolicy(PortsTestCase):
+
+    def test_rule_added_and_removed_reaches_the_port(self):
+        net = self.make_net(94)
+        sg = self.make_sg()
+        port = self.port_on(net["id"], security_groups=[sg["id"]])
+
+        def ssh_rules():
+            return [r for r in _rules(self.dv_port(port).config.setting)
+                    if r["protocol"] == 6 and r["dports"] == (22, 22)]
+
+        self.assertEqual([], ssh_rules())
+        rule = self.add_rule(sg["id"], protocol="tcp", port_range_min=22,
+                             port_range_max=22,
+                             remote_ip_prefix="192.0.2.0/24")
+        found = self.eventually(ssh_rules)
+        self.assertTrue(found)
+        self.assertTrue(all(r["action"] == "accept" for r in found))
+        self.assertIn(("192.0.2.0/24", False),
+                      [r["source"] for r in found
+                       if r["direction"] == "outgoingPackets"])
+        self.driver.delete_security_group_rule(self.context, rule["id"])
+        self.assertEqual([], self.eventually(lambda: not ssh_rules()
+                                             and ssh_rules() or [], 15))
+        self.assertEqual([], ssh_rules())
+
+    def test_remote_group_membership_fans_out(self):
+        net = self.make_net(95)
+        sg = self.make_sg("db")
+        self.add_rule(sg["id"], protocol="tcp", port_range_min=5432,
+                      port_range_max=5432, remote_group_id=sg["id"])
+        first = self.port_on(net["id"], security_groups=[sg["id"]])
+
+        def db_sources():
+            return {r["source"][0] for r in
+                    _rules(self.dv_port(first).config.setting)
+                    if r["dports"] == (5432, 5432)
+                    and r["direction"] == "outgoingPackets"}
+
+        own = f"{first['fixed_ips'][0]['ip_address']}/32"
+        self.assertEqual({own}, db_sources())
+        second = self.port_on(net["id"], security_groups=[sg["id"]])
+        theirs = f"{second['fixed_ips'][0]['ip_address']}/32"
+        self.assertTrue(self.eventually(lambda: theirs in db_sources()))
+
+    def test_port_security_off_and_on(self):
+        net = self.make_net(96)
+        port = self.port_on(net["id"])
+        self.update_port(port["id"], security_groups=[],
+                         port_security_enabled=False)
+
+        def open_():
+            s = self.dv_port(port).config.setting
+            return _rules(s) == [] and s.securityPolicy.forgedTransmits.value
+
+        self.assertTrue(self.eventually(open_))
+        s = self.dv_port(port).config.setting
+        self.assertTrue(s.securityPolicy.macChanges.value)
+        self.update_port(port["id"], port_security_enabled=True)
+        self.assertTrue(self.eventually(
+            lambda: _rules(self.dv_port(port).config.setting)))
+        s = self.dv_port(port).config.setting
+        self.assertFalse(s.securityPolicy.forgedTransmits.value)
+
+    def test_allowed_address_pair_is_a_permitted_source(self):
+        net = self.make_net(97)
+        port = self.port_on(net["id"])
+        self.update_port(port["id"], allowed_address_pairs=[
+            {"ip_address": "10.99.0.0/24"}])
+
+        def sources():
+            return {r["source"][0] for r in
+                    _rules(self.dv_port(port).config.setting)
+                    if r["action"] == "accept" and r["source"]
+                    and r["direction"] == "incomingPackets"}
+
+        self.assertTrue(self.eventually(lambda: "10.99.0.0/24" in sources()))
+
+    def test_qos_bandwidth_limit_becomes_shaping(self):
+        from neutron_lib.plugins import directory
+        qos = directory.get_plugin("QOS")
+        net = self.make_net(98)
+        policy = qos.create_policy(self.context, {"policy": {
+            "name": "slow", "project_id": "p1", "tenant_id": "p1",
+            "shared": False}})
+        qos.create_policy_bandwidth_limit_rule(
+            self.context, policy["id"], {"bandwidth_limit_rule": {
+                "max_kbps": 2000, "max_burst_kbps": 400,
+                "direction": "egress"}})
+        port = self.port_on(net["id"], qos_policy_id=policy["id"])
+
+        def shaping():
+            s = self.dv_port(port).config.setting
+            return s.inShapingPolicy if s.inShapingPolicy.enabled.value \
+                else None
+
+        shape = self.eventually(shaping)
+        self.assertIsNotNone(shape)
+        self.assertEqual(2000 * 1000, shape.averageBandwidth.value)
+        self.assertFalse(self.dv_port(port).config.setting
+                         .outShapingPolicy.enabled.value)
+
+    def test_rule_removed_by_hand_is_restored_by_the_full_pass(self):
+        net = self.make_net(99)
+        port = self.port_on(net["id"])
+        dvp = self.dv_port(port)
+        want = _rules(dvp.config.setting)
+        setting = dvp.config.setting
+        rules = setting.filterPolicy.filterConfig[0].trafficRuleset.rules
+        setting.filterPolicy.filterConfig[0].trafficRuleset.rules = rules[1:]
+        dvs = self.vsphere.dvs("DVS0")
+        self.vsphere.wait(dvs.ReconfigureDVPort_Task([
+            vim.dvs.DistributedVirtualPort.ConfigSpec(
+                key=dvp.key, operation="edit",
+                configVersion=dvp.config.configVersion,
+                setting=vim.dvs.VmwareDistributedVirtualSwitch
+                .VmwarePortConfigPolicy(filterPolicy=setting.filterPolicy))]))
+        self.assertEqual(len(want) - 1,
+                         len(_rules(self.dv_port(port).config.setting)))
+        self.resync()
+        self.assertEqual(want, _rules(self.dv_port(port).config.setting))
+
+
+class TestStatus(PortsTestCase):
+    vcsim_kwargs = {**PortsTestCase.vcsim_kwargs, "vms": 1}
+
+    def test_port_active_while_a_nic_is_on_its_dv_port(self):
+        net = self.make_net(89)
+        port = self.port_on(net["id"])
+        details = port[portbindings.VIF_DETAILS]
+        vm = self.vsphere.vm("DC0_C0_RP0_VM0")
+        nic = vim.vm.device.VirtualVmxnet3(
+            key=-1, macAddress=port["mac_address"], addressType="manual",
+            backing=vim.vm.device.VirtualEthernetCard
+            .DistributedVirtualPortBackingInfo(port=vim.dvs.PortConnection(
+                switchUuid=details["dvs_id"], portgroupKey=details["pg_id"],
+                portKey=details["dvs_port_key"])))
+        self.vsphere.wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
+            vim.vm.device.VirtualDeviceSpec(operation="add", device=nic)])))
+        self.assertIsNotNone(self.dv_port(port).connectee)
+        rec = self.vcenter_driver.reconciler
+        rec.sync_ports({port["id"]}, self.vcenter_driver.source,
+                       self.vcenter_driver.port_source)
+        self.assertEqual("ACTIVE", self.driver.get_port(
+            self.context, port["id"])["status"])
+        (dev,) = [d for d in vm.config.hardware.device
+                  if isinstance(d, vim.vm.device.VirtualEthernetCard)
+                  and getattr(d.backing, "port", None) is not None
+                  and d.backing.port.portKey == details["dvs_port_key"]]
+        self.vsphere.wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
+            vim.vm.device.VirtualDeviceSpec(operation="remove",
+                                            device=dev)])))
+        self.assertTrue(rec.replica.wait_until(
+            lambda inv: not any(p.connected for ps in inv.dv_ports.values()
+                                for p in ps if p.name == port["id"]), 10))
+        rec.sync_ports({port["id"]}, self.vcenter_driver.source,
+                       self.vcenter_driver.port_source)
+        self.assertEqual("DOWN", self.driver.get_port(
+            self.context, port["id"])["status"])
