@@ -68,6 +68,8 @@ class PortOutcome:
     # or waiting for ports its group just grew: plan again from a fresh read.
     stale: list[plan_mod.PortStep] = dataclasses.field(default_factory=list)
     tasks: int = 0
+    grown: dict[str, int] = dataclasses.field(default_factory=dict)
+                                            # port group key -> its new size
 
 
 class Applier:
@@ -125,8 +127,13 @@ class Applier:
         for pg_key, steps in keyless.items():
             pg = groups[pg_key]
             try:
-                ports_mod.grow_port_group(self._session, pg,
-                                          max(ports_mod.GROW_BY, len(steps)))
+                # Geometric growth: a group that fills up grows by a
+                # quarter (at least vSphere's own step of 8), so that N
+                # ports take O(log N) grows, each a task and a read.
+                add = max(ports_mod.GROW_BY, len(steps),
+                          (pg.num_ports or 0) // 4)
+                out.grown[pg_key] = ports_mod.grow_port_group(
+                    self._session, pg, add)
                 out.tasks += 1
             except exceptions.VCenterError as exc:
                 LOG.error("port group %s: cannot add ports: %s", pg.name, exc)

@@ -31,6 +31,7 @@ docs/security-groups.md for exactly what more they admit).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -409,22 +410,28 @@ def _covers(big: inventory.TrafficRule, small: inventory.TrafficRule) -> bool:
     neither negated)."""
     if big.protocol is not None and big.protocol != small.protocol:
         return False
-    for b, s in ((big.source, small.source),
-                 (big.destination, small.destination)):
-        if b is None:
-            continue
-        if s is None:
-            return False
-        bn, sn = ipaddress.ip_network(b), ipaddress.ip_network(s)
-        if bn.version != sn.version or not sn.subnet_of(bn):
-            return False
     for b, s in ((big.source_ports, small.source_ports),
                  (big.destination_ports, small.destination_ports)):
         if b is None:
             continue
         if s is None or not b[0] <= s[0] <= s[1] <= b[1]:
             return False
+    for b, s in ((big.source, small.source),
+                 (big.destination, small.destination)):
+        if b is None:
+            continue
+        if s is None:
+            return False
+        bn, sn = _network(b), _network(s)
+        if bn.version != sn.version or not sn.subnet_of(bn):
+            return False
     return True
+
+
+@functools.lru_cache(maxsize=65536)
+def _network(text: str) -> Net:
+    """A rule's address, parsed once (rule sets compare many pairs)."""
+    return ipaddress.ip_network(text)
 
 
 def _without_subsumed(accepts: list[inventory.TrafficRule]

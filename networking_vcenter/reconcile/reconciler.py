@@ -335,8 +335,8 @@ class Reconciler:
     def sync_ports(self, port_ids: set[str] | None, source: NetworkSource,
                    port_source: PortSource, wait: float = -1,
                    grace: float = 0, dry_run: bool = False,
-                   refresh: bool = False, report_status: bool = True
-                   ) -> PortPass:
+                   refresh: bool = False, report_status: bool = True,
+                   fresh: bool = True) -> PortPass:
         """Give ports (``port_ids``, or all with None) their DV ports.
 
         Reservations of ports Neutron no longer has (or binds elsewhere)
@@ -344,10 +344,12 @@ class Reconciler:
         binding still being committed).  ``refresh`` reads the ports of our
         port groups fresh first (the full pass: vCenter reports no change
         for a port edited by hand).  Reservations are made under the port's
-        lock after a fresh read of its port group, so two servers never
-        reserve two DV ports for one Neutron port; every other change is
-        guarded by the port's configVersion.  With nothing to change it
-        makes no vCenter call.
+        lock after a fresh read of its port group (unless not ``fresh``: a
+        bind, which must be quick, trusts the replica; a duplicate it may
+        then make is released later, keeping the one a NIC is on), so two
+        servers never reserve two DV ports for one Neutron port; every
+        other change is guarded by the port's configVersion.  With nothing
+        to change it makes no vCenter call.
         """
         specs = list(port_source(port_ids))
         now = time.time()
@@ -391,11 +393,12 @@ class Reconciler:
                                 f"another worker still holds it after "
                                 f"{wait}s")
                         locked.add(port_id)
-                    # Another worker may have reserved it meanwhile.
-                    inv = self._refresh_ports(inv, {
-                        s.portgroup_key for s in the_plan.steps
-                        if s.port_id in reserving})
-                    continue
+                    if fresh:
+                        # Another worker may have reserved it meanwhile.
+                        inv = self._refresh_ports(inv, {
+                            s.portgroup_key for s in the_plan.steps
+                            if s.port_id in reserving})
+                        continue
                 out = apply_mod.Applier(self.session, self.settings
                                         ).apply_ports(the_plan, inv)
                 total.done += out.done
@@ -407,9 +410,7 @@ class Reconciler:
                 # the next call, starts from it.
                 inv = self._read_back(inv, out)
                 if not out.stale:
-                    topo = self.topology(inv)
-                    want, unenforced = desired_mod.desired_ports(
-                        bound, nets, topo, self.settings.max_rules_per_port)
+                    # Same desired ports (Neutron was not read again).
                     the_plan = plan_mod.plan_ports(
                         want, inv, portsettings.released_settings,
                         port_ids, young)
@@ -459,7 +460,8 @@ class Reconciler:
         wrote: the ports written, read one by one (a small read however big
         their groups), and whole groups where steps were refused or ports
         added."""
-        whole = {s.portgroup_key for s in out.stale} | \
+        whole = {s.portgroup_key for s in out.stale
+                 if s.portgroup_key not in out.grown} | \
             {s.portgroup_key for s, _ in out.failed}
         if self.replica is None:
             done = {s.portgroup_key for s in out.done}
@@ -472,6 +474,14 @@ class Reconciler:
                     by_switch.setdefault(dvs.moid, set()).add(s.key)
         for dvs_moid, keys in by_switch.items():
             self.replica.refresh_port_keys(dvs_moid, keys)
+        if out.grown:
+            # The replica reads a group's ports when its port list changes.
+            left = self.session.time_left()
+            self.replica.wait_until(lambda fresh: all(
+                len(fresh.dv_ports.get(key, ())) >= size
+                for key, size in out.grown.items()),
+                self.settings.task_timeout if left is None
+                else max(0.0, left))
         return self._refresh_ports(inv, whole) if whole else \
             self.replica.snapshot()
 
@@ -482,7 +492,8 @@ class Reconciler:
         needed, by ``deadline``.  From memory when it is there as wanted."""
         result = self.sync_ports(
             {spec.id}, source, lambda ids: [spec],
-            wait=max(0.0, deadline - time.monotonic()), report_status=False)
+            wait=max(0.0, deadline - time.monotonic()), report_status=False,
+            fresh=False)
         port = result.plan.reserved.get(spec.id)
         problems = [c.reason for c in result.plan.conflicts] + \
             [str(exc) for _, exc in result.outcome.failed]

@@ -43,6 +43,8 @@ Nothing here imports the reconciler.
 
 from __future__ import annotations
 
+import functools
+
 import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -105,8 +107,12 @@ def _port_range(ports: tuple[int, int]) -> Any:
                             endPortNumber=int(last))
 
 
+@functools.lru_cache(maxsize=16384)
 def rule_spec(rule: TrafficRule, sequence: int) -> vim.dvs.TrafficRule:
-    """One ``DvsTrafficRule`` with its IP qualifier."""
+    """One ``DvsTrafficRule`` with its IP qualifier.  Cached: ports that
+    share security groups share most rules, and building pyVmomi objects
+    is most of the cost of a spec (the objects are only serialized, never
+    changed)."""
     qualifier = Rule.IpQualifier()
     if rule.protocol is not None:
         qualifier.protocol = vim.IntExpression(value=int(rule.protocol))
