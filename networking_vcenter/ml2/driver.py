@@ -163,7 +163,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
             port_source=self.port_source,
             port_prints=functools.partial(
                 neutron_db.port_fingerprints,
-                host_filter=set(self.settings.compute_hosts)))
+                host_filter=set(self.settings.compute_hosts)),
+            port_token=neutron_db.port_change_token)
         maintenance.start()
         return maintenance
 

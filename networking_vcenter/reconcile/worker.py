@@ -11,7 +11,13 @@ Like a Kubernetes controller, it keeps a queue of *keys* -- network ids, or
 * Neutron is asked every ``POLL`` seconds whether any network or segment
   changed (one aggregate query); when it did, the networks whose segments or
   ``updated_at`` changed are enqueued -- so whatever an API call could not
-  finish in time (vCenter down or slow) is finished here;
+  finish in time (vCenter down or slow) is finished here; likewise for
+  ports (one aggregate query; then per-port fingerprints of the port, its
+  security groups and rules, address groups, QoS policy and the members of
+  the remote groups its rules name): the ports whose DV port may need to
+  change are enqueued, and reconciled together, many per vCenter task;
+* the replica enqueues the ports reserved in a port group whose NICs came
+  or went (their status);
 * a full pass runs at start, every ``resync_interval`` seconds, and when
   the replica says everything may have changed; once at a time across
   servers (the reconciler's lock);
@@ -64,11 +70,14 @@ class Maintenance:
                  heartbeat: Callable[["Maintenance"], bool] | None = None,
                  heartbeat_interval: float = 25.0,
                  port_source: PortSource | None = None,
-                 port_prints: Callable[[], dict[str, object]] | None = None):
+                 port_prints: Callable[[], dict[str, object]] | None = None,
+                 port_token: Callable[[], object] | None = None):
         self._rec = reconciler
         self._port_source = port_source
         self._port_prints = port_prints
         self._last_port_prints: dict[str, object] | None = None
+        self._port_token = port_token
+        self._last_port_token: object = None
         self._source = source
         self._token = change_token
         self._interval = resync_interval
@@ -162,6 +171,7 @@ class Maintenance:
             if self._token is not None and now >= next_poll:
                 next_poll = now + POLL
                 self._poll_neutron()
+                self._poll_ports()
             if next_pass is not None and now >= next_pass:
                 next_pass = now + self._interval
                 self.enqueue([FULL])
@@ -208,7 +218,6 @@ class Maintenance:
             LOG.warning("vcenter maintenance: cannot read Neutron: %s", exc)
             return
         self._last_token = token
-        self._poll_ports()
         prints = {n.id: (n.changed_at, n.segments) for n in nets}
         if self._fingerprints is not None:
             changed = {i for i in prints.keys() | self._fingerprints.keys()
@@ -226,11 +235,17 @@ class Maintenance:
         if self._port_prints is None:
             return
         try:
+            if self._port_token is not None:
+                token = self._port_token()
+                if token == self._last_port_token:
+                    return
             prints = self._port_prints()
         except Exception as exc:  # noqa: BLE001 - the database may be away
             LOG.warning("vcenter maintenance: cannot read Neutron ports: %s",
                         exc)
             return
+        if self._port_token is not None:
+            self._last_port_token = token
         last = self._last_port_prints
         self._last_port_prints = prints
         if last is None:

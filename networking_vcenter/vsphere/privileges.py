@@ -16,7 +16,8 @@ from networking_vcenter.vsphere.session import Session
 
 READ = ("System.View", "System.Read")
 DVS_PRIVILEGES = ("DVPortgroup.Create", "DVPortgroup.Modify",
-                  "DVPortgroup.Delete")
+                  "DVPortgroup.Delete", "DVSwitch.PortConfig",
+                  "DVSwitch.PortSetting")
 HOST_PRIVILEGES = ("Host.Config.Network",)
 CUSTOM_FIELD_PRIVILEGES = ("Global.ManageCustomFields",
                            "Global.SetCustomField")

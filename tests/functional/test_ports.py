@@ -376,3 +376,46 @@ class TestStatus(PortsTestCase):
                        self.vcenter_driver.port_source)
         self.assertEqual("DOWN", self.driver.get_port(
             self.context, port["id"])["status"])
+
+
+class TestStandardVswitchBind(PortsTestCase):
+    """Default: bind, and say the policy is not enforced."""
+
+    def test_bound_with_a_warning_and_reported_not_enforced(self):
+        net = self.make_network("vlan", "physnet2", 290)
+        res = self._create_subnet(self.fmt, net["id"], "10.29.0.0/24",
+                                  as_admin=True)
+        self.assertEqual(201, res.status_int)
+        with self.assertLogs("networking_vcenter", "WARNING") as logs:
+            port = self.port_on(net["id"])
+            self.assertEqual("dvs", port[portbindings.VIF_TYPE])
+            self.assertNotIn("dvs_port_key", port[portbindings.VIF_DETAILS])
+            result = self.resync()
+        (u,) = [u for u in result.ports.unenforced if u.port_id == port["id"]]
+        self.assertEqual(("security groups",), u.what)
+        self.assertTrue(any("NOT ENFORCED" in line and net["id"] in line
+                            for line in logs.output), logs.output)
+        from networking_vcenter import cli
+        (row,) = [r for r in cli.port_rows(result.ports)
+                  if r["port"] == port["id"]]
+        self.assertEqual("not-enforced", row["state"])
+
+
+class TestStandardVswitchRefuse(PortsTestCase):
+    extra_ml2_vcenter = {"standard_vswitch_ports": "refuse"}
+
+    def test_policy_it_cannot_enforce_is_refused_the_rest_bound(self):
+        net = self.make_network("vlan", "physnet2", 291)
+        res = self._create_subnet(self.fmt, net["id"], "10.30.0.0/24",
+                                  as_admin=True)
+        self.assertEqual(201, res.status_int)
+        port = self.port_on(net["id"])
+        self.assertEqual("binding_failed", port[portbindings.VIF_TYPE])
+        # Without security groups (port security off) nothing is lost.
+        open_port = self.port_on(net["id"], security_groups=[],
+                                 port_security_enabled=False)
+        self.assertEqual("dvs", open_port[portbindings.VIF_TYPE])
+        # A distributed switch enforces it: bound.
+        dvs_net = self.make_net(88)
+        self.assertIn("dvs_port_key",
+                      self.port_on(dvs_net["id"])[portbindings.VIF_DETAILS])

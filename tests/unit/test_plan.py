@@ -321,4 +321,6 @@ def test_missing_privileges_named_per_object():
                          "DVPortgroup.Modify": False}}
     assert privileges.missing(granted, wanted) == [
         "DVPortgroup.Modify on distributed switch DVS0",
-        "DVPortgroup.Delete on distributed switch DVS0"]
+        "DVPortgroup.Delete on distributed switch DVS0",
+        "DVSwitch.PortConfig on distributed switch DVS0",
+        "DVSwitch.PortSetting on distributed switch DVS0"]

@@ -50,10 +50,16 @@ class Rec:
                 raise exceptions.TransientFault(network_id, "vCenter busy")
         return types.SimpleNamespace(outcome=apply_mod.Outcome())
 
-    def sync_all(self, source, grace):
+    def sync_all(self, source, grace, port_source=None):
         self.full += 1
         return types.SimpleNamespace(outcome=apply_mod.Outcome(),
-                                     networks=[], skipped=set())
+                                     networks=[], skipped=set(), ports=None)
+
+    def sync_ports(self, port_ids, source, port_source, wait=-1, grace=0):
+        with self.lock:
+            self.calls.append((frozenset(port_ids), time.monotonic()))
+        return types.SimpleNamespace(outcome=apply_mod.PortOutcome(),
+                                     kept=set())
 
 
 def run(maintenance, until, timeout=10.0):
@@ -126,3 +132,41 @@ def test_unchanged_token_reads_nothing(fast):
     time.sleep(0.2)
     m.stop()
     assert reads == [None]        # the baseline read, then only the token
+
+
+PORT_A = "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e"
+PORT_B = "3c4d5e6f-7a8b-4c9d-8e1f-2a3b4c5d6e7f"
+
+
+def test_changed_port_fingerprints_synced_in_one_batch(fast):
+    """Ports whose Neutron fingerprint changed (or that came or went) are
+    reconciled together, in one sync_ports call."""
+    rec = Rec()
+    prints = [{PORT_A: 1, PORT_B: 1}]
+    m = worker_mod.Maintenance(rec, lambda ids: [], lambda: object(), 0, 0,
+                               port_source=lambda ids: [],
+                               port_prints=lambda: prints[0])
+    m.start()
+    try:
+        time.sleep(0.1)            # the first poll only learns the prints
+        assert [c for c, _ in rec.calls] == []
+        prints[0] = {PORT_A: 2}    # A changed, B deleted
+        t0 = time.monotonic()
+        while not rec.calls and time.monotonic() - t0 < 5:
+            time.sleep(0.01)
+    finally:
+        m.stop()
+    assert [c for c, _ in rec.calls] == [frozenset({PORT_A, PORT_B})]
+
+
+def test_replica_port_group_event_enqueues_its_reserved_ports():
+    from networking_vcenter.vsphere import inventory as I
+    inv = types.SimpleNamespace(dv_ports={"pg-1": (
+        I.DvPort("1", "u", "pg-1", PORT_A, "1", True),
+        I.DvPort("2", "u", "pg-1", "", "1", False))})
+    rec = Rec()
+    rec.inventory = lambda: inv
+    m = worker_mod.Maintenance(rec, lambda ids: [], None, 0, 0,
+                               port_source=lambda ids: [])
+    m.on_replica(Event(portgroups=frozenset({"pg-1"})))
+    assert set(m.pending()) == {worker_mod.PORT + PORT_A}
