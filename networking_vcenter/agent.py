@@ -15,7 +15,7 @@ import datetime
 from typing import Any
 
 from networking_vcenter import conf
-from networking_vcenter.vsphere.inventory import Inventory
+from networking_vcenter.vsphere.inventory import UUID_RE, Inventory
 
 AGENT_TYPE = "vCenter backend"
 BINARY = "networking-vcenter"
@@ -44,6 +44,14 @@ def state(settings: conf.Settings, inv: Inventory, last_pass: Any,
             "deferred": len(out.deferred),
             "conflicts": [c.reason for c in out.conflicts][:20],
         }
+        ports = getattr(last_pass, "ports", None)
+        if ports is not None:
+            pass_info["ports"] = len(ports.desired)
+            pass_info["ports_fixed"] = len(ports.outcome.done)
+            pass_info["ports_failed"] = len(ports.outcome.failed)
+            pass_info["port_conflicts"] = [
+                f"port {c.port_id}: {c.reason}"
+                for c in ports.plan.conflicts][:20]
     return {
         "agent_type": AGENT_TYPE,
         "binary": BINARY,
@@ -59,6 +67,12 @@ def state(settings: conf.Settings, inv: Inventory, last_pass: Any,
                 1 for pg in inv.dvs_portgroups if pg.owner),
             "managed_standard_port_groups": sum(
                 1 for n in inv.std_networks.values() if n.owner),
+            "reserved_dv_ports": sum(
+                1 for ports in inv.dv_ports.values() for p in ports
+                if UUID_RE.match(p.name)),
+            "connected_dv_ports": sum(
+                1 for ports in inv.dv_ports.values() for p in ports
+                if UUID_RE.match(p.name) and p.connected),
             "last_full_pass": pass_info,
         },
     }

@@ -9,7 +9,6 @@ code with the driver's conversion of settings.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from unittest import mock
 
@@ -19,50 +18,7 @@ from pyVmomi import vim
 
 from networking_vcenter.reconcile.reconciler import Reconciler
 from tests.functional import base
-
-
-def _addr(a):
-    """A qualifier address as CIDR text (None: any)."""
-    if a is None:
-        return None
-    if isinstance(a, vim.SingleIp):
-        net = ipaddress.ip_network(a.address)
-        return str(net), bool(a.negate)
-    # The simulator leaves out a prefix length of 0 (vCenter sends it).
-    return (str(ipaddress.ip_network(f"{a.addressPrefix}/{a.prefixLength or 0}",
-                                     strict=False)), bool(a.negate))
-
-
-def _ports(p):
-    if p is None:
-        return None
-    if isinstance(p, vim.dvs.TrafficRule.IpPortRange):
-        return (p.startPortNumber, p.endPortNumber)
-    return (p.portNumber, p.portNumber)
-
-
-def _rules(setting):
-    """The traffic rules of a port's own filter, as tuples."""
-    fp = setting.filterPolicy
-    if fp is None or fp.inherited or not fp.filterConfig:
-        return None
-    ruleset = fp.filterConfig[0].trafficRuleset
-    if ruleset is None or not ruleset.enabled:
-        return []
-    out = []
-    for r in sorted(ruleset.rules or [], key=lambda r: r.sequence):
-        q = (r.qualifier or [None])[0]
-        action = "accept" if isinstance(
-            r.action, vim.dvs.TrafficRule.AcceptAction) else "drop"
-        proto = q.protocol.value if q is not None and q.protocol else None
-        out.append({
-            "direction": r.direction, "action": action, "protocol": proto,
-            "source": _addr(q.sourceAddress) if q is not None else None,
-            "destination": (_addr(q.destinationAddress)
-                            if q is not None else None),
-            "dports": _ports(q.destinationIpPort) if q is not None else None,
-            "sports": _ports(q.sourceIpPort) if q is not None else None})
-    return out
+from tests.fixtures.vsphere_reader import dv_port_rules
 
 
 class PortsTestCase(base.VCenterMl2TestCase):
@@ -153,7 +109,7 @@ class TestReservation(PortsTestCase):
         # Named after the port: the reservation, found again by name.
         self.assertEqual(port["id"], dvp.config.name)
         self.assertIsNone(dvp.connectee)
-        rules = _rules(dvp.config.setting)
+        rules = dv_port_rules(dvp.config.setting)
         self.assertTrue(rules, "the port has no traffic filter")
         # Ends with drops for IPv4 and IPv6 in both directions.
         drops = {(r["direction"], r["source"] or r["destination"])
@@ -204,7 +160,7 @@ class TestReservation(PortsTestCase):
         self.settled()
         (dvp,) = [p for p in self.dv_ports(pg_key) if p.key == key]
         self.assertEqual("free", dvp.config.name)
-        self.assertIsNone(_rules(dvp.config.setting))
+        self.assertIsNone(dv_port_rules(dvp.config.setting))
         self.assertTrue(dvp.config.setting.securityPolicy.inherited)
 
     def test_full_port_group_grows(self):
@@ -225,7 +181,7 @@ class TestPolicy(PortsTestCase):
         port = self.port_on(net["id"], security_groups=[sg["id"]])
 
         def ssh_rules():
-            return [r for r in _rules(self.dv_port(port).config.setting)
+            return [r for r in dv_port_rules(self.dv_port(port).config.setting)
                     if r["protocol"] == 6 and r["dports"] == (22, 22)]
 
         self.assertEqual([], ssh_rules())
@@ -252,7 +208,7 @@ class TestPolicy(PortsTestCase):
 
         def db_sources():
             return {r["source"][0] for r in
-                    _rules(self.dv_port(first).config.setting)
+                    dv_port_rules(self.dv_port(first).config.setting)
                     if r["dports"] == (5432, 5432)
                     and r["direction"] == "outgoingPackets"}
 
@@ -270,14 +226,14 @@ class TestPolicy(PortsTestCase):
 
         def open_():
             s = self.dv_port(port).config.setting
-            return _rules(s) == [] and s.securityPolicy.forgedTransmits.value
+            return dv_port_rules(s) == [] and s.securityPolicy.forgedTransmits.value
 
         self.assertTrue(self.eventually(open_))
         s = self.dv_port(port).config.setting
         self.assertTrue(s.securityPolicy.macChanges.value)
         self.update_port(port["id"], port_security_enabled=True)
         self.assertTrue(self.eventually(
-            lambda: _rules(self.dv_port(port).config.setting)))
+            lambda: dv_port_rules(self.dv_port(port).config.setting)))
         s = self.dv_port(port).config.setting
         self.assertFalse(s.securityPolicy.forgedTransmits.value)
 
@@ -289,7 +245,7 @@ class TestPolicy(PortsTestCase):
 
         def sources():
             return {r["source"][0] for r in
-                    _rules(self.dv_port(port).config.setting)
+                    dv_port_rules(self.dv_port(port).config.setting)
                     if r["action"] == "accept" and r["source"]
                     and r["direction"] == "incomingPackets"}
 
@@ -323,7 +279,7 @@ class TestPolicy(PortsTestCase):
         net = self.make_net(99)
         port = self.port_on(net["id"])
         dvp = self.dv_port(port)
-        want = _rules(dvp.config.setting)
+        want = dv_port_rules(dvp.config.setting)
         setting = dvp.config.setting
         rules = setting.filterPolicy.filterConfig[0].trafficRuleset.rules
         setting.filterPolicy.filterConfig[0].trafficRuleset.rules = rules[1:]
@@ -335,9 +291,9 @@ class TestPolicy(PortsTestCase):
                 setting=vim.dvs.VmwareDistributedVirtualSwitch
                 .VmwarePortConfigPolicy(filterPolicy=setting.filterPolicy))]))
         self.assertEqual(len(want) - 1,
-                         len(_rules(self.dv_port(port).config.setting)))
+                         len(dv_port_rules(self.dv_port(port).config.setting)))
         self.resync()
-        self.assertEqual(want, _rules(self.dv_port(port).config.setting))
+        self.assertEqual(want, dv_port_rules(self.dv_port(port).config.setting))
 
 
 class TestStatus(PortsTestCase):
