@@ -10,7 +10,6 @@ code with the driver's conversion of settings.
 from __future__ import annotations
 
 import time
-from unittest import mock
 
 from neutron_lib.api.definitions import portbindings
 from oslo_config import cfg
@@ -226,7 +225,8 @@ class TestPolicy(PortsTestCase):
 
         def open_():
             s = self.dv_port(port).config.setting
-            return dv_port_rules(s) == [] and s.securityPolicy.forgedTransmits.value
+            return dv_port_rules(s) == [] and \
+                s.securityPolicy.forgedTransmits.value
 
         self.assertTrue(self.eventually(open_))
         s = self.dv_port(port).config.setting
