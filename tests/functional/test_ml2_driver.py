@@ -137,25 +137,41 @@ class TestNetworks(base.VCenterMl2TestCase):
         self.vsphere.destroy_dv_portgroup(self.dvs_name(foreign_id))
 
     def test_bind_and_no_drift_reconcile_make_no_vcenter_call(self):
-        """Once the replica is warm, a bind on an existing network and a
-        reconcile with nothing to change cost zero SOAP calls (the
-        replica's own long poll, WaitForUpdatesEx, excluded)."""
+        """Once the replica is warm, a bind on an existing network costs
+        no SOAP call beyond what the port itself needs -- on a standard
+        vSwitch nothing, on a distributed switch the one task that reserves
+        and configures its DV port (and its read-back) -- and a reconcile
+        with nothing to change, of the network or of the port, costs none
+        (the replica's own long poll, WaitForUpdatesEx, excluded)."""
         dvs_net = self.make_network("vlan", "physnet1", 73)
         std_net = self.make_network("vlan", "physnet2", 274)
-        rec = self.vcenter_driver.reconciler
+        drv = self.vcenter_driver
+        rec = drv.reconciler
         for net in (dvs_net, std_net):   # the replica has seen them
             self.assertTrue(rec.replica.wait_until(
                 lambda inv, n=net: not rec._plan(
-                    inv, list(self.vcenter_driver.source({n["id"]})),
+                    inv, list(drv.source({n["id"]})),
                     {n["id"]}, set())[2].steps, 10))
         with self.soap_calls() as calls:
+            port = self.bind_port(std_net["id"], base.COMPUTE_HOST)
+            self.assertEqual("dvs", port["binding:vif_type"])
+        self.assertEqual([], calls)
+        with self.soap_calls() as calls:
+            port = self.bind_port(dvs_net["id"], base.COMPUTE_HOST)
+            self.assertEqual("dvs", port["binding:vif_type"])
+        self.assertEqual(1, calls.count("ReconfigureDVPort_Task"), calls)
+        self.assertFalse({c for c in calls if c.endswith("_Task")} -
+                         {"ReconfigureDVPort_Task"}, calls)
+        self.assertLessEqual(len(calls), 6, calls)
+        with self.soap_calls() as calls:
             for net in (dvs_net, std_net):
-                port = self.bind_port(net["id"], base.COMPUTE_HOST)
-                self.assertEqual("dvs", port["binding:vif_type"])
-                result = rec.sync_network(net["id"],
-                                          self.vcenter_driver.source)
+                result = rec.sync_network(net["id"], drv.source)
                 self.assertEqual([], result.plan.steps)
                 self.assertEqual([], result.outcome.done)
+            ports = rec.sync_ports({port["id"]}, drv.source,
+                                   drv.port_source)
+            self.assertEqual([], ports.plan.steps)
+            self.assertIn(port["id"], ports.plan.reserved)
         self.assertEqual([], calls)
 
     def test_foreign_port_group_untouched_and_create_refused(self):
