@@ -4,9 +4,13 @@
 Starts the vCenter simulator and a real Neutron API with the vcenter driver,
 then, with the real `openstack` CLI, makes a VLAN network and subnet on a
 distributed-switch physnet and one on a standard-vSwitch physnet, binds a port
-of each to the Nova compute host, and shows what vSphere holds. Then deletes the
-networks and shows the port groups gone. Everything it started is stopped, by
-PID, whatever happens.
+of each to the Nova compute host, and shows what vSphere holds. Then a port
+with a security group: Nova's own VMware code attaches a VM NIC to the DV port
+reserved for it, the port's traffic rules are shown as vSphere holds them next
+to the security group rules they come from, a rule is added and seen on the
+port, and the port turns ACTIVE (DOWN again after Nova detaches the NIC).
+Then deletes the networks and shows the port groups gone. Everything it
+started is stopped, by PID, whatever happens.
 """
 
 from __future__ import annotations
@@ -25,8 +29,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import neutron_server  # noqa: E402
 from vcsim_launcher import Vcsim  # noqa: E402
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPENSTACK = os.path.join(os.path.dirname(sys.executable), "openstack")
 COMPUTE_HOST = "vc-compute-1"
+VM = "DC0_C0_RP0_VM0"               # a VM of cluster DC0_C0 (vc-compute-1)
+# Nova 34 in its own venv, and the vSphere WSDL its session needs (both made
+# by `make deps`).
+NOVA_PYTHON = os.path.join(os.environ.get("NOVA_VENV") or
+                           os.path.join(REPO, ".venv-nova"), "bin", "python")
+WSDL_DIR = os.path.join(os.environ.get("VCSIM_BUILD_DIR") or
+                        os.path.join(REPO, "tools", "vcsim", "build"), "wsdl")
+PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
 
 def openstack(url: str, *args: str) -> object:
@@ -72,9 +85,199 @@ class VSphere:
                       for pg in h.config.network.portgroup or []
                       if pg.spec.name == name)
 
+    def dv_port(self, switch_uuid: str, pg_key: str, key: str):
+        from pyVmomi import vim
+        (dvs,) = [d for d in self._all(vim.DistributedVirtualSwitch)
+                  if d.uuid == switch_uuid]
+        (port,) = [p for p in dvs.FetchDVPorts(vim.dvs.PortCriteria(
+            portgroupKey=[pg_key], inside=True)) if p.key == key]
+        return port
+
+    def nic(self, vm_name: str, mac: str):
+        from pyVmomi import vim
+        (vm,) = [v for v in self._all(vim.VirtualMachine)
+                 if v.name == vm_name]
+        return vm, next((d for d in vm.config.hardware.device
+                         if isinstance(d, vim.vm.device.VirtualEthernetCard)
+                         and d.macAddress == mac), None)
+
     def close(self) -> None:
         from pyVim.connect import Disconnect
         Disconnect(self.si)
+
+
+def traffic_rules(dv_port) -> list:
+    """The DV port's own traffic rules, in their order."""
+    fp = dv_port.config.setting.filterPolicy
+    if fp is None or fp.inherited or not fp.filterConfig:
+        return []
+    ruleset = fp.filterConfig[0].trafficRuleset
+    return sorted(ruleset.rules or [], key=lambda r: r.sequence) \
+        if ruleset and ruleset.enabled else []
+
+
+def dv_rule_text(rule) -> str:
+    """One vSphere traffic rule, one line."""
+    from networking_vcenter.reconcile.portsettings import TO_VM
+    from pyVmomi import vim
+
+    def addr(a):
+        if a is None:
+            return "any"
+        if isinstance(a, vim.SingleIp):
+            return a.address
+        return f"{a.addressPrefix}/{a.prefixLength or 0}"
+
+    def port(p):
+        if p is None:
+            return ""
+        if isinstance(p, vim.dvs.TrafficRule.IpPortRange):
+            return f":{p.startPortNumber}-{p.endPortNumber}"
+        return f":{p.portNumber}"
+
+    (q,) = rule.qualifier or [None]
+    action = type(rule.action).__name__.split(".")[-1].replace("Action", "")
+    proto = PROTOCOLS.get(q.protocol.value, q.protocol.value) \
+        if q is not None and q.protocol else "any"
+    way = "to the VM" if rule.direction == TO_VM else "from the VM"
+    return (f"#{rule.sequence} {rule.direction} ({way}) {action.lower()} "
+            f"{proto} {addr(q and q.sourceAddress)}"
+            f"{port(q and q.sourceIpPort)} -> "
+            f"{addr(q and q.destinationAddress)}"
+            f"{port(q and q.destinationIpPort)}")
+
+
+def sg_rule_text(r: dict) -> str:
+    ports = "" if r["port_range_min"] is None else \
+        f" {r['port_range_min']}" + ("" if r["port_range_max"] ==
+                                     r["port_range_min"] else
+                                     f"-{r['port_range_max']}")
+    return (f"{r['direction']} {r['ethertype']} {r['protocol'] or 'any'}"
+            f"{ports} remote {r['remote_ip_prefix'] or 'any'}")
+
+
+def reply(dv_rule) -> str:
+    """The filter is stateless: a rule's replies have rules of their own."""
+    return "  (its replies)" if (dv_rule.description or "").endswith(
+        "(reply)") else ""
+
+
+def show_rules(sg: dict, rules: list) -> None:
+    """Each security group rule, with the vSphere rules made of it (their
+    description names it); then the rules every port gets."""
+    for r in sg["rules"]:
+        print(f"    Neutron rule {sg_rule_text(r)}")
+        for dv in rules:
+            if r["id"] in (dv.description or ""):
+                print(f"      vSphere {dv_rule_text(dv)}{reply(dv)}")
+    rest = [dv for dv in rules
+            if not any(r["id"] in (dv.description or "") for r in sg["rules"])]
+    print(f"    + {len(rest)} rules every port with port security gets (DHCP, "
+          f"ICMPv6 neighbour discovery, anti-spoofing, the final drops), "
+          f"ending:")
+    for dv in rest[-2:]:
+        print(f"      vSphere {dv_rule_text(dv)}  ({dv.description})")
+
+
+def nova(action: str, sim, port: dict, network: dict | None = None) -> dict:
+    """tools/nova/attach.py: Nova 34's own VMware code, in Nova's venv."""
+    request = {"action": action, "cluster": "DC0_C0", "vm": VM, "port": port,
+               "vcenter": {"host": sim.host, "port": sim.port,
+                           "username": sim.username,
+                           "password": sim.password}}
+    if network is not None:
+        request["network"] = network
+    proc = subprocess.run(
+        [NOVA_PYTHON, os.path.join(REPO, "tools", "nova", "attach.py")],
+        input=json.dumps(request), capture_output=True, text=True,
+        timeout=300)
+    if proc.returncode:
+        raise RuntimeError(f"Nova's {action} failed:\n{proc.stderr.strip()}")
+    return json.loads(proc.stdout)
+
+
+def status(url: str, port: dict) -> str:
+    return api_get(url, f"/v2.0/ports/{port['id']}")["port"]["status"]
+
+
+def until(fn, timeout: float = 15.0):
+    """fn()'s first true value and the seconds it took (None: timed out)."""
+    t0 = time.monotonic()
+    while True:
+        value = fn()
+        if value:
+            return value, time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            return None, timeout
+        time.sleep(0.1)
+
+
+def port_demo(url: str, sim, vsphere: VSphere, net: dict) -> bool:
+    """A VM NIC on the DV port reserved for its Neutron port."""
+    print(f"A port with a security group, and a VM NIC on its own DV port "
+          f"(network {net['name']}):")
+    openstack(url, "security", "group", "create", "demo-web")
+    openstack(url, "security", "group", "rule", "create", "--ingress",
+              "--protocol", "tcp", "--dst-port", "22", "--remote-ip",
+              "192.0.2.0/24", "demo-web")
+    port = openstack(url, "port", "create", "--network", net["id"], "--host",
+                     COMPUTE_HOST, "--security-group", "demo-web", "demo-vm")
+    d = port["binding_vif_details"]
+    dv = vsphere.dv_port(d["dvs_id"], d["pg_id"], d["dvs_port_key"])
+    print(f"    port demo-vm: status {port['status']}, vif_details "
+          f"dvs_port_key={d['dvs_port_key']}: DV port {dv.key} of "
+          f"{d['pg_id']}, named {dv.config.name}")
+    print(f"  Nova 34's own vmwareapi code attaches a NIC for it to {VM} "
+          f"(vif.get_network_ref, vm_util.get_network_attach_config_spec, "
+          f"vm_util.reconfigure_vm):")
+    attached = nova("attach", sim,
+                    api_get(url, f"/v2.0/ports/{port['id']}")["port"],
+                    api_get(url, f"/v2.0/networks/{net['id']}")["network"])
+    vm, nic = vsphere.nic(VM, port["mac_address"])
+    dv = vsphere.dv_port(d["dvs_id"], d["pg_id"], d["dvs_port_key"])
+    owner = dv.connectee.connectedEntity.name if dv.connectee else None
+    print(f"    Nova's network_ref: {attached['network_ref']}")
+    print(f"    NIC {nic.macAddress} of {vm.name}: backing port "
+          f"{nic.backing.port.portKey} of {nic.backing.port.portgroupKey}; "
+          f"DV port {dv.key} connected to {owner}")
+    if nic.backing.port.portKey != d["dvs_port_key"] or owner != VM:
+        print("    NOT ON THE RESERVED DV PORT")
+        return False
+    active, took = until(lambda: status(url, port) == "ACTIVE")
+    shown = openstack(url, "port", "show", "demo-vm")
+    print(f"    status {shown['status']} (ACTIVE {took:.1f}s after Nova's "
+          f"attach returned: the maintenance worker saw the NIC come)")
+    sg = openstack(url, "security", "group", "show", "demo-web")
+    print(f"  Security group {sg['name']} and DV port {dv.key}'s traffic "
+          f"rules (read back from vSphere):")
+    show_rules(sg, traffic_rules(dv))
+    print("  A rule added while the VM runs:")
+    rule = openstack(url, "security", "group", "rule", "create", "--ingress",
+                     "--protocol", "tcp", "--dst-port", "443", "demo-web")
+    rule = api_get(url, f"/v2.0/security-group-rules/{rule['id']}")[
+        "security_group_rule"]
+    new, took = until(lambda: [r for r in traffic_rules(vsphere.dv_port(
+        d["dvs_id"], d["pg_id"], d["dvs_port_key"]))
+        if rule["id"] in (r.description or "")])
+    print(f"    on DV port {dv.key} {took:.1f}s after the command returned:")
+    print(f"    Neutron rule {sg_rule_text(rule)}")
+    for r in new or []:
+        print(f"      vSphere {dv_rule_text(r)}{reply(r)}")
+    print("  Nova's own code detaches the NIC (VMwareVMOps.detach_interface's "
+          "calls):")
+    nova("detach", sim, port)
+    down, took = until(lambda: status(url, port) == "DOWN")
+    print(f"    port demo-vm: {status(url, port)} {took:.1f}s after Nova's "
+          f"detach returned\n")
+    return bool(active and new and down)
+
+
+def api_get(url: str, path: str) -> dict:
+    """GET from Neutron's API (what Nova reads: ``binding:vif_details``)."""
+    import urllib.request
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url + path, timeout=30) as resp:
+        return json.load(resp)
 
 
 def port_group_report(vsphere: VSphere, net_id: str, kind: str) -> list[str]:
@@ -94,7 +297,12 @@ def main() -> int:
     sim = server = vsphere = None
     ok = False
     try:
-        sim = Vcsim(extra_args=("-extra-vswitch", "vSwitch1"),
+        if not os.path.isfile(os.path.join(WSDL_DIR, "vimService.wsdl")) \
+                or not os.access(NOVA_PYTHON, os.X_OK):
+            raise RuntimeError("Nova's venv or the vSphere WSDL is missing: "
+                               "run 'make deps'")
+        sim = Vcsim(vms=1, wsdl_dir=WSDL_DIR,
+                    extra_args=("-extra-vswitch", "vSwitch1"),
                     log_path=os.path.join(workdir, "vcsim.log")).start()
         print(f"vCenter simulator: {sim.url} (pid {sim.pid})")
         server = neutron_server.NeutronServer(
@@ -137,6 +345,8 @@ def main() -> int:
             details = json.dumps(port["binding_vif_details"],
                                  sort_keys=True)
             print(f"      vif_details={details}\n")
+        if not port_demo(url, sim, vsphere, made[0][0]):
+            return 1
         # The backend's health, without an agent: the maintenance worker's
         # heartbeat (in neutron-periodic-workers).
         rows = [r for r in openstack(url, "network", "agent", "list")

@@ -461,7 +461,13 @@ class NeutronServer:
                 "use_stderr": False,
                 "state_path": self.path("data"),
                 "core_plugin": "ml2",
-                "service_plugins": "router,segments",
+                # Neutron adds its default service plugins to these
+                # (neutron/plugins/common/constants.py DEFAULT_SERVICE_PLUGINS:
+                # revisions, timestamp, tag, ...), as in any real server: the
+                # revision numbers the driver's port fingerprints read.
+                # qos: QoS policies and rules (the driver's 'vcenter' QoS
+                # driver shapes DV ports).
+                "service_plugins": "router,segments,qos",
                 "auth_strategy": "noauth",
                 "api_paste_config": find_api_paste(),
                 "transport_url": transport,
@@ -488,7 +494,7 @@ class NeutronServer:
                 "type_drivers": "vlan,flat,vxlan",
                 "tenant_network_types": "vxlan",
                 "mechanism_drivers": "openvswitch,vcenter",
-                "extension_drivers": "port_security",
+                "extension_drivers": "port_security,qos",
             },
             "ml2_type_vlan": {"network_vlan_ranges": vlan_ranges(physnets)},
             "ml2_type_flat": {"flat_networks": "*"},

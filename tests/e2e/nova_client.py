@@ -1,4 +1,4 @@
-"""Attach NICs with OpenStack Nova's own VMware driver code, for e2e tests.
+"""Attach and detach NICs with OpenStack Nova's own VMware driver code, for e2e tests.
 
 The test venv has no Nova; Nova lives in a venv of its own (made by
 tools/nova/setup-venv.sh), and tools/nova/attach.py runs there in a
@@ -13,8 +13,13 @@ subprocess. No pytest dependency::
     result["network_ref"]   # what Nova resolved, e.g. {"type":
                             #   "DistributedVirtualPortgroup", "dvsw", "dvpg"}
     result["nic"]           # the NIC read back with pyVmomi: device_key,
-                            #   backing_type, switchUuid/portgroupKey or
-                            #   deviceName/network/network_name
+                            #   backing_type, switchUuid/portgroupKey/portKey
+                            #   or deviceName/network/network_name
+    # A port bound with vif_details["dvs_port_key"]: Nova pins the NIC to
+    # that DV port (result["network_ref"]["dvs_port_key"], nic["portKey"]).
+
+    nova_client.detach(vcenter, "DC0_C0", "DC0_C0_RP0_VM0", port)
+    # -> {"vm", "port_index", "device_key", "vm_nics": {"mac_addresses", ...}}
 
 Environment:
     NOVA_VENV        the Nova venv (default <repo>/.venv-nova)
@@ -130,11 +135,28 @@ def attach(vcenter, cluster, vm, port, network, vif_model=None, timeout=300):
     Returns attach.py's JSON result; raises NovaClientError (with .stderr)
     on failure.
     """
-    python = ensure_nova_venv()
     request = {"vcenter": vcenter, "cluster": cluster, "vm": vm,
                "port": port, "network": network}
     if vif_model:
         request["vif_model"] = vif_model
+    return _run(request, timeout)
+
+
+def detach(vcenter, cluster, vm, port, timeout=300):
+    """Detach the NIC of a Neutron port from a VM with Nova's own code
+    (``VMwareVMOps.detach_interface``: the NIC found by the port id's
+    ``nvp.iface-id.N`` extraConfig and the port's MAC).
+
+    Returns attach.py's JSON result; raises NovaClientError when Nova's
+    code fails (e.g. no NIC of that port on the VM).
+    """
+    return _run({"action": "detach", "vcenter": vcenter, "cluster": cluster,
+                 "vm": vm, "port": port}, timeout)
+
+
+def _run(request, timeout):
+    python = ensure_nova_venv()
+    port, vm = request["port"], request["vm"]
     try:
         proc = subprocess.run([python, ATTACH_PY], input=json.dumps(request),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -144,8 +166,9 @@ def attach(vcenter, cluster, vm, port, network, vif_model=None, timeout=300):
         raise NovaClientError("attach.py timed out after %s s:\n%s" % (timeout, stderr[-4000:]),
                               stderr=stderr)
     if proc.returncode != 0:
-        raise NovaClientError("attach.py failed (exit %d) for port %s on VM %s:\n%s"
-                              % (proc.returncode, port.get("id"), vm, proc.stderr[-4000:]),
+        raise NovaClientError("attach.py %s failed (exit %d) for port %s on VM %s:\n%s"
+                              % (request.get("action", "attach"), proc.returncode,
+                                 port.get("id"), vm, proc.stderr[-4000:]),
                               stderr=proc.stderr, returncode=proc.returncode)
     try:
         return json.loads(proc.stdout)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Attach a NIC for a Neutron port to a vSphere VM with Nova's own code.
+"""Attach (or detach) a NIC for a Neutron port to a vSphere VM with Nova's own code.
 
 Run with the Nova venv's python (tools/nova/setup-venv.sh). Nova is not
 patched: this script does what Nova's VMware driver does for a port of
@@ -15,8 +15,18 @@ binding:vif_type "dvs", with Nova's own functions:
   - what ``VMwareVMOps.attach_interface`` does: ``vif.get_vif_dict`` (->
     ``vif.get_network_ref``), ``vm_util.get_attach_port_index``,
     ``vm_util.get_network_attach_config_spec``, ``vm_util.reconfigure_vm``.
+    The VIF's details are the port's ``binding:vif_details`` as they are, so
+    ``dvs_port_key`` (a DV port the mechanism driver reserved) pins the NIC
+    to that port (``vif.get_network_ref`` copies it into the network ref,
+    ``vm_util._create_vif_spec`` into the backing's ``portKey``);
+  - with ``"action": "detach"``, what ``VMwareVMOps.detach_interface`` does:
+    ``vm_util.get_vm_detach_port_index`` (the ``nvp.iface-id.N`` extraConfig
+    the attach wrote), ``vm_util.get_hardware_devices``,
+    ``vif.get_network_device`` (by MAC), ``vm_util.get_network_detach_config_spec``,
+    ``vm_util.reconfigure_vm``.
 
-The NIC is then read back with a separate pyVmomi connection.
+The NIC is then read back with a separate pyVmomi connection (after a
+detach: that the VM has no NIC with the port's MAC any more).
 
 Input: a JSON object on stdin, or in the file named as the only argument::
 
@@ -26,10 +36,13 @@ Input: a JSON object on stdin, or in the file named as the only argument::
    "vm": "DC0_C0_RP0_VM0",           (a VM name, a moref "vm-42", or a uuid)
    "port": {... the Neutron port as the API returns it ...},
    "network": {... the Neutron network as the API returns it ...},
-   "vif_model": "e1000"}             (optional: Nova's default image vif model)
+   "vif_model": "e1000",             (optional: Nova's default image vif model)
+   "action": "attach"}               (optional: "attach" (default) or "detach";
+                                      a detach needs no "network", and of the
+                                      port only "id" and "mac_address")
 
 Output (stdout): one JSON object with the network ref Nova resolved and the
-NIC backing read back. Exit status 1 with a message on stderr on failure,
+NIC backing read back (detach: the port index freed and the VM's NICs left). Exit status 1 with a message on stderr on failure,
 2 on bad input.
 """
 
@@ -64,7 +77,11 @@ def _load_request(argv):
         raise InputError("cannot read the request JSON: %s" % e)
     if not isinstance(req, dict):
         raise InputError("the request must be a JSON object")
-    for key in ("vcenter", "cluster", "vm", "port", "network"):
+    action = req.setdefault("action", "attach")
+    if action not in ("attach", "detach"):
+        raise InputError("action must be 'attach' or 'detach', not %r" % (action,))
+    for key in ("vcenter", "cluster", "vm", "port") + (
+            ("network",) if action == "attach" else ()):
         if key not in req:
             raise InputError("the request lacks %r" % key)
     vc = req["vcenter"]
@@ -72,6 +89,11 @@ def _load_request(argv):
         if key not in vc:
             raise InputError("the request's vcenter lacks %r" % key)
     port = req["port"]
+    if action == "detach":
+        for key in ("id", "mac_address"):
+            if key not in port:
+                raise InputError("the port lacks %r" % key)
+        return req
     for key in ("id", "mac_address", "network_id", "binding:vif_type"):
         if key not in port:
             raise InputError("the port lacks %r" % key)
@@ -191,17 +213,11 @@ def _wsdl_status(host, port):
         return None
 
 
-def nova_attach(req, timings):
-    """Attach with Nova's code; returns the network ref, VM moref, port index etc."""
-    from nova.virt.vmwareapi import constants
+def _login(req, timings):
+    """Nova's VMwareAPISession, logged in as nova-compute would be."""
     from nova.virt.vmwareapi import session as vmw_session
-    from nova.virt.vmwareapi import vif as vmwarevif
-    from nova.virt.vmwareapi import vm_util
-    from oslo_vmware import vim_util as vutil
 
     conf = _setup_nova_conf(req["vcenter"])
-    vif = build_vif(req["port"], req["network"])
-
     t = time.monotonic()
     try:
         session = vmw_session.VMwareAPISession(
@@ -225,7 +241,18 @@ def nova_attach(req, timings):
                           "%s: %s%s" % (conf.vmware.host_ip, conf.vmware.host_port,
                                         type(e).__name__, e, hint))
     timings["nova_login_s"] = round(time.monotonic() - t, 3)
+    return session
 
+
+def nova_attach(req, timings):
+    """Attach with Nova's code; returns the network ref, VM moref, port index etc."""
+    from nova.virt.vmwareapi import constants
+    from nova.virt.vmwareapi import vif as vmwarevif
+    from nova.virt.vmwareapi import vm_util
+    from oslo_vmware import vim_util as vutil
+
+    vif = build_vif(req["port"], req["network"])
+    session = _login(req, timings)
     try:
         t = time.monotonic()
         cluster_ref = vm_util.get_cluster_ref_by_name(session, req["cluster"])
@@ -282,6 +309,67 @@ def nova_attach(req, timings):
             session.logout()
         except Exception:  # noqa: S110 - best effort
             pass
+
+
+def nova_detach(req, timings):
+    """Detach with Nova's code (``VMwareVMOps.detach_interface`` without the
+    instance lock and the Neutron vnic-index update); returns the VM moref
+    and the port index freed."""
+    from nova.virt.vmwareapi import vif as vmwarevif
+    from nova.virt.vmwareapi import vm_util
+    from oslo_vmware import vim_util as vutil
+
+    port = req["port"]
+    session = _login(req, timings)
+    try:
+        t = time.monotonic()
+        vm_ref = _find_vm_ref(session, req["vm"])
+        timings["nova_lookup_s"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        port_index = vm_util.get_vm_detach_port_index(session, vm_ref, port["id"])
+        if port_index is None:
+            raise AttachError("No device with interface-id %s exists on VM %s "
+                              "(Nova's check: no nvp.iface-id.N extraConfig "
+                              "names it)" % (port["id"], req["vm"]))
+        hardware_devices = vm_util.get_hardware_devices(session, vm_ref)
+        device = vmwarevif.get_network_device(hardware_devices, port["mac_address"])
+        if device is None:
+            raise AttachError("No device with MAC address %s exists on VM %s"
+                              % (port["mac_address"], req["vm"]))
+        client_factory = session.vim.client.factory
+        spec = vm_util.get_network_detach_config_spec(client_factory, device,
+                                                      port_index)
+        vm_util.reconfigure_vm(session, vm_ref, spec)
+        timings["nova_reconfigure_s"] = round(time.monotonic() - t, 3)
+        return {"vm": vutil.get_moref_value(vm_ref), "port_index": port_index,
+                "device_key": device.key}
+    finally:
+        try:
+            session.logout()
+        except Exception:  # noqa: S110 - best effort
+            pass
+
+
+def read_back_detached(vc, vm_moref, mac):
+    """After a detach: the VM's NICs, read with a separate pyVmomi
+    connection; none may have this MAC."""
+    from pyVim.connect import Disconnect, SmartConnect
+    from pyVmomi import vim
+
+    si = SmartConnect(host=vc["host"], port=int(vc.get("port", 443)),
+                      user=vc["username"], pwd=vc["password"],
+                      sslContext=ssl._create_unverified_context())
+    try:
+        vm = vim.VirtualMachine(vm_moref, si._stub)
+        macs = [d.macAddress for d in vm.config.hardware.device
+                if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+        if any((m or "").lower() == mac.lower() for m in macs):
+            raise AttachError("VM %s still has a NIC with MAC %s after the "
+                              "detach" % (vm_moref, mac))
+        return {"vm": vm_moref, "vm_name": vm.name, "nic_count": len(macs),
+                "mac_addresses": macs}
+    finally:
+        Disconnect(si)
 
 
 def read_back(vc, vm_moref, mac):
@@ -376,9 +464,14 @@ def main(argv):
         return 1
     expected = (AttachError, nova.exception.NovaException, vexc.VMwareDriverException)
     try:
-        nova = nova_attach(req, timings)
+        if req["action"] == "detach":
+            nova = nova_detach(req, timings)
+            back = read_back_detached
+        else:
+            nova = nova_attach(req, timings)
+            back = read_back
         t = time.monotonic()
-        nic = read_back(req["vcenter"], nova["vm"], req["port"]["mac_address"])
+        nic = back(req["vcenter"], nova["vm"], req["port"]["mac_address"])
         timings["readback_s"] = round(time.monotonic() - t, 3)
     except Exception as e:
         if debug or not isinstance(e, expected):
@@ -392,7 +485,8 @@ def main(argv):
 
     from importlib.metadata import version
     result = dict(nova)
-    result["nic"] = nic
+    result["action"] = req["action"]
+    result["nic" if req["action"] == "attach" else "vm_nics"] = nic
     result["nova_version"] = version("nova")
     result["timings"] = timings
     json.dump(result, sys.stdout, indent=2, sort_keys=True, default=str)
