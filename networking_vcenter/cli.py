@@ -135,6 +135,13 @@ def status_rows(result: Pass) -> list[dict[str, Any]]:
             if isinstance(s, plan_mod.UpdateDvsPortGroup):
                 row(net, name, "wrong-vlan",
                     f"{plan_mod.vlan_text(s.old_vlan)} on {s.switch}")
+            elif isinstance(s, plan_mod.UpdateHostPortGroup) and \
+                    s.vlan == s.old_vlan:
+                r = row(net, name, "drift",
+                        f"security policy on {s.host}: "
+                        f"{plan_mod.security_text(s.old_security)}")
+                if r["state"] == "partial":
+                    r["state"] = "drift"
             elif isinstance(s, plan_mod.UpdateHostPortGroup):
                 r = row(net, name, "wrong-vlan",
                         f"{plan_mod.vlan_text(s.old_vlan)} on {s.host}")
@@ -435,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_config(args.config_file)
         rec = Reconciler.from_settings(settings, watch=False)
+        rec.network_ports = lambda nets: neutron_db.ports(
+            host_filter=set(settings.compute_hosts), network_ids=nets)
         if args.command == "status":
             return cmd_status(rec, args.format)
         return cmd_sync(rec, args.format, args.dry_run)

@@ -137,7 +137,8 @@ def _m() -> _M:
     return _MODELS
 
 
-def _bound_here(m: _M, session, host_filter: set[str] | None):
+def _bound_here(m: _M, session, host_filter: set[str] | None,
+                network_ids: set[str] | None = None):
     """``(port_id, host, network_id, physnet)`` of the ports whose ACTIVE
     binding is bound at level 0 by this driver, as a query."""
     import sqlalchemy as sa
@@ -152,6 +153,8 @@ def _bound_here(m: _M, session, host_filter: set[str] | None):
         m.Segment, m.Segment.id == m.Level.segment_id)
     if host_filter is not None:
         q = q.filter(m.Binding.host.in_(sorted(host_filter)))
+    if network_ids is not None:
+        q = q.filter(m.Port.network_id.in_(sorted(network_ids)))
     return q
 
 
@@ -178,12 +181,13 @@ def _digest(addresses) -> str:
 
 
 def ports(ids: set[str] | None = None,
-          host_filter: set[str] | None = None) -> list[desired.PortSpec]:
+          host_filter: set[str] | None = None,
+          network_ids: set[str] | None = None) -> list[desired.PortSpec]:
     """The ports bound by this driver, with all their DV port depends on.
 
     Without ``ids``: every port whose ACTIVE binding was bound at level 0 by
-    the ``vcenter`` mechanism driver (on a host in ``host_filter``, when
-    given).  With ``ids``: those of the ports that exist, bound here or not;
+    the ``vcenter`` mechanism driver (on a host in ``host_filter``, on a
+    network of ``network_ids``, when given).  With ``ids``: those of the ports that exist, bound here or not;
     one not bound here (another driver, unbound, its host outside
     ``host_filter``) has ``physnet=None`` and the host of its ACTIVE binding
     ('' when unbound), so that the caller can release its DV port.
@@ -198,9 +202,10 @@ def ports(ids: set[str] | None = None,
     with reader:
         s = ctx.session
         if ids is None:
-            rows = [tuple(r) for r in _bound_here(m, s, host_filter)]
-            selected = _bound_here(m, s, host_filter).with_entities(
-                m.Port.id)
+            rows = [tuple(r) for r in _bound_here(m, s, host_filter,
+                                                  network_ids)]
+            selected = _bound_here(m, s, host_filter,
+                                   network_ids).with_entities(m.Port.id)
         else:
             wanted = sorted(ids)
             here = sa.and_(m.Level.driver == DRIVER,

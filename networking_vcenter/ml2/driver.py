@@ -63,6 +63,10 @@ def _membership(port: dict | None) -> tuple:
                          for p in port.get("allowed_address_pairs") or ())))
 
 
+def _network_ports(hosts: set[str], network_ids: set[str] | None):
+    return neutron_db.ports(host_filter=hosts, network_ids=network_ids)
+
+
 VIF_TYPE_DVS = "dvs"
 # Seconds after vCenter was found unreachable during which API hooks do not
 # try it again (the maintenance worker does).
@@ -105,6 +109,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
         self._sg_deleting: dict[str, set[str]] = {}
         self._draining = False
         self.reconciler.status_sink = self._set_port_status
+        self.reconciler.network_ports = functools.partial(
+            _network_ports, set(self.settings.compute_hosts))
         atexit.register(self._close, self._pid)
         try:
             self.reconciler.start(background=background)
@@ -306,20 +312,27 @@ class VCenterMechanismDriver(api.MechanismDriver):
         hosts = self.settings.compute_hosts
         ids: set[str] = set()
         groups: set[str] = set()
+        std_nets: set[str] = set()
         for p in (port, before):
             if p is None:
                 continue
             if p.get(portbindings.HOST_ID) in hosts:
                 ids.add(p["id"])
+                if p.get(portbindings.VIF_TYPE) == VIF_TYPE_DVS and \
+                        "dvs_id" not in (p.get(portbindings.VIF_DETAILS)
+                                         or {}):
+                    # On a standard vSwitch: its port group's security
+                    # follows its ports.
+                    std_nets.add(p["network_id"])
             groups.update(p.get("security_groups") or ())
         if _membership(port) != _membership(before) and groups:
             # Its addresses are in the rules of ports that name one of its
             # groups as remote group.
             ids_of = functools.partial(neutron_db.ports_referencing,
                                        security_group_ids=groups)
-            self._sync_ports_soon(ids, ids_of)
+            self._sync_ports_soon(ids, ids_of, std_nets)
         elif ids:
-            self._sync_ports_soon(ids)
+            self._sync_ports_soon(ids, networks=std_nets)
 
     def _subscribe(self) -> None:
         """Security group, rule and address group changes: the ports whose
@@ -383,11 +396,13 @@ class VCenterMechanismDriver(api.MechanismDriver):
         self._sync_ports_soon(set(), functools.partial(
             neutron_db.ports_referencing, qos_policy_ids=[policy_id]))
 
-    def _sync_ports_soon(self, ids: set[str], ids_of=None) -> None:
-        """Sync these ports (and those ``ids_of()`` answers) in a hook
-        thread, coalescing what arrives meanwhile; never waits."""
+    def _sync_ports_soon(self, ids: set[str], ids_of=None,
+                         networks: set[str] = frozenset()) -> None:
+        """Sync these ports (and those ``ids_of()`` answers, and the
+        standard port groups of ``networks``) in a hook thread, coalescing
+        what arrives meanwhile; never waits."""
         with self._lock:
-            self._soon.append((ids, ids_of))
+            self._soon.append((ids, ids_of, networks))
             if self._draining:
                 return
             self._draining = True
@@ -404,19 +419,22 @@ class VCenterMechanismDriver(api.MechanismDriver):
                     self._draining = False
                     return
             ids: set[str] = set()
+            nets: set[str] = set()
             try:
-                for some, ids_of in todo:
+                for some, ids_of, networks in todo:
                     ids |= some
+                    nets |= networks
                     if ids_of is not None:
                         ids |= set(ids_of())
-                if not ids:
+                if not ids and not nets:
                     continue
                 rec = self._here()
                 if self._unreachable(rec) is not None:
                     continue            # the worker's poll will do it
                 with rec.session.budget(self.settings.api_call_budget):
                     rec.sync_ports(ids, self.source, self.port_source,
-                                   wait=self.settings.api_call_budget)
+                                   wait=self.settings.api_call_budget,
+                                   networks=nets)
             except exceptions.VCenterError as exc:
                 LOG.warning("ports %s: %s; the maintenance worker will "
                             "finish the work", sorted(ids), exc)
@@ -523,8 +541,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
             picked = self._in_time(f"bind port {port_id}", find,
                                    from_memory=True, deadline=deadline)
         except exceptions.VCenterError as exc:
-            LOG.error("port %s on %s: cannot bind: the port group of network "
-                      "%s is not available: %s", port_id, host, net_id, exc)
+            LOG.error("port %s on %s: cannot bind on network %s: %s",
+                      port_id, host, net_id, exc)
             return
         if picked is None:
             LOG.debug("port %s on %s: no VLAN/flat segment mapped to a switch "

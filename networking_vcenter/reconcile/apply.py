@@ -334,7 +334,7 @@ class Applier:
         def add(step: plan_mod.AddHostPortGroup, ns: Any) -> None:
             if switches.add_host_port_group(
                     self._session, ns, step.host, step.name, step.vswitch,
-                    step.vlan, self._std_owner(step, inv)):
+                    step.vlan, self._std_owner(step, inv), step.security):
                 with lock:
                     created.append(step)
 
@@ -346,7 +346,7 @@ class Applier:
                 elif isinstance(step, plan_mod.UpdateHostPortGroup):
                     fn = (lambda s=step: switches.update_host_port_group(
                         self._session, ns, s.host, s.name, s.vswitch,
-                        s.vlan))
+                        s.vlan, s.security))
                 else:
                     fn = (lambda s=step: switches.remove_host_port_group(
                         self._session, ns, s.host, s.name))

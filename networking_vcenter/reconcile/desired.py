@@ -19,7 +19,8 @@ from typing import Any
 from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter.vsphere import ports as vsphere_ports
-from networking_vcenter.vsphere.inventory import Inventory, PortSettings
+from networking_vcenter.vsphere.inventory import Inventory, PortSettings, \
+    Security
 
 LOG = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ class DesiredPortGroup:
     name: str
     vlan: int                      # 0: untagged (flat)
     host_moids: frozenset[str] = frozenset()   # VSWITCH only
+    # VSWITCH only: the port group's own security policy (see
+    # std_security); None leaves whatever it has.
+    security: Security | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -245,8 +249,9 @@ def dvs_port_group_name(template: str, network_id: str, physnet: str,
                            segmentation_id=vlan)
 
 
-def desired_for_network(net: NetworkSpec,
-                        topo: Topology) -> list[DesiredPortGroup]:
+def desired_for_network(net: NetworkSpec, topo: Topology,
+                        std_security: Mapping[str, Security] | None = None
+                        ) -> list[DesiredPortGroup]:
     """The port groups one network needs: one per mapped VLAN/flat segment.
 
     At most one port group per switch and name: a second segment that would
@@ -287,7 +292,9 @@ def desired_for_network(net: NetworkSpec,
                 continue
             std_hosts |= hosts
         pg = DesiredPortGroup(net.id, physnet, target.kind, target.switch,
-                              name, vlan, hosts)
+                              name, vlan, hosts,
+                              (std_security or {}).get(net.id)
+                              if target.kind == VSWITCH else None)
         if pg.key in seen:
             LOG.warning("network %s: segment on %s skipped: port group %s on "
                         "%s is already made for another of its segments",
@@ -391,6 +398,31 @@ class UnenforcedPort:
     what: tuple[str, ...]           # "security groups", "QoS", ...
 
 
+# A standard port group's security policy (allowPromiscuous, macChanges,
+# forgedTransmits) when its ports have port security, and when none has.
+STD_SECURE: Security = (False, False, False)
+STD_OPEN: Security = (True, True, True)
+
+
+def std_security(ports: Iterable[PortSpec],
+                 topo: Topology) -> dict[str, Security]:
+    """The security policy of each network's standard port groups, from the
+    ports bound there: a standard vSwitch has no per-port policy, so port
+    security follows the port group where all its ports agree -- rejected
+    forged transmits, MAC changes and promiscuous mode when they all have
+    port security, all allowed when none has.  Where they disagree the port
+    group stays secure, and the ports without port security are reported
+    (:func:`desired_ports`).  Networks with no such port are left as they
+    are."""
+    flags: dict[str, set[bool]] = {}
+    for port in ports:
+        target = topo.targets.get(port.physnet or "")
+        if target is not None and target.kind == VSWITCH:
+            flags.setdefault(port.network_id, set()).add(port.port_security)
+    return {net: STD_OPEN if found == {False} else STD_SECURE
+            for net, found in flags.items()}
+
+
 def desired_ports(ports: Iterable[PortSpec],
                   networks: Mapping[str, NetworkSpec], topo: Topology,
                   max_rules: int
@@ -405,6 +437,8 @@ def desired_ports(ports: Iterable[PortSpec],
     from networking_vcenter.reconcile import portsettings
     result: list[DesiredPort] = []
     unenforced: list[UnenforcedPort] = []
+    ports = list(ports)
+    std = std_security(ports, topo)
     for port in ports:
         net = networks.get(port.network_id)
         if not port.physnet or net is None:
@@ -415,6 +449,10 @@ def desired_ports(ports: Iterable[PortSpec],
             continue
         if pg.kind != DVS:
             what = unenforceable_on_vswitch(port)
+            if not port.port_security and std.get(port.network_id) == \
+                    STD_SECURE:
+                what += ("disabled port security (other ports of the "
+                         "network have it)",)
             if what:
                 unenforced.append(UnenforcedPort(port.id, port.network_id,
                                                  what))

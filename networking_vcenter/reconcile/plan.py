@@ -102,6 +102,7 @@ class AddHostPortGroup(Step):
     host: str
     vswitch: str
     vlan: int
+    security: inv_mod.Security | None = None
     verb = "create"
 
     def describe(self) -> str:
@@ -116,11 +117,26 @@ class UpdateHostPortGroup(Step):
     vswitch: str
     vlan: int
     old_vlan: int
+    security: inv_mod.Security | None = None
+    old_security: inv_mod.Security | None = None
     verb = "retag"
 
     def describe(self) -> str:
+        if self.vlan == self.old_vlan:
+            return (f"set the security policy of port group {self.name} on "
+                    f"{self.host}/{self.vswitch}: "
+                    f"{security_text(self.old_security)} -> "
+                    f"{security_text(self.security)}")
         return (f"retag port group {self.name} on {self.host}/{self.vswitch}: "
                 f"{vlan_text(self.old_vlan)} -> {vlan_text(self.vlan)}")
+
+
+def security_text(security: inv_mod.Security | None) -> str:
+    if security is None:
+        return "the vSwitch's"
+    names = ("promiscuous", "MAC changes", "forged transmits")
+    return ", ".join(f"{n} {'allowed' if v else 'rejected'}"
+                     for n, v in zip(names, security) if v is not None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,19 +336,25 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
             have_pg = host.portgroups.get(d.name)
             if have_pg is None:
                 result.steps.append(AddHostPortGroup(
-                    d.network_id, d.name, moid, host.name, d.switch, d.vlan))
+                    d.network_id, d.name, moid, host.name, d.switch, d.vlan,
+                    d.security))
                 added = True
             elif have_pg.vswitch != d.switch:
                 # A port group cannot move between vSwitches: re-create it.
                 result.steps.append(RemoveHostPortGroup(
                     d.network_id, d.name, moid, host.name, 0))
                 result.steps.append(AddHostPortGroup(
-                    d.network_id, d.name, moid, host.name, d.switch, d.vlan))
+                    d.network_id, d.name, moid, host.name, d.switch, d.vlan,
+                    d.security))
                 added = True
-            elif have_pg.vlan != d.vlan:
+            elif have_pg.vlan != d.vlan or (
+                    d.security is not None and
+                    have_pg.security != d.security):
+                security = d.security if d.security is not None \
+                    else have_pg.security
                 result.steps.append(UpdateHostPortGroup(
                     d.network_id, d.name, moid, host.name, d.switch, d.vlan,
-                    have_pg.vlan))
+                    have_pg.vlan, security, have_pg.security))
                 drift = True
         unmarked = inv.custom_fields and (
             net.owner != d.network_id if net is not None else added)

@@ -94,6 +94,11 @@ class Reconciler:
     # Told the status Neutron should show for ports whose NIC connected or
     # went away ({port id: "ACTIVE" | "DOWN"}); set by the ML2 driver.
     status_sink: Callable[[dict[str, str]], None] | None = None
+    # Reads the ports bound here on the given networks (None: all), for the
+    # security policy of standard port groups; set by the ML2 driver and the
+    # CLI.  None: standard port groups' security is left as it is.
+    network_ports: Callable[[set[str] | None],
+                            list[desired_mod.PortSpec]] | None = None
 
     @classmethod
     def from_settings(cls, settings: conf.Settings,
@@ -161,13 +166,13 @@ class Reconciler:
         return topo
 
     def desired(self, networks: Iterable[desired_mod.NetworkSpec],
-                topo: desired_mod.Topology
+                topo: desired_mod.Topology, std: dict | None = None
                 ) -> tuple[list[desired_mod.DesiredPortGroup],
                            list[plan_mod.Conflict]]:
         """Desired port groups, and the networks whose names cannot work."""
         result, refused = [], []
         for net in networks:
-            pgs = desired_mod.desired_for_network(net, topo)
+            pgs = desired_mod.desired_for_network(net, topo, std)
             problems = desired_mod.check_length(pgs) + \
                 desired_mod.name_problems(pgs)
             if problems:
@@ -207,13 +212,14 @@ class Reconciler:
                     f"another worker still holds it after {wait}s")
             inv = self.inventory()
             nets = list(source({network_id}))
+            std = self._std_security(inv, nets, {network_id})
             result = self._plan_and_apply(inv, nets, {network_id}, set(),
-                                          dry_run)
+                                          dry_run, std=std)
         if settle > 0 and result.outcome is not None and \
                 result.outcome.done and self.replica is not None:
             self.replica.wait_until(
                 lambda fresh: not self._plan(fresh, nets, {network_id},
-                                             set())[2].steps, settle)
+                                             set(), std)[2].steps, settle)
         return result
 
     def sync_all(self, source: NetworkSource, grace: float = 0,
@@ -238,18 +244,37 @@ class Reconciler:
                      if grace and n.changed_at and now - n.changed_at < grace}
             result = self._plan_and_apply(
                 inv, [n for n in nets if n.id not in young], None, young,
-                dry_run, progress)
+                dry_run, progress, self._std_security(inv, nets, None))
             if port_source is not None:
                 result.ports = self.sync_ports(
                     None, source, port_source, wait=LOCK_WAIT, grace=grace,
                     dry_run=dry_run, refresh=self.replica is not None)
             return result
 
+    def _std_security(self, inv: inventory.Inventory,
+                      nets: list[desired_mod.NetworkSpec],
+                      scope: set[str] | None
+                      ) -> dict[str, inventory.Security] | None:
+        """The security policy of the networks' standard port groups, from
+        their ports (:func:`desired.std_security`); None where this
+        reconciler is not told the ports (then it is left as it is).  Reads
+        Neutron only for networks with a standard port group."""
+        if self.network_ports is None:
+            return None
+        topo = self.topology(inv)
+        std_nets = {n.id for n in nets if any(
+            d.kind == desired_mod.VSWITCH
+            for d in desired_mod.desired_for_network(n, topo))}
+        if not std_nets:
+            return {}
+        ports = self.network_ports(None if scope is None else std_nets)
+        return desired_mod.std_security(ports, topo)
+
     def _plan(self, inv: inventory.Inventory,
               nets: list[desired_mod.NetworkSpec], scope: set[str] | None,
-              skip: set[str]):
+              skip: set[str], std: dict | None = None):
         topo = self.topology(inv)
-        want, refused = self.desired(nets, topo)
+        want, refused = self.desired(nets, topo, std)
         the_plan = plan_mod.plan(want, inv, scope, skip)
         the_plan.conflicts.extend(refused)
         return topo, want, the_plan
@@ -258,8 +283,9 @@ class Reconciler:
                         nets: list[desired_mod.NetworkSpec],
                         scope: set[str] | None, skip: set[str],
                         dry_run: bool,
-                        progress: apply_mod.Progress | None = None) -> Pass:
-        topo, want, the_plan = self._plan(inv, nets, scope, skip)
+                        progress: apply_mod.Progress | None = None,
+                        std: dict | None = None) -> Pass:
+        topo, want, the_plan = self._plan(inv, nets, scope, skip, std)
         outcome = None
         if not dry_run:
             if inv.custom_fields and inv.owner_field_key is None and any(
@@ -336,7 +362,8 @@ class Reconciler:
                    port_source: PortSource, wait: float = -1,
                    grace: float = 0, dry_run: bool = False,
                    refresh: bool = False, report_status: bool = True,
-                   fresh: bool = True) -> PortPass:
+                   fresh: bool = True,
+                   networks: Iterable[str] = ()) -> PortPass:
         """Give ports (``port_ids``, or all with None) their DV ports.
 
         Reservations of ports Neutron no longer has (or binds elsewhere)
@@ -416,6 +443,17 @@ class Reconciler:
                         port_ids, young)
                     break
         self._warn_unenforced(unenforced)
+        if port_ids is not None and not dry_run:
+            # On a standard vSwitch port security follows the port group:
+            # the networks of these ports (and of ``networks``, those of
+            # ports deleted or unbound) are reconciled too.
+            topo = self.topology(inv)
+            std_nets = set(networks) | {
+                p.network_id for p in specs
+                if (t := topo.targets.get(p.physnet or "")) is not None
+                and t.kind == desired_mod.VSWITCH}
+            for net_id in sorted(std_nets):
+                self.sync_network(net_id, source, wait=wait)
         if report_status and not dry_run and the_plan.status and \
                 self.status_sink is not None:
             self.status_sink(dict(the_plan.status))

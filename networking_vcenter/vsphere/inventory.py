@@ -124,11 +124,26 @@ def ports_ready_of(pg_type: str | None, policy: Any) -> bool:
         and not getattr(policy, "portConfigResetAtDisconnect", True)
 
 
+# A standard port group's security policy: (allowPromiscuous, macChanges,
+# forgedTransmits), each None where the vSwitch's applies.
+Security = tuple[bool | None, bool | None, bool | None]
+
+
 @dataclasses.dataclass(frozen=True)
 class HostPortGroup:
     name: str
     vswitch: str
     vlan: int
+    security: Security | None = None     # None: the vSwitch's throughout
+
+
+def security_of(policy: Any) -> Security | None:
+    """A host port group's own security policy (``spec.policy``)."""
+    sec = getattr(policy, "security", None)
+    if sec is None:
+        return None
+    found = (sec.allowPromiscuous, sec.macChanges, sec.forgedTransmits)
+    return None if found == (None, None, None) else found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,7 +378,8 @@ def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
         for pg in p.get("config.network.portgroup") or []:
             pgs[pg.spec.name] = HostPortGroup(
                 name=pg.spec.name, vswitch=pg.spec.vswitchName,
-                vlan=int(pg.spec.vlanId or 0))
+                vlan=int(pg.spec.vlanId or 0),
+                security=security_of(pg.spec.policy))
         hosts_out[ref._moId] = Host(
             moid=ref._moId, name=p.get("name", ref._moId),
             vswitches=frozenset(v.name for v in

@@ -130,11 +130,19 @@ def destroy_dvs_port_group(session: Session, pg: Any, what: str) -> None:
         return
 
 
-def host_port_group_spec(name: str, vswitch: str,
-                         vlan: int) -> vim.host.PortGroup.Specification:
+def host_port_group_spec(name: str, vswitch: str, vlan: int,
+                         security: inventory.Security | None = None
+                         ) -> vim.host.PortGroup.Specification:
+    """A standard port group; ``security`` its own (allowPromiscuous,
+    macChanges, forgedTransmits), None: the vSwitch's."""
+    policy = vim.host.NetworkPolicy()
+    if security is not None:
+        promiscuous, mac_changes, forged = security
+        policy.security = vim.host.NetworkPolicy.SecurityPolicy(
+            allowPromiscuous=promiscuous, macChanges=mac_changes,
+            forgedTransmits=forged)
     return vim.host.PortGroup.Specification(
-        name=name, vlanId=vlan, vswitchName=vswitch,
-        policy=vim.host.NetworkPolicy())
+        name=name, vlanId=vlan, vswitchName=vswitch, policy=policy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +162,8 @@ class StdOwner:
 
 def add_host_port_group(session: Session, network_system: Any, host: str,
                         name: str, vswitch: str, vlan: int,
-                        owner: StdOwner | None = None) -> bool:
+                        owner: StdOwner | None = None,
+                        security: inventory.Security | None = None) -> bool:
     """The API form of ``esxcfg-vswitch --add-pg NAME VSWITCH --vlan N``.
 
     True when this call created it.  When the host already has a port group
@@ -166,7 +175,7 @@ def add_host_port_group(session: Session, network_system: Any, host: str,
     is left exactly as it is.
     """
     what = f"create port group {name} on {host}/{vswitch}"
-    spec = host_port_group_spec(name, vswitch, vlan)
+    spec = host_port_group_spec(name, vswitch, vlan, security)
     try:
         session.host_write(what, network_system.AddPortGroup, spec)
         return True
@@ -215,7 +224,8 @@ def host_port_group(session: Session, network_system: Any, host: str,
             if pg.spec.name == name:
                 return inventory.HostPortGroup(
                     name=name, vswitch=pg.spec.vswitchName,
-                    vlan=int(pg.spec.vlanId or 0))
+                    vlan=int(pg.spec.vlanId or 0),
+                    security=inventory.security_of(pg.spec.policy))
     return None
 
 
@@ -248,10 +258,12 @@ def _vlan_text(vlan: int) -> str:
 
 
 def update_host_port_group(session: Session, network_system: Any, host: str,
-                           name: str, vswitch: str, vlan: int) -> None:
+                           name: str, vswitch: str, vlan: int,
+                           security: inventory.Security | None = None
+                           ) -> None:
     what = f"set VLAN {vlan} on port group {name} of {host}/{vswitch}"
     session.host_write(what, network_system.UpdatePortGroup, name,
-                       host_port_group_spec(name, vswitch, vlan))
+                       host_port_group_spec(name, vswitch, vlan, security))
 
 
 def remove_host_port_group(session: Session, network_system: Any, host: str,

@@ -34,6 +34,11 @@ class TestStandaloneEsxi(base.VCenterMl2TestCase):
                          port[portbindings.VIF_DETAILS]["dvs_port_group_name"])
         self.assertEqual(210,
                          port[portbindings.VIF_DETAILS]["segmentation_id"])
+        # Its port group now rejects forged transmits, MAC changes and
+        # promiscuous mode: its only port has port security.
+        self.settled()
+        self.assertEqual({ESXI: (False, False, False)},
+                         self.vsphere.host_portgroup_security(vlan["id"]))
 
         # Hand edits: a retagged port group is fixed by a resync, the
         # host's own port groups are untouched.

@@ -163,6 +163,15 @@ class TestNetworks(base.VCenterMl2TestCase):
         self.assertFalse({c for c in calls if c.endswith("_Task")} -
                          {"ReconfigureDVPort_Task"}, calls)
         self.assertLessEqual(len(calls), 6, calls)
+        # What the API calls' hook does next (the standard port group's
+        # security follows its port), then nothing is left to do.
+        self.settled()
+        for net in (dvs_net, std_net):
+            self.assertTrue(rec.replica.wait_until(
+                lambda inv, n=net: not rec._plan(
+                    inv, list(drv.source({n["id"]})), {n["id"]}, set(),
+                    rec._std_security(inv, list(drv.source({n["id"]})),
+                                      {n["id"]}))[2].steps, 10))
         with self.soap_calls() as calls:
             for net in (dvs_net, std_net):
                 result = rec.sync_network(net["id"], drv.source)

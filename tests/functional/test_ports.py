@@ -357,6 +357,33 @@ class TestStandardVswitchBind(PortsTestCase):
         self.assertEqual("not-enforced", row["state"])
 
 
+    def test_port_security_follows_the_port_group_where_ports_agree(self):
+        net = self.make_network("vlan", "physnet2", 292)
+        res = self._create_subnet(self.fmt, net["id"], "10.31.0.0/24",
+                                  as_admin=True)
+        self.assertEqual(201, res.status_int)
+        hosts = self.cluster_hosts()
+        secure = self.port_on(net["id"])
+        self.assertEqual({h: (False, False, False) for h in hosts},
+                         self.vsphere.host_portgroup_security(net["id"]))
+        # Ports disagree: the port group stays secure, the one without port
+        # security is reported.
+        open_port = self.port_on(net["id"], security_groups=[],
+                                 port_security_enabled=False)
+        self.assertEqual({h: (False, False, False) for h in hosts},
+                         self.vsphere.host_portgroup_security(net["id"]))
+        result = self.resync()
+        (u,) = [u for u in result.ports.unenforced
+                if u.port_id == open_port["id"]]
+        self.assertIn("disabled port security", " ".join(u.what))
+        # All agree (no port security): forged transmits, MAC changes and
+        # promiscuous mode allowed.
+        self._delete("ports", secure["id"])
+        self.settled()
+        self.assertEqual({h: (True, True, True) for h in hosts},
+                         self.vsphere.host_portgroup_security(net["id"]))
+
+
 class TestStandardVswitchRefuse(PortsTestCase):
     extra_ml2_vcenter = {"standard_vswitch_ports": "refuse"}
 
