@@ -11,7 +11,6 @@ NIC.  vSphere is read back independently, with plain pyVmomi
 
 from __future__ import annotations
 
-import ipaddress
 import time
 
 import pytest
@@ -20,6 +19,7 @@ from pyVmomi import vim
 from networking_vcenter.reconcile import portsettings
 from tests.e2e import conftest
 from tests.e2e import nova_client
+from tests.fixtures.vsphere_reader import dv_port_rules
 
 pytestmark = pytest.mark.e2e
 
@@ -74,44 +74,16 @@ def dv_port(vsphere, details):
     return found[0]
 
 
-def _cidr(a):
-    if a is None:
-        return None
-    if isinstance(a, vim.SingleIp):
-        return str(ipaddress.ip_network(a.address))
-    return str(ipaddress.ip_network(f"{a.addressPrefix}/{a.prefixLength or 0}",
-                                    strict=False))
-
-
-def _ports(p):
-    if p is None:
-        return None
-    if isinstance(p, vim.dvs.TrafficRule.IpPortRange):
-        return (p.startPortNumber, p.endPortNumber)
-    return (p.portNumber, p.portNumber)
-
-
 def rules(port):
-    """The DV port's own traffic rules, in order, as plain dicts; None when
-    it has no filter of its own (inherited from the port group)."""
-    fp = port.config.setting.filterPolicy
-    if fp is None or fp.inherited or not fp.filterConfig:
+    """The DV port's own traffic rules, in order, as plain dicts with
+    addresses as CIDR text; None when it has no filter of its own
+    (inherited from the port group)."""
+    found = dv_port_rules(port.config.setting)
+    if found is None:
         return None
-    ruleset = fp.filterConfig[0].trafficRuleset
-    if ruleset is None or not ruleset.enabled:
-        return []
-    out = []
-    for r in sorted(ruleset.rules or [], key=lambda r: r.sequence):
-        (q,) = r.qualifier or [None]
-        out.append({
-            "direction": r.direction,
-            "action": "accept" if isinstance(
-                r.action, vim.dvs.TrafficRule.AcceptAction) else "drop",
-            "protocol": q.protocol.value if q and q.protocol else None,
-            "source": _cidr(q.sourceAddress) if q else None,
-            "destination": _cidr(q.destinationAddress) if q else None,
-            "dports": _ports(q.destinationIpPort) if q else None})
-    return out
+    return [{**r, "source": r["source"] and r["source"][0],
+             "destination": r["destination"] and r["destination"][0]}
+            for r in found]
 
 
 def shaping_from_vm(setting):
