@@ -402,3 +402,47 @@ class TestStandardVswitchRefuse(PortsTestCase):
         dvs_net = self.make_net(88)
         self.assertIn("dvs_port_key",
                       self.port_on(dvs_net["id"])[portbindings.VIF_DETAILS])
+
+
+class TestConversion(PortsTestCase):
+    vcsim_kwargs = {**PortsTestCase.vcsim_kwargs, "vms": 1}
+
+    def test_port_group_of_the_previous_version_converted_in_place(self):
+        """A port group made by the version before DV ports (no port
+        overrides allowed) is converted by the next pass, with the NIC on
+        it left on its port, and then ports get DV ports of their own."""
+        net = self.make_net(87)
+        name = self.dvs_name(net["id"])
+        (pg,) = self.vsphere.dv_portgroups(name)
+        description = pg["description"]
+        rec = self.vcenter_driver.reconciler
+        self.vsphere.destroy_dv_portgroup(name)
+        old = self.vsphere.add_dv_portgroup("DVS0", name, 87, description)
+        self.assertFalse(old["ref"].config.policy.trafficFilterOverrideAllowed)
+        vm = self.vsphere.vm("DC0_C0_RP0_VM0")
+        nic = vim.vm.device.VirtualVmxnet3(
+            key=-1, backing=vim.vm.device.VirtualEthernetCard
+            .DistributedVirtualPortBackingInfo(port=vim.dvs.PortConnection(
+                switchUuid=old["switch_uuid"], portgroupKey=old["key"])))
+        self.vsphere.wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
+            vim.vm.device.VirtualDeviceSpec(operation="add", device=nic)])))
+        (connected,) = [p.key for p in self.dv_ports(old["key"])
+                        if p.connectee is not None]
+        result = self.resync()
+        self.assertEqual(["convert"], [s.verb for s in result.plan.steps])
+        (pg,) = self.vsphere.dv_portgroups(name)
+        self.assertEqual(old["key"], pg["key"])
+        policy = pg["ref"].config.policy
+        self.assertTrue(policy.trafficFilterOverrideAllowed)
+        self.assertTrue(policy.securityPolicyOverrideAllowed)
+        self.assertFalse(policy.portConfigResetAtDisconnect)
+        self.assertEqual([connected], [p.key for p in self.dv_ports(pg["key"])
+                                       if p.connectee is not None])
+        self.assertTrue(rec.replica.wait_until(
+            lambda inv: all(getattr(g, "ports_ready", True)
+                            for g in inv.dvs_portgroups if g.name == name),
+            10))
+        port = self.port_on(net["id"])
+        self.assertNotEqual(connected,
+                            port[portbindings.VIF_DETAILS]["dvs_port_key"])
+        self.assertEqual(port["id"], self.dv_port(port).config.name)
