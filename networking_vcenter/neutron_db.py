@@ -517,3 +517,16 @@ def ports_referencing(security_group_ids=(), address_group_ids=(),
     with reader:
         return {pid for pid, *_ in _bound_here(m, ctx.session, None).filter(
             sa.or_(*conds))}
+
+
+def failed_bindings(host_filter: set[str]) -> list[tuple[str, str]]:
+    """``(port id, host)`` of the ports whose ACTIVE binding on one of
+    these hosts failed (``binding_failed``): one query."""
+    m = _m()
+    ctx, reader = _reader()
+    with reader:
+        return [(pid, host) for pid, host in ctx.session.query(
+            m.Binding.port_id, m.Binding.host).filter(
+                m.Binding.status == ACTIVE,
+                m.Binding.vif_type == "binding_failed",
+                m.Binding.host.in_(sorted(host_filter)))]

@@ -191,7 +191,31 @@ class VCenterMechanismDriver(api.MechanismDriver):
                             start=maintenance.beats == 0)
         directory.get_plugin().create_or_update_agent(
             n_context.get_admin_context(), state)
+        self.rebind_failed()
         return True
+
+    def rebind_failed(self) -> int:
+        """Bind again the ports of our compute hosts whose binding failed
+        (vCenter was away, or a port group could not be had): ML2 binds a
+        failed binding again when asked for the port's bound context.  Run
+        with the heartbeat, i.e. while vCenter answers.  Answers how many
+        got bound."""
+        plugin = directory.get_plugin()
+        ctx = n_context.get_admin_context()
+        bound = 0
+        for port_id, host in neutron_db.failed_bindings(
+                set(self.settings.compute_hosts)):
+            try:
+                result = plugin.get_bound_port_context(ctx, port_id, host)
+            except Exception as exc:  # noqa: BLE001 - the port may be gone
+                LOG.debug("port %s: not bound again: %s", port_id, exc)
+                continue
+            if result is not None and result.vif_type != \
+                    portbindings.VIF_TYPE_BINDING_FAILED:
+                bound += 1
+                LOG.info("port %s on %s: bound again now that vCenter "
+                         "answers", port_id, host)
+        return bound
 
     # -- networks ------------------------------------------------------------
 

@@ -133,9 +133,12 @@ class TestDriftRepaired(MaintenanceTestCase):
 
     def test_foreign_port_group_only_reported(self):
         net = self.make_network("vlan", "physnet1", 123)
-        self.vsphere.destroy_dv_portgroup(self.dvs_name(net["id"]))
-        foreign = self.vsphere.add_dv_portgroup(
-            "DVS0", self.dvs_name(net["id"]), 7, "made by hand")
+        # Swapped while the worker cannot read Neutron (it would otherwise
+        # make ours again between the two calls, and the name be taken).
+        with self.db:
+            self.vsphere.destroy_dv_portgroup(self.dvs_name(net["id"]))
+            foreign = self.vsphere.add_dv_portgroup(
+                "DVS0", self.dvs_name(net["id"]), 7, "made by hand")
         time.sleep(REPAIR)
         (pg,) = self.vsphere.dv_portgroups(self.dvs_name(net["id"]))
         self.assertEqual((foreign["moid"], 7, "made by hand"),

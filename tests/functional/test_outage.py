@@ -85,6 +85,13 @@ class TestOutages(OutageTestCase):
         time.sleep(0.1)
         self.resync()
         self.assertEqual(1, self.count_dvs(net["id"]))
+        # vCenter answers again: the maintenance worker's heartbeat binds
+        # the port again, with a DV port of its own.
+        self.assertEqual(1, self.vcenter_driver.rebind_failed())
+        port = self.driver.get_port(self.context, port["id"])
+        self.assertEqual("dvs", port["binding:vif_type"])
+        self.assertIn("dvs_port_key", port["binding:vif_details"])
+        self.assertEqual(0, self.vcenter_driver.rebind_failed())
 
     def test_hand_edits_restored_foreign_untouched(self):
         dvs = self.make_network("vlan", "physnet1", 93)
