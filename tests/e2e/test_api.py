@@ -166,7 +166,7 @@ def test_foreign_port_group_refused_clearly(api, vsphere, neutron):
         (foreign["moid"], 7, "made by hand")
     with open(neutron.api_log, encoding="utf-8", errors="replace") as f:
         log = f.read()
-    assert f"cannot bind: the port group of network {net['id']}" in log
+    assert f"cannot bind on network {net['id']}" in log
     assert f"{name} ({foreign['moid']}) on DVS0" in log
     assert "was not made by networking-vcenter" in log
     # Deleting the network leaves the foreign port group where it is.
