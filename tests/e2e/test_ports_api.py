@@ -81,9 +81,11 @@ def rules(port):
     found = dv_port_rules(port.config.setting)
     if found is None:
         return None
-    return [{**r, "source": r["source"] and r["source"][0],
-             "destination": r["destination"] and r["destination"][0]}
-            for r in found]
+    return [{"direction": r["direction"], "action": r["action"],
+             "protocol": r["protocol"],
+             "source": r["source"] and r["source"][0],
+             "destination": r["destination"] and r["destination"][0],
+             "dports": r["dports"]} for r in found]
 
 
 def shaping_from_vm(setting):
