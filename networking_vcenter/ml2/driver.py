@@ -73,6 +73,8 @@ VIF_TYPE_DVS = "dvs"
 UNREACHABLE_HOLD_OFF = 30.0
 # Threads that run API hooks' vCenter work, per process.
 HOOK_THREADS = 8
+# Seconds between an API call handing ports to the hook thread and their sync.
+DRAIN_DELAY = 0.3
 
 
 class VCenterMechanismDriver(api.MechanismDriver):
@@ -433,7 +435,13 @@ class VCenterMechanismDriver(api.MechanismDriver):
         self._kick()
 
     def _kick(self) -> None:
-        self._hooks.submit(self._drain_ports)
+        # Started a moment later, once the API request that called the hook
+        # has finished with the database (on sqlite a read overlapping its
+        # last writes can make them time out).
+        timer = threading.Timer(DRAIN_DELAY, self._hooks.submit,
+                                (self._drain_ports,))
+        timer.daemon = True
+        timer.start()
 
     def _drain_ports(self) -> None:
         while True:
