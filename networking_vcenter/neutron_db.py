@@ -137,6 +137,17 @@ def _m() -> _M:
     return _MODELS
 
 
+def _groups_of_ports(m: _M, session, in_sel) -> dict[str, list[str]]:
+    """{port id: its security group ids} for the ports of a selection:
+    one query."""
+    port_sgs: dict[str, list[str]] = collections.defaultdict(list)
+    for pid, sg_id in session.query(m.SGBinding.port_id,
+                                    m.SGBinding.security_group_id).filter(
+            m.SGBinding.port_id.in_(in_sel)):
+        port_sgs[pid].append(sg_id)
+    return port_sgs
+
+
 def _bound_here(m: _M, session, host_filter: set[str] | None,
                 network_ids: set[str] | None = None):
     """``(port_id, host, network_id, physnet)`` of the ports whose ACTIVE
@@ -247,11 +258,7 @@ def ports(ids: set[str] | None = None,
                 m.Pair.port_id, m.Pair.ip_address, m.Pair.mac_address
         ).filter(m.Pair.port_id.in_(in_sel)):
             pairs[pid].append((address, mac))
-        port_sgs: dict[str, list[str]] = collections.defaultdict(list)
-        for pid, sg_id in s.query(m.SGBinding.port_id,
-                                  m.SGBinding.security_group_id).filter(
-                m.SGBinding.port_id.in_(in_sel)):
-            port_sgs[pid].append(sg_id)
+        port_sgs = _groups_of_ports(m, s, in_sel)
 
         # The port's groups, with their rules (one query, outer join: a
         # group without rules still counts).
@@ -418,11 +425,7 @@ def port_fingerprints(host_filter: set[str] | None = None
                       m.Attrs, m.Attrs.id == m.Port.standard_attr_id)}
         if not ports_:
             return {}
-        port_sgs: dict[str, list[str]] = collections.defaultdict(list)
-        for pid, sg_id in s.query(m.SGBinding.port_id,
-                                  m.SGBinding.security_group_id).filter(
-                m.SGBinding.port_id.in_(in_sel)):
-            port_sgs[pid].append(sg_id)
+        port_sgs = _groups_of_ports(m, s, in_sel)
         sg_sel = sa.select(m.SGBinding.security_group_id).filter(
             m.SGBinding.port_id.in_(in_sel))
         sg_rev: dict[str, tuple] = {}
