@@ -62,6 +62,7 @@ import urllib.request
 import psutil
 
 MODES = ("embedded", "real")
+TOOLS = os.path.dirname(os.path.abspath(__file__))
 # Stopped in this order (the reverse of their start).
 STOP_ORDER = ("uwsgi", "neutron-periodic-workers", "neutron-rpc-server",
               "rabbitmq", "epmd", "mariadb")
@@ -432,7 +433,22 @@ class NeutronServer:
         env["OS_NEUTRON_CONFIG_FILES"] = "neutron.conf;plugins/ml2/ml2_conf.ini"
         # A proxy from the caller's environment must not catch loopback calls.
         env["no_proxy"] = env["NO_PROXY"] = "127.0.0.1,localhost"
+        if self.mode == "embedded":     # for embedded_sqlite
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (TOOLS, env.get("PYTHONPATH")) if p)
         return env
+
+    def _periodic_cmd(self) -> list[str]:
+        cmd = self._neutron_cmd("neutron-periodic-workers",
+                                "--log-file", self.periodic_log)
+        if self.mode != "embedded":
+            return cmd
+        # The console script's own two lines, after the sqlite retry filter.
+        return [sys.executable, "-c",
+                "import sys, embedded_sqlite; "
+                "from neutron.cmd.server import main_periodic; "
+                "sys.argv[0] = 'neutron-periodic-workers'; "
+                "sys.exit(main_periodic())", *cmd[1:]]
 
     def _neutron_cmd(self, command: str, *args: str) -> list[str]:
         return [os.path.join(self.venv_bin, command),
@@ -542,9 +558,7 @@ class NeutronServer:
                 # the second fails with "database is locked".
                 self._wait_api(api)
             periodic = self._spawn("neutron-periodic-workers",
-                                   self._neutron_cmd(
-                                       "neutron-periodic-workers",
-                                       "--log-file", self.periodic_log),
+                                   self._periodic_cmd(),
                                    env=self._neutron_env(),
                                    log=self.periodic_log)
             self._wait_api(api)
@@ -841,6 +855,8 @@ class NeutronServer:
             "--procname-prefix-spaced", "neutron-api",
             "--logto", self.path("log", "uwsgi.log"),
         ]
+        if self.mode == "embedded":
+            cmd += ["--pythonpath", TOOLS, "--import", "embedded_sqlite"]
         return self._spawn("uwsgi", cmd, env=self._neutron_env(),
                            log=self.api_log)
 

@@ -113,8 +113,12 @@ def start_server(vcsim, mode: str, port: int, **kw):
 
 
 def stop_server(server) -> None:
-    """Stop by PID, then remove the work directory (logs included)."""
+    """Stop by PID, then remove the work directory (logs included) unless
+    ``E2E_KEEP_LOGS`` is set, to read them after a failure."""
     server.stop()
+    if os.environ.get("E2E_KEEP_LOGS"):
+        print(f"\nserver logs kept in {server.workdir}")
+        return
     shutil.rmtree(server.workdir, ignore_errors=True)
 
 

@@ -147,6 +147,8 @@ def test_every_hook_within_the_budget(server, proxy, vsphere, mode):
     for net in (kept, new):
         for p in api.http("GET", f"/v2.0/ports?network_id={net['id']}")[1][
                 "ports"]:
-            api.http("DELETE", f"/v2.0/ports/{p['id']}")
-        assert api.http("DELETE", f"/v2.0/networks/{net['id']}")[0] == 204
+            status, body = api.http("DELETE", f"/v2.0/ports/{p['id']}")
+            assert status == 204, (p["id"], status, body)
+        status, body = api.http("DELETE", f"/v2.0/networks/{net['id']}")
+        assert status == 204, (status, body)
     converged(vsphere, {kept["id"]: 0, new["id"]: 0}, CONVERGE)
