@@ -70,6 +70,21 @@ def networks(ids: set[str] | None = None) -> list[desired.NetworkSpec]:
             for net_id, at in rows]
 
 
+def segments(physnets: set[str]) -> list[dict[str, Any]]:
+    """The VLAN and flat segments on these physical networks (``id``,
+    ``network_type``, ``physical_network``)."""
+    _, segment, _ = _models()
+    ctx, reader = _reader()
+    with reader:
+        rows = ctx.session.query(
+            segment.id, segment.network_type, segment.physical_network
+        ).filter(segment.physical_network.in_(sorted(physnets)),
+                 segment.network_type.in_(desired.SUPPORTED_TYPES)).all()
+    return [{"id": seg_id, "network_type": net_type,
+             "physical_network": physnet}
+            for seg_id, net_type, physnet in rows]
+
+
 def change_token() -> tuple:
     """Changes whenever a network or segment is created, changed or
     deleted (counts, revision sums, newest standard-attribute id)."""

@@ -193,8 +193,24 @@ class VCenterMechanismDriver(api.MechanismDriver):
                             start=maintenance.beats == 0)
         directory.get_plugin().create_or_update_agent(
             n_context.get_admin_context(), state)
+        self.map_segments(rec)
         self.rebind_failed()
         return True
+
+    def map_segments(self, rec: Reconciler) -> None:
+        """Neutron's segment-to-host mappings for our compute hosts, as the
+        replica shows the switches reaching their clusters (what an L2
+        agent reports for its own host): routed provider networks and
+        Nova's placement aggregates follow from them.  Level-triggered with
+        the heartbeat; a new segment is mapped at once
+        (:meth:`_on_segment_create`)."""
+        from neutron.services.segments import db as segments_db
+        topology = rec.topology(rec.replica.snapshot())
+        mapping = desired_mod.segment_hosts(
+            neutron_db.segments(set(topology.targets)), topology)
+        ctx = n_context.get_admin_context()
+        for host, segment_ids in sorted(mapping.items()):
+            segments_db.update_segment_host_mapping(ctx, host, segment_ids)
 
     def rebind_failed(self) -> int:
         """Bind again the ports of our compute hosts whose binding failed
@@ -386,6 +402,30 @@ class VCenterMechanismDriver(api.MechanismDriver):
                            events.BEFORE_DELETE)
         registry.subscribe(self._after_sg_delete, resources.SECURITY_GROUP,
                            events.AFTER_DELETE)
+        registry.subscribe(self._on_segment_create, resources.SEGMENT,
+                           events.PRECOMMIT_CREATE)
+
+    def _on_segment_create(self, resource, event, trigger, payload=None):
+        """A new VLAN/flat segment is mapped to the compute hosts it
+        reaches in the same transaction, from memory (the heartbeat keeps
+        the mappings right afterwards)."""
+        from neutron.services.segments import db as segments_db
+        segment = payload.latest_state
+        as_dict = {"network_type": segment.network_type,
+                   "physical_network": segment.physical_network}
+        if not desired_mod.is_mapped(as_dict, self.settings.switch_mappings):
+            return
+        try:
+            hosts = self.filter_hosts_with_segment_access(
+                payload.context, [as_dict],
+                set(self.settings.compute_hosts), None)
+        except Exception:  # noqa: BLE001 - never fail the network create
+            LOG.exception("segment %s: compute hosts not mapped now; the "
+                          "maintenance worker will map them", segment.id)
+            return
+        if hosts:
+            segments_db.map_segment_to_hosts(payload.context, segment.id,
+                                             sorted(hosts))
 
     def _before_sg_delete(self, resource, event, trigger, payload=None):
         try:

@@ -70,6 +70,17 @@ def is_mapped(segment: Mapping[str, Any],
         segment.get("physical_network") in switch_mappings
 
 
+def segment_hosts(segments: Iterable[Mapping[str, Any]], topology: Topology
+                  ) -> dict[str, set[str]]:
+    """Neutron's segment-to-host mappings for our compute hosts: each
+    nova-compute host gets the segments (``id``, ``network_type``,
+    ``physical_network``) whose switch reaches a host of its cluster."""
+    segments = list(segments)
+    return {host: {seg["id"] for seg in segments
+                   if topology.target_reaching(seg, cluster) is not None}
+            for host, cluster in topology.compute_hosts.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class DesiredPortGroup:
     network_id: str
