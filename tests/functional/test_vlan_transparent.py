@@ -199,3 +199,27 @@ class BesideOpenvswitchTestCase(base.VCenterMl2TestCase):
         self.assertIn("Unrecognized attribute(s) 'vlan_transparent'",
                       self.deserialize(self.fmt, res)["NeutronError"]
                       ["message"])
+
+
+class OptionTestCase(base.VCenterMl2TestCase):
+    """Neutron 29's ``[DEFAULT] vlan_transparent`` (deprecated): unset, the
+    loaded mechanism drivers decide; ``false`` hides the extension."""
+
+    _mechanism_drivers = ["vcenter"]
+    option = {"test_unset_offers_it": None, "test_false_hides_it": "false"}
+
+    def ml2_vcenter_ini(self) -> str:
+        value = self.option[self._testMethodName]
+        return super().ml2_vcenter_ini() + (
+            f"[DEFAULT]\nvlan_transparent = {value}\n" if value else "")
+
+    def test_unset_offers_it(self):
+        self.assertIn("vlan-transparent",
+                      self.driver.supported_extension_aliases)
+        net = self.make_network("flat", "physnet1", vlan_transparent=True)
+        (pg,) = self.vsphere.dv_portgroups(self.dvs_name(net["id"]))
+        self.assertEqual(ALL, pg["trunk"])
+
+    def test_false_hides_it(self):
+        self.assertNotIn("vlan-transparent",
+                         self.driver.supported_extension_aliases)
