@@ -18,8 +18,8 @@ from typing import Any
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions
-from networking_vcenter.vsphere import ports as vsphere_ports
 from networking_vcenter.vsphere import inventory as inv_mod
+from networking_vcenter.vsphere import ports as vsphere_ports
 from networking_vcenter.vsphere.inventory import Inventory, PortSettings, \
     Security
 
@@ -290,8 +290,8 @@ def desired_for_network(net: NetworkSpec, topo: Topology,
                       "switch_mappings; segment ignored", net.id, physnet)
             continue
         if net.vlan_transparent and net_type != "flat":
-            # Refused at create (check_transparency); only a segment added
-            # later can be here.
+            # Refused at create (the driver's check_vlan_transparency);
+            # only a segment added later can be here.
             LOG.warning("network %s: %s segment on %s skipped: %s", net.id,
                         net_type, physnet, TRANSPARENT_VLAN)
             continue

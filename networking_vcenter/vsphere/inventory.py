@@ -55,8 +55,8 @@ def vlan_text(vlan: Vlan | None) -> str:
     if vlan is None:
         return "private VLAN or none"
     if isinstance(vlan, tuple):
-        return "trunk VLANs " + ",".join(
-            f"{a}-{b}" if a != b else str(a) for a, b in vlan)
+        return "trunk VLANs " + (",".join(
+            f"{a}-{b}" if a != b else str(a) for a, b in vlan) or "(none)")
     if vlan == VSWITCH_ALL:
         return "all VLANs (4095)"
     return f"VLAN {vlan}" if vlan else "untagged"
