@@ -15,6 +15,7 @@ from neutron_lib.api.definitions import provider_net as pnet
 from pyVmomi import vim
 
 from tests.functional import base
+from tests.functional import test_maintenance
 
 ALL = [(0, 4094)]
 
@@ -223,3 +224,34 @@ class OptionTestCase(base.VCenterMl2TestCase):
     def test_false_hides_it(self):
         self.assertNotIn("vlan-transparent",
                          self.driver.supported_extension_aliases)
+
+
+class WorkerTestCase(test_maintenance.MaintenanceTestCase):
+    """The maintenance worker, as Neutron runs it, repairs a trunk edited
+    by hand from the replica's events (no full pass)."""
+
+    _mechanism_drivers = ["vcenter"]
+
+    def ml2_vcenter_ini(self) -> str:
+        return super().ml2_vcenter_ini() + \
+            "[DEFAULT]\nvlan_transparent = true\n"
+
+    def test_trunk_edited_by_hand_repaired_within_seconds(self):
+        dvs_net = self.make_network("flat", "physnet1", vlan_transparent=True)
+        std_net = self.make_network("flat", "physnet2", vlan_transparent=True)
+        name = self.dvs_name(dvs_net["id"])
+        host = self.cluster_hosts()[0]
+
+        def trunk():
+            return [pg["trunk"] for pg in self.vsphere.dv_portgroups(name)]
+
+        # That the edits land is shown without a worker (above); here the
+        # worker may fix them before a read could see them.
+        self.vsphere.set_dv_portgroup_trunk(name, [(5, 10)])
+        self.within(test_maintenance.REPAIR, lambda: trunk() == [ALL],
+                    "trunk range edited by hand put back")
+        self.vsphere.set_host_portgroup_vlan(host, std_net["id"], 7)
+        self.within(test_maintenance.REPAIR,
+                    lambda: self.vsphere.host_portgroups(std_net["id"])
+                    [host] == ("vSwitch1", 4095),
+                    "VLAN 4095 put back on the host port group")
