@@ -100,7 +100,7 @@ def status_rows(result: Pass) -> list[dict[str, Any]]:
             "network": network_id, "port_group": name,
             "physical_network": d.physnet if d else "",
             "switch": d.switch if d else switch,
-            "vlan": plan_mod.vlan_text(d.vlan) if d else "",
+            "vlan": plan_mod.vlan_text(d.switch_vlan) if d else "",
             "state": state, "detail": []})
         if detail:
             r["detail"].append(detail)

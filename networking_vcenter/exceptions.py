@@ -34,6 +34,7 @@ for messages only.
 from __future__ import annotations
 
 from neutron_lib import exceptions as n_exc
+from neutron_lib.exceptions import vlantransparent as vlan_exc
 
 
 class VCenterError(Exception):
@@ -139,3 +140,11 @@ class PortGroupConflict(n_exc.Conflict):
     """What an API user sees when vCenter cannot hold the network."""
 
     message = "%(reason)s"
+
+
+class VlanTransparencyRefused(vlan_exc.VlanTransparencyDriverError):
+    """What an API user sees for a VLAN-transparent network vSphere cannot
+    carry: ML2's own error (400), saying why."""
+
+    message = ("VLAN-transparent network %(network)s is refused by the "
+               "vcenter mechanism driver: %(reason)s")

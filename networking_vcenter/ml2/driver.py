@@ -530,12 +530,23 @@ class VCenterMechanismDriver(api.MechanismDriver):
                          port_id, status, "connected to" if status ==
                          n_const.PORT_STATUS_ACTIVE else "not on")
 
-    def check_vlan_transparency(self, context: api.NetworkContext) -> bool:
-        """Transparent networks are not supported on mapped physical
-        networks yet; elsewhere other drivers decide."""
-        return not any(desired_mod.is_mapped(seg,
-                                             self.settings.switch_mappings)
-                       for seg in context.network_segments or [])
+    def check_vlan_transparency(self, context: api.NetworkContext
+                                ) -> bool | None:
+        """Per segment: a flat segment on a mapped physical network can be
+        transparent (a trunk port group); a mapped VLAN segment cannot (no
+        QinQ), and is refused here with the reason -- ML2 calls this before
+        any driver's precommit, and its own error for a False says only
+        "Backend does not support VLAN Transparency".  No mapped segment:
+        no opinion, other drivers decide."""
+        mappings = self.settings.switch_mappings
+        segments = list(context.network_segments or [])
+        if not any(desired_mod.is_mapped(s, mappings) for s in segments):
+            return None
+        problems = desired_mod.transparency_problems(segments, mappings)
+        if problems:
+            raise exceptions.VlanTransparencyRefused(
+                network=context.current["id"], reason="; ".join(problems))
+        return True
 
     # -- host filtering (ML2's and the DHCP scheduler's) ------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions
+from networking_vcenter.vsphere import inventory as inv_mod
 from networking_vcenter.vsphere import ports as vsphere_ports
 from networking_vcenter.vsphere.inventory import Inventory, PortSettings, \
     Security
@@ -88,15 +89,26 @@ class DesiredPortGroup:
     kind: str
     switch: str
     name: str
-    vlan: int                      # 0: untagged (flat)
+    vlan: int                      # the segment's; 0: untagged (flat)
     host_moids: frozenset[str] = frozenset()   # VSWITCH only
     # VSWITCH only: the port group's own security policy (see
     # std_security); None leaves whatever it has.
     security: Security | None = None
+    # A VLAN-transparent (flat) network: the guests tag, every VLAN passes.
+    transparent: bool = False
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.kind, self.switch, self.name)
+
+    @property
+    def switch_vlan(self) -> inv_mod.Vlan:
+        """The VLAN setting the port group holds: the segment's VLAN, or
+        for a transparent network a trunk of VLANs 0-4094 on a distributed
+        switch and VLAN 4095 on a standard vSwitch."""
+        if not self.transparent:
+            return self.vlan
+        return inv_mod.TRUNK_ALL if self.kind == DVS else inv_mod.VSWITCH_ALL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +118,7 @@ class NetworkSpec:
     id: str
     segments: tuple[Mapping[str, Any], ...]
     changed_at: float | None = None    # epoch seconds of Neutron's updated_at
+    vlan_transparent: bool = False     # set at create, never changed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,6 +300,12 @@ def desired_for_network(net: NetworkSpec, topo: Topology,
             LOG.debug("network %s: physical network %s is not in "
                       "switch_mappings; segment ignored", net.id, physnet)
             continue
+        if net.vlan_transparent and net_type != "flat":
+            # Refused at create (the driver's check_vlan_transparency);
+            # only a segment added later can be here.
+            LOG.warning("network %s: %s segment on %s skipped: %s", net.id,
+                        net_type, physnet, TRANSPARENT_VLAN)
+            continue
         vlan = int(seg.get("segmentation_id") or 0) if net_type == "vlan" \
             else 0
         if target.kind == DVS:
@@ -305,7 +324,8 @@ def desired_for_network(net: NetworkSpec, topo: Topology,
         pg = DesiredPortGroup(net.id, physnet, target.kind, target.switch,
                               name, vlan, hosts,
                               (std_security or {}).get(net.id)
-                              if target.kind == VSWITCH else None)
+                              if target.kind == VSWITCH else None,
+                              transparent=net.vlan_transparent)
         if pg.key in seen:
             LOG.warning("network %s: segment on %s skipped: port group %s on "
                         "%s is already made for another of its segments",
@@ -314,6 +334,26 @@ def desired_for_network(net: NetworkSpec, topo: Topology,
         seen.add(pg.key)
         result.append(pg)
     return result
+
+
+TRANSPARENT_VLAN = (
+    "a VLAN-transparent network must be flat on a physical network mapped "
+    "to a vSphere switch: vSphere cannot carry a guest's VLAN tags inside "
+    "another VLAN (no QinQ); a flat transparent network becomes a trunk "
+    "port group of VLANs 0-4094 (VLAN 4095 on a standard vSwitch)")
+
+
+def transparency_problems(segments: Iterable[Mapping[str, Any]],
+                          switch_mappings: Mapping[str, str]) -> list[str]:
+    """Why the mapped segments of a network cannot be VLAN-transparent
+    (each mapped segment that is not flat); [] when they can."""
+    return [f"its {seg.get('network_type')} segment "
+            f"{seg.get('segmentation_id')} on physical network "
+            f"{seg.get('physical_network')} (mapped to "
+            f"{switch_mappings[seg.get('physical_network')]}) cannot be: "
+            f"{TRANSPARENT_VLAN}"
+            for seg in segments if is_mapped(seg, switch_mappings)
+            and seg.get("network_type") != "flat"]
 
 
 def name_problems(pgs: Iterable[DesiredPortGroup]) -> list[str]:
@@ -368,7 +408,8 @@ def network_from_neutron(network: Mapping[str, Any],
     return NetworkSpec(id=network["id"], segments=tuple(
         {k: s.get(k) for k in ("network_type", "physical_network",
                                "segmentation_id")} for s in segments),
-        changed_at=_epoch(network.get("updated_at")))
+        changed_at=_epoch(network.get("updated_at")),
+        vlan_transparent=bool(network.get("vlan_transparent")))
 
 
 def _epoch(stamp: Any) -> float | None:

@@ -46,7 +46,7 @@ class Step:
 @dataclasses.dataclass(frozen=True)
 class CreateDvsPortGroup(Step):
     switch: str
-    vlan: int
+    vlan: inv_mod.Vlan
     physnet: str
     verb = "create"
 
@@ -59,8 +59,8 @@ class CreateDvsPortGroup(Step):
 class UpdateDvsPortGroup(Step):
     switch: str
     moid: str
-    vlan: int
-    old_vlan: int | None
+    vlan: inv_mod.Vlan
+    old_vlan: inv_mod.Vlan | None
     physnet: str
     verb = "retag"
 
@@ -191,10 +191,7 @@ class Plan:
                     [d for d in self.in_sync if d.network_id == network_id])
 
 
-def vlan_text(vlan: int | None) -> str:
-    if vlan is None:
-        return "trunk/other"
-    return f"VLAN {vlan}" if vlan else "untagged"
+vlan_text = inv_mod.vlan_text
 
 
 def _owned_std(name: str, net: inv_mod.StdNetwork | None, inv: Inventory,
@@ -234,7 +231,8 @@ def _unmarked_but_ours(d: DesiredPortGroup, inv: Inventory) -> bool:
     copies = [h.portgroups[d.name] for h in inv.hosts.values()
               if d.name in h.portgroups]
     return UUID_RE.match(d.name) is not None and all(
-        pg.vswitch == d.switch and pg.vlan == d.vlan for pg in copies)
+        pg.vswitch == d.switch and pg.vlan == d.switch_vlan
+        for pg in copies)
 
 
 def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
@@ -285,7 +283,8 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
                         f"{clash[0]} not made by networking-vcenter"))
                     continue
                 result.steps.append(CreateDvsPortGroup(
-                    d.network_id, d.name, d.switch, d.vlan, d.physnet))
+                    d.network_id, d.name, d.switch, d.switch_vlan,
+                    d.physnet))
             elif have.owner != d.network_id:
                 who = _made_by(have.mark)
                 result.conflicts.append(Conflict(
@@ -293,13 +292,13 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
                     f"port group {d.name} ({have.moid}) on {d.switch}, "
                     f"wanted for network {d.network_id}, {who}; it is left "
                     f"untouched"))
-            elif have.vlan != d.vlan:
+            elif have.vlan != d.switch_vlan:
                 result.steps.append(UpdateDvsPortGroup(
-                    d.network_id, d.name, d.switch, have.moid, d.vlan,
+                    d.network_id, d.name, d.switch, have.moid, d.switch_vlan,
                     have.vlan, d.physnet))
             elif not getattr(have, "ports_ready", True):
                 result.steps.append(ConvertDvsPortGroup(
-                    d.network_id, d.name, d.switch, have.moid, d.vlan,
+                    d.network_id, d.name, d.switch, have.moid, d.switch_vlan,
                     have.vlan, d.physnet))
             else:
                 result.in_sync.append(d)
@@ -336,25 +335,25 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
             have_pg = host.portgroups.get(d.name)
             if have_pg is None:
                 result.steps.append(AddHostPortGroup(
-                    d.network_id, d.name, moid, host.name, d.switch, d.vlan,
-                    d.security))
+                    d.network_id, d.name, moid, host.name, d.switch,
+                    d.switch_vlan, d.security))
                 added = True
             elif have_pg.vswitch != d.switch:
                 # A port group cannot move between vSwitches: re-create it.
                 result.steps.append(RemoveHostPortGroup(
                     d.network_id, d.name, moid, host.name, 0))
                 result.steps.append(AddHostPortGroup(
-                    d.network_id, d.name, moid, host.name, d.switch, d.vlan,
-                    d.security))
+                    d.network_id, d.name, moid, host.name, d.switch,
+                    d.switch_vlan, d.security))
                 added = True
-            elif have_pg.vlan != d.vlan or (
+            elif have_pg.vlan != d.switch_vlan or (
                     d.security is not None and
                     have_pg.security != d.security):
                 security = d.security if d.security is not None \
                     else have_pg.security
                 result.steps.append(UpdateHostPortGroup(
-                    d.network_id, d.name, moid, host.name, d.switch, d.vlan,
-                    have_pg.vlan, security, have_pg.security))
+                    d.network_id, d.name, moid, host.name, d.switch,
+                    d.switch_vlan, have_pg.vlan, security, have_pg.security))
                 drift = True
         unmarked = inv.custom_fields and (
             net.owner != d.network_id if net is not None else added)

@@ -42,9 +42,29 @@ class Mark:
     network_id: str
 
 
+# A port group's VLAN setting: a VLAN ID (0: untagged; on a standard
+# vSwitch 4095: every VLAN, the guest tags), or a distributed port group's
+# trunk as inclusive (first, last) ranges.
+Vlan = int | tuple[tuple[int, int], ...]
+TRUNK_ALL: Vlan = ((0, 4094),)      # a DVS trunk of every VLAN
+VSWITCH_ALL = 4095                  # a standard port group of every VLAN
+
+
+def vlan_text(vlan: Vlan | None) -> str:
+    """A VLAN setting as an operator reads it."""
+    if vlan is None:
+        return "private VLAN or none"
+    if isinstance(vlan, tuple):
+        return "trunk VLANs " + (",".join(
+            f"{a}-{b}" if a != b else str(a) for a, b in vlan) or "(none)")
+    if vlan == VSWITCH_ALL:
+        return "all VLANs (4095)"
+    return f"VLAN {vlan}" if vlan else "untagged"
+
+
 def owner_description(deployment: str, network_id: str, physnet: str,
-                      vlan: int) -> str:
-    tag = f"VLAN {vlan}" if vlan else "untagged"
+                      vlan: Vlan) -> str:
+    tag = vlan_text(vlan)
     return (f"{OWNER_TAG} managed by {deployment}: Neutron network "
             f"{network_id} (physical network {physnet}, {tag}). Changes are "
             f"reverted.")
@@ -87,7 +107,7 @@ class DvsPortGroup:
     name: str
     key: str
     dvs_moid: str
-    vlan: int | None        # None: a trunk or private VLAN, never ours
+    vlan: Vlan | None       # None: a private VLAN (or none), never ours
     description: str
     owner: str | None       # the network id, when marked by us
     vm_count: int
@@ -270,11 +290,29 @@ def find_children(session: Session, folders: list[Any], names: set[str],
     return found
 
 
-def _vlan_of(spec: Any) -> int | None:
+def _vlan_of(spec: Any) -> Vlan | None:
+    """A distributed port group's VLAN (``defaultPortConfig.vlan``): its ID,
+    or its trunk's ranges merged and sorted; None for a private VLAN."""
     vlan = getattr(spec, "vlan", None)
-    if isinstance(vlan, vim.dvs.VmwareDistributedVirtualSwitch.VlanIdSpec):
+    dvs = vim.dvs.VmwareDistributedVirtualSwitch
+    if isinstance(vlan, dvs.VlanIdSpec):
         return int(vlan.vlanId)
+    if isinstance(vlan, dvs.TrunkVlanSpec):
+        return merge_ranges((int(r.start), int(r.end))
+                            for r in vlan.vlanId or [])
     return None
+
+
+def merge_ranges(ranges: Any) -> tuple[tuple[int, int], ...]:
+    """Inclusive ranges, sorted, with overlapping and adjacent ones joined:
+    one trunk has one form however it was written."""
+    out: list[list[int]] = []
+    for first, last in sorted(ranges):
+        if out and first <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], last)
+        else:
+            out.append([first, last])
+    return tuple((a, b) for a, b in out)
 
 
 def owner_field_key(session: Session) -> int | None:

@@ -31,7 +31,7 @@ LOG = logging.getLogger(__name__)
 VmwareDVS = vim.dvs.VmwareDistributedVirtualSwitch
 
 
-def dvs_port_group_spec(name: str, vlan: int, description: str,
+def dvs_port_group_spec(name: str, vlan: inventory.Vlan, description: str,
                         config_version: str | None = None,
                         num_ports: int | None = None
                         ) -> vim.dvs.DistributedVirtualPortgroup.ConfigSpec:
@@ -78,8 +78,17 @@ def port_group_policy() -> VmwareDVS.VMwarePortgroupPolicy:
         macManagementOverrideAllowed=True)
 
 
-def default_port_config(vlan: int) -> VmwareDVS.VmwarePortConfigPolicy:
-    """The group's port defaults: its VLAN, not blocked, Neutron's port
+def vlan_spec(vlan: inventory.Vlan) -> VmwareDVS.VlanSpec:
+    """A distributed port group's VLAN: an ID, or a trunk of ranges."""
+    if isinstance(vlan, tuple):
+        return VmwareDVS.TrunkVlanSpec(inherited=False, vlanId=[
+            vim.NumericRange(start=a, end=b) for a, b in vlan])
+    return VmwareDVS.VlanIdSpec(vlanId=vlan, inherited=False)
+
+
+def default_port_config(vlan: inventory.Vlan
+                        ) -> VmwareDVS.VmwarePortConfigPolicy:
+    """The group's port defaults: its VLAN (or trunk), not blocked, Neutron's port
     security (promiscuous mode, MAC changes and forged transmits rejected;
     a port opens them itself), no shaping.  The traffic filter is left to
     the switch (none): ports carry their own."""
@@ -87,7 +96,7 @@ def default_port_config(vlan: int) -> VmwareDVS.VmwarePortConfigPolicy:
     no_limit = vim.dvs.DistributedVirtualPort.TrafficShapingPolicy(
         inherited=False, enabled=vim.BoolPolicy(inherited=False, value=False))
     return VmwareDVS.VmwarePortConfigPolicy(
-        vlan=VmwareDVS.VlanIdSpec(vlanId=vlan, inherited=False),
+        vlan=vlan_spec(vlan),
         blocked=vim.BoolPolicy(inherited=False, value=False),
         securityPolicy=VmwareDVS.SecurityPolicy(
             inherited=False, allowPromiscuous=reject, macChanges=reject,
@@ -189,7 +198,7 @@ def add_host_port_group(session: Session, network_system: Any, host: str,
     problems = []
     if (have.vswitch, have.vlan) != (vswitch, vlan):
         problems.append(f"it is on {have.vswitch} with "
-                        f"{_vlan_text(have.vlan)}")
+                        f"{inventory.vlan_text(have.vlan)}")
     mark = None
     if owner is not None:
         if name != owner.mark.network_id:
@@ -206,8 +215,8 @@ def add_host_port_group(session: Session, network_system: Any, host: str,
             what, f"standard port group {name} appeared on {host} before "
                   f"it was written (AlreadyExists) and is not the one "
                   f"networking-vcenter would make{wanted} ({vswitch}, "
-                  f"{_vlan_text(vlan)}): {'; '.join(problems)}. It is left "
-                  f"untouched")
+                  f"{inventory.vlan_text(vlan)}): {'; '.join(problems)}. "
+                  f"It is left untouched")
     LOG.debug("%s: already there as wanted (%s)", what,
               "marked by us" if mark else "unmarked")
     return False
@@ -253,15 +262,12 @@ def _mark_of(custom_values: Any, field_key: int) -> inventory.Mark | None:
     return None
 
 
-def _vlan_text(vlan: int) -> str:
-    return f"VLAN {vlan}" if vlan else "untagged"
-
-
 def update_host_port_group(session: Session, network_system: Any, host: str,
                            name: str, vswitch: str, vlan: int,
                            security: inventory.Security | None = None
                            ) -> None:
-    what = f"set VLAN {vlan} on port group {name} of {host}/{vswitch}"
+    what = (f"set {inventory.vlan_text(vlan)} on port group {name} of "
+            f"{host}/{vswitch}")
     session.host_write(what, network_system.UpdatePortGroup, name,
                        host_port_group_spec(name, vswitch, vlan, security))
 

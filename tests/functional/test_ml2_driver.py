@@ -321,17 +321,3 @@ class TestGoodNeighbour(base.VCenterMl2TestCase):
             unmapped = self.make_network("vlan", "physnet3", 132)
             self.delete_network(unmapped["id"])
         self.assertEqual([], calls)
-
-    def test_vlan_transparent_network_refused_on_mapped_physnet(self):
-        driver = self.vcenter_driver
-
-        class Ctx:
-            def __init__(self, segments):
-                self.network_segments = segments
-
-        self.assertFalse(driver.check_vlan_transparency(Ctx([{
-            "network_type": "flat", "physical_network": "physnet1"}])))
-        self.assertTrue(driver.check_vlan_transparency(Ctx([{
-            "network_type": "vxlan", "physical_network": None}])))
-        self.assertTrue(driver.check_vlan_transparency(Ctx([{
-            "network_type": "vlan", "physical_network": "physnet3"}])))
