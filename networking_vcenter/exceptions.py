@@ -139,3 +139,8 @@ class PortGroupConflict(n_exc.Conflict):
     """What an API user sees when vCenter cannot hold the network."""
 
     message = "%(reason)s"
+
+
+class MtuTooLarge(n_exc.InvalidInput):
+    """What an API user sees when a network's MTU is above a switch's (400,
+    as Neutron's own "Requested MTU is too big")."""

@@ -50,7 +50,7 @@ def networks(ids: set[str] | None = None) -> list[desired.NetworkSpec]:
     network, segment, attrs = _models()
     ctx, reader = _reader()
     with reader:
-        q = ctx.session.query(network.id, attrs.updated_at).join(
+        q = ctx.session.query(network.id, attrs.updated_at, network.mtu).join(
             attrs, network.standard_attr_id == attrs.id)
         sq = ctx.session.query(segment.network_id, segment.network_type,
                                segment.physical_network,
@@ -65,9 +65,9 @@ def networks(ids: set[str] | None = None) -> list[desired.NetworkSpec]:
             segs[net_id].append({"network_type": net_type,
                                  "physical_network": physnet,
                                  "segmentation_id": seg_id})
-    return [desired.network_from_neutron({"id": net_id, "updated_at": at},
-                                         segs.get(net_id, []))
-            for net_id, at in rows]
+    return [desired.network_from_neutron(
+        {"id": net_id, "updated_at": at, "mtu": mtu}, segs.get(net_id, []))
+        for net_id, at, mtu in rows]
 
 
 def change_token() -> tuple:

@@ -45,6 +45,7 @@ from networking_vcenter import exceptions
 from networking_vcenter import neutron_db
 from networking_vcenter import qos
 from networking_vcenter.reconcile import desired as desired_mod
+from networking_vcenter.reconcile import mtu as mtu_mod
 from networking_vcenter.reconcile import worker as worker_mod
 from networking_vcenter.reconcile.reconciler import Pass, Reconciler
 
@@ -122,6 +123,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
                     f"{t.physnet} -> {t.kind} {t.switch}"
                     for t in topology.targets.values()),
                     self.reconciler.locks.backend_url.split("@")[-1])
+                self._warn_mtu(topology)
         except exceptions.ConnectionFailed as exc:
             if not self.settings.start_without_vcenter:
                 LOG.critical("vcenter mechanism driver cannot start: %s "
@@ -138,6 +140,19 @@ class VCenterMechanismDriver(api.MechanismDriver):
             LOG.critical("vcenter mechanism driver cannot start: %s", exc)
             self._close(self._pid)      # no watch or session left behind
             raise
+
+    def _warn_mtu(self, topology: desired_mod.Topology) -> None:
+        """One warning per mapped physical network whose largest Neutron
+        MTU is above a switch's."""
+        try:
+            options = mtu_mod.neutron_options(cfg.CONF)
+        except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+            return
+        for found in mtu_mod.mismatches(topology,
+                                        self.reconciler.inventory(),
+                                        *options,
+                                        self.settings.raise_switch_mtu):
+            LOG.warning("vcenter: %s", found.describe())
 
     def _here(self) -> Reconciler:
         """The reconciler of this process: a forked worker process makes
@@ -220,6 +235,44 @@ class VCenterMechanismDriver(api.MechanismDriver):
         return bound
 
     # -- networks ------------------------------------------------------------
+
+    def create_network_precommit(self, context: api.NetworkContext) -> None:
+        self._check_mtu(context)
+
+    def update_network_precommit(self, context: api.NetworkContext) -> None:
+        before = (getattr(context, "original", None) or {}).get("mtu")
+        if not before or (context.current.get("mtu") or 0) > before:
+            self._check_mtu(context)
+
+    def _check_mtu(self, context: api.NetworkContext) -> None:
+        """Refuse a network whose MTU (as ML2 computed or was asked for,
+        before it is committed) is above a switch its mapped segments reach
+        -- a distributed switch's maxMtu, the vSwitch's mtu on each host --
+        unless a distributed switch may be raised.  From the replica only:
+        before vCenter is read the network is accepted, and the maintenance
+        worker's full pass warns about it."""
+        mtu = context.current.get("mtu")
+        segments = list(context.network_segments or [])
+        if not mtu or not any(desired_mod.is_mapped(
+                seg, self.settings.switch_mappings) for seg in segments):
+            return
+        rec = self._here()
+        if rec.replica is None or not rec.replica.synced:
+            LOG.warning("network %s: MTU %s not checked against the "
+                        "switches: vCenter is not read yet",
+                        context.current["id"], mtu)
+            return
+        try:
+            inv = rec.replica.snapshot()
+            small = mtu_mod.too_small(mtu, segments, rec.topology(inv), inv,
+                                      self.settings.raise_switch_mtu)
+        except exceptions.VCenterError as exc:
+            LOG.warning("network %s: MTU %s not checked against the "
+                        "switches: %s", context.current["id"], mtu, exc)
+            return
+        if small:
+            raise exceptions.MtuTooLarge(error_message=mtu_mod.refusal(
+                context.current["id"], mtu, small))
 
     def create_network_postcommit(self, context: api.NetworkContext) -> None:
         self._sync(context, refuse=True)

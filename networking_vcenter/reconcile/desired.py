@@ -95,6 +95,7 @@ class NetworkSpec:
     id: str
     segments: tuple[Mapping[str, Any], ...]
     changed_at: float | None = None    # epoch seconds of Neutron's updated_at
+    mtu: int | None = None             # the network's MTU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,7 +358,8 @@ def network_from_neutron(network: Mapping[str, Any],
     return NetworkSpec(id=network["id"], segments=tuple(
         {k: s.get(k) for k in ("network_type", "physical_network",
                                "segmentation_id")} for s in segments),
-        changed_at=_epoch(network.get("updated_at")))
+        changed_at=_epoch(network.get("updated_at")),
+        mtu=network.get("mtu"))
 
 
 def _epoch(stamp: Any) -> float | None:
