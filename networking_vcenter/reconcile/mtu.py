@@ -42,11 +42,22 @@ class SwitchMtu:
     host: str | None = None    # VSWITCH: the host's name
     moid: str | None = None    # DVS: the switch's moid
 
-    def describe(self) -> str:
-        if self.kind == desired_mod.DVS:
-            return f"distributed switch {self.switch} (maxMtu {self.mtu})"
-        return (f"standard vSwitch {self.switch} on host {self.host} "
-                f"(mtu {self.mtu})")
+
+def describe_all(switches: Iterable[SwitchMtu]) -> str:
+    """Switch MTUs in words, a vSwitch's hosts of one MTU together."""
+    groups: dict[tuple[str, str, int | None], list[str]] = {}
+    for s in switches:
+        groups.setdefault((s.kind, s.switch, s.mtu), []).append(
+            s.host or "?")
+    parts = []
+    for (kind, switch, mtu), hosts in groups.items():
+        if kind == desired_mod.DVS:
+            parts.append(f"distributed switch {switch} (maxMtu {mtu})")
+        else:
+            parts.append(f"standard vSwitch {switch} on "
+                         f"host{'s' if len(hosts) > 1 else ''} "
+                         f"{', '.join(hosts)} (mtu {mtu})")
+    return "; ".join(parts)
 
 
 def switch_mtus(target: desired_mod.Target,
@@ -93,9 +104,8 @@ def problem(network_id: str, mtu: int, small: list[SwitchMtu]) -> str:
     """What is wrong with a network whose MTU its switches cannot carry."""
     physnets = sorted({s.physnet for s in small})
     return (f"network {network_id}: its MTU {mtu} is above the MTU of "
-            + "; ".join(s.describe() for s in small)
-            + f" (physical network {', '.join(physnets)}): vSphere would "
-            f"drop its larger frames")
+            f"{describe_all(small)} (physical network "
+            f"{', '.join(physnets)}): vSphere would drop its larger frames")
 
 
 def refusal(network_id: str, mtu: int, small: list[SwitchMtu]) -> str:
@@ -145,10 +155,8 @@ class Mismatch:
                         f"{self.physnet_mtu}")
         return (f"physical network {self.physnet}: Neutron gives its "
                 f"networks an MTU of up to {self.neutron_mtu} ({options}), "
-                f"above the MTU of "
-                + "; ".join(s.describe() for s in self.switches)
-                + ": networks created there without a smaller --mtu are "
-                "refused")
+                f"above the MTU of {describe_all(self.switches)}: networks "
+                f"created there without a smaller --mtu are refused")
 
 
 def mismatches(topo: desired_mod.Topology, inv: Inventory,

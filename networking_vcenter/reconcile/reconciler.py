@@ -475,7 +475,7 @@ class Reconciler:
             small = mtu_mod.too_small(net.mtu, net.segments, topo, inv,
                                       self.settings.raise_switch_mtu)
             key = ("mtu:" + net.id,
-                   (str(net.mtu),) + tuple(s.describe() for s in small))
+                   (str(net.mtu), mtu_mod.describe_all(small)))
             if not small or key in self._warned:
                 continue
             self._warned.add(key)

@@ -85,6 +85,12 @@ def test_multi_segment_network_names_every_switch_too_small():
                                seg("vlan", "physnet2", 6)], topo, inv)
     assert [(s.switch, s.host) for s in small] == [
         ("DVS0", None), ("vSwitch1", "HOST-1"), ("vSwitch1", "HOST-2")]
+    # Hosts of one vSwitch MTU are named together.
+    assert M.describe_all(small) == (
+        "distributed switch DVS0 (maxMtu 1500); standard vSwitch vSwitch1 "
+        "on hosts HOST-1, HOST-2 (mtu 1500)")
+    assert "physical network physnet1, physnet2" in \
+        M.problem(NET_A, 9000, small)
 
 
 def test_plan_raises_each_switch_once_to_the_largest_mtu():
