@@ -467,7 +467,8 @@ def check_vcenter(rec: Reconciler, settings: conf.Settings,
             [t.switch for t in topo.targets.values()
              if t.kind == desired_mod.DVS],
             [h for t in topo.targets.values()
-             if t.kind == desired_mod.VSWITCH for h in t.host_moids])
+             if t.kind == desired_mod.VSWITCH for h in t.host_moids],
+            raise_mtu=settings.raise_switch_mtu)
         lacking = privileges.missing(privileges.query(session, wanted),
                                      wanted)
         record("privileges", not lacking,

@@ -224,6 +224,11 @@ class RaiseSwitchMtuTestCase(base.VCenterMl2TestCase):
         self.assertEqual(1600, self.vsphere.dvs_max_mtu("DVS0"))
         (pg,) = self.vsphere.dv_portgroups(self.dvs_name(net["id"]))
         self.assertEqual(641, pg["vlan"])
+        # An update to a larger MTU raises it too.
+        req = self.new_update_request("networks", {"network": {
+            "mtu": 2000}}, net["id"], as_admin=True)
+        self.assertEqual(200, req.get_response(self.api).status_int)
+        self.assertEqual(2000, self.vsphere.dvs_max_mtu("DVS0"))
         net2 = self.make_network("vlan", "physnet1", 642)   # 9000
         self.assertEqual(9000, self.vsphere.dvs_max_mtu("DVS0"))
         # A smaller network never lowers it.

@@ -160,3 +160,14 @@ def test_type_driver_mtu_is_what_neutron_computes(neutron_conf, global_mtu,
     for driver in (type_vlan.VlanTypeDriver(), type_flat.FlatTypeDriver()):
         assert M.type_driver_mtu("physnet1", *options) == \
             driver.get_mtu("physnet1")
+
+
+def test_raising_needs_the_switch_modify_privilege():
+    from networking_vcenter.vsphere import privileges
+    inv = inventory()
+    plain = {n.label: n.privileges for n in privileges.needs(
+        inv, None, ["DVS0"], [])}
+    raising = {n.label: n.privileges for n in privileges.needs(
+        inv, None, ["DVS0"], [], raise_mtu=True)}
+    assert "DVSwitch.Modify" not in plain["distributed switch DVS0"]
+    assert "DVSwitch.Modify" in raising["distributed switch DVS0"]
