@@ -250,3 +250,38 @@ class RaiseSwitchMtuTestCase(base.VCenterMl2TestCase):
                           "message"])
         self.assertEqual({1500}, set(
             self.vsphere.vswitch_mtus("vSwitch1").values()))
+
+
+class MtuBeforeVcenterIsReadTestCase(base.ProxiedMixin,
+                                     base.VCenterMl2TestCase):
+    """Started while vCenter is unreachable: the MTU cannot be checked, the
+    network is accepted, and the maintenance worker's pass warns."""
+
+    extra_ml2_vcenter = {"api_call_budget": 3, "api_retry_count": 2,
+                         "api_timeout": 2, "resync_grace_period": 0,
+                         "start_without_vcenter": "true"}
+
+    def ml2_vcenter_ini(self) -> str:
+        return super().ml2_vcenter_ini() + \
+            "[DEFAULT]\nglobal_physnet_mtu = 9000\n"
+
+    def setUp(self):
+        self.proxy.mode = "reset"
+        super().setUp()
+
+    def test_accepted_then_warned_by_the_full_pass(self):
+        rec = self.vcenter_driver.reconciler
+        self.assertFalse(rec.replica.synced)
+        net = self.make_network("vlan", "physnet1", 651)
+        self.assertEqual(9000, net["mtu"])
+        self.proxy.mode = "pass"
+        self.assertTrue(rec.replica.wait_until(lambda inv: True, 30))
+        with self.assertLogs("networking_vcenter", "WARNING") as logs:
+            self.resync()
+        self.assertTrue(any(
+            net["id"] in line and "MTU 9000" in line and
+            "distributed switch DVS0 (maxMtu 1500)" in line
+            for line in logs.output), logs.output)
+        # The port group is made all the same: the network exists.
+        self.assertEqual(1, len(self.vsphere.dv_portgroups(
+            self.dvs_name(net["id"]))))
