@@ -240,11 +240,23 @@ class VCenterMechanismDriver(api.MechanismDriver):
         self._check_mtu(context)
 
     def update_network_precommit(self, context: api.NetworkContext) -> None:
-        before = (getattr(context, "original", None) or {}).get("mtu")
+        """Checked when the MTU rises (net-mtu-writable), and for segments
+        added (the segments service plugin calls this with the network
+        before and after)."""
+        original = getattr(context, "original", None) or {}
+        before = original.get("mtu")
         if not before or (context.current.get("mtu") or 0) > before:
             self._check_mtu(context)
+        elif original.get("id"):
+            old = desired_mod.network_from_neutron(original).segments
+            added = [s for s in desired_mod.network_from_neutron(
+                context.current, context.network_segments).segments
+                if s not in old]
+            if added:
+                self._check_mtu(context, added)
 
-    def _check_mtu(self, context: api.NetworkContext) -> None:
+    def _check_mtu(self, context: api.NetworkContext,
+                   segments: list | None = None) -> None:
         """Refuse a network whose MTU (as ML2 computed or was asked for,
         before it is committed) is above a switch its mapped segments reach
         -- a distributed switch's maxMtu, the vSwitch's mtu on each host --
@@ -252,7 +264,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
         before vCenter is read the network is accepted, and the maintenance
         worker's full pass warns about it."""
         mtu = context.current.get("mtu")
-        segments = list(context.network_segments or [])
+        if segments is None:
+            segments = list(context.network_segments or [])
         if not mtu or not any(desired_mod.is_mapped(
                 seg, self.settings.switch_mappings) for seg in segments):
             return

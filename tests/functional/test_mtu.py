@@ -285,3 +285,40 @@ class MtuBeforeVcenterIsReadTestCase(base.ProxiedMixin,
         # The port group is made all the same: the network exists.
         self.assertEqual(1, len(self.vsphere.dv_portgroups(
             self.dvs_name(net["id"]))))
+
+
+class MtuSegmentsTestCase(base.VCenterMl2TestCase):
+    """With the segments service plugin, a segment added to a network is
+    checked against its switch (ML2 calls update_network_precommit)."""
+
+    def get_additional_service_plugins(self):
+        return {"segments": "neutron.services.segments.plugin.Plugin"}
+
+    def ml2_vcenter_ini(self) -> str:
+        return super().ml2_vcenter_ini() + \
+            "[DEFAULT]\nglobal_physnet_mtu = 9000\n"
+
+    def add_segment(self, net_id, physnet, vlan):
+        req = self.new_create_request("segments", {"segment": {
+            "network_id": net_id, "network_type": "vlan",
+            "physical_network": physnet, "segmentation_id": vlan}},
+            as_admin=True)
+        res = req.get_response(self.api)
+        return res.status_int, self.deserialize(self.fmt, res)
+
+    def test_segment_on_a_smaller_switch_refused(self):
+        net = self.make_network("vlan", "physnet3", 661)     # unmapped
+        self.assertEqual(9000, net["mtu"])
+        status, body = self.add_segment(net["id"], "physnet1", 662)
+        self.assertEqual(400, status, body)
+        text = body["NeutronError"]["message"]
+        self.assertIn("MTU 9000", text)
+        self.assertIn("distributed switch DVS0 (maxMtu 1500)", text)
+        self.assertEqual([], self.vsphere.dv_portgroups(
+            self.dvs_name(net["id"])))
+        # A network whose MTU fits gets the segment and its port group.
+        fits = self.make_network("vlan", "physnet3", 663, mtu=1500)
+        status, body = self.add_segment(fits["id"], "physnet1", 664)
+        self.assertEqual(201, status, body)
+        (pg,) = self.vsphere.dv_portgroups(self.dvs_name(fits["id"]))
+        self.assertEqual(664, pg["vlan"])
