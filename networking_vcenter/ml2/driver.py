@@ -12,8 +12,11 @@ which reads N afresh from Neutron and vCenter from the live replica;
   maintenance worker (:mod:`~networking_vcenter.reconcile.worker`);
 * a network whose port group vCenter *refuses* (a name taken by a port group
   we did not create, a name too long) is refused at create with 409 and a
-  message naming both sides; ML2 then deletes the network.  Updates are never
-  refused: ML2 cannot roll them back;
+  message naming both sides; ML2 then deletes the network.  Updates are not
+  refused for that: ML2 cannot roll back a postcommit;
+* a network whose MTU is above a switch it reaches is refused (400) at
+  create, at an update raising the MTU and at a segment added, in precommit,
+  from the replica (:mod:`~networking_vcenter.reconcile.mtu`);
 * binding a port whose port group cannot be had in time leaves the port
   unbound (``binding_failed``), with the reason in the log;
 * a network with no VLAN/flat segment on a mapped physical network (and no
