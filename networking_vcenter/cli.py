@@ -171,7 +171,7 @@ def _mtu_text(switches: list[mtu_mod.SwitchMtu]) -> str:
         by_mtu[s.mtu].append(s.host or "?")
     if len(by_mtu) == 1:
         return str(next(iter(by_mtu)) or "?")
-    return ", ".join(f"{m} on {', '.join(hosts)}"
+    return "; ".join(f"{m} on {', '.join(hosts)}"
                      for m, hosts in sorted(by_mtu.items(),
                                             key=lambda i: i[0] or 0))
 

@@ -189,6 +189,28 @@ class MtuTestCase(base.VCenterMl2TestCase):
         self.assertEqual(("vSwitch1", "1500", "mtu-too-small"), tuple(
             rows["physnet2"][k] for k in ("switch", "mtu", "state")))
 
+        # The distributed switch raised by hand fits; hosts whose vSwitch
+        # MTUs differ are shown apart.
+        hosts = self.cluster_hosts()
+        self.addCleanup(self.vsphere.set_dvs_max_mtu, "DVS0", 1500)
+        self.addCleanup(self.vsphere.set_vswitch_mtu, hosts[0], "vSwitch1",
+                        1500)
+        self.vsphere.set_dvs_max_mtu("DVS0", 9000)
+        self.vsphere.set_vswitch_mtu(hosts[0], "vSwitch1", 9000)
+        self.replica_shows(lambda inv: inv.dvs("DVS0").max_mtu == 9000 and
+                           9000 in [h.vswitch_mtus.get("vSwitch1")
+                                    for h in inv.hosts.values()])
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            cli.cmd_status(self.vcenter_driver.reconciler, "json")
+        rows = {r["physical_network"]: r
+                for r in json.loads(out.getvalue())["switches"]}
+        self.assertEqual(("9000", "ok"), (rows["physnet1"]["mtu"],
+                                          rows["physnet1"]["state"]))
+        self.assertEqual(
+            f"1500 on {', '.join(hosts[1:])}; 9000 on {hosts[0]}",
+            rows["physnet2"]["mtu"])
+
     def test_check_command_shows_switch_mtus(self):
         """``networking-vcenter check`` as an operator runs it (this
         worktree's code: ``python -m``)."""
