@@ -42,6 +42,7 @@ from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter import neutron_db
 from networking_vcenter.reconcile import desired as desired_mod
+from networking_vcenter.reconcile import mtu as mtu_mod
 from networking_vcenter.reconcile import plan as plan_mod
 from networking_vcenter.reconcile.reconciler import Pass, PortPass, \
     Reconciler
@@ -74,8 +75,10 @@ def log_out(rec: Reconciler) -> None:
 
 def load_config(config_files: list[str]) -> conf.Settings:
     from neutron.common import config as common_config
+    from neutron.conf.plugins.ml2 import config as ml2_config
     from oslo_db import options as db_options
     common_config.register_common_config_options()
+    ml2_config.register_ml2_plugin_opts()
     db_options.set_defaults(cfg.CONF)
     conf.register_opts(cfg.CONF)
     args = [a for f in config_files for a in ("--config-file", f)]
@@ -157,6 +160,62 @@ def status_rows(result: Pass) -> list[dict[str, Any]]:
     return out
 
 
+def _mtu_text(switches: list[mtu_mod.SwitchMtu]) -> str:
+    """A switch's MTU; a vSwitch's per host where hosts differ."""
+    if not switches:
+        return "?"
+    if switches[0].kind == desired_mod.DVS:
+        return str(switches[0].mtu or "?")
+    by_mtu: dict[Any, list[str]] = defaultdict(list)
+    for s in switches:
+        by_mtu[s.mtu].append(s.host or "?")
+    if len(by_mtu) == 1:
+        return str(next(iter(by_mtu)) or "?")
+    return "; ".join(f"{m} on {', '.join(hosts)}"
+                     for m, hosts in sorted(by_mtu.items(),
+                                            key=lambda i: i[0] or 0))
+
+
+def switch_rows(result: Pass, settings: conf.Settings
+                ) -> list[dict[str, Any]]:
+    """One row per mapped switch: its MTU (a vSwitch's per host), the
+    largest MTU Neutron gives a network there, and whether they fit."""
+    global_mtu, physnet_mtus = mtu_mod.neutron_options(cfg.CONF)
+    raise_dvs = settings.raise_switch_mtu
+    rows = []
+    for physnet, target in sorted(result.topology.targets.items()):
+        switches = mtu_mod.switch_mtus(target, result.inventory)
+        top = mtu_mod.type_driver_mtu(physnet, global_mtu, physnet_mtus)
+        detail, state = [], "ok"
+        small = [s for s in switches if s.mtu and top and s.mtu < top]
+        if small:
+            if raise_dvs and target.kind == desired_mod.DVS:
+                detail.append(f"raised to up to {top} as networks need it "
+                              f"([{conf.GROUP}] raise_switch_mtu)")
+            else:
+                state = "mtu-too-small"
+                detail.append(f"Neutron gives networks here up to {top}: "
+                              f"they are refused unless created with a "
+                              f"smaller --mtu")
+        above = sorted(n.id for n in result.networks if mtu_mod.too_small(
+            n.mtu, [s for s in n.segments
+                    if s.get("physical_network") == physnet],
+            result.topology, result.inventory, raise_dvs))
+        if above:
+            state = "mtu-too-small"
+            detail.append(f"network(s) with a larger MTU: "
+                          f"{', '.join(above)}")
+        for step in result.plan.steps:
+            if isinstance(step, plan_mod.RaiseDvsMtu) and \
+                    step.name == target.switch:
+                detail.append(f"maxMtu to be raised to {step.mtu}")
+        rows.append({"physical_network": physnet, "switch": target.switch,
+                     "kind": target.kind, "mtu": _mtu_text(switches),
+                     "neutron_mtu": top or "unlimited", "state": state,
+                     "detail": "; ".join(detail)})
+    return rows
+
+
 def port_rows(result: PortPass) -> list[dict[str, Any]]:
     """One row per Neutron port bound here, or DV port reserved for one."""
     rows: dict[str, dict[str, Any]] = {}
@@ -228,6 +287,7 @@ def cmd_status(rec: Reconciler, fmt: str) -> int:
                           port_source=_port_source(rec))
     rows = status_rows(result)
     ports = port_rows(result.ports)
+    switches = switch_rows(result, rec.settings)
     counts: dict[str, int] = defaultdict(int)
     port_counts: dict[str, int] = defaultdict(int)
     for r in rows:
@@ -236,10 +296,14 @@ def cmd_status(rec: Reconciler, fmt: str) -> int:
         port_counts[r["state"]] += 1
     if fmt == "json":
         json.dump({"port_groups": rows, "summary": dict(counts),
-                   "ports": ports, "port_summary": dict(port_counts)},
+                   "ports": ports, "port_summary": dict(port_counts),
+                   "switches": switches},
                   sys.stdout, indent=2)
         print()
     else:
+        print_table(switches, ["physical_network", "switch", "kind", "mtu",
+                               "neutron_mtu", "state", "detail"])
+        print()
         print_table(rows, ["network", "physical_network", "switch",
                            "port_group", "vlan", "state", "detail"])
         print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
@@ -252,7 +316,7 @@ def cmd_status(rec: Reconciler, fmt: str) -> int:
               if port_counts else "")
     ok = {"in-sync", "not-enforced"}
     return EXIT_OK if set(counts) <= {"in-sync"} and set(port_counts) <= ok \
-        else EXIT_DIFF
+        and all(r["state"] == "ok" for r in switches) else EXIT_DIFF
 
 
 # -- sync --------------------------------------------------------------------------
@@ -384,6 +448,7 @@ def check_vcenter(rec: Reconciler, settings: conf.Settings,
     except exceptions.VCenterError as exc:
         record("vCenter", False, str(exc))
         return
+    record_mtus(inv, topo, settings, record)
     if not inv.custom_fields:
         record("custom attribute", True, "none needed: this endpoint (a "
                                          "standalone ESXi host) has none")
@@ -402,7 +467,8 @@ def check_vcenter(rec: Reconciler, settings: conf.Settings,
             [t.switch for t in topo.targets.values()
              if t.kind == desired_mod.DVS],
             [h for t in topo.targets.values()
-             if t.kind == desired_mod.VSWITCH for h in t.host_moids])
+             if t.kind == desired_mod.VSWITCH for h in t.host_moids],
+            raise_mtu=settings.raise_switch_mtu)
         lacking = privileges.missing(privileges.query(session, wanted),
                                      wanted)
         record("privileges", not lacking,
@@ -411,6 +477,29 @@ def check_vcenter(rec: Reconciler, settings: conf.Settings,
                f"{len(wanted)} object(s) granted")
     except exceptions.VCenterError as exc:
         record("privileges", None, f"vCenter cannot tell: {exc}")
+
+
+def record_mtus(inv: inventory.Inventory, topo: desired_mod.Topology,
+                settings: conf.Settings,
+                record: Callable[[str, bool | None | str, str], None]
+                ) -> None:
+    """Each mapped switch's MTU against the largest MTU Neutron gives a
+    network on its physical network."""
+    try:
+        global_mtu, physnet_mtus = mtu_mod.neutron_options(cfg.CONF)
+    except (cfg.NoSuchOptError, cfg.NoSuchGroupError) as exc:
+        record("switch MTUs", None, f"Neutron's MTU options unknown: {exc}")
+        return
+    found = mtu_mod.mismatches(topo, inv, global_mtu, physnet_mtus,
+                               settings.raise_switch_mtu)
+    shown = []
+    for t in topo.targets.values():
+        top = mtu_mod.type_driver_mtu(t.physnet, global_mtu, physnet_mtus)
+        shown.append(f"{t.physnet} -> {t.switch} MTU "
+                     f"{_mtu_text(mtu_mod.switch_mtus(t, inv))} (Neutron: "
+                     f"up to {top or 'unlimited'})")
+    record("switch MTUs", not found, "; ".join(
+        [m.describe() for m in found] if found else shown))
 
 
 # -- main ------------------------------------------------------------------------------

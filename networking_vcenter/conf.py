@@ -170,7 +170,22 @@ port_opts = [
                     "enforced. What to do with ports that have them."),
 ]
 
-ALL_OPTS = connection_opts + mapping_opts + behaviour_opts + port_opts
+mtu_opts = [
+    cfg.BoolOpt("raise_switch_mtu", default=False,
+                help="A network whose MTU is above the MTU of a switch it "
+                     "reaches is refused at create and update (the error "
+                     "names both values). With this set, a distributed "
+                     "switch's maximum MTU is raised instead, to the "
+                     "largest MTU of the networks on it (never lowered); "
+                     "raising it briefly takes the switch's uplinks down "
+                     "and up on every member host, and the physical "
+                     "network must carry the larger frames. Standard "
+                     "vSwitches are never raised: their MTU is set per "
+                     "host by whoever set up the host."),
+]
+
+ALL_OPTS = connection_opts + mapping_opts + behaviour_opts + port_opts + \
+    mtu_opts
 
 
 def register_opts(conf: cfg.ConfigOpts = cfg.CONF) -> None:
@@ -209,6 +224,7 @@ class Settings:
     start_without_vcenter: bool = False
     max_rules_per_port: int = 1024
     standard_vswitch_ports: str = "bind"
+    raise_switch_mtu: bool = False
 
     @property
     def clusters(self) -> list[str]:
@@ -415,4 +431,5 @@ def load(conf: cfg.ConfigOpts = cfg.CONF) -> Settings:
         max_rules_per_port=group.max_rules_per_port,
         standard_vswitch_ports=group.standard_vswitch_ports,
         start_without_vcenter=group.start_without_vcenter,
+        raise_switch_mtu=group.raise_switch_mtu,
     )

@@ -148,3 +148,8 @@ class VlanTransparencyRefused(vlan_exc.VlanTransparencyDriverError):
 
     message = ("VLAN-transparent network %(network)s is refused by the "
                "vcenter mechanism driver: %(reason)s")
+
+
+class MtuTooLarge(n_exc.InvalidInput):
+    """What an API user sees when a network's MTU is above a switch's (400,
+    as Neutron's own "Requested MTU is too big")."""

@@ -51,7 +51,7 @@ def networks(ids: set[str] | None = None) -> list[desired.NetworkSpec]:
     ctx, reader = _reader()
     with reader:
         q = ctx.session.query(network.id, attrs.updated_at,
-                              network.vlan_transparent).join(
+                              network.vlan_transparent, network.mtu).join(
             attrs, network.standard_attr_id == attrs.id)
         sq = ctx.session.query(segment.network_id, segment.network_type,
                                segment.physical_network,
@@ -67,9 +67,9 @@ def networks(ids: set[str] | None = None) -> list[desired.NetworkSpec]:
                                  "physical_network": physnet,
                                  "segmentation_id": seg_id})
     return [desired.network_from_neutron(
-        {"id": net_id, "updated_at": at, "vlan_transparent": transparent},
-        segs.get(net_id, []))
-        for net_id, at, transparent in rows]
+        {"id": net_id, "updated_at": at, "vlan_transparent": transparent,
+         "mtu": mtu}, segs.get(net_id, []))
+        for net_id, at, transparent, mtu in rows]
 
 
 def segments(physnets: set[str]) -> list[dict[str, Any]]:

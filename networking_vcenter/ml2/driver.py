@@ -12,8 +12,11 @@ which reads N afresh from Neutron and vCenter from the live replica;
   maintenance worker (:mod:`~networking_vcenter.reconcile.worker`);
 * a network whose port group vCenter *refuses* (a name taken by a port group
   we did not create, a name too long) is refused at create with 409 and a
-  message naming both sides; ML2 then deletes the network.  Updates are never
-  refused: ML2 cannot roll them back;
+  message naming both sides; ML2 then deletes the network.  Updates are not
+  refused for that: ML2 cannot roll back a postcommit;
+* a network whose MTU is above a switch it reaches is refused (400) at
+  create, at an update raising the MTU and at a segment added, in precommit,
+  from the replica (:mod:`~networking_vcenter.reconcile.mtu`);
 * binding a port whose port group cannot be had in time leaves the port
   unbound (``binding_failed``), with the reason in the log;
 * a network with no VLAN/flat segment on a mapped physical network (and no
@@ -45,6 +48,7 @@ from networking_vcenter import exceptions
 from networking_vcenter import neutron_db
 from networking_vcenter import qos
 from networking_vcenter.reconcile import desired as desired_mod
+from networking_vcenter.reconcile import mtu as mtu_mod
 from networking_vcenter.reconcile import worker as worker_mod
 from networking_vcenter.reconcile.reconciler import Pass, Reconciler
 
@@ -122,6 +126,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
                     f"{t.physnet} -> {t.kind} {t.switch}"
                     for t in topology.targets.values()),
                     self.reconciler.locks.backend_url.split("@")[-1])
+                self._warn_mtu(topology)
         except exceptions.ConnectionFailed as exc:
             if not self.settings.start_without_vcenter:
                 LOG.critical("vcenter mechanism driver cannot start: %s "
@@ -138,6 +143,19 @@ class VCenterMechanismDriver(api.MechanismDriver):
             LOG.critical("vcenter mechanism driver cannot start: %s", exc)
             self._close(self._pid)      # no watch or session left behind
             raise
+
+    def _warn_mtu(self, topology: desired_mod.Topology) -> None:
+        """One warning per mapped physical network whose largest Neutron
+        MTU is above a switch's."""
+        try:
+            options = mtu_mod.neutron_options(cfg.CONF)
+        except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+            return
+        for found in mtu_mod.mismatches(topology,
+                                        self.reconciler.inventory(),
+                                        *options,
+                                        self.settings.raise_switch_mtu):
+            LOG.warning("vcenter: %s", found.describe())
 
     def _here(self) -> Reconciler:
         """The reconciler of this process: a forked worker process makes
@@ -236,6 +254,57 @@ class VCenterMechanismDriver(api.MechanismDriver):
         return bound
 
     # -- networks ------------------------------------------------------------
+
+    def create_network_precommit(self, context: api.NetworkContext) -> None:
+        self._check_mtu(context)
+
+    def update_network_precommit(self, context: api.NetworkContext) -> None:
+        """Checked when the MTU rises (net-mtu-writable), and for segments
+        added (the segments service plugin calls this with the network
+        before and after)."""
+        original = getattr(context, "original", None) or {}
+        before = original.get("mtu")
+        if not before or (context.current.get("mtu") or 0) > before:
+            self._check_mtu(context)
+        elif original.get("id"):
+            old = desired_mod.network_from_neutron(original).segments
+            added = [s for s in desired_mod.network_from_neutron(
+                context.current, context.network_segments).segments
+                if s not in old]
+            if added:
+                self._check_mtu(context, added)
+
+    def _check_mtu(self, context: api.NetworkContext,
+                   segments: list | None = None) -> None:
+        """Refuse a network whose MTU (as ML2 computed or was asked for,
+        before it is committed) is above a switch its mapped segments reach
+        -- a distributed switch's maxMtu, the vSwitch's mtu on each host --
+        unless a distributed switch may be raised.  From the replica only:
+        before vCenter is read the network is accepted, and the maintenance
+        worker's full pass warns about it."""
+        mtu = context.current.get("mtu")
+        if segments is None:
+            segments = list(context.network_segments or [])
+        if not mtu or not any(desired_mod.is_mapped(
+                seg, self.settings.switch_mappings) for seg in segments):
+            return
+        rec = self._here()
+        if rec.replica is None or not rec.replica.synced:
+            LOG.warning("network %s: MTU %s not checked against the "
+                        "switches: vCenter is not read yet",
+                        context.current["id"], mtu)
+            return
+        try:
+            inv = rec.replica.snapshot()
+            small = mtu_mod.too_small(mtu, segments, rec.topology(inv), inv,
+                                      self.settings.raise_switch_mtu)
+        except exceptions.VCenterError as exc:
+            LOG.warning("network %s: MTU %s not checked against the "
+                        "switches: %s", context.current["id"], mtu, exc)
+            return
+        if small:
+            raise exceptions.MtuTooLarge(error_message=mtu_mod.refusal(
+                context.current["id"], mtu, small))
 
     def create_network_postcommit(self, context: api.NetworkContext) -> None:
         self._sync(context, refuse=True)

@@ -87,6 +87,10 @@ class Applier:
         for conflict in plan.conflicts:
             LOG.error("network %s: %s", conflict.network_id, conflict.reason)
         steps = plan.steps
+        # A switch carries a network's MTU before its port groups come.
+        for step in steps:
+            if isinstance(step, plan_mod.RaiseDvsMtu):
+                self._run(step, out, lambda s=step: self._raise_mtu(s, inv))
         self._create_dvs(
             [s for s in steps if isinstance(s, plan_mod.CreateDvsPortGroup)],
             inv, out)
@@ -246,6 +250,12 @@ class Applier:
                 for s, spec in zip(chunk, specs):
                     self._run(s, out, lambda s=s, spec=spec: self._create_one(
                         dvs, spec, s))
+
+    def _raise_mtu(self, step: plan_mod.RaiseDvsMtu, inv: Inventory) -> None:
+        dvs = inv.dvs_by_moid(step.moid)
+        if dvs is None:
+            raise exceptions.NotFound(step.describe(), "the switch is gone")
+        switches.raise_dvs_mtu(self._session, dvs.ref, step.name, step.mtu)
 
     def _create_one(self, dvs: inventory.Dvs, spec,
                     step: plan_mod.CreateDvsPortGroup) -> None:

@@ -119,6 +119,7 @@ class NetworkSpec:
     segments: tuple[Mapping[str, Any], ...]
     changed_at: float | None = None    # epoch seconds of Neutron's updated_at
     vlan_transparent: bool = False     # set at create, never changed
+    mtu: int | None = None             # the network's MTU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,7 +410,8 @@ def network_from_neutron(network: Mapping[str, Any],
         {k: s.get(k) for k in ("network_type", "physical_network",
                                "segmentation_id")} for s in segments),
         changed_at=_epoch(network.get("updated_at")),
-        vlan_transparent=bool(network.get("vlan_transparent")))
+        vlan_transparent=bool(network.get("vlan_transparent")),
+        mtu=network.get("mtu"))
 
 
 def _epoch(stamp: Any) -> float | None:

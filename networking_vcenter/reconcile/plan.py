@@ -391,6 +391,48 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
     return result
 
 
+# -- switch MTUs ------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RaiseDvsMtu(Step):
+    """Raise a distributed switch's maxMtu to the largest MTU of the
+    networks on it (``[ml2_vcenter] raise_switch_mtu``); ``name`` is the
+    switch's, ``network_id`` one network that needs it."""
+
+    moid: str
+    mtu: int
+    old_mtu: int
+    verb = "raise"
+
+    def describe(self) -> str:
+        return (f"raise the maxMtu of distributed switch {self.name} "
+                f"({self.moid}) from {self.old_mtu} to {self.mtu} for "
+                f"network {self.network_id}")
+
+
+def plan_mtu(desired: Iterable[DesiredPortGroup],
+             mtus: dict[str, int | None], inv: Inventory
+             ) -> list[RaiseDvsMtu]:
+    """One step per distributed switch whose maxMtu is below the MTU
+    (``mtus``: network id -> MTU) of a desired network on it; never a
+    lower MTU."""
+    need: dict[str, tuple[int, str]] = {}
+    for d in desired:
+        mtu = mtus.get(d.network_id)
+        dvs = inv.dvs(d.switch) if d.kind == DVS else None
+        if not mtu or dvs is None or dvs.max_mtu is None or \
+                mtu <= dvs.max_mtu:
+            continue
+        if mtu > need.get(d.switch, (0, ""))[0]:
+            need[d.switch] = (mtu, d.network_id)
+    steps = []
+    for switch, (mtu, network_id) in sorted(need.items()):
+        dvs = inv.dvs(switch)
+        steps.append(RaiseDvsMtu(network_id, switch, dvs.moid, mtu,
+                                 dvs.max_mtu))
+    return steps
+
+
 # -- distributed ports ------------------------------------------------------
 #
 # A Neutron port bound on a distributed switch owns one DV port of its

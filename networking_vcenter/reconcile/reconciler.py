@@ -34,6 +34,7 @@ from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter.reconcile import apply as apply_mod
 from networking_vcenter.reconcile import desired as desired_mod
+from networking_vcenter.reconcile import mtu as mtu_mod
 from networking_vcenter.reconcile import plan as plan_mod
 from networking_vcenter.reconcile import portsettings
 from networking_vcenter.reconcile import locks as locks_mod
@@ -277,6 +278,9 @@ class Reconciler:
         want, refused = self.desired(nets, topo, std)
         the_plan = plan_mod.plan(want, inv, scope, skip)
         the_plan.conflicts.extend(refused)
+        if self.settings.raise_switch_mtu:
+            the_plan.steps[:0] = plan_mod.plan_mtu(
+                want, {n.id: n.mtu for n in nets}, inv)
         return topo, want, the_plan
 
     def _plan_and_apply(self, inv: inventory.Inventory,
@@ -287,6 +291,8 @@ class Reconciler:
                         std: dict | None = None) -> Pass:
         topo, want, the_plan = self._plan(inv, nets, scope, skip, std)
         outcome = None
+        if scope is None and not dry_run:
+            self._warn_mtu(inv, topo, nets)
         if not dry_run:
             if inv.custom_fields and inv.owner_field_key is None and any(
                     isinstance(s, plan_mod.MarkStdNetwork)
@@ -458,6 +464,24 @@ class Reconciler:
                 self.status_sink is not None:
             self.status_sink(dict(the_plan.status))
         return PortPass(specs, want, unenforced, the_plan, total, young)
+
+    def _warn_mtu(self, inv: inventory.Inventory,
+                  topo: desired_mod.Topology,
+                  nets: list[desired_mod.NetworkSpec]) -> None:
+        """One warning per network (and process, and MTUs) whose MTU is
+        above a switch it reaches: accepted by the API while vCenter was
+        not read yet, or the switch was lowered since."""
+        for net in nets:
+            small = mtu_mod.too_small(net.mtu, net.segments, topo, inv,
+                                      self.settings.raise_switch_mtu)
+            key = ("mtu:" + net.id,
+                   (str(net.mtu), mtu_mod.describe_all(small)))
+            if not small or key in self._warned:
+                continue
+            self._warned.add(key)
+            LOG.warning("%s; lower it (openstack network set --mtu) or "
+                        "raise the switch's MTU",
+                        mtu_mod.problem(net.id, net.mtu, small))
 
     def _warn_unenforced(self, unenforced) -> None:
         """One warning per network (and process) whose ports' policy a

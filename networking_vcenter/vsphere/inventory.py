@@ -99,6 +99,7 @@ class Dvs:
     ref: Any = dataclasses.field(compare=False, repr=False)
     folder: Any = dataclasses.field(default=None, compare=False, repr=False)
     version: str | None = None   # config.productInfo.version ("7.0.0")
+    max_mtu: int | None = None   # config.maxMtu (None: not a VMware switch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +175,8 @@ class Host:
     portgroups: dict[str, HostPortGroup]
     network_system: Any = dataclasses.field(compare=False, repr=False)
     ref: Any = dataclasses.field(default=None, compare=False, repr=False)
+    vswitch_mtus: dict[str, int] = dataclasses.field(default_factory=dict)
+                                  # vSwitch name -> its mtu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,7 +373,8 @@ def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
                                        p.get("summary.hostMember") or []),
                   ref=ref, folder=p.get("parent"),
                   version=getattr(p.get("config.productInfo"), "version",
-                                  None) or None)
+                                  None) or None,
+                  max_mtu=p.get("config.maxMtu") or None)
         switches.setdefault(dvs.name, []).append(dvs)
 
     dvpgs_out = []
@@ -423,7 +427,9 @@ def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
             vswitches=frozenset(v.name for v in
                                 p.get("config.network.vswitch") or []),
             portgroups=pgs,
-            network_system=p.get("configManager.networkSystem"), ref=ref)
+            network_system=p.get("configManager.networkSystem"), ref=ref,
+            vswitch_mtus={v.name: int(v.mtu or 1500) for v in
+                          p.get("config.network.vswitch") or []})
 
     return Inventory(switches=switches, dvs_portgroups=dvpgs_out,
                      clusters=clusters, hosts=hosts_out, std_networks=std,

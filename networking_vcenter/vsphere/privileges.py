@@ -19,6 +19,8 @@ DVS_PRIVILEGES = ("DVPortgroup.Create", "DVPortgroup.Modify",
                   "DVPortgroup.Delete", "DVSwitch.PortConfig",
                   "DVSwitch.PortSetting")
 HOST_PRIVILEGES = ("Host.Config.Network",)
+# ReconfigureDvs_Task raising maxMtu ([ml2_vcenter] raise_switch_mtu only).
+DVS_MTU_PRIVILEGES = ("DVSwitch.Modify",)
 CUSTOM_FIELD_PRIVILEGES = ("Global.ManageCustomFields",
                            "Global.SetCustomField")
 
@@ -31,9 +33,10 @@ class Need:
 
 
 def needs(inv: Inventory, root: Any, switches: Iterable[str],
-          host_moids: Iterable[str]) -> list[Need]:
+          host_moids: Iterable[str], raise_mtu: bool = False) -> list[Need]:
     """Which privileges on which objects the driver needs: the mapped
-    distributed ``switches``, and the hosts carrying standard port groups."""
+    distributed ``switches`` (their MTU too with ``raise_mtu``), and the
+    hosts carrying standard port groups."""
     result = [Need(root, "vCenter root folder",
                    READ + (CUSTOM_FIELD_PRIVILEGES
                            if inv.custom_fields else ()))]
@@ -41,7 +44,8 @@ def needs(inv: Inventory, root: Any, switches: Iterable[str],
         dvs = inv.dvs(name)
         if dvs is not None:
             result.append(Need(dvs.ref, f"distributed switch {dvs.name}",
-                               DVS_PRIVILEGES))
+                               DVS_PRIVILEGES + (DVS_MTU_PRIVILEGES
+                                                 if raise_mtu else ())))
     for moid in sorted(set(host_moids)):
         host = inv.hosts[moid]
         result.append(Need(host.ref, f"host {host.name}", HOST_PRIVILEGES))

@@ -2,12 +2,12 @@
 
 One PropertyCollector per process, with one filter over
 
-* distributed switches (name, UUID, member hosts, folder, version),
+* distributed switches (name, UUID, member hosts, folder, version, MTU),
 * every network -- distributed port groups with their VLAN, description,
   VMs, binding type, policy, size, configVersion and port keys; standard
   networks with their hosts, VMs and custom values,
 * compute resources (name, hosts) and datacenters (network folder),
-* the hosts of the mapped clusters (vSwitches and port groups),
+* the hosts of the mapped clusters (vSwitches with their MTU, port groups),
 * our custom attribute definitions,
 
 read in full once and then kept current by ``WaitForUpdatesEx`` (versioned,
@@ -72,6 +72,8 @@ DVPG_PATHS = ["key", "config.distributedVirtualSwitch",
               "config.configVersion", "portKeys"]
 DVS_PATHS = ["name", "uuid", "summary.hostMember", "parent",
              "config.productInfo"]
+# Of VMware's own switches only (a path other switch types do not have).
+VMWARE_DVS_PATHS = ["config.maxMtu"]
 # A change of these on one of our port groups means its ports may have
 # changed: they are read again.
 PORT_PATHS = ("portKeys", "vm", "config")
@@ -360,6 +362,7 @@ class Replica:
         types = [(vim.Network, NETWORK_PATHS),
                  (vim.dvs.DistributedVirtualPortgroup, DVPG_PATHS),
                  (vim.DistributedVirtualSwitch, DVS_PATHS),
+                 (vim.dvs.VmwareDistributedVirtualSwitch, VMWARE_DVS_PATHS),
                  (vim.ComputeResource, CR_PATHS),
                  (vim.Datacenter, DC_PATHS),
                  (vim.HostSystem, HOST_PATHS)]

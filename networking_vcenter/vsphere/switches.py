@@ -139,6 +139,30 @@ def destroy_dvs_port_group(session: Session, pg: Any, what: str) -> None:
         return
 
 
+def raise_dvs_mtu(session: Session, dvs: Any, switch: str, mtu: int
+                  ) -> bool:
+    """Raise a VMware distributed switch's maxMtu to ``mtu``, reading its
+    maxMtu and configVersion from vCenter first: a switch already at or
+    above it is left alone (never lowered), and the reconfigure carries the
+    configVersion read, so a switch changed meanwhile is refused
+    (ConcurrentModification) rather than overwritten.  Answers whether it
+    was raised."""
+    found = inventory.retrieve(
+        session, VmwareDVS, ["config.maxMtu", "config.configVersion"],
+        f"{switch} before raising its MTU", [dvs])
+    if not found:
+        raise exceptions.NotFound(f"raise the MTU of {switch}",
+                                  "the switch is gone")
+    props = found[0][1]
+    if int(props.get("config.maxMtu") or 0) >= mtu:
+        return False
+    session.run_task(
+        f"raise the maxMtu of distributed switch {switch} to {mtu}",
+        dvs.ReconfigureDvs_Task, VmwareDVS.ConfigSpec(
+            configVersion=props.get("config.configVersion"), maxMtu=mtu))
+    return True
+
+
 def host_port_group_spec(name: str, vswitch: str, vlan: int,
                          security: inventory.Security | None = None
                          ) -> vim.host.PortGroup.Specification:
