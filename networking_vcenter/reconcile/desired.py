@@ -156,6 +156,36 @@ class PortSpec:
     status: str = ""                    # Neutron's port status
     device_owner: str = ""
     changed_at: float | None = None     # epoch seconds of its updated_at
+    trunk: "TrunkSpec | None" = None    # the trunk this port is parent of
+    trunk_parent: str | None = None     # a subport: its trunk's parent
+
+
+# Segments as the trunk reads them: (network_type, physical_network,
+# segmentation_id).
+SegmentTuple = tuple[str, "str | None", "int | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Subport:
+    """One subport of a trunk: the port itself (addresses, security
+    groups, port security, QoS; no binding), how the guest tags it, and
+    its network's segments."""
+
+    port: PortSpec
+    segmentation_type: str
+    segmentation_id: int
+    segments: tuple[SegmentTuple, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrunkSpec:
+    """The trunk whose parent a port is: its subports and the segments of
+    the parent's network (the parent's own VLAN is its bound segment's)."""
+
+    id: str
+    status: str
+    subports: tuple[Subport, ...] = ()
+    segments: tuple[SegmentTuple, ...] = ()
 
 
 def _cluster_hosts(name: str, inv: Inventory,
@@ -387,6 +417,10 @@ class DesiredPort:
     settings: PortSettings | None
     problem: str | None = None
     status: str = ""                # Neutron's port status now
+    # A trunk parent: its trunk (id, status, subports with their status)
+    # and what of it the DV port cannot carry (the trunk is DEGRADED).
+    trunk: TrunkSpec | None = None
+    trunk_problems: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
