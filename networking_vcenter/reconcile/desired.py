@@ -466,7 +466,8 @@ def desired_ports(ports: Iterable[PortSpec],
     A port counts when it is bound (``physnet`` set by the reader from its
     bound segment) to a physical network mapped to a distributed switch; one
     on a standard vSwitch has no DV port, and what its policy asks that the
-    vSwitch cannot do is returned as :class:`UnenforcedPort`.
+    vSwitch cannot do is returned as :class:`UnenforcedPort`.  A trunk's
+    subport has no DV port of its own: its parent's carries it.
     """
     from networking_vcenter.reconcile import portsettings
     result: list[DesiredPort] = []
@@ -475,7 +476,7 @@ def desired_ports(ports: Iterable[PortSpec],
     std = std_security(ports, topo)
     for port in ports:
         net = networks.get(port.network_id)
-        if not port.physnet or net is None:
+        if not port.physnet or net is None or port.trunk_parent:
             continue
         pg = next((d for d in desired_for_network(net, topo)
                    if d.physnet == port.physnet), None)
@@ -483,6 +484,8 @@ def desired_ports(ports: Iterable[PortSpec],
             continue
         if pg.kind != DVS:
             what = unenforceable_on_vswitch(port)
+            if port.trunk is not None:
+                what += ("a trunk (no per-port VLAN ranges)",)
             if not port.port_security and std.get(port.network_id) == \
                     STD_SECURE:
                 what += ("disabled port security (other ports of the "
@@ -498,13 +501,15 @@ def desired_ports(ports: Iterable[PortSpec],
         except (portsettings.TooManyRules,
                 portsettings.Unenforceable) as exc:
             result.append(DesiredPort(port.id, port.network_id, pg, None,
-                                      str(exc), port.status))
+                                      str(exc), port.status, port.trunk))
             continue
         if not target.mac_learning:
             # A switch without MAC management has no such setting to hold.
             settings = dataclasses.replace(settings, mac_learning=None)
-        result.append(DesiredPort(port.id, port.network_id, pg, settings,
-                                  status=port.status))
+        result.append(DesiredPort(
+            port.id, port.network_id, pg, settings, status=port.status,
+            trunk=port.trunk,
+            trunk_problems=portsettings.trunk_problems(port)))
     return result, unenforced
 
 
