@@ -139,3 +139,9 @@ class PortGroupConflict(n_exc.Conflict):
     """What an API user sees when vCenter cannot hold the network."""
 
     message = "%(reason)s"
+
+
+class TrunkRefused(n_exc.BadRequest):
+    """What an API user sees when a trunk cannot be carried by vSphere."""
+
+    message = "%(reason)s"
