@@ -673,3 +673,32 @@ def failed_bindings(host_filter: set[str]) -> list[tuple[str, str]]:
                 m.Binding.status == ACTIVE,
                 m.Binding.vif_type == "binding_failed",
                 m.Binding.host.in_(sorted(host_filter)))]
+
+
+def trunk_ports(context, port_ids: set[str]
+                ) -> tuple[dict[str, tuple[str, str]],
+                           dict[str, tuple[desired.SegmentTuple, ...]]]:
+    """For the trunk checks at the API, in the caller's transaction
+    (``context``, e.g. a trunk plugin PRECOMMIT): ``{port id: (network id,
+    host of its ACTIVE binding or '')}`` and ``{network id: its segments}``
+    of these ports.  Two queries."""
+    import sqlalchemy as sa
+    from neutron_lib.db import api as db_api
+    m = _m()
+    with db_api.CONTEXT_READER.using(context):
+        s = context.session
+        ports_ = {pid: (net, host or "") for pid, net, host in s.query(
+            m.Port.id, m.Port.network_id, m.Binding.host).outerjoin(
+            m.Binding, sa.and_(m.Binding.port_id == m.Port.id,
+                               m.Binding.status == ACTIVE)).filter(
+            m.Port.id.in_(sorted(port_ids)))}
+        segs: dict[str, list] = collections.defaultdict(list)
+        if ports_:
+            for net, net_type, physnet, seg_id in s.query(
+                    m.Segment.network_id, m.Segment.network_type,
+                    m.Segment.physical_network,
+                    m.Segment.segmentation_id).filter(
+                    m.Segment.network_id.in_(
+                        sorted({n for n, _ in ports_.values()}))):
+                segs[net].append((net_type, physnet, seg_id))
+    return ports_, {net: tuple(sorted(v, key=str)) for net, v in segs.items()}

@@ -45,6 +45,7 @@ from neutron_lib.services.trunk import constants as trunk_consts
 from neutron.services.trunk.drivers import base
 
 from networking_vcenter import exceptions
+from networking_vcenter import neutron_db
 from networking_vcenter.reconcile import portsettings
 
 LOG = logging.getLogger(__name__)
@@ -72,19 +73,6 @@ class Backend(Protocol):
 
     def trunk_changed(self, port_ids: set[str]) -> None:
         """Sync these ports soon (never waits, never raises)."""
-
-
-def _segments(network: dict[str, Any]) -> list[dict[str, Any]]:
-    if network.get("segments"):
-        return list(network["segments"])
-    return [{"network_type": network.get("provider:network_type"),
-             "physical_network": network.get("provider:physical_network"),
-             "segmentation_id": network.get("provider:segmentation_id")}]
-
-
-def _tuples(segments) -> tuple:
-    return tuple((s.get("network_type"), s.get("physical_network"),
-                  s.get("segmentation_id")) for s in segments)
 
 
 class VCenterTrunkDriver(base.DriverBase):
@@ -143,33 +131,37 @@ class VCenterTrunkDriver(base.DriverBase):
         backend = self.backend
         if backend is None:
             return
-        core = directory.get_plugin()
-        parent = core.get_port(context, parent_id)
-        host = parent.get(portbindings.HOST_ID) or None
+        # Read in the request's transaction (the trunk is not committed).
+        subports = list(subports)
+        ports, segments = neutron_db.trunk_ports(
+            context, {parent_id, *(s.port_id for s in subports)})
+        if parent_id not in ports:
+            return                          # the plugin says what is wrong
+        network_id, host = ports[parent_id]
         if host and not backend.is_compute_host(host):
             return                          # another driver's
-        network = core.get_network(context, parent["network_id"])
-        kinds = backend.switch_kinds(_segments(network), host)
+        kinds = backend.switch_kinds(
+            [{"network_type": t, "physical_network": p, "segmentation_id": i}
+             for t, p, i in segments.get(network_id, ())], host or None)
         if not kinds:
             return                          # not on a mapped network
         physnets = sorted(p for p, kind in kinds.items() if kind != VSWITCH)
         if not physnets:
             raise exceptions.TrunkRefused(reason=(
-                f"trunk parent port {parent_id}: its network "
-                f"{parent['network_id']} reaches "
-                f"{'compute host ' + host if host else 'the compute hosts'}"
+                f"trunk parent port {parent_id}: its network {network_id} "
+                f"reaches {'compute host ' + host if host else 'the compute hosts'}"
                 f" only through a standard vSwitch (physical network(s) "
                 f"{', '.join(sorted(kinds))}), which has no per-port VLAN "
                 f"trunk; a trunk parent must be on a network of a physical "
                 f"network mapped to a distributed switch"))
         for sub in subports:
-            port = core.get_port(context, sub.port_id)
-            segments = _tuples(_segments(core.get_network(
-                context, port["network_id"])))
+            if sub.port_id not in ports:
+                continue                    # the plugin says what is wrong
+            sub_net = ports[sub.port_id][0]
             for physnet in physnets:
                 problem = portsettings.subport_problem(
-                    sub.port_id, port["network_id"], sub.segmentation_type,
-                    sub.segmentation_id, segments, physnet)
+                    sub.port_id, sub_net, sub.segmentation_type,
+                    sub.segmentation_id, segments.get(sub_net, ()), physnet)
                 if problem:
                     raise exceptions.TrunkRefused(
                         reason=f"trunk of parent port {parent_id}: "
