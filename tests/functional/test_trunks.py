@@ -250,6 +250,28 @@ class TestTrunks(TrunksTestCase):
         self.assertEqual([], self.call("GET", "trunks", expect=200)[1][
             "trunks"])
 
+    def test_parent_not_bound_on_a_standard_vswitch(self):
+        """A trunk made while the driver could not tell the switch (no
+        vCenter read yet) is not checked against it; binding its parent
+        on the standard vSwitch is then refused, not done without the
+        subports."""
+        net = self.make_network("vlan", "physnet2", 195)
+        sub_net = self.make_network("vlan", "physnet2", 196)
+        parent = self.unbound_port(net["id"])
+        sub = self.unbound_port(sub_net["id"])
+        with mock.patch.object(self.vcenter_driver, "switch_kinds",
+                               return_value={"physnet2": None}):
+            trunk = self.trunk(parent, self.sub(sub, 196))
+        with self.assertLogs("networking_vcenter.ml2.driver",
+                             "ERROR") as logs:
+            parent = self.update_port(parent["id"],
+                                      **{portbindings.HOST_ID: HOST})
+        self.assertEqual("binding_failed", parent[portbindings.VIF_TYPE])
+        self.assertTrue(any(f"parent of trunk {trunk['id']}" in line and
+                            "standard vSwitch" in line
+                            for line in logs.output), logs.output)
+        self.assertEqual("", self.port(sub["id"])[portbindings.HOST_ID])
+
     def test_subport_without_port_security_degrades_the_trunk(self):
         parent_net, a = self.make_net(200), self.make_net(201)
         parent = self.port_on(parent_net["id"])
