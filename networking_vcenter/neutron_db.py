@@ -13,7 +13,8 @@ Ports (the DV ports of the ports bound by this driver) are read the same
 way: :func:`ports` returns :class:`desired.PortSpec` with everything the
 port's DV port settings derive from (addresses, port security, security
 groups with their rules and the addresses those rules reference, QoS
-bandwidth limits) in about a dozen queries whatever the number of ports;
+bandwidth limits, a trunk parent's trunk and subports) in about a dozen
+queries whatever the number of ports;
 :func:`port_change_token` is the cheap "has anything changed?" question (one
 statement), :func:`port_fingerprints` the per-port answer to "which
 ports?" (a few queries), :func:`ports_referencing` the fan-out of a
@@ -202,10 +203,16 @@ def ports(ids: set[str] | None = None,
 
     Without ``ids``: every port whose ACTIVE binding was bound at level 0 by
     the ``vcenter`` mechanism driver (on a host in ``host_filter``, on a
-    network of ``network_ids``, when given).  With ``ids``: those of the ports that exist, bound here or not;
-    one not bound here (another driver, unbound, its host outside
-    ``host_filter``) has ``physnet=None`` and the host of its ACTIVE binding
-    ('' when unbound), so that the caller can release its DV port.
+    network of ``network_ids``, when given).  With ``ids``: those of the
+    ports that exist, bound here or not, and the trunk parents of those that
+    are subports (the parent's DV port carries them); one not bound here
+    (another driver, unbound, its host outside ``host_filter``) has
+    ``physnet=None`` and the host of its ACTIVE binding ('' when unbound),
+    so that the caller can release its DV port.
+
+    A trunk parent's spec carries its trunk (:class:`desired.TrunkSpec`:
+    each subport's own spec, segmentation and network segments); a
+    subport's names its parent (``trunk_parent``).
 
     About a dozen queries for any number of ports: the ports are selected
     once as a subquery that every detail query is joined with (no query

@@ -26,6 +26,11 @@ to the VM (:data:`TO_VM`)
 
 For stateful groups, reflexive accept rules admit the replies (see
 docs/security-groups.md for exactly what more they admit).
+
+A trunk parent's DV port carries its trunk's VLAN ranges and one filter
+for the trunk's members, each member's rules naming its own addresses
+(docs/trunks.md; :func:`trunk_vlans`, :func:`trunk_members`,
+:func:`trunk_problems`).
 """
 
 from __future__ import annotations
