@@ -461,9 +461,9 @@ def port_change_token() -> tuple:
     or deleted: one statement of scalar subqueries.
 
     Models with standard attributes (ports, networks, security groups and
-    their rules, address groups, QoS policies, trunks) contribute count, revision
-    sum and newest standard-attribute id; Neutron's revision plugin (a
-    default service plugin) bumps the parent's revision when a child row
+    their rules, address groups, QoS policies, trunks) contribute count,
+    revision sum and newest standard-attribute id; Neutron's revision plugin
+    (a default service plugin) bumps the parent's revision when a child row
     changes (IP allocation, allowed address pair, port security, binding,
     binding level, SG port binding and QoS port binding -> port; SG rule ->
     group; address -> address group; bandwidth rule -> policy; QoS network

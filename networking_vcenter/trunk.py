@@ -147,10 +147,11 @@ class VCenterTrunkDriver(base.DriverBase):
             return                          # not on a mapped network
         physnets = sorted(p for p, kind in kinds.items() if kind != VSWITCH)
         if not physnets:
+            where = f"compute host {host}" if host else "the compute hosts"
             raise exceptions.TrunkRefused(reason=(
                 f"trunk parent port {parent_id}: its network {network_id} "
-                f"reaches {'compute host ' + host if host else 'the compute hosts'}"
-                f" only through a standard vSwitch (physical network(s) "
+                f"reaches {where} only through a standard vSwitch (physical "
+                f"network(s) "
                 f"{', '.join(sorted(kinds))}), which has no per-port VLAN "
                 f"trunk; a trunk parent must be on a network of a physical "
                 f"network mapped to a distributed switch"))

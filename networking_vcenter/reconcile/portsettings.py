@@ -143,7 +143,7 @@ def port_settings(port: desired.PortSpec, *,
         in_shaping=in_shaping, out_shaping=out_shaping, trunk_vlans=vlans)
 
 
-# -- trunks --------------------------------------------------------------------
+# -- trunks ------------------------------------------------------------------
 
 def segment_vlan(segments: Iterable[desired.SegmentTuple],
                  physnet: str | None, flat: bool = True) -> int | None:
