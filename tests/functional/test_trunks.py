@@ -326,3 +326,22 @@ class TestTrunkReads(TrunksTestCase):
         self.assertEqual(tuple(sorted(ip["ip_address"]
                                       for ip in sa["fixed_ips"])),
                          sub.port.fixed_ips)
+
+
+class TestTrunkError(TrunksTestCase):
+    extra_ml2_vcenter = {"max_rules_per_port": 16}
+
+    def test_settings_that_cannot_be_had_put_the_trunk_in_error(self):
+        parent_net, a = self.make_net(230), self.make_net(231)
+        parent = self.port_on(parent_net["id"], security_groups=[])
+        self.assertIsNotNone(test_ports.dv_port_rules(
+            self.dv_port(parent).config.setting))
+        sg = self.make_sg("many")
+        for i in range(8):
+            self.add_rule(sg["id"], remote_ip_prefix=f"192.0.2.{i * 8}/29")
+        sa = self.unbound_port(a["id"], security_groups=[sg["id"]])
+        trunk = self.trunk(parent, self.sub(sa, 231))
+        # More traffic rules than max_rules_per_port: the DV port keeps
+        # what it had, and the trunk says so.
+        self.assertEqual("ERROR", self.get_trunk(trunk["id"])["status"])
+        self.assertEqual((("vlan", 230), True), self.vlan_of(parent))
