@@ -153,3 +153,9 @@ class VlanTransparencyRefused(vlan_exc.VlanTransparencyDriverError):
 class MtuTooLarge(n_exc.InvalidInput):
     """What an API user sees when a network's MTU is above a switch's (400,
     as Neutron's own "Requested MTU is too big")."""
+
+
+class TrunkRefused(n_exc.BadRequest):
+    """What an API user sees when a trunk cannot be carried by vSphere."""
+
+    message = "%(reason)s"

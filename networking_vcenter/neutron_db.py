@@ -13,7 +13,8 @@ Ports (the DV ports of the ports bound by this driver) are read the same
 way: :func:`ports` returns :class:`desired.PortSpec` with everything the
 port's DV port settings derive from (addresses, port security, security
 groups with their rules and the addresses those rules reference, QoS
-bandwidth limits) in about a dozen queries whatever the number of ports;
+bandwidth limits, a trunk parent's trunk and subports) in about a dozen
+queries whatever the number of ports;
 :func:`port_change_token` is the cheap "has anything changed?" question (one
 statement), :func:`port_fingerprints` the per-port answer to "which
 ports?" (a few queries), :func:`ports_referencing` the fan-out of a
@@ -24,6 +25,7 @@ it affects.  See :func:`port_fingerprints` for what a fingerprint covers.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 from typing import Any
 
@@ -122,6 +124,7 @@ class _M:
         from neutron.db.port_security import models as portsec
         from neutron.db.qos import models as qos
         from neutron.plugins.ml2 import models as ml2
+        from neutron.services.trunk import models as trunk
         from neutron_lib.db import standard_attr
         self.Attrs = standard_attr.StandardAttribute
         self.Network = models_v2.Network
@@ -142,6 +145,8 @@ class _M:
         self.PortPolicy = qos.QosPortPolicyBinding
         self.NetPolicy = qos.QosNetworkPolicyBinding
         self.BwRule = qos.QosBandwidthLimitRule
+        self.Trunk = trunk.Trunk
+        self.SubPort = trunk.SubPort
 
 
 _MODELS: _M | None = None
@@ -215,10 +220,16 @@ def ports(ids: set[str] | None = None,
 
     Without ``ids``: every port whose ACTIVE binding was bound at level 0 by
     the ``vcenter`` mechanism driver (on a host in ``host_filter``, on a
-    network of ``network_ids``, when given).  With ``ids``: those of the ports that exist, bound here or not;
-    one not bound here (another driver, unbound, its host outside
-    ``host_filter``) has ``physnet=None`` and the host of its ACTIVE binding
-    ('' when unbound), so that the caller can release its DV port.
+    network of ``network_ids``, when given).  With ``ids``: those of the
+    ports that exist, bound here or not, and the trunk parents of those that
+    are subports (the parent's DV port carries them); one not bound here
+    (another driver, unbound, its host outside ``host_filter``) has
+    ``physnet=None`` and the host of its ACTIVE binding ('' when unbound),
+    so that the caller can release its DV port.
+
+    A trunk parent's spec carries its trunk (:class:`desired.TrunkSpec`:
+    each subport's own spec, segmentation and network segments); a
+    subport's names its parent (``trunk_parent``).
 
     About a dozen queries for any number of ports: the ports are selected
     once as a subquery that every detail query is joined with (no query
@@ -251,16 +262,25 @@ def ports(ids: set[str] | None = None,
                                          m.Level.host == m.Binding.host,
                                          m.Level.level == 0)).outerjoin(
                         m.Segment, m.Segment.id == m.Level.segment_id
-                    ).filter(m.Port.id.in_(wanted))]
-            selected = s.query(m.Port.id).filter(m.Port.id.in_(wanted))
+                    ).filter(_or_parents(m, wanted))]
+            selected = s.query(m.Port.id).filter(_or_parents(m, wanted))
         if not rows:
             return []
         sel = selected.subquery()
-        in_sel = sa.select(sel.c.id)
+        # The selected ports and the members of their trunks (a parent's
+        # DV port depends on its subports, a subport's on its parent).
+        trunk_of_sel = _trunks_of(m, sa.select(sel.c.id))
+        in_sel = sa.select(m.Port.id).filter(sa.or_(
+            m.Port.id.in_(sa.select(sel.c.id)),
+            m.Port.id.in_(sa.select(m.Trunk.port_id).filter(
+                m.Trunk.id.in_(trunk_of_sel))),
+            m.Port.id.in_(sa.select(m.SubPort.port_id).filter(
+                m.SubPort.trunk_id.in_(trunk_of_sel)))))
 
-        base = {pid: (mac, status, owner, psec, nsec)
-                for pid, mac, status, owner, psec, nsec in s.query(
-                    m.Port.id, m.Port.mac_address, m.Port.status,
+        base = {pid: (net, mac, status, owner, psec, nsec)
+                for pid, net, mac, status, owner, psec, nsec in s.query(
+                    m.Port.id, m.Port.network_id, m.Port.mac_address,
+                    m.Port.status,
                     m.Port.device_owner, m.PortSec.port_security_enabled,
                     m.NetSec.port_security_enabled).outerjoin(
                     m.PortSec, m.PortSec.port_id == m.Port.id).outerjoin(
@@ -336,12 +356,10 @@ def ports(ids: set[str] | None = None,
                     m.BwRule.qos_policy_id.in_(sorted(policies))):
                 limits[policy_id].append(desired.BandwidthLimit(
                     direction, kbps or 0, burst or 0))
+        trunks = _trunks(m, s, trunk_of_sel)
 
-    specs = []
-    for pid, host, net_id, physnet in rows:
-        if pid not in base:
-            continue        # deleted between the two reads
-        mac, status, owner, psec, nsec = base[pid]
+    def spec(pid: str, host: str, physnet: str | None) -> desired.PortSpec:
+        net_id, mac, status, owner, psec, nsec = base[pid]
         own = [groups[g] for g in sorted(port_sgs.get(pid, ()))
                if g in groups]
         remote = {r.remote_group_id for g in own for r in g.rules
@@ -349,7 +367,7 @@ def ports(ids: set[str] | None = None,
         ags = {r.remote_address_group_id for g in own for r in g.rules
                if r.remote_address_group_id}
         policy = port_policy.get(pid) or net_policy.get(net_id)
-        specs.append(desired.PortSpec(
+        return desired.PortSpec(
             id=pid, network_id=net_id, host=host or "", physnet=physnet,
             mac=mac,
             fixed_ips=tuple(sorted(ips.get(pid, ()))),
@@ -365,8 +383,94 @@ def ports(ids: set[str] | None = None,
                             for a in sorted(ags)},
             qos=tuple(sorted(limits.get(policy, ()),
                              key=lambda b: b.direction)) if policy else (),
-            status=status or "", device_owner=owner or ""))
+            status=status or "", device_owner=owner or "")
+
+    by_parent = {t.parent: t for t in trunks}
+    parent_of = {sub: t.parent for t in trunks for sub, *_ in t.subports}
+    specs = []
+    for pid, host, _net_id, physnet in rows:
+        if pid not in base:
+            continue        # deleted between the two reads
+        found = spec(pid, host, physnet)
+        t = by_parent.get(pid)
+        if t is not None:
+            found = dataclasses.replace(found, trunk=desired.TrunkSpec(
+                id=t.id, status=t.status, segments=t.segments,
+                subports=tuple(desired.Subport(
+                    spec(sub, "", None), seg_type, seg_id, segs)
+                    for sub, seg_type, seg_id, segs in t.subports
+                    if sub in base)))
+        specs.append(dataclasses.replace(found,
+                                         trunk_parent=parent_of.get(pid)))
     return specs
+
+
+def _or_parents(m: _M, wanted: list[str]):
+    """Ports ``wanted`` and the trunk parents of those among them that are
+    subports (a parent's DV port carries its subports)."""
+    import sqlalchemy as sa
+    return sa.or_(m.Port.id.in_(wanted), m.Port.id.in_(
+        sa.select(m.Trunk.port_id).join(
+            m.SubPort, m.SubPort.trunk_id == m.Trunk.id).filter(
+            m.SubPort.port_id.in_(wanted))))
+
+
+def _trunks_of(m: _M, in_sel):
+    """The ids of the trunks the ports of a selection are parent or
+    subport of, as a subquery."""
+    import sqlalchemy as sa
+    return sa.select(m.Trunk.id).filter(sa.or_(
+        m.Trunk.port_id.in_(in_sel),
+        m.Trunk.id.in_(sa.select(m.SubPort.trunk_id).filter(
+            m.SubPort.port_id.in_(in_sel)))))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trunk:
+    id: str
+    parent: str
+    status: str
+    revision: int
+    segments: tuple[desired.SegmentTuple, ...]
+    # (port id, segmentation type, segmentation id, its network's segments)
+    subports: tuple[tuple[str, str, int, tuple], ...]
+
+
+def _trunks(m: _M, session, trunk_ids) -> list[_Trunk]:
+    """These trunks (a subquery of ids) with their subports and the
+    segments of their members' networks: one query, plus one for the
+    segments when there is a trunk."""
+    import sqlalchemy as sa
+    rows = session.query(
+        m.Trunk.id, m.Trunk.port_id, m.Trunk.status,
+        m.Attrs.revision_number, m.SubPort.port_id,
+        m.SubPort.segmentation_type, m.SubPort.segmentation_id).join(
+        m.Attrs, m.Attrs.id == m.Trunk.standard_attr_id).outerjoin(
+        m.SubPort, m.SubPort.trunk_id == m.Trunk.id).filter(
+        m.Trunk.id.in_(trunk_ids)).all()
+    if not rows:
+        return []
+    segs: dict[str, list] = collections.defaultdict(list)
+    for pid, net_type, physnet, seg_id in session.query(
+            m.Port.id, m.Segment.network_type, m.Segment.physical_network,
+            m.Segment.segmentation_id).join(
+            m.Segment, m.Segment.network_id == m.Port.network_id).filter(
+            sa.or_(m.Port.id.in_(sa.select(m.Trunk.port_id).filter(
+                m.Trunk.id.in_(trunk_ids))),
+                   m.Port.id.in_(sa.select(m.SubPort.port_id).filter(
+                       m.SubPort.trunk_id.in_(trunk_ids))))):
+        segs[pid].append((net_type, physnet, seg_id))
+    found: dict[str, dict] = {}
+    for trunk_id, parent, status, rev, sub, seg_type, seg_id in rows:
+        t = found.setdefault(trunk_id, {"parent": parent, "status": status,
+                                        "rev": rev, "subports": []})
+        if sub is not None:
+            t["subports"].append((sub, seg_type, seg_id,
+                                  tuple(sorted(segs.get(sub, ()), key=str))))
+    return [_Trunk(trunk_id, t["parent"], t["status"] or "", t["rev"] or 0,
+                   tuple(sorted(segs.get(t["parent"], ()), key=str)),
+                   tuple(sorted(t["subports"])))
+            for trunk_id, t in sorted(found.items())]
 
 
 def port_change_token() -> tuple:
@@ -374,20 +478,21 @@ def port_change_token() -> tuple:
     or deleted: one statement of scalar subqueries.
 
     Models with standard attributes (ports, networks, security groups and
-    their rules, address groups, QoS policies) contribute count, revision
-    sum and newest standard-attribute id; Neutron's revision plugin (a
-    default service plugin) bumps the parent's revision when a child row
+    their rules, address groups, QoS policies, trunks) contribute count,
+    revision sum and newest standard-attribute id; Neutron's revision plugin
+    (a default service plugin) bumps the parent's revision when a child row
     changes (IP allocation, allowed address pair, port security, binding,
     binding level, SG port binding and QoS port binding -> port; SG rule ->
     group; address -> address group; bandwidth rule -> policy; QoS network
-    binding -> network).  The child tables also contribute their row
-    counts, so deletes by cascade, which bump nothing, are seen too.
+    binding -> network).  The child tables (and trunks' subports) also
+    contribute their row counts, so deletes by cascade, which bump
+    nothing, are seen too.
     """
     import sqlalchemy as sa
     m = _m()
     ctx, reader = _reader()
     cols = []
-    for model in (m.Port, m.Network, m.SG, m.Rule, m.AG, m.Policy):
+    for model in (m.Port, m.Network, m.SG, m.Rule, m.AG, m.Policy, m.Trunk):
         join = m.Attrs.__table__.join(
             model.__table__, model.standard_attr_id == m.Attrs.id)
         for agg in (sa.func.count(m.Attrs.id),
@@ -395,7 +500,8 @@ def port_change_token() -> tuple:
                     sa.func.max(m.Attrs.id)):
             cols.append(sa.select(agg).select_from(join).scalar_subquery())
     for model in (m.IP, m.Pair, m.Binding, m.Level, m.PortSec, m.SGBinding,
-                  m.AGAddress, m.PortPolicy, m.NetPolicy, m.BwRule):
+                  m.AGAddress, m.PortPolicy, m.NetPolicy, m.BwRule,
+                  m.SubPort):
         cols.append(sa.select(sa.func.count()).select_from(
             model.__table__).scalar_subquery())
     with reader:
@@ -410,7 +516,7 @@ def port_fingerprints(host_filter: set[str] | None = None
     The maintenance worker diffs two such dicts, as it does for networks.
 
     A fingerprint is made of revision numbers and of the addresses of the
-    remote groups, in at most nine queries whatever the number of ports:
+    remote groups, in at most ten queries whatever the number of ports:
 
     - the port's revision (Neutron bumps it for its IPs, allowed address
       pairs, port security, security group and QoS bindings, binding and
@@ -425,7 +531,13 @@ def port_fingerprints(host_filter: set[str] | None = None
       addresses (fixed IPs and allowed address pairs), so that a port
       joining or leaving a group, or a member changing address, changes
       every port whose rules refer to that group -- and nothing else does
-      (a member's status change does not fan out).
+      (a member's status change does not fan out);
+    - a trunk parent's: its trunk's id and revision, and each subport's id,
+      segmentation and fingerprint as above (its revision, groups and
+      policies); a subport's: its parent's id (the parent's fingerprint
+      follows the subport).  One more query.  Not covered: a subport
+      network's segments changing (a provider network's VLAN cannot be
+      updated; the full pass catches a segment added or removed).
     """
     import sqlalchemy as sa
     m = _m()
@@ -434,7 +546,11 @@ def port_fingerprints(host_filter: set[str] | None = None
         s = ctx.session
         sel = _bound_here(m, s, host_filter).with_entities(
             m.Port.id).subquery()
-        in_sel = sa.select(sel.c.id)
+        trunk_ids = _trunks_of(m, sa.select(sel.c.id))
+        in_sel = sa.select(m.Port.id).filter(sa.or_(
+            m.Port.id.in_(sa.select(sel.c.id)),
+            m.Port.id.in_(sa.select(m.SubPort.port_id).filter(
+                m.SubPort.trunk_id.in_(trunk_ids)))))
         ports_ = {pid: (host, net, physnet, rev)
                   for pid, host, net, physnet, rev in _bound_here(
                       m, s, host_filter).add_columns(
@@ -488,17 +604,48 @@ def port_fingerprints(host_filter: set[str] | None = None
             m.Attrs, m.Attrs.id == m.Policy.standard_attr_id).filter(
             m.NetPolicy.network_id.in_(sa.select(m.Port.network_id).filter(
                 m.Port.id.in_(in_sel))))}
+        sub = sa.orm.aliased(m.Port)
+        sub_attrs = sa.orm.aliased(m.Attrs)
+        trunks: dict[str, tuple] = {}
+        subports: dict[str, list] = collections.defaultdict(list)
+        parent_of: dict[str, str] = {}
+        for trunk_id, parent, trunk_rev, sub_id, seg_type, seg_id, \
+                sub_net, sub_rev in s.query(
+                m.Trunk.id, m.Trunk.port_id, m.Attrs.revision_number,
+                m.SubPort.port_id, m.SubPort.segmentation_type,
+                m.SubPort.segmentation_id, sub.network_id,
+                sub_attrs.revision_number).join(
+                m.Attrs, m.Attrs.id == m.Trunk.standard_attr_id).outerjoin(
+                m.SubPort, m.SubPort.trunk_id == m.Trunk.id).outerjoin(
+                sub, sub.id == m.SubPort.port_id).outerjoin(
+                sub_attrs, sub_attrs.id == sub.standard_attr_id).filter(
+                m.Trunk.id.in_(trunk_ids)):
+            trunks[parent] = (trunk_id, trunk_rev)
+            if sub_id is not None:
+                subports[parent].append((sub_id, seg_type, seg_id, sub_net,
+                                         sub_rev))
+                parent_of[sub_id] = parent
 
-    prints = {}
-    for pid, (host, net, physnet, rev) in ports_.items():
+    def own(pid: str, rev, net: str | None) -> tuple:
         sgs = sorted(port_sgs.get(pid, ()))
         referenced = sorted({r for g in sgs for r in refs.get(g, ())})
-        prints[pid] = (
-            rev, host, physnet,
+        return (
+            rev,
             tuple(sg_rev.get(g, (g, None, 0)) for g in sgs),
             tuple((k, r, members.get(r, "") if k == "sg" else ag_rev.get(r))
                   for k, r in referenced),
             port_policy.get(pid) or net_policy.get(net))
+
+    prints = {}
+    for pid, (host, net, physnet, rev) in ports_.items():
+        prints[pid] = (host, physnet, *own(pid, rev, net))
+        if pid in trunks:
+            prints[pid] += (trunks[pid], tuple(
+                (sub_id, seg_type, seg_id, own(sub_id, sub_rev, sub_net))
+                for sub_id, seg_type, seg_id, sub_net, sub_rev
+                in sorted(subports[pid], key=lambda x: x[0])))
+        elif pid in parent_of:
+            prints[pid] += (("parent", parent_of[pid]),)
     return prints
 
 
@@ -550,3 +697,32 @@ def failed_bindings(host_filter: set[str]) -> list[tuple[str, str]]:
                 m.Binding.status == ACTIVE,
                 m.Binding.vif_type == "binding_failed",
                 m.Binding.host.in_(sorted(host_filter)))]
+
+
+def trunk_ports(context, port_ids: set[str]
+                ) -> tuple[dict[str, tuple[str, str]],
+                           dict[str, tuple[desired.SegmentTuple, ...]]]:
+    """For the trunk checks at the API, in the caller's transaction
+    (``context``, e.g. a trunk plugin PRECOMMIT): ``{port id: (network id,
+    host of its ACTIVE binding or '')}`` and ``{network id: its segments}``
+    of these ports.  Two queries."""
+    import sqlalchemy as sa
+    from neutron_lib.db import api as db_api
+    m = _m()
+    with db_api.CONTEXT_READER.using(context):
+        s = context.session
+        ports_ = {pid: (net, host or "") for pid, net, host in s.query(
+            m.Port.id, m.Port.network_id, m.Binding.host).outerjoin(
+            m.Binding, sa.and_(m.Binding.port_id == m.Port.id,
+                               m.Binding.status == ACTIVE)).filter(
+            m.Port.id.in_(sorted(port_ids)))}
+        segs: dict[str, list] = collections.defaultdict(list)
+        if ports_:
+            for net, net_type, physnet, seg_id in s.query(
+                    m.Segment.network_id, m.Segment.network_type,
+                    m.Segment.physical_network,
+                    m.Segment.segmentation_id).filter(
+                    m.Segment.network_id.in_(
+                        sorted({n for n, _ in ports_.values()}))):
+                segs[net].append((net_type, physnet, seg_id))
+    return ports_, {net: tuple(sorted(v, key=str)) for net, v in segs.items()}

@@ -40,6 +40,7 @@ from neutron_lib import context as n_context
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.plugins import directory
 from neutron_lib.plugins.ml2 import api
+from neutron_lib.services.trunk import constants as trunk_consts
 from oslo_config import cfg
 
 from networking_vcenter import agent
@@ -47,6 +48,7 @@ from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter import neutron_db
 from networking_vcenter import qos
+from networking_vcenter import trunk as trunk_mod
 from networking_vcenter.reconcile import desired as desired_mod
 from networking_vcenter.reconcile import mtu as mtu_mod
 from networking_vcenter.reconcile import worker as worker_mod
@@ -101,6 +103,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
         self._pid = None
         self._start(background=False)
         qos.register(self._on_qos_policy)
+        trunk_mod.register(self)
         self._subscribe()
 
     def _start(self, background: bool) -> None:
@@ -115,6 +118,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
         self._sg_deleting: dict[str, set[str]] = {}
         self._draining = False
         self.reconciler.status_sink = self._set_port_status
+        self.reconciler.trunk_status_sink = self._set_trunk_status
         self.reconciler.network_ports = functools.partial(
             _network_ports, set(self.settings.compute_hosts))
         atexit.register(self._close, self._pid)
@@ -617,6 +621,59 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 network=context.current["id"], reason="; ".join(problems))
         return True
 
+    # -- trunks (networking_vcenter.trunk's backend) -------------------------
+
+    def is_compute_host(self, host: str) -> bool:
+        return host in self.settings.compute_hosts
+
+    def switch_kinds(self, segments: list[dict[str, Any]],
+                     host: str | None) -> dict[str, str | None]:
+        """Physical network -> ``dvs`` / ``vswitch`` (None: not known, no
+        replica yet) of each mapped VLAN/flat segment of ``segments`` (that
+        reaches ``host``'s cluster, when given).  From memory."""
+        rec = self._here()
+        topology = None
+        if rec.replica is not None and rec.replica.synced:
+            try:
+                topology = rec.topology(rec.inventory())
+            except exceptions.VCenterError:
+                topology = None
+        cluster = self.settings.compute_hosts.get(host) if host else None
+        kinds: dict[str, str | None] = {}
+        for seg in segments:
+            if not desired_mod.is_mapped(seg, self.settings.switch_mappings):
+                continue
+            physnet = seg["physical_network"]
+            if topology is None:
+                kinds[physnet] = None
+                continue
+            target = topology.target_reaching(seg, cluster) if cluster \
+                else topology.targets.get(physnet)
+            if target is not None:
+                kinds[physnet] = target.kind
+            elif not cluster:
+                kinds[physnet] = None
+        return kinds
+
+    def trunk_changed(self, port_ids: set[str]) -> None:
+        self._sync_ports_soon(set(port_ids))
+
+    def _set_trunk_status(self, statuses: dict[str, str]) -> None:
+        """Through the trunk plugin, as it sets DOWN itself."""
+        plugin = directory.get_plugin("trunk")
+        if plugin is None:
+            return
+        ctx = n_context.get_admin_context()
+        for trunk_id, status in sorted(statuses.items()):
+            try:
+                plugin.update_trunk(ctx, trunk_id,
+                                    {"trunk": {"status": status}})
+            except Exception as exc:  # noqa: BLE001 - the trunk may be gone
+                LOG.debug("trunk %s: status not set to %s: %s", trunk_id,
+                          status, exc)
+            else:
+                LOG.info("trunk %s is %s", trunk_id, status)
+
     # -- host filtering (ML2's and the DHCP scheduler's) ------------------------
 
     def filter_hosts_with_segment_access(self, context, segments,
@@ -658,6 +715,10 @@ class VCenterMechanismDriver(api.MechanismDriver):
             LOG.debug("port %s: vnic_type %s is not bound by vcenter",
                       context.current["id"], vnic)
             return
+        if context.current.get("device_owner") == \
+                trunk_consts.TRUNK_SUBPORT_OWNER:
+            self._bind_subport(context)
+            return
         port_id = context.current["id"]
         net_id = context.network.current["id"]
         segments = list(context.segments_to_bind)
@@ -672,12 +733,12 @@ class VCenterMechanismDriver(api.MechanismDriver):
             return
         # Neutron is read here, in the API's thread (the hook thread is for
         # vCenter, under the deadline).
-        found = neutron_db.ports({port_id})
-        if not found:
+        port_spec = next((p for p in neutron_db.ports({port_id})
+                          if p.id == port_id), None)
+        if port_spec is None:
             LOG.error("port %s on %s: cannot bind: not found in Neutron's "
                       "database", port_id, host)
             return
-        port_spec = found[0]
 
         def find(rec: Reconciler, deadline: float):
             topology = rec.topology(rec.inventory(
@@ -728,9 +789,51 @@ class VCenterMechanismDriver(api.MechanismDriver):
                  pg.switch, pg.name, found.moid,
                  f", DV port {dv_port.key}" if dv_port else "")
 
+    def _bind_subport(self, context: api.PortContext) -> None:
+        """A trunk's subport: no DV port of its own (its parent's carries
+        its VLAN), bound when its parent is bound here, to its network's
+        VLAN segment on the parent's physical network; its status is the
+        parent's."""
+        port_id = context.current["id"]
+        specs = {p.id: p for p in neutron_db.ports({port_id})}
+        spec = specs.get(port_id)
+        parent = specs.get(spec.trunk_parent) if spec and \
+            spec.trunk_parent else None
+        if parent is None or not parent.physnet or \
+                parent.host != context.host:
+            LOG.debug("subport %s on %s: not bound here: its trunk parent "
+                      "is not bound here on that host", port_id,
+                      context.host)
+            return
+        for seg in context.segments_to_bind:
+            if seg.get(api.NETWORK_TYPE) == "vlan" and \
+                    seg.get(api.PHYSICAL_NETWORK) == parent.physnet:
+                context.set_binding(
+                    seg[api.ID], VIF_TYPE_DVS,
+                    {"segmentation_id": seg[api.SEGMENTATION_ID],
+                     "trunk_parent": parent.id,
+                     portbindings.VIF_DETAILS_CONNECTIVITY:
+                         portbindings.CONNECTIVITY_L2},
+                    status=parent.status or n_const.PORT_STATUS_DOWN)
+                LOG.info("subport %s bound on %s: VLAN %s of its trunk "
+                         "parent %s's DV port", port_id, context.host,
+                         seg[api.SEGMENTATION_ID], parent.id)
+                return
+        LOG.error("subport %s on %s: cannot bind: its network %s has no "
+                  "VLAN segment on physical network %s (its trunk parent "
+                  "%s's)", port_id, context.host,
+                  context.network.current["id"], parent.physnet, parent.id)
+
     def _check_vswitch_port(self, spec: desired_mod.PortSpec) -> None:
         """A standard vSwitch has no per-port policy: refuse, if so
-        configured, a port whose policy would not be enforced."""
+        configured, a port whose policy would not be enforced; and always a
+        trunk parent (its subports would silently lose their VLANs)."""
+        if spec.trunk is not None:
+            raise exceptions.PermanentFault(
+                f"port {spec.id}",
+                f"it is the parent of trunk {spec.trunk.id}, and a standard "
+                f"vSwitch has no per-port VLAN trunk: its subports would be "
+                f"cut off")
         what = desired_mod.unenforceable_on_vswitch(spec)
         if what and self.settings.standard_vswitch_ports == "refuse":
             raise exceptions.PermanentFault(

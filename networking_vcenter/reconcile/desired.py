@@ -181,6 +181,36 @@ class PortSpec:
     status: str = ""                    # Neutron's port status
     device_owner: str = ""
     changed_at: float | None = None     # epoch seconds of its updated_at
+    trunk: "TrunkSpec | None" = None    # the trunk this port is parent of
+    trunk_parent: str | None = None     # a subport: its trunk's parent
+
+
+# Segments as the trunk reads them: (network_type, physical_network,
+# segmentation_id).
+SegmentTuple = tuple[str, "str | None", "int | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Subport:
+    """One subport of a trunk: the port itself (addresses, security
+    groups, port security, QoS; no binding), how the guest tags it, and
+    its network's segments."""
+
+    port: PortSpec
+    segmentation_type: str
+    segmentation_id: int
+    segments: tuple[SegmentTuple, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrunkSpec:
+    """The trunk whose parent a port is: its subports and the segments of
+    the parent's network (the parent's own VLAN is its bound segment's)."""
+
+    id: str
+    status: str
+    subports: tuple[Subport, ...] = ()
+    segments: tuple[SegmentTuple, ...] = ()
 
 
 def _cluster_hosts(name: str, inv: Inventory,
@@ -441,6 +471,10 @@ class DesiredPort:
     settings: PortSettings | None
     problem: str | None = None
     status: str = ""                # Neutron's port status now
+    # A trunk parent: its trunk (id, status, subports with their status)
+    # and what of it the DV port cannot carry (the trunk is DEGRADED).
+    trunk: TrunkSpec | None = None
+    trunk_problems: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -486,7 +520,8 @@ def desired_ports(ports: Iterable[PortSpec],
     A port counts when it is bound (``physnet`` set by the reader from its
     bound segment) to a physical network mapped to a distributed switch; one
     on a standard vSwitch has no DV port, and what its policy asks that the
-    vSwitch cannot do is returned as :class:`UnenforcedPort`.
+    vSwitch cannot do is returned as :class:`UnenforcedPort`.  A trunk's
+    subport has no DV port of its own: its parent's carries it.
     """
     from networking_vcenter.reconcile import portsettings
     result: list[DesiredPort] = []
@@ -495,7 +530,7 @@ def desired_ports(ports: Iterable[PortSpec],
     std = std_security(ports, topo)
     for port in ports:
         net = networks.get(port.network_id)
-        if not port.physnet or net is None:
+        if not port.physnet or net is None or port.trunk_parent:
             continue
         pg = next((d for d in desired_for_network(net, topo)
                    if d.physnet == port.physnet), None)
@@ -503,6 +538,8 @@ def desired_ports(ports: Iterable[PortSpec],
             continue
         if pg.kind != DVS:
             what = unenforceable_on_vswitch(port)
+            if port.trunk is not None:
+                what += ("a trunk (no per-port VLAN ranges)",)
             if not port.port_security and std.get(port.network_id) == \
                     STD_SECURE:
                 what += ("disabled port security (other ports of the "
@@ -518,13 +555,15 @@ def desired_ports(ports: Iterable[PortSpec],
         except (portsettings.TooManyRules,
                 portsettings.Unenforceable) as exc:
             result.append(DesiredPort(port.id, port.network_id, pg, None,
-                                      str(exc), port.status))
+                                      str(exc), port.status, port.trunk))
             continue
         if not target.mac_learning:
             # A switch without MAC management has no such setting to hold.
             settings = dataclasses.replace(settings, mac_learning=None)
-        result.append(DesiredPort(port.id, port.network_id, pg, settings,
-                                  status=port.status))
+        result.append(DesiredPort(
+            port.id, port.network_id, pg, settings, status=port.status,
+            trunk=port.trunk,
+            trunk_problems=portsettings.trunk_problems(port)))
     return result, unenforced
 
 

@@ -496,6 +496,8 @@ class PortPlan:
         default_factory=dict)        # port id -> status Neutron should show
     waiting: set[str] = dataclasses.field(default_factory=set)
                                      # ports whose port group is not ready
+    trunk_status: dict[str, str] = dataclasses.field(
+        default_factory=dict)        # trunk id -> status Neutron should show
 
     def __bool__(self) -> bool:
         return bool(self.steps)
@@ -508,6 +510,8 @@ class PortPlan:
 
 ACTIVE = "ACTIVE"
 DOWN = "DOWN"
+DEGRADED = "DEGRADED"
+ERROR = "ERROR"
 # The name a released DV port gets.  Not "": an empty name in a port spec
 # means "unchanged" to some implementations (the simulator), and an explicit
 # word tells an operator looking at the switch what happened.  A port named
@@ -586,6 +590,8 @@ def plan_ports(desired: Iterable[DesiredPort], inv: Inventory,
             status = ACTIVE if have.connected else DOWN
             if d.status and d.status != status:
                 result.status[d.port_id] = status
+            if d.trunk is not None:
+                _trunk_status(d, have, status, result)
         elif d.settings is not None:
             reserve.setdefault(pg.key, []).append((d, pg))
             if d.status and d.status != DOWN:
@@ -615,6 +621,25 @@ def plan_ports(desired: Iterable[DesiredPort], inv: Inventory,
             result.steps.append(step_for(ReservePort, port, d, pg,
                                          d.settings, d.port_id))
     return result
+
+
+def _trunk_status(d: DesiredPort, have: inv_mod.DvPort, status: str,
+                  result: PortPlan) -> None:
+    """A trunk parent's subports show the parent's status; the trunk is
+    ACTIVE once the parent's DV port carries its settings (DEGRADED if
+    some subports are not carried as asked), ERROR if its settings cannot
+    be had; while they are being written it keeps its status."""
+    for sub in d.trunk.subports:
+        if sub.port.status != status:
+            result.status[sub.port.id] = status
+    if d.settings is None:
+        trunk = ERROR
+    elif have.settings == d.settings:
+        trunk = DEGRADED if d.trunk_problems else ACTIVE
+    else:
+        return
+    if trunk != d.trunk.status:
+        result.trunk_status[d.trunk.id] = trunk
 
 
 def _key_order(key: str):

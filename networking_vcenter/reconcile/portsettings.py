@@ -26,6 +26,11 @@ to the VM (:data:`TO_VM`)
 
 For stateful groups, reflexive accept rules admit the replies (see
 docs/security-groups.md for exactly what more they admit).
+
+A trunk parent's DV port carries its trunk's VLAN ranges and one filter
+for the trunk's members, each member's rules naming its own addresses
+(docs/trunks.md; :func:`trunk_vlans`, :func:`trunk_members`,
+:func:`trunk_problems`).
 """
 
 from __future__ import annotations
@@ -105,30 +110,152 @@ class Unenforceable(ValueError):
 def port_settings(port: desired.PortSpec, *,
                   max_rules: int = DEFAULT_MAX_RULES,
                   mac_learning: bool = True) -> inventory.PortSettings:
-    """Every setting of the DV port reserved for ``port`` (none inherited).
+    """Every setting of the DV port reserved for ``port`` (none inherited
+    but the VLAN of a port that is no trunk parent).
 
-    Raises :class:`TooManyRules` (never truncates) and
-    :class:`Unenforceable`.
+    A trunk parent's port carries its trunk (:func:`trunk_vlans`) and one
+    traffic filter for all its VLANs (:func:`trunk_members`).  Raises
+    :class:`TooManyRules` (never truncates) and :class:`Unenforceable`.
     """
     in_shaping, out_shaping = qos_shaping(port.qos, port_id=port.id)
+    vlans = trunk_vlans(port)[0] if port.trunk is not None else None
     if not port.port_security:
         return inventory.PortSettings(
             blocked=False, rules=(),
             allow_promiscuous=not mac_learning,
             mac_changes=True, forged_transmits=True,
             mac_learning=mac_learning,
-            in_shaping=in_shaping, out_shaping=out_shaping)
+            in_shaping=in_shaping, out_shaping=out_shaping,
+            trunk_vlans=vlans)
     rules = traffic_rules(port)
     if len(rules) > max_rules:
         raise TooManyRules(port.id, len(rules), max_rules)
     own_mac = _mac_int(port.id, port.mac)
-    other_mac = any(mac and _mac_int(port.id, mac) != own_mac
-                    for _ip, mac in port.allowed_address_pairs)
+    other_mac = any(
+        mac and _mac_int(m.id, mac) != own_mac
+        for m in [port, *trunk_members(port)]
+        for mac in [m.mac] + [pair_mac for _ip, pair_mac
+                              in m.allowed_address_pairs])
     return inventory.PortSettings(
         blocked=False, rules=rules, allow_promiscuous=False,
         mac_changes=other_mac, forged_transmits=other_mac,
         mac_learning=False,
-        in_shaping=in_shaping, out_shaping=out_shaping)
+        in_shaping=in_shaping, out_shaping=out_shaping, trunk_vlans=vlans)
+
+
+# -- trunks ------------------------------------------------------------------
+
+def segment_vlan(segments: Iterable[desired.SegmentTuple],
+                 physnet: str | None, flat: bool = True) -> int | None:
+    """The VLAN of a network on ``physnet``: its VLAN segment's ID there,
+    0 for a flat segment (when ``flat``); None if it has neither."""
+    for net_type, seg_physnet, seg_id in segments:
+        if seg_physnet != physnet:
+            continue
+        if net_type == "vlan" and seg_id is not None:
+            return int(seg_id)
+        if net_type == "flat" and flat:
+            return 0
+    return None
+
+
+def subport_problem(port_id: str, network_id: str, segmentation_type: str,
+                    segmentation_id: int | None,
+                    segments: Iterable[desired.SegmentTuple],
+                    physnet: str | None) -> str | None:
+    """Why a subport cannot be on a trunk whose parent is on ``physnet``
+    (None: it can).  The guest's tag is the VLAN on the wire: vSphere
+    cannot translate VLAN IDs, so the segmentation ID must be the VLAN of
+    the subport's network on the parent's physical network."""
+    vlan = segment_vlan(segments, physnet, flat=False)
+    if vlan is None:
+        return (f"subport {port_id}: its network {network_id} has no VLAN "
+                f"segment on physical network {physnet} (the trunk "
+                f"parent's), so no VLAN of the parent's DV port can carry it")
+    if segmentation_type != "vlan" or segmentation_id != vlan:
+        return (f"subport {port_id}: segmentation {segmentation_type} "
+                f"{segmentation_id} is not VLAN {vlan} of its network "
+                f"{network_id} on physical network {physnet}; vSphere "
+                f"cannot translate VLAN IDs: use segmentation_type vlan "
+                f"with segmentation_id {vlan}, or segmentation_type "
+                f"inherit")
+    return None
+
+
+def vlan_ranges(vlans: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """VLAN IDs collapsed into sorted ``(first, last)`` ranges."""
+    ranges: list[list[int]] = []
+    for vlan in sorted(set(vlans)):
+        if ranges and vlan == ranges[-1][1] + 1:
+            ranges[-1][1] = vlan
+        else:
+            ranges.append([vlan, vlan])
+    return tuple((first, last) for first, last in ranges)
+
+
+def trunk_vlans(port: desired.PortSpec
+                ) -> tuple[tuple[tuple[int, int], ...], tuple[str, ...]]:
+    """(VLAN ranges, problems) of a trunk parent's DV port: the VLAN of
+    the parent's network on its physical network (0 when flat) and that
+    of each subport that :func:`subport_problem` admits; each other
+    subport is a problem (left out: its traffic does not pass)."""
+    trunk = port.trunk
+    if trunk is None:
+        return (), ()
+    vlans, problems = set(), []
+    own = segment_vlan(trunk.segments, port.physnet)
+    if own is not None:
+        vlans.add(own)
+    for sub in trunk.subports:
+        why = subport_problem(sub.port.id, sub.port.network_id,
+                              sub.segmentation_type, sub.segmentation_id,
+                              sub.segments, port.physnet)
+        if why:
+            problems.append(why)
+        else:
+            vlans.add(sub.segmentation_id)
+    return vlan_ranges(vlans), tuple(problems)
+
+
+def trunk_members(port: desired.PortSpec) -> list[desired.PortSpec]:
+    """The subports whose addresses and security groups the parent's
+    traffic filter holds: those on a VLAN the port carries, with port
+    security on like the parent's (see :func:`trunk_problems` for the
+    others)."""
+    if port.trunk is None or not port.port_security:
+        return []
+    return [sub.port for sub in port.trunk.subports
+            if sub.port.port_security and not subport_problem(
+                sub.port.id, sub.port.network_id, sub.segmentation_type,
+                sub.segmentation_id, sub.segments, port.physnet)]
+
+
+def trunk_problems(port: desired.PortSpec) -> tuple[str, ...]:
+    """What of a trunk the parent's DV port does not carry as Neutron
+    says (the trunk is then DEGRADED): subports on no VLAN it can carry,
+    subports whose port security differs from the parent's, and subports'
+    QoS policies (the parent's shaping is for all its VLANs)."""
+    if port.trunk is None:
+        return ()
+    problems = list(trunk_vlans(port)[1])
+    for sub in port.trunk.subports:
+        sp = sub.port
+        if sp.port_security and not port.port_security:
+            problems.append(
+                f"subport {sp.id}: its security groups are not enforced: "
+                f"the trunk parent {port.id} has port security disabled, "
+                f"and one DV port filters all the trunk's VLANs")
+        elif port.port_security and not sp.port_security:
+            problems.append(
+                f"subport {sp.id}: port security is disabled on it but not "
+                f"on the trunk parent {port.id}: one traffic filter covers "
+                f"all the trunk's VLANs and holds no rule for it, so its "
+                f"traffic is dropped")
+        if sp.qos:
+            problems.append(
+                f"subport {sp.id}: its QoS policy is not enforced: the "
+                f"trunk parent's shaping applies to all the trunk's VLANs")
+    return tuple(problems)
 
 
 def released_settings(connected: bool) -> inventory.PortSettings:
@@ -222,8 +349,10 @@ class _Sg:
 
 def traffic_rules(port: desired.PortSpec) -> tuple[inventory.TrafficRule, ...]:
     """The traffic filter of a port with port security on (see the module
-    docstring for its shape)."""
-    own = own_addresses(port)
+    docstring for its shape).  A trunk parent's filter holds its members'
+    (:func:`trunk_members`) rules too, each member's accept rules naming
+    its own addresses on both sides (from the VM as source, to the VM as
+    destination), so that one member's groups do not open another's."""
     head_out: list[inventory.TrafficRule] = []
     head_in: list[inventory.TrafficRule] = []
     accepts: list[inventory.TrafficRule] = []
@@ -243,20 +372,24 @@ def traffic_rules(port: desired.PortSpec) -> tuple[inventory.TrafficRule, ...]:
                           dst="ff02::/16", why="ICMPv6 DAD/MLD from ::"))
     head_in.append(_rule(TO_VM, ACCEPT, ICMPV6, src="::/0",
                          why="ICMPv6 (neighbour discovery, RA, MLD)"))
-    for fam in (4, 6):
-        client, server = _DHCP_CLIENT[fam]
-        for addr in own[fam]:
-            head_out.append(_rule(FROM_VM, ACCEPT, UDP, src=str(addr),
-                                  sports=(client, client),
-                                  dports=(server, server),
-                                  why="DHCP client"))
-            if fam == 6:
-                head_out.append(_rule(FROM_VM, ACCEPT, ICMPV6, src=str(addr),
-                                      why="ICMPv6 from own address"))
-    for sg in _resolve(port):
-        accepts.extend(_forward(sg, own))
-        if sg.stateful:
-            accepts.extend(_reflexive(sg, own))
+    pin = port.trunk is not None
+    for member in [port, *trunk_members(port)]:
+        own = own_addresses(member)
+        for fam in (4, 6):
+            client, server = _DHCP_CLIENT[fam]
+            for addr in own[fam]:
+                head_out.append(_rule(FROM_VM, ACCEPT, UDP, src=str(addr),
+                                      sports=(client, client),
+                                      dports=(server, server),
+                                      why="DHCP client"))
+                if fam == 6:
+                    head_out.append(_rule(FROM_VM, ACCEPT, ICMPV6,
+                                          src=str(addr),
+                                          why="ICMPv6 from own address"))
+        for sg in _resolve(member):
+            accepts.extend(_forward(sg, own, pin))
+            if sg.stateful:
+                accepts.extend(_reflexive(sg, own))
     tail = [_rule(d, DROP, None, src=_ANY[fam], why=f"drop all IPv{fam}")
             for d in (FROM_VM, TO_VM) for fam in (4, 6)]
     accepts = _without_subsumed(_unique(sorted(accepts, key=_sort_key)))
@@ -334,9 +467,14 @@ def _remotes(port: desired.PortSpec, r: desired.SgRule,
     return tuple(ipaddress.collapse_addresses(nets))
 
 
-def _forward(sg: _Sg, own) -> list[inventory.TrafficRule]:
-    """The accept rules of one Neutron rule, as Neutron reads it."""
+def _forward(sg: _Sg, own, pin: bool = False) -> list[inventory.TrafficRule]:
+    """The accept rules of one Neutron rule, as Neutron reads it; ``pin``:
+    to the VM only to the own addresses (a trunk member's)."""
     if sg.direction == TO_VM:
+        if pin:
+            return [_rule(TO_VM, ACCEPT, sg.protocol, src=str(r), dst=str(a),
+                          dports=sg.ports, why=sg.label)
+                    for a in own[sg.family] for r in sg.remotes]
         return [_rule(TO_VM, ACCEPT, sg.protocol, src=str(r), dports=sg.ports,
                       why=sg.label) for r in sg.remotes]
     return [_rule(FROM_VM, ACCEPT, sg.protocol, src=str(a), dst=str(r),

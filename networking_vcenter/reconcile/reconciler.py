@@ -95,6 +95,8 @@ class Reconciler:
     # Told the status Neutron should show for ports whose NIC connected or
     # went away ({port id: "ACTIVE" | "DOWN"}); set by the ML2 driver.
     status_sink: Callable[[dict[str, str]], None] | None = None
+    # Trunk id -> the status Neutron should show (ACTIVE, DEGRADED, ERROR).
+    trunk_status_sink: Callable[[dict[str, str]], None] | None = None
     # Reads the ports bound here on the given networks (None: all), for the
     # security policy of standard port groups; set by the ML2 driver and the
     # CLI.  None: standard port groups' security is left as it is.
@@ -449,6 +451,7 @@ class Reconciler:
                         port_ids, young)
                     break
         self._warn_unenforced(unenforced)
+        trunks = self._trunk_status(want, the_plan, total)
         if port_ids is not None and not dry_run:
             # On a standard vSwitch port security follows the port group:
             # the networks of these ports (and of ``networks``, those of
@@ -463,6 +466,9 @@ class Reconciler:
         if report_status and not dry_run and the_plan.status and \
                 self.status_sink is not None:
             self.status_sink(dict(the_plan.status))
+        if report_status and not dry_run and trunks and \
+                self.trunk_status_sink is not None:
+            self.trunk_status_sink(trunks)
         return PortPass(specs, want, unenforced, the_plan, total, young)
 
     def _warn_mtu(self, inv: inventory.Inventory,
@@ -482,6 +488,28 @@ class Reconciler:
             LOG.warning("%s; lower it (openstack network set --mtu) or "
                         "raise the switch's MTU",
                         mtu_mod.problem(net.id, net.mtu, small))
+
+
+    def _trunk_status(self, want: list[desired_mod.DesiredPort],
+                      the_plan: plan_mod.PortPlan,
+                      outcome: apply_mod.PortOutcome) -> dict[str, str]:
+        """Trunk id -> its new status: the plan's (ACTIVE / DEGRADED once
+        the parent's DV port carries it), ERROR where vCenter refused the
+        parent's settings.  Logs, once per process and problem, what of a
+        trunk is not carried."""
+        result = dict(the_plan.trunk_status)
+        failed = {s.port_id for s, _ in outcome.failed}
+        for d in want:
+            if d.trunk is None:
+                continue
+            if d.port_id in failed and d.trunk.status != plan_mod.ERROR:
+                result[d.trunk.id] = plan_mod.ERROR
+            for problem in d.trunk_problems:
+                if (d.trunk.id, problem) not in self._warned:
+                    self._warned.add((d.trunk.id, problem))
+                    LOG.warning("trunk %s (parent port %s) is DEGRADED: %s",
+                                d.trunk.id, d.port_id, problem)
+        return result
 
     def _warn_unenforced(self, unenforced) -> None:
         """One warning per network (and process) whose ports' policy a

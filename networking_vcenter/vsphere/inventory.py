@@ -126,12 +126,12 @@ class DvsPortGroup:
 
 
 # The port overrides a group must allow for the settings the driver puts on
-# its ports (blocked, traffic filter, security, shaping).  MAC management
-# (macManagementOverrideAllowed, vim 6.7) is asked for too but not required:
-# an older API session cannot even send it.
+# its ports (blocked, traffic filter, security, shaping, the VLAN ranges of a
+# trunk parent).  MAC management (macManagementOverrideAllowed, vim 6.7) is
+# asked for too but not required: an older API session cannot even send it.
 PORT_OVERRIDES = ("blockOverrideAllowed", "shapingOverrideAllowed",
                   "trafficFilterOverrideAllowed",
-                  "securityPolicyOverrideAllowed")
+                  "securityPolicyOverrideAllowed", "vlanOverrideAllowed")
 
 
 def ports_ready_of(pg_type: str | None, policy: Any) -> bool:
@@ -494,7 +494,10 @@ class PortSettings:
 
     ``rules`` () means "no traffic filter" set on the port (port security
     off); None leaves the group's.  ``mac_learning`` maps to the 6.6+
-    MAC management policy where the switch has it.
+    MAC management policy where the switch has it.  ``trunk_vlans``: the
+    VLAN ranges ``(first, last)`` of a trunk port (VLAN guest tagging),
+    None: the group's VLAN; read back as () when the port holds a VLAN of
+    its own that is not a trunk (never one of ours: it is reset).
     """
 
     blocked: bool | None = None
@@ -505,6 +508,7 @@ class PortSettings:
     mac_learning: bool | None = None
     in_shaping: Shaping | None = None     # VM -> switch
     out_shaping: Shaping | None = None    # switch -> VM
+    trunk_vlans: tuple[tuple[int, int], ...] | None = None
 
 
 INHERITED = PortSettings()

@@ -30,6 +30,10 @@ Conventions (one place, so that reads and writes agree):
   and nothing else, so a final "drop all" never drops ARP;
 * ``rules=()`` is a filter set on the port with an empty, disabled ruleset
   (no filtering, whatever the group says); None leaves the group's;
+* ``trunk_vlans`` goes to ``vlan`` as a ``TrunkVlanSpec`` (one
+  ``NumericRange`` per range); None is sent as an inherited ``VlanIdSpec``
+  (the group's VLAN applies again).  A port's own VLAN that is not a trunk
+  (set by hand) reads back as ``()``, so that it is reset;
 * the security booleans go to ``securityPolicy``; on switches with MAC
   management (6.6.0 and later, :func:`mac_management_supported`) they are
   repeated in ``macManagementPolicy`` with ``mac_learning``.  That policy's
@@ -188,12 +192,21 @@ def _mac_management(s: PortSettings) -> Any:
         macLearningPolicy=learning)
 
 
+def _vlan(ranges: tuple[tuple[int, int], ...] | None) -> Any:
+    if ranges is None:
+        return VmwareDVS.VlanIdSpec(inherited=True, vlanId=0)
+    return VmwareDVS.TrunkVlanSpec(inherited=False, vlanId=[
+        vim.NumericRange(start=int(first), end=int(last))
+        for first, last in ranges])
+
+
 def setting_spec(settings: PortSettings, mac_management: bool
                  ) -> vim.dvs.VmwareDistributedVirtualSwitch.VmwarePortConfigPolicy:
     """The port setting that gives a port exactly ``settings`` as its own
-    (None fields: inherited from the group).  The VLAN and everything else
+    (None fields: inherited from the group).  Everything
     :class:`PortSettings` does not hold is left unset: unchanged."""
     spec = VmwareDVS.VmwarePortConfigPolicy(
+        vlan=_vlan(settings.trunk_vlans),
         blocked=_bool(settings.blocked),
         filterPolicy=_filter(settings.rules),
         securityPolicy=_security(settings),
@@ -298,6 +311,15 @@ def _shaping_of(policy: Any) -> Shaping | None:
                    burst_bytes=value(policy.burstSize))
 
 
+def _vlan_of(policy: Any) -> tuple[tuple[int, int], ...] | None:
+    if not _own(policy):
+        return None
+    if isinstance(policy, VmwareDVS.TrunkVlanSpec):
+        return tuple(sorted((int(r.start), int(r.end))
+                            for r in policy.vlanId or []))
+    return ()
+
+
 def settings_of(setting: Any) -> PortSettings:
     """A port's own settings, as FetchDVPorts shows them (what it inherits
     is None): the inverse of :func:`setting_spec`."""
@@ -319,7 +341,8 @@ def settings_of(setting: Any) -> PortSettings:
         else _own_bool(security.forgedTransmits),
         mac_learning=bool(learning.enabled) if _own(learning) else None,
         in_shaping=_shaping_of(getattr(setting, "inShapingPolicy", None)),
-        out_shaping=_shaping_of(getattr(setting, "outShapingPolicy", None)))
+        out_shaping=_shaping_of(getattr(setting, "outShapingPolicy", None)),
+        trunk_vlans=_vlan_of(getattr(setting, "vlan", None)))
 
 
 def port_of(p: vim.dvs.DistributedVirtualPort) -> DvPort:

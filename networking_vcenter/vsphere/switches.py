@@ -63,16 +63,17 @@ def dvs_port_group_spec(name: str, vlan: inventory.Vlan, description: str,
 
 def port_group_policy() -> VmwareDVS.VMwarePortgroupPolicy:
     """What ports of our groups may override: blocked, shaping, the traffic
-    filter, security and MAC management (6.6+ switches) -- the settings of
+    filter, security, MAC management (6.6+ switches) and the VLAN (a trunk
+    parent's VLAN ranges) -- the settings of
     :class:`~networking_vcenter.vsphere.inventory.PortSettings`; nothing
-    else (VLAN, teaming, vendor config, resource pools, NetFlow).  Settings
+    else (teaming, vendor config, resource pools, NetFlow).  Settings
     survive a NIC's disconnect (``portConfigResetAtDisconnect`` off)."""
     return VmwareDVS.VMwarePortgroupPolicy(
         blockOverrideAllowed=True, shapingOverrideAllowed=True,
         vendorConfigOverrideAllowed=False, livePortMovingAllowed=False,
         portConfigResetAtDisconnect=False,
         networkResourcePoolOverrideAllowed=False,
-        trafficFilterOverrideAllowed=True, vlanOverrideAllowed=False,
+        trafficFilterOverrideAllowed=True, vlanOverrideAllowed=True,
         uplinkTeamingOverrideAllowed=False,
         securityPolicyOverrideAllowed=True, ipfixOverrideAllowed=False,
         macManagementOverrideAllowed=True)

@@ -435,6 +435,7 @@ class TestConversion(PortsTestCase):
         policy = pg["ref"].config.policy
         self.assertTrue(policy.trafficFilterOverrideAllowed)
         self.assertTrue(policy.securityPolicyOverrideAllowed)
+        self.assertTrue(policy.vlanOverrideAllowed)     # trunk parents
         self.assertFalse(policy.portConfigResetAtDisconnect)
         self.assertEqual([connected], [p.key for p in self.dv_ports(pg["key"])
                                        if p.connectee is not None])

@@ -210,11 +210,13 @@ SHAPES = {
     "shaping": PortSettings(
         in_shaping=Shaping(True, 10_240_000, 20_480_000, 1_280_000),
         out_shaping=Shaping(False)),
+    "trunk": PortSettings(trunk_vlans=((401, 403), (410, 410))),
     "everything": PortSettings(
         blocked=False, rules=RULES, allow_promiscuous=False,
         mac_changes=True, forged_transmits=False,
         in_shaping=Shaping(True, 1024, 2048, 128),
-        out_shaping=Shaping(True, 8192, 8192, 4096)),
+        out_shaping=Shaping(True, 8192, 8192, 4096),
+        trunk_vlans=((0, 4094),)),
 }
 
 
@@ -267,6 +269,12 @@ def test_settings_round_trip_many_ports_in_one_task(session, reader):
         assert inherited.securityPolicy.inherited is True
         assert inherited.securityPolicy.allowPromiscuous.value is False
         assert inherited.vlan.vlanId == 401
+        trunk = _raw_ports(reader, pg)[before[list(SHAPES).index(
+            "trunk")].key].config.setting.vlan
+        assert isinstance(trunk, VmwareDVS.TrunkVlanSpec)
+        assert not trunk.inherited
+        assert [(r.start, r.end) for r in trunk.vlanId] == \
+            [(401, 403), (410, 410)]
 
         # Back to inherited: the port's own values are dropped.
         changes = [(p.key, by_key[p.key].config_version, None,
