@@ -482,8 +482,8 @@ class NeutronServer:
                 # revisions, timestamp, tag, ...), as in any real server: the
                 # revision numbers the driver's port fingerprints read.
                 # qos: QoS policies and rules (the driver's 'vcenter' QoS
-                # driver shapes DV ports).
-                "service_plugins": "router,segments,qos",
+                # driver shapes DV ports); trunk: its 'vcenter' trunk driver.
+                "service_plugins": "router,segments,qos,trunk",
                 "auth_strategy": "noauth",
                 "api_paste_config": find_api_paste(),
                 "transport_url": transport,

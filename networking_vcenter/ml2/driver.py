@@ -631,13 +631,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
         """Physical network -> ``dvs`` / ``vswitch`` (None: not known, no
         replica yet) of each mapped VLAN/flat segment of ``segments`` (that
         reaches ``host``'s cluster, when given).  From memory."""
-        rec = self._here()
-        topology = None
-        if rec.replica is not None and rec.replica.synced:
-            try:
-                topology = rec.topology(rec.inventory())
-            except exceptions.VCenterError:
-                topology = None
+        topology = self._topology_in_memory()
         cluster = self.settings.compute_hosts.get(host) if host else None
         kinds: dict[str, str | None] = {}
         for seg in segments:
@@ -680,13 +674,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
                                          candidate_hosts, agent_getter):
         """The compute hosts whose cluster a mapped VLAN/flat segment
         reaches.  From memory; with no replica yet, the mapping alone."""
-        rec = self._here()
-        topology = None
-        if rec.replica is not None and rec.replica.synced:
-            try:
-                topology = rec.topology(rec.inventory())
-            except exceptions.VCenterError:
-                topology = None
+        topology = self._topology_in_memory()
         hosts = set()
         for host in candidate_hosts:
             cluster = self.settings.compute_hosts.get(host)
@@ -695,6 +683,16 @@ class VCenterMechanismDriver(api.MechanismDriver):
             if any(self._reaches(seg, cluster, topology) for seg in segments):
                 hosts.add(host)
         return hosts
+
+    def _topology_in_memory(self) -> desired_mod.Topology | None:
+        """The topology as the replica shows it; None before it is read."""
+        rec = self._here()
+        if rec.replica is None or not rec.replica.synced:
+            return None
+        try:
+            return rec.topology(rec.inventory())
+        except exceptions.VCenterError:
+            return None
 
     def _reaches(self, segment, cluster: str, topology) -> bool:
         if topology is None:

@@ -336,3 +336,104 @@ def test_nova_attaches_to_the_reserved_port(api, vsphere, vcsim, server,
     api.cli("port", "delete", port["id"], "--no-format")
     api.cli("security", "group", "delete", sg["id"], "--no-format")
     api.cli("network", "delete", net["id"], "--no-format")
+
+
+def test_trunk_through_the_cli_and_nova(api, vsphere, vcsim):
+    """``network trunk create`` with two subports (one ``inherit``), the
+    parent bound to a vSphere compute host: its DV port carries the three
+    VLANs, Nova's own code attaches the parent to it, the trunk turns
+    ACTIVE and its subports follow the NIC; a subport vSphere cannot carry
+    and a trunk on a standard vSwitch are refused with the reason."""
+    nets = {vlan: vlan_network(api, f"e2e-trunk-{vlan}", vlan,
+                               f"10.{vlan - 100}.0.0/24")
+            for vlan in (171, 172, 173)}
+    parent = api.cli("port", "create", "--network", nets[171]["id"],
+                     "e2e-trunk-parent")
+    subs = {vlan: api.cli("port", "create", "--network", nets[vlan]["id"],
+                          f"e2e-trunk-sub-{vlan}") for vlan in (172, 173)}
+    trunk = api.cli("network", "trunk", "create", "--parent-port",
+                    parent["id"], "--subport",
+                    f"port={subs[172]['id']},segmentation-type=vlan,"
+                    f"segmentation-id=172", "--subport",
+                    f"port={subs[173]['id']},segmentation-type=inherit",
+                    "e2e-trunk")
+    vcenter = nova_client.vcenter_from_url(vcsim.url)
+    std_net = parent_std = None
+    try:
+        # vSphere cannot translate VLAN IDs: 999 for a VLAN-174 network.
+        odd = vlan_network(api, "e2e-trunk-174", 174, "10.74.0.0/24")
+        nets[174] = odd
+        odd_port = api.cli("port", "create", "--network", odd["id"],
+                           "e2e-trunk-odd")
+        refused = api.cli("network", "trunk", "set", "--subport",
+                          f"port={odd_port['id']},segmentation-type=vlan,"
+                          f"segmentation-id=999", trunk["id"],
+                          "--no-format", check=False)
+        assert refused.returncode != 0
+        assert "999" in refused.stderr and "174" in refused.stderr, \
+            refused.stderr
+
+        # Nova binds the parent on its host, then attaches it.
+        bound = api.cli("port", "set", "--host", HOST, parent["id"],
+                        "--no-format")
+        assert bound is None
+        parent = port_json(api, parent["id"])
+        details = parent["binding:vif_details"]
+        assert parent["binding:vif_type"] == "dvs"
+
+        def vlans():
+            return vsphere.dv_port_vlan("DVS0", details["dvs_port_key"])
+
+        carried, _ = eventually(
+            lambda: vlans() == (("trunk", [(171, 173)]), False))
+        assert carried, vlans()
+        result = nova_client.attach(vcenter, CLUSTER, VM, parent,
+                                    api.cli("network", "show",
+                                            nets[171]["id"]))
+        nic = result["nic"]
+        assert (nic["portgroupKey"], nic["portKey"]) == \
+            (details["pg_id"], details["dvs_port_key"])
+        assert dv_port(vsphere, details).connectee is not None
+        assert vlans() == (("trunk", [(171, 173)]), False)
+
+        active, _ = eventually(lambda: api.cli(
+            "network", "trunk", "show", trunk["id"])["status"] == "ACTIVE")
+        assert active, api.cli("network", "trunk", "show", trunk["id"])
+        for sub in subs.values():
+            shown, _ = eventually(lambda: port_json(api, sub["id"])[
+                "status"] == "ACTIVE")
+            got = port_json(api, sub["id"])
+            assert shown, got["status"]
+            assert got["binding:host_id"] == HOST
+            assert got["device_owner"] == "trunk:subport"
+
+        # A subport removed: its VLAN leaves the DV port.
+        api.cli("network", "trunk", "unset", "--subport", subs[173]["id"],
+                trunk["id"], "--no-format")
+        gone, _ = eventually(
+            lambda: vlans() == (("trunk", [(171, 172)]), False))
+        assert gone, vlans()
+
+        out = nova_client.detach(vcenter, CLUSTER, VM, parent)
+        assert parent["mac_address"] not in out["vm_nics"]["mac_addresses"]
+
+        # A trunk whose parent's network reaches the hosts only through a
+        # standard vSwitch cannot be carried.
+        std_net = api.cli("network", "create", "--provider-network-type",
+                          "vlan", "--provider-physical-network", "physnet2",
+                          "--provider-segment", "275", "e2e-trunk-std")
+        parent_std = api.cli("port", "create", "--network", std_net["id"],
+                             "e2e-trunk-std-parent")
+        refused = api.cli("network", "trunk", "create", "--parent-port",
+                          parent_std["id"], "e2e-trunk-std", check=False)
+        assert refused.returncode != 0
+        assert "standard vSwitch" in refused.stderr or "vSwitch1" in \
+            refused.stderr, refused.stderr
+    finally:
+        api.cli("network", "trunk", "delete", trunk["id"], "--no-format")
+        for port in api.cli("port", "list"):
+            if port["Name"].startswith("e2e-trunk"):
+                api.cli("port", "delete", port["ID"], "--no-format")
+        for net in list(nets.values()) + [std_net]:
+            if net is not None:
+                api.cli("network", "delete", net["id"], "--no-format")

@@ -303,15 +303,8 @@ class TestStatus(PortsTestCase):
         net = self.make_net(89)
         port = self.port_on(net["id"])
         details = port[portbindings.VIF_DETAILS]
-        vm = self.vsphere.vm("DC0_C0_RP0_VM0")
-        nic = vim.vm.device.VirtualVmxnet3(
-            key=-1, macAddress=port["mac_address"], addressType="manual",
-            backing=vim.vm.device.VirtualEthernetCard
-            .DistributedVirtualPortBackingInfo(port=vim.dvs.PortConnection(
-                switchUuid=details["dvs_id"], portgroupKey=details["pg_id"],
-                portKey=details["dvs_port_key"])))
-        self.vsphere.wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
-            vim.vm.device.VirtualDeviceSpec(operation="add", device=nic)])))
+        vm = self.vsphere.attach_nic("DC0_C0_RP0_VM0", port["mac_address"],
+                                     details)
         self.assertIsNotNone(self.dv_port(port).connectee)
         rec = self.vcenter_driver.reconciler
         rec.sync_ports({port["id"]}, self.vcenter_driver.source,

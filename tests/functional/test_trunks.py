@@ -134,15 +134,8 @@ class TestTrunks(TrunksTestCase):
         self.trunk(parent, self.sub(sa, 141))
         self.assert_subport_bound(sa["id"], 141, status="DOWN")
         details = parent[portbindings.VIF_DETAILS]
-        vm = self.vsphere.vm("DC0_C0_RP0_VM0")
-        nic = vim.vm.device.VirtualVmxnet3(
-            key=-1, macAddress=parent["mac_address"], addressType="manual",
-            backing=vim.vm.device.VirtualEthernetCard
-            .DistributedVirtualPortBackingInfo(port=vim.dvs.PortConnection(
-                switchUuid=details["dvs_id"], portgroupKey=details["pg_id"],
-                portKey=details["dvs_port_key"])))
-        self.vsphere.wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
-            vim.vm.device.VirtualDeviceSpec(operation="add", device=nic)])))
+        vm = self.vsphere.attach_nic("DC0_C0_RP0_VM0", parent["mac_address"],
+                                     details)
         drv = self.vcenter_driver
         self.assertTrue(drv.reconciler.replica.wait_until(
             lambda inv: any(p.connected for ps in inv.dv_ports.values()
