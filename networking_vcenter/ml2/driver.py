@@ -81,6 +81,10 @@ UNREACHABLE_HOLD_OFF = 30.0
 HOOK_THREADS = 8
 # Seconds between an API call handing ports to the hook thread and their sync.
 DRAIN_DELAY = 0.3
+# Seconds before the heartbeat tries again a binding that failed when tried
+# with vCenter answering, doubled at each failure up to the maximum.
+REBIND_BACKOFF = 60.0
+REBIND_BACKOFF_MAX = 3600.0
 
 
 class VCenterMechanismDriver(api.MechanismDriver):
@@ -116,6 +120,10 @@ class VCenterMechanismDriver(api.MechanismDriver):
         self._binds: dict[str, float] = {}   # port id -> binding deadline
         self._soon: list = []                 # ports (or queries) to sync
         self._sg_deleting: dict[str, set[str]] = {}
+        # Port id -> (failed tries, monotonic time of the next): bindings
+        # that failed again when tried by the heartbeat (rebind_failed).
+        self._rebind_backoff: dict[str, tuple[int, float]] = {}
+        self._health_down = False
         self._draining = False
         self.reconciler.status_sink = self._set_port_status
         self.reconciler.trunk_status_sink = self._set_trunk_status
@@ -209,7 +217,12 @@ class VCenterMechanismDriver(api.MechanismDriver):
         """Heartbeat the backend's agent row while vCenter answers."""
         rec = self._here()
         if rec.replica is None or not rec.replica.current:
+            self._health_down = True
             return False
+        if self._health_down:
+            # vCenter is back: every failed binding is worth a try at once.
+            self._health_down = False
+            self._rebind_backoff.clear()
         state = agent.state(self.settings, rec.replica.snapshot(),
                             maintenance.last_pass, maintenance.last_pass_at,
                             start=maintenance.beats == 0)
@@ -238,23 +251,41 @@ class VCenterMechanismDriver(api.MechanismDriver):
         """Bind again the ports of our compute hosts whose binding failed
         (vCenter was away, or a port group could not be had): ML2 binds a
         failed binding again when asked for the port's bound context.  Run
-        with the heartbeat, i.e. while vCenter answers.  Answers how many
-        got bound."""
+        with the heartbeat, i.e. while vCenter answers; a port that fails
+        again is tried after REBIND_BACKOFF seconds, doubling, until vCenter
+        next comes back.  Answers how many got bound."""
         plugin = directory.get_plugin()
         ctx = n_context.get_admin_context()
         bound = 0
-        for port_id, host in neutron_db.failed_bindings(
-                set(self.settings.compute_hosts)):
+        failed = neutron_db.failed_bindings(set(self.settings.compute_hosts))
+        backoff = self._rebind_backoff
+        for gone in set(backoff) - {port_id for port_id, _ in failed}:
+            del backoff[gone]
+        now = time.monotonic()
+        for port_id, host in failed:
+            tries, next_at = backoff.get(port_id, (0, 0.0))
+            if next_at > now:
+                continue
             try:
                 result = plugin.get_bound_port_context(ctx, port_id, host)
             except Exception as exc:  # noqa: BLE001 - the port may be gone
                 LOG.debug("port %s: not bound again: %s", port_id, exc)
-                continue
+                result = None
             if result is not None and result.vif_type != \
                     portbindings.VIF_TYPE_BINDING_FAILED:
                 bound += 1
+                backoff.pop(port_id, None)
                 LOG.info("port %s on %s: bound again now that vCenter "
                          "answers", port_id, host)
+                continue
+            # Failed again with vCenter answering: a cause vCenter's return
+            # does not cure (a policy refused, a name taken).  Tried less
+            # and less often, not every beat with ML2's ten tries logged.
+            delay = min(REBIND_BACKOFF_MAX, REBIND_BACKOFF * 2 ** tries)
+            backoff[port_id] = (tries + 1, now + delay)
+            LOG.warning("port %s on %s: still cannot be bound (see the "
+                        "errors above); next try in %.0fs", port_id, host,
+                        delay)
         return bound
 
     # -- networks ------------------------------------------------------------

@@ -10,6 +10,7 @@ code with the driver's conversion of settings.
 from __future__ import annotations
 
 import time
+from unittest import mock
 
 from neutron_lib.api.definitions import portbindings
 from oslo_config import cfg
@@ -395,6 +396,41 @@ class TestStandardVswitchRefuse(PortsTestCase):
         dvs_net = self.make_net(88)
         self.assertIn("dvs_port_key",
                       self.port_on(dvs_net["id"])[portbindings.VIF_DETAILS])
+
+    def test_refused_binding_retried_less_and_less_often(self):
+        """The heartbeat tries failed bindings again; one that fails again
+        with vCenter answering waits (doubling) instead of being tried, and
+        logged, at every beat -- until vCenter comes back from an outage."""
+        net = self.make_network("vlan", "physnet2", 292)
+        port = self.port_on(net["id"])
+        self.assertEqual("binding_failed", port[portbindings.VIF_TYPE])
+        drv = self.vcenter_driver
+        tried = []
+        real = self.driver.get_bound_port_context
+
+        def counting(ctx, port_id, *args, **kwargs):
+            tried.append(port_id)
+            return real(ctx, port_id, *args, **kwargs)
+
+        with mock.patch.object(self.driver, "get_bound_port_context",
+                               counting):
+            self.assertEqual(0, drv.rebind_failed())
+            self.assertEqual([port["id"]], tried)
+            self.assertEqual(0, drv.rebind_failed())    # waits its turn
+            self.assertEqual([port["id"]], tried)
+            tries, next_at = drv._rebind_backoff[port["id"]]
+            self.assertEqual(1, tries)
+            self.assertGreater(next_at - time.monotonic(), 50)
+            # An outage ends: every failed binding is tried at once.
+            drv._health_down = True
+            maintenance = mock.Mock(last_pass=None, last_pass_at=None,
+                                    beats=1)
+            self.assertTrue(drv._report_health(maintenance))
+            self.assertEqual([port["id"]] * 2, tried)
+        # A port that is bound (here: deleted) leaves the backoff.
+        self._delete("ports", port["id"])
+        drv.rebind_failed()
+        self.assertNotIn(port["id"], drv._rebind_backoff)
 
 
 class TestConversion(PortsTestCase):
