@@ -34,6 +34,7 @@ for messages only.
 from __future__ import annotations
 
 from neutron_lib import exceptions as n_exc
+from neutron_lib.exceptions import vlanqinq as qinq_exc
 from neutron_lib.exceptions import vlantransparent as vlan_exc
 
 
@@ -148,6 +149,14 @@ class VlanTransparencyRefused(vlan_exc.VlanTransparencyDriverError):
 
     message = ("VLAN-transparent network %(network)s is refused by the "
                "vcenter mechanism driver: %(reason)s")
+
+
+class VlanQinqRefused(qinq_exc.VlanQinqDriverError):
+    """What an API user sees for a QinQ network on a vSphere switch: ML2's
+    own error (400), saying why."""
+
+    message = ("QinQ network %(network)s is refused by the vcenter "
+               "mechanism driver: %(reason)s")
 
 
 class MtuTooLarge(n_exc.InvalidInput):

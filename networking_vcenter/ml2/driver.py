@@ -652,6 +652,23 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 network=context.current["id"], reason="; ".join(problems))
         return True
 
+    def check_vlan_qinq(self, context: api.NetworkContext) -> bool | None:
+        """A QinQ network (outer tag 0x88a8) on a mapped physical network is
+        refused with the reason: vSphere switches tag 802.1Q only.  No
+        mapped segment: no opinion."""
+        mapped = [s for s in context.network_segments or []
+                  if desired_mod.is_mapped(s, self.settings.switch_mappings)]
+        if not mapped:
+            return None
+        raise exceptions.VlanQinqRefused(
+            network=context.current["id"], reason="; ".join(
+                f"its {s.get('network_type')} segment on physical network "
+                f"{s.get('physical_network')} is mapped to "
+                f"{self.settings.switch_mappings[s.get('physical_network')]}"
+                for s in mapped) + ": a vSphere switch tags 802.1Q only "
+            "(no 802.1ad outer tag); use a VLAN network, or a flat "
+            "VLAN-transparent one for guests that tag")
+
     # -- trunks (networking_vcenter.trunk's backend) -------------------------
 
     def is_compute_host(self, host: str) -> bool:

@@ -84,6 +84,24 @@ class TransparentTestCase(base.VCenterMl2TestCase):
         nets = self._list("networks", as_admin=True)["networks"]
         self.assertEqual([], [n for n in nets if n["name"] == "qinq"])
 
+    def test_qinq_network_refused_with_the_reason(self):
+        if "qinq" not in self.driver.supported_extension_aliases:
+            self.skipTest("ML2 does not offer the qinq extension here")
+        req = self.new_create_request("networks", {"network": {
+            "name": "qinq", "qinq": True, pnet.NETWORK_TYPE: "vlan",
+            pnet.PHYSICAL_NETWORK: "physnet1", pnet.SEGMENTATION_ID: 141}},
+            as_admin=True)
+        res = req.get_response(self.api)
+        self.assertEqual(400, res.status_int, res.body)
+        error = self.deserialize(self.fmt, res)["NeutronError"]
+        self.assertEqual("VlanQinqRefused", error["type"])
+        self.assertIn("physical network physnet1 is mapped to DVS0",
+                      error["message"])
+        self.assertIn("802.1Q only", error["message"])
+        # Nothing left behind: no network, so no port group either.
+        self.assertEqual([], self._list(
+            "networks", query_params="name=qinq")["networks"])
+
     def test_multi_segment_refused_naming_the_vlan_segment(self):
         error = self.create_refused(segments=[
             {pnet.NETWORK_TYPE: "flat", pnet.PHYSICAL_NETWORK: "physnet1"},
