@@ -9,6 +9,8 @@ with a security group: Nova's own VMware code attaches a VM NIC to the DV port
 reserved for it, the port's traffic rules are shown as vSphere holds them next
 to the security group rules they come from, a rule is added and seen on the
 port, and the port turns ACTIVE (DOWN again after Nova detaches the NIC).
+Then a trunk with a subport on a second VLAN network: the parent's DV port
+holds both VLANs, and the trunk turns ACTIVE.
 Then deletes the networks and shows the port groups gone. Everything it
 started is stopped, by PID, whatever happens.
 """
@@ -46,7 +48,7 @@ def openstack(url: str, *args: str) -> object:
     cmd = [OPENSTACK, "--os-auth-type", "none", "--os-endpoint", url, *args]
     shown = " ".join(["openstack", *args])
     print(f"  $ {shown}")
-    fmt = [] if args[1] == "delete" else ["-f", "json"]
+    fmt = [] if "delete" in args[:3] else ["-f", "json"]
     proc = subprocess.run(cmd + fmt, capture_output=True, text=True,
                           timeout=120)
     if proc.returncode:
@@ -272,6 +274,44 @@ def port_demo(url: str, sim, vsphere: VSphere, net: dict) -> bool:
     return bool(active and new and down)
 
 
+def trunk_demo(url: str, vsphere: VSphere, net: dict) -> dict | None:
+    """A trunk: the parent's DV port carries its VLAN and the subport's.
+    Returns the subport's network (None: the demo failed)."""
+    print("A trunk (VLAN-aware VM): its parent's DV port carries the VLAN "
+          "of each network, the guest tags:")
+    sub_net = openstack(url, "network", "create", "--provider-network-type",
+                        "vlan", "--provider-physical-network", "physnet1",
+                        "--provider-segment", "102", "demo-trunk-sub-net")
+    parent = openstack(url, "port", "create", "--network", net["id"],
+                       "--host", COMPUTE_HOST, "demo-trunk-parent")
+    openstack(url, "port", "create", "--network", sub_net["id"],
+              "demo-trunk-sub")
+    trunk = openstack(url, "network", "trunk", "create", "--parent-port",
+                      "demo-trunk-parent", "--subport", "port=demo-trunk-sub,"
+                      "segmentation-type=vlan,segmentation-id=102",
+                      "demo-trunk")
+    d = parent["binding_vif_details"]
+
+    def vlans():
+        vlan = vsphere.dv_port(d["dvs_id"], d["pg_id"], d["dvs_port_key"]
+                               ).config.setting.vlan
+        ranges = getattr(vlan, "vlanId", None)
+        return ",".join(f"{r.start}-{r.end}" if r.start != r.end
+                        else str(r.start) for r in ranges) \
+            if isinstance(ranges, list) else None
+
+    held, took = until(vlans, 10)
+    print(f"    DV port {d['dvs_port_key']} of parent demo-trunk-parent (VLAN "
+          f"{net.get('provider:segmentation_id')}), read back from vSphere: "
+          f"trunk VLANs {held} ({took:.1f}s after the command returned)")
+    active, took = until(lambda: api_get(url, f"/v2.0/trunks/{trunk['id']}")[
+        "trunk"]["status"] == "ACTIVE", 10)
+    shown = openstack(url, "network", "trunk", "show", "demo-trunk")
+    print(f"    trunk demo-trunk: status {shown['status']}\n")
+    openstack(url, "network", "trunk", "delete", "demo-trunk")
+    return sub_net if held == "101-102" and active else None
+
+
 def api_get(url: str, path: str) -> dict:
     """GET from Neutron's API (what Nova reads: ``binding:vif_details``)."""
     import urllib.request
@@ -347,6 +387,10 @@ def main() -> int:
             print(f"      vif_details={details}\n")
         if not port_demo(url, sim, vsphere, made[0][0]):
             return 1
+        sub_net = trunk_demo(url, vsphere, made[0][0])
+        if sub_net is None:
+            return 1
+        made.append((sub_net, "dvs"))
         # The backend's health, without an agent: the maintenance worker's
         # heartbeat (in neutron-periodic-workers).
         rows = [r for r in openstack(url, "network", "agent", "list")
