@@ -48,7 +48,7 @@ def openstack(url: str, *args: str) -> object:
     cmd = [OPENSTACK, "--os-auth-type", "none", "--os-endpoint", url, *args]
     shown = " ".join(["openstack", *args])
     print(f"  $ {shown}")
-    fmt = [] if "delete" in args[:3] else ["-f", "json"]
+    fmt = [] if args[1] == "delete" else ["-f", "json"]
     proc = subprocess.run(cmd + fmt, capture_output=True, text=True,
                           timeout=120)
     if proc.returncode:
@@ -274,23 +274,30 @@ def port_demo(url: str, sim, vsphere: VSphere, net: dict) -> bool:
     return bool(active and new and down)
 
 
-def trunk_demo(url: str, vsphere: VSphere, net: dict) -> dict | None:
+def trunk_demo(url: str, vsphere: VSphere, net: dict) -> bool:
     """A trunk: the parent's DV port carries its VLAN and the subport's.
-    Returns the subport's network (None: the demo failed)."""
+    The ports and the second network are made (and removed) through the
+    API directly, to keep the demo short: each `openstack` call costs a
+    second or two."""
     print("A trunk (VLAN-aware VM): its parent's DV port carries the VLAN "
           "of each network, the guest tags:")
-    sub_net = openstack(url, "network", "create", "--provider-network-type",
-                        "vlan", "--provider-physical-network", "physnet1",
-                        "--provider-segment", "102", "demo-trunk-sub-net")
-    parent = openstack(url, "port", "create", "--network", net["id"],
-                       "--host", COMPUTE_HOST, "demo-trunk-parent")
-    openstack(url, "port", "create", "--network", sub_net["id"],
-              "demo-trunk-sub")
+    sub_net = api(url, "POST", "/v2.0/networks", {"network": {
+        "name": "demo-trunk-net", "provider:network_type": "vlan",
+        "provider:physical_network": "physnet1",
+        "provider:segmentation_id": 102}})["network"]
+    parent = api(url, "POST", "/v2.0/ports", {"port": {
+        "name": "demo-trunk-parent", "network_id": net["id"],
+        "binding:host_id": COMPUTE_HOST}})["port"]
+    sub = api(url, "POST", "/v2.0/ports", {"port": {
+        "name": "demo-trunk-sub", "network_id": sub_net["id"]}})["port"]
+    print(f"  (made through the API: network demo-trunk-net, VLAN 102 on "
+          f"physnet1; port demo-trunk-parent on {net['name']} (VLAN 101), "
+          f"bound to {COMPUTE_HOST}; port demo-trunk-sub on demo-trunk-net)")
     trunk = openstack(url, "network", "trunk", "create", "--parent-port",
                       "demo-trunk-parent", "--subport", "port=demo-trunk-sub,"
                       "segmentation-type=vlan,segmentation-id=102",
                       "demo-trunk")
-    d = parent["binding_vif_details"]
+    d = parent["binding:vif_details"]
 
     def vlans():
         vlan = vsphere.dv_port(d["dvs_id"], d["pg_id"], d["dvs_port_key"]
@@ -301,23 +308,46 @@ def trunk_demo(url: str, vsphere: VSphere, net: dict) -> dict | None:
             if isinstance(ranges, list) else None
 
     held, took = until(vlans, 10)
-    print(f"    DV port {d['dvs_port_key']} of parent demo-trunk-parent (VLAN "
-          f"{net.get('provider:segmentation_id')}), read back from vSphere: "
-          f"trunk VLANs {held} ({took:.1f}s after the command returned)")
-    active, took = until(lambda: api_get(url, f"/v2.0/trunks/{trunk['id']}")[
-        "trunk"]["status"] == "ACTIVE", 10)
-    shown = openstack(url, "network", "trunk", "show", "demo-trunk")
-    print(f"    trunk demo-trunk: status {shown['status']}\n")
-    openstack(url, "network", "trunk", "delete", "demo-trunk")
-    return sub_net if held == "101-102" and active else None
+    print(f"    DV port {d['dvs_port_key']} of demo-trunk-parent, read back "
+          f"from vSphere: trunk VLANs {held} ({took:.1f}s after the command "
+          f"returned)")
+    state, took = until(lambda: api_get(url, f"/v2.0/trunks/{trunk['id']}")[
+        "trunk"]["status"] == "ACTIVE" and "ACTIVE", 10)
+    host = api_get(url, f"/v2.0/ports/{sub['id']}")["port"]["binding:host_id"]
+    print(f"    trunk demo-trunk: status {state or 'not ACTIVE'}; subport "
+          f"demo-trunk-sub bound to {host or '(nothing)'}\n")
+    api(url, "DELETE", f"/v2.0/trunks/{trunk['id']}")
+    for port in (parent, sub):
+        api(url, "DELETE", f"/v2.0/ports/{port['id']}")
+    api(url, "DELETE", f"/v2.0/networks/{sub_net['id']}")
+    gone, _ = until(lambda: not port_group_report(vsphere, sub_net["id"],
+                                                  "dvs"), 10)
+    if not gone:
+        print("  demo-trunk-net: its port group is LEFT in vSphere")
+    return held == "101-102" and bool(state) and bool(gone)
+
+
+def api(url: str, method: str, path: str, body: dict | None = None) -> dict:
+    """A call to Neutron's API; the answer's JSON ({} when none)."""
+    import urllib.error
+    import urllib.request
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(
+        url + path, method=method,
+        headers={"Content-Type": "application/json"},
+        data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with opener.open(req, timeout=30) as resp:
+            data = resp.read()
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{method} {path}: {exc.code} "
+                           f"{exc.read().decode(errors='replace')}")
+    return json.loads(data) if data else {}
 
 
 def api_get(url: str, path: str) -> dict:
     """GET from Neutron's API (what Nova reads: ``binding:vif_details``)."""
-    import urllib.request
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url + path, timeout=30) as resp:
-        return json.load(resp)
+    return api(url, "GET", path)
 
 
 def port_group_report(vsphere: VSphere, net_id: str, kind: str) -> list[str]:
@@ -387,10 +417,8 @@ def main() -> int:
             print(f"      vif_details={details}\n")
         if not port_demo(url, sim, vsphere, made[0][0]):
             return 1
-        sub_net = trunk_demo(url, vsphere, made[0][0])
-        if sub_net is None:
+        if not trunk_demo(url, vsphere, made[0][0]):
             return 1
-        made.append((sub_net, "dvs"))
         # The backend's health, without an agent: the maintenance worker's
         # heartbeat (in neutron-periodic-workers).
         rows = [r for r in openstack(url, "network", "agent", "list")
