@@ -320,7 +320,7 @@ def trunk_rows(result: Pass,
             if held == () else _ranges_text(held))
         if d.settings is None or spec.id in conflicts:
             row(trunk.id, spec.id, spec.network_id, want, have,
-                "not-carried", d.problem or conflicts[spec.id])
+                "not-carried", d.problem or conflicts.get(spec.id, ""))
         elif spec.id in plan.waiting:
             row(trunk.id, spec.id, spec.network_id, want, have, "waiting",
                 "its port group is not ready for per-port settings yet")
@@ -337,10 +337,15 @@ def trunk_rows(result: Pass,
             row(trunk.id, spec.id, spec.network_id, want, have, "in-sync")
         if have_port is not None:
             rows[-1]["dv_port"] = have_port.key
+    on_dvs = {pg.network_id for pg in result.desired
+              if pg.kind == desired_mod.DVS}
     for trunk_id, parent, network, n in unbound:
         row(trunk_id, parent, network, "", "", "not-carried",
             f"the parent is unbound: its DV port gets the trunk's VLANs "
-            f"({n} subport(s)) when it is bound here")
+            f"({n} subport(s)) when it is bound here" if network in on_dvs
+            else "the parent is unbound, and its network reaches the "
+                 "compute hosts only through a standard vSwitch: binding "
+                 "it here fails (no per-port VLAN trunk)")
     return sorted(rows, key=lambda r: (r["network"], r["trunk"]))
 
 

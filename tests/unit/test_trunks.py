@@ -209,7 +209,8 @@ def _status_rows(have, want_settings, problems=(), problem=None,
                           [tpp.port("3", tpp.PORT_1, have)], pg_ready)
     plan = P.plan_ports([want], inventory, tpp.released)
     ports = PortPass([spec], [want], [], plan, None)
-    return cli.trunk_rows(types.SimpleNamespace(ports=ports), unbound)
+    return cli.trunk_rows(types.SimpleNamespace(ports=ports,
+                                                desired=[want.pg]), unbound)
 
 
 def test_status_trunk_rows():
@@ -238,4 +239,8 @@ def test_status_trunk_rows():
                         unbound=[("trunk-0", "port-0", tpp.NET_A, 2)])
     assert [(r["trunk"], r["state"]) for r in rows] == [
         ("trunk-0", "not-carried"), ("trunk-1", "in-sync")]
-    assert "unbound" in rows[0]["detail"]
+    assert "when it is bound here" in rows[0]["detail"]
+    rows = _status_rows(carried, carried,
+                        unbound=[("trunk-0", "port-0", "net-std", 1)])
+    (row,) = [r for r in rows if r["trunk"] == "trunk-0"]
+    assert "only through a standard vSwitch" in row["detail"]
