@@ -10,7 +10,10 @@ as every Neutron tool) and Neutron's database directly::
                       in-sync, missing, partial, wrong-vlan, orphan, conflict;
                       and one of ports against their DV ports: in-sync,
                       drift, unreserved, waiting, orphan, conflict,
-                      not-enforced (a standard vSwitch);
+                      not-enforced (a standard vSwitch); and one of trunks
+                      (the VLAN ranges Neutron wants on the parent's DV port
+                      against those it holds): in-sync, degraded, drift,
+                      waiting, not-carried (a standard vSwitch, unbound);
 * ``sync``            apply the difference (a progress line per step);
   ``sync --dry-run``  print the plan instead;
 * ``check``           the configuration, the vCenter connection and mappings,
@@ -265,6 +268,87 @@ def port_rows(result: PortPass) -> list[dict[str, Any]]:
     return out
 
 
+def _ranges_text(ranges: tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges) \
+        or "(none)"
+
+
+def trunk_rows(result: Pass,
+               unbound: list[tuple[str, str, str, int]] = ()
+               ) -> list[dict[str, Any]]:
+    """One row per trunk whose parent is one of our ports: the VLAN ranges
+    Neutron wants on the parent's DV port against those it holds (as the
+    port rows read it), and its state: in-sync, degraded (carried, but not
+    every subport as Neutron says), drift, waiting, or not-carried (the
+    reason in the detail).  ``unbound``: the trunks whose parent has no host
+    yet (:func:`neutron_db.unbound_trunk_parents`)."""
+    from networking_vcenter.reconcile import portsettings
+    ports = result.ports
+    plan = ports.plan
+    desired = {d.port_id: d for d in ports.desired}
+    unenforced = {u.port_id for u in ports.unenforced}
+    conflicts = {c.port_id: c.reason for c in plan.conflicts}
+    rows = []
+
+    def row(trunk_id: str, parent: str, network: str, want: str, have: str,
+            state: str, detail: str = "") -> None:
+        rows.append({"trunk": trunk_id, "parent": parent, "network": network,
+                     "dv_port": "", "want_vlans": want, "have_vlans": have,
+                     "state": state, "detail": detail})
+
+    for spec in ports.ports:
+        if spec.trunk is None or spec.trunk_parent:
+            continue
+        trunk = spec.trunk
+        want = _ranges_text(portsettings.trunk_vlans(spec)[0])
+        d = desired.get(spec.id)
+        if spec.id in unenforced:
+            row(trunk.id, spec.id, spec.network_id, want, "", "not-carried",
+                f"parent on a standard vSwitch (physical network "
+                f"{spec.physnet}): no per-port VLAN trunk")
+            continue
+        if d is None:
+            row(trunk.id, spec.id, spec.network_id, want, "", "not-carried",
+                f"no port group of its network on the parent's physical "
+                f"network {spec.physnet}")
+            continue
+        have_port = plan.reserved.get(spec.id)
+        held = None if have_port is None else have_port.settings.trunk_vlans
+        have = "" if have_port is None else (
+            f"inherited ({inventory.vlan_text(d.pg.switch_vlan)})"
+            if held is None else "a VLAN of its own, not a trunk"
+            if held == () else _ranges_text(held))
+        if d.settings is None or spec.id in conflicts:
+            row(trunk.id, spec.id, spec.network_id, want, have,
+                "not-carried", d.problem or conflicts.get(spec.id, ""))
+        elif spec.id in plan.waiting:
+            row(trunk.id, spec.id, spec.network_id, want, have, "waiting",
+                "its port group is not ready for per-port settings yet")
+        elif have_port is None:
+            row(trunk.id, spec.id, spec.network_id, want, have, "drift",
+                "the parent has no DV port reserved yet")
+        elif held != d.settings.trunk_vlans:
+            row(trunk.id, spec.id, spec.network_id, want, have, "drift",
+                "the parent's DV port holds other VLANs than Neutron says")
+        elif d.trunk_problems:
+            row(trunk.id, spec.id, spec.network_id, want, have, "degraded",
+                "; ".join(d.trunk_problems))
+        else:
+            row(trunk.id, spec.id, spec.network_id, want, have, "in-sync")
+        if have_port is not None:
+            rows[-1]["dv_port"] = have_port.key
+    on_dvs = {pg.network_id for pg in result.desired
+              if pg.kind == desired_mod.DVS}
+    for trunk_id, parent, network, n in unbound:
+        row(trunk_id, parent, network, "", "", "not-carried",
+            f"the parent is unbound: its DV port gets the trunk's VLANs "
+            f"({n} subport(s)) when it is bound here" if network in on_dvs
+            else "the parent is unbound, and its network reaches the "
+                 "compute hosts only through a standard vSwitch: binding "
+                 "it here fails (no per-port VLAN trunk)")
+    return sorted(rows, key=lambda r: (r["network"], r["trunk"]))
+
+
 def _port_source(rec: Reconciler):
     return functools.partial(neutron_db.ports,
                              host_filter=set(rec.settings.compute_hosts))
@@ -288,6 +372,11 @@ def cmd_status(rec: Reconciler, fmt: str) -> int:
     rows = status_rows(result)
     ports = port_rows(result.ports)
     switches = switch_rows(result, rec.settings)
+    trunks = trunk_rows(result, neutron_db.unbound_trunk_parents(
+        {d.network_id for d in result.desired}))
+    trunk_counts: dict[str, int] = defaultdict(int)
+    for r in trunks:
+        trunk_counts[r["state"]] += 1
     counts: dict[str, int] = defaultdict(int)
     port_counts: dict[str, int] = defaultdict(int)
     for r in rows:
@@ -297,7 +386,8 @@ def cmd_status(rec: Reconciler, fmt: str) -> int:
     if fmt == "json":
         json.dump({"port_groups": rows, "summary": dict(counts),
                    "ports": ports, "port_summary": dict(port_counts),
-                   "switches": switches},
+                   "switches": switches, "trunks": trunks,
+                   "trunk_summary": dict(trunk_counts)},
                   sys.stdout, indent=2)
         print()
     else:
@@ -314,8 +404,18 @@ def cmd_status(rec: Reconciler, fmt: str) -> int:
         print("\n" + ", ".join(f"{n} ports {s}" for s, n in
                                sorted(port_counts.items()))
               if port_counts else "")
+        if trunks:
+            print()
+            print_table(trunks, ["trunk", "parent", "dv_port", "want_vlans",
+                                 "have_vlans", "state", "detail"])
+            print("\n" + ", ".join(f"{n} trunks {s}" for s, n in
+                                   sorted(trunk_counts.items())))
     ok = {"in-sync", "not-enforced"}
+    # A trunk degraded or not carried is reported as a port not enforced
+    # is: a sync would not change it.
+    trunk_ok = {"in-sync", "degraded", "not-carried"}
     return EXIT_OK if set(counts) <= {"in-sync"} and set(port_counts) <= ok \
+        and set(trunk_counts) <= trunk_ok \
         and all(r["state"] == "ok" for r in switches) else EXIT_DIFF
 
 

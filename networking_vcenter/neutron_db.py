@@ -726,3 +726,25 @@ def trunk_ports(context, port_ids: set[str]
                         sorted({n for n, _ in ports_.values()}))):
                 segs[net].append((net_type, physnet, seg_id))
     return ports_, {net: tuple(sorted(v, key=str)) for net, v in segs.items()}
+
+
+def unbound_trunk_parents(network_ids: set[str]
+                          ) -> list[tuple[str, str, str, int]]:
+    """``(trunk id, parent port id, its network id, number of subports)``
+    of the trunks whose parent has no host (no ACTIVE binding with one) and
+    is on one of these networks: one query."""
+    import sqlalchemy as sa
+    if not network_ids:
+        return []
+    m = _m()
+    ctx, reader = _reader()
+    with reader:
+        subs = sa.select(sa.func.count(m.SubPort.port_id)).filter(
+            m.SubPort.trunk_id == m.Trunk.id).scalar_subquery()
+        return [(tid, pid, net, n) for tid, pid, net, n in ctx.session.query(
+            m.Trunk.id, m.Trunk.port_id, m.Port.network_id, subs).join(
+            m.Port, m.Port.id == m.Trunk.port_id).outerjoin(
+            m.Binding, sa.and_(m.Binding.port_id == m.Port.id,
+                               m.Binding.status == ACTIVE)).filter(
+            m.Port.network_id.in_(sorted(network_ids)),
+            sa.or_(m.Binding.host.is_(None), m.Binding.host == ""))]

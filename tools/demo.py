@@ -9,6 +9,8 @@ with a security group: Nova's own VMware code attaches a VM NIC to the DV port
 reserved for it, the port's traffic rules are shown as vSphere holds them next
 to the security group rules they come from, a rule is added and seen on the
 port, and the port turns ACTIVE (DOWN again after Nova detaches the NIC).
+Then a trunk with a subport on a second VLAN network: the parent's DV port
+holds both VLANs, and the trunk turns ACTIVE.
 Then deletes the networks and shows the port groups gone. Everything it
 started is stopped, by PID, whatever happens.
 """
@@ -272,12 +274,80 @@ def port_demo(url: str, sim, vsphere: VSphere, net: dict) -> bool:
     return bool(active and new and down)
 
 
-def api_get(url: str, path: str) -> dict:
-    """GET from Neutron's API (what Nova reads: ``binding:vif_details``)."""
+def trunk_demo(url: str, vsphere: VSphere, net: dict) -> bool:
+    """A trunk: the parent's DV port carries its VLAN and the subport's.
+    The ports and the second network are made (and removed) through the
+    API directly, to keep the demo short: each `openstack` call costs a
+    second or two."""
+    print("A trunk (VLAN-aware VM): its parent's DV port carries the VLAN "
+          "of each network, the guest tags:")
+    sub_net = api(url, "POST", "/v2.0/networks", {"network": {
+        "name": "demo-trunk-net", "provider:network_type": "vlan",
+        "provider:physical_network": "physnet1",
+        "provider:segmentation_id": 102}})["network"]
+    parent = api(url, "POST", "/v2.0/ports", {"port": {
+        "name": "demo-trunk-parent", "network_id": net["id"],
+        "binding:host_id": COMPUTE_HOST}})["port"]
+    sub = api(url, "POST", "/v2.0/ports", {"port": {
+        "name": "demo-trunk-sub", "network_id": sub_net["id"]}})["port"]
+    print(f"  (made through the API: network demo-trunk-net, VLAN 102 on "
+          f"physnet1; port demo-trunk-parent on {net['name']} (VLAN 101), "
+          f"bound to {COMPUTE_HOST}; port demo-trunk-sub on demo-trunk-net)")
+    trunk = openstack(url, "network", "trunk", "create", "--parent-port",
+                      "demo-trunk-parent", "--subport", "port=demo-trunk-sub,"
+                      "segmentation-type=vlan,segmentation-id=102",
+                      "demo-trunk")
+    d = parent["binding:vif_details"]
+
+    def vlans():
+        vlan = vsphere.dv_port(d["dvs_id"], d["pg_id"], d["dvs_port_key"]
+                               ).config.setting.vlan
+        ranges = getattr(vlan, "vlanId", None)
+        return ",".join(f"{r.start}-{r.end}" if r.start != r.end
+                        else str(r.start) for r in ranges) \
+            if isinstance(ranges, list) else None
+
+    held, took = until(vlans, 10)
+    print(f"    DV port {d['dvs_port_key']} of demo-trunk-parent, read back "
+          f"from vSphere: trunk VLANs {held} ({took:.1f}s after the command "
+          f"returned)")
+    state, took = until(lambda: api_get(url, f"/v2.0/trunks/{trunk['id']}")[
+        "trunk"]["status"] == "ACTIVE" and "ACTIVE", 10)
+    host = api_get(url, f"/v2.0/ports/{sub['id']}")["port"]["binding:host_id"]
+    print(f"    trunk demo-trunk: status {state or 'not ACTIVE'}; subport "
+          f"demo-trunk-sub bound to {host or '(nothing)'}\n")
+    api(url, "DELETE", f"/v2.0/trunks/{trunk['id']}")
+    for port in (parent, sub):
+        api(url, "DELETE", f"/v2.0/ports/{port['id']}")
+    api(url, "DELETE", f"/v2.0/networks/{sub_net['id']}")
+    gone, _ = until(lambda: not port_group_report(vsphere, sub_net["id"],
+                                                  "dvs"), 10)
+    if not gone:
+        print("  demo-trunk-net: its port group is LEFT in vSphere")
+    return held == "101-102" and bool(state) and bool(gone)
+
+
+def api(url: str, method: str, path: str, body: dict | None = None) -> dict:
+    """A call to Neutron's API; the answer's JSON ({} when none)."""
+    import urllib.error
     import urllib.request
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url + path, timeout=30) as resp:
-        return json.load(resp)
+    req = urllib.request.Request(
+        url + path, method=method,
+        headers={"Content-Type": "application/json"},
+        data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with opener.open(req, timeout=30) as resp:
+            data = resp.read()
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{method} {path}: {exc.code} "
+                           f"{exc.read().decode(errors='replace')}")
+    return json.loads(data) if data else {}
+
+
+def api_get(url: str, path: str) -> dict:
+    """GET from Neutron's API (what Nova reads: ``binding:vif_details``)."""
+    return api(url, "GET", path)
 
 
 def port_group_report(vsphere: VSphere, net_id: str, kind: str) -> list[str]:
@@ -346,6 +416,8 @@ def main() -> int:
                                  sort_keys=True)
             print(f"      vif_details={details}\n")
         if not port_demo(url, sim, vsphere, made[0][0]):
+            return 1
+        if not trunk_demo(url, vsphere, made[0][0]):
             return 1
         # The backend's health, without an agent: the maintenance worker's
         # heartbeat (in neutron-periodic-workers).

@@ -10,11 +10,15 @@ with no DV port of their own.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 from unittest import mock
 
 from neutron_lib.api.definitions import portbindings
 from pyVmomi import vim
 
+from networking_vcenter import cli
 from networking_vcenter import neutron_db
 from tests.functional import base
 from tests.functional import test_ports
@@ -296,6 +300,68 @@ class TestTrunks(TrunksTestCase):
                and r["action"] == "accept" and r["dports"] == (22, 22)]
         self.assertTrue(ssh, rules)
         self.assertEqual({sub_ip}, {r["destination"][0] for r in ssh})
+
+
+class TestTrunkStatus(TrunksTestCase):
+    """``networking-vcenter status``: a row per trunk of ours."""
+
+    def status(self):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli.cmd_status(self.vcenter_driver.reconciler, "json")
+        doc = json.loads(out.getvalue())
+        return code, {r["trunk"]: r for r in doc["trunks"]}
+
+    def test_trunk_rows_in_sync_drift_and_not_carried(self):
+        parent_net, a = self.make_net(240), self.make_net(241)
+        parent = self.port_on(parent_net["id"])
+        sa = self.unbound_port(a["id"])
+        trunk = self.trunk(parent, self.sub(sa, 241))
+        key = parent[portbindings.VIF_DETAILS]["dvs_port_key"]
+        # Nova's order: a trunk whose parent has no host yet.
+        waiting_net, b = self.make_net(242), self.make_net(243)
+        unbound = self.trunk(self.unbound_port(waiting_net["id"]),
+                             self.sub(self.unbound_port(b["id"]), 243))
+        # A parent bound on a standard vSwitch before its trunk was made
+        # (the switch not known at the check).
+        std_net = self.make_network("vlan", "physnet2", 245)
+        std_sub = self.make_network("vlan", "physnet2", 246)
+        std_parent = self.port_on(std_net["id"])
+        with mock.patch.object(self.vcenter_driver, "switch_kinds",
+                               return_value={"physnet2": None}):
+            std = self.trunk(std_parent,
+                             self.sub(self.unbound_port(std_sub["id"]), 246))
+
+        code, rows = self.status()
+        self.assertEqual(
+            (parent["id"], key, "240-241", "240-241", "in-sync"),
+            tuple(rows[trunk["id"]][k] for k in (
+                "parent", "dv_port", "want_vlans", "have_vlans", "state")))
+        self.assertEqual("not-carried", rows[unbound["id"]]["state"])
+        self.assertIn("unbound", rows[unbound["id"]]["detail"])
+        self.assertEqual(("not-carried", std_parent["id"]), (
+            rows[std["id"]]["state"], rows[std["id"]]["parent"]))
+        self.assertIn("standard vSwitch", rows[std["id"]]["detail"])
+        self.assertEqual(cli.EXIT_OK, code)
+
+        # The parent's VLAN trunk narrowed by hand in vCenter.
+        # (A pass reads the DV ports fresh from vCenter.)
+        self.vsphere.set_dv_port_trunk("DVS0", key, [(240, 240)])
+        code, rows = self.status()
+        self.assertEqual(cli.EXIT_DIFF, code)
+        self.assertEqual(("240-241", "240", "drift"), tuple(
+            rows[trunk["id"]][k] for k in ("want_vlans", "have_vlans",
+                                            "state")))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            cli.cmd_status(self.vcenter_driver.reconciler, "table")
+        (line,) = [x for x in out.getvalue().splitlines()
+                   if x.startswith(trunk["id"])]
+        self.assertEqual([trunk["id"], parent["id"], key, "240-241", "240",
+                          "drift"], line.split()[:6])
+        # status changed nothing: the drift is still there.
+        self.assertEqual((("trunk", [(240, 240)]), False),
+                         self.vlan_of(parent))
 
 
 class TestTrunkReads(TrunksTestCase):

@@ -192,3 +192,55 @@ def test_vlan_setting_round_trip():
     spec = vports.setting_spec(inv.PortSettings(), mac_management=False)
     spec.vlan = vports.VmwareDVS.VlanIdSpec(inherited=False, vlanId=7)
     assert vports.settings_of(spec).trunk_vlans == ()
+
+
+def _status_rows(have, want_settings, problems=(), problem=None,
+                 pg_ready=True, unbound=()):
+    """``networking-vcenter status``'s trunk rows of one trunk parent."""
+    import types
+    from networking_vcenter import cli
+    from networking_vcenter.reconcile.reconciler import PortPass
+    spec = dataclasses.replace(parent(subport("sub-1", 101)), id=tpp.PORT_1,
+                               network_id=tpp.NET_A)
+    want = dataclasses.replace(tpp.want(tpp.PORT_1, want_settings),
+                               trunk=spec.trunk, problem=problem,
+                               trunk_problems=tuple(problems))
+    inventory = tpp.setup([] if have is None else
+                          [tpp.port("3", tpp.PORT_1, have)], pg_ready)
+    plan = P.plan_ports([want], inventory, tpp.released)
+    ports = PortPass([spec], [want], [], plan, None)
+    return cli.trunk_rows(types.SimpleNamespace(ports=ports,
+                                                desired=[want.pg]), unbound)
+
+
+def test_status_trunk_rows():
+    carried = dataclasses.replace(tpp.WANT, trunk_vlans=((100, 101),))
+    (row,) = _status_rows(carried, carried)
+    assert (row["trunk"], row["parent"], row["dv_port"], row["want_vlans"],
+            row["have_vlans"], row["state"]) == (
+        "trunk-1", tpp.PORT_1, "3", "100-101", "100-101", "in-sync")
+    (row,) = _status_rows(carried, carried, problems=("sub-1: no QoS",))
+    assert (row["state"], row["detail"]) == ("degraded", "sub-1: no QoS")
+    (row,) = _status_rows(tpp.WANT, carried)
+    assert (row["have_vlans"], row["state"]) == ("inherited (VLAN 10)",
+                                                 "drift")
+    (row,) = _status_rows(dataclasses.replace(tpp.WANT, trunk_vlans=()),
+                          carried)
+    assert (row["have_vlans"], row["state"]) == (
+        "a VLAN of its own, not a trunk", "drift")
+    (row,) = _status_rows(None, carried)
+    assert (row["dv_port"], row["state"]) == ("", "drift")
+    assert "no DV port" in row["detail"]
+    (row,) = _status_rows(tpp.WANT, None, problem="too many rules")
+    assert (row["state"], row["detail"]) == ("not-carried", "too many rules")
+    (row,) = _status_rows(tpp.WANT, carried, pg_ready=False)
+    assert row["state"] == "waiting"
+    rows = _status_rows(carried, carried,
+                        unbound=[("trunk-0", "port-0", tpp.NET_A, 2)])
+    assert [(r["trunk"], r["state"]) for r in rows] == [
+        ("trunk-0", "not-carried"), ("trunk-1", "in-sync")]
+    assert "when it is bound here" in rows[0]["detail"]
+    rows = _status_rows(carried, carried,
+                        unbound=[("trunk-0", "port-0", "net-std", 1)])
+    (row,) = [r for r in rows if r["trunk"] == "trunk-0"]
+    assert "only through a standard vSwitch" in row["detail"]
