@@ -120,6 +120,7 @@ class _Narrow:
     removed: set[str] = dataclasses.field(default_factory=set)  # port keys
     connectees: bool = False     # its VMs changed: a NIC came or went
     vms: set[str] = dataclasses.field(default_factory=set)      # that did
+    joined: set[str] = dataclasses.field(default_factory=set)   # that came
 
 
 def _kind(ref: Any) -> str:
@@ -460,12 +461,15 @@ class Replica:
         groups = {moid: (ref, keys & touched) for moid, (ref, keys)
                   in ours.items() if keys & touched}
         read, found = self._fetch(groups)
-        read_narrow, found_narrow = self._fetch_narrow(ours, narrow, held)
+        read_narrow, found_narrow, whole = self._fetch_narrow(
+            ours, narrow, held)
         with self._cond:
             self._objects = objects
             self._version = update.version
             changed = self._store_ports(read, found, touched, publish=False)
             changed |= self._merge_ports(read_narrow, found_narrow)
+            if whole is not None:
+                changed |= self._store_ports(*whole, set(), publish=False)
             self._generation += 1
             self.error = None
             self._cond.notify_all()
@@ -588,6 +592,7 @@ class Replica:
                     was = {v._moId for v in old.props.get("vm") or ()}
                     now = {v._moId for v in obj.props.get("vm") or ()}
                     change.vms |= was ^ now
+                    change.joined |= now - was
                     change.connectees = True
         for key in whole:
             narrow.pop(key, None)
@@ -595,17 +600,18 @@ class Replica:
 
     def _fetch_narrow(self, groups: dict[str, tuple[Any, set[str]]],
                       narrow: dict[str, "_Narrow"],
-                      held: dict[str, tuple[inventory.DvPort, ...]]
-                      ) -> tuple[int, dict[str, tuple[set[str],
-                                                      list[inventory.DvPort]]]]:
+                      held: dict[str, tuple[inventory.DvPort, ...]]):
         """Read what ``narrow`` says of our groups, per switch: by key, the
         ports added to them and those the replica holds connected to a VM
         that came or went; of the other ports it holds free, those vCenter
         shows connected; of those it holds connected, those vCenter shows
         free.  At most three ``FetchDVPorts`` per switch, whose answers
-        hold only ports that changed (or may have: those of the VMs).
-        Answers the read's number and {group key: (port keys to drop,
-        ports read)}."""
+        hold only ports that changed (or may have: those of the VMs).  A
+        VM that came on no port so found (its NIC took a port the replica
+        holds connected to a VM still on the group) has the group read
+        whole after.  Answers the read's number, {group key: (port keys
+        to drop, ports read)}, and the whole read (its number and {group
+        key: ports}) or None."""
         with self._read_lock:
             self._reads += 1
             read = self._reads
@@ -638,7 +644,19 @@ class Replica:
             for p in fresh:
                 if p.portgroup_key in found:
                     found[p.portgroup_key][1].append(p)
-        return read, found
+        again: dict[str, tuple[Any, set[str]]] = {}
+        for moid, (ref, keys) in groups.items():
+            for key in keys & set(found):
+                if not narrow[key].joined:
+                    continue
+                drop, fresh = found[key]
+                now = {p.key: p for p in held.get(key, ())
+                       if p.key not in drop}
+                now.update((p.key, p) for p in fresh)
+                if narrow[key].joined - {p.vm_moid for p in now.values()}:
+                    again.setdefault(moid, (ref, set()))[1].add(key)
+                    del found[key]
+        return read, found, self._fetch(again) if again else None
 
     def _merge_ports(self, read: int,
                      found: dict[str, tuple[set[str],

@@ -467,6 +467,53 @@ class TestStandardVswitchBind(PortsTestCase):
                          self.vsphere.host_portgroup_security(net["id"]))
 
 
+    def test_a_full_pass_reads_the_bound_ports_once(self):
+        net = self.make_network("vlan", "physnet2", 293)
+        res = self._create_subnet(self.fmt, net["id"], "10.32.0.0/24",
+                                  as_admin=True)
+        self.assertEqual(201, res.status_int)
+        open_port = self.port_on(net["id"], security_groups=[],
+                                 port_security_enabled=False)
+        hosts = self.cluster_hosts()
+        self.assertEqual({h: (True, True, True) for h in hosts},
+                         self.vsphere.host_portgroup_security(net["id"]))
+        # Made secure by hand on one host: the full pass opens it again,
+        # from the ports it read.
+        ns = self.vsphere.host(hosts[0]).configManager.networkSystem
+        (pg,) = [p for p in ns.networkInfo.portgroup
+                 if p.spec.name == net["id"]]
+        policy = pg.spec.policy
+        policy.security = vim.host.NetworkPolicy.SecurityPolicy(
+            allowPromiscuous=False, macChanges=False, forgedTransmits=False)
+        ns.UpdatePortGroup(net["id"], vim.host.PortGroup.Specification(
+            name=net["id"], vlanId=pg.spec.vlanId,
+            vswitchName=pg.spec.vswitchName, policy=policy))
+        self.assertEqual((False, False, False),
+                         self.vsphere.host_portgroup_security(
+                             net["id"])[hosts[0]])
+        drv = self.vcenter_driver
+        rec = drv.reconciler
+        reads = []
+
+        def counted(read):
+            def wrapper(ids, *args, **kw):
+                reads.append(ids)
+                return read(ids, *args, **kw)
+            return wrapper
+
+        with mock.patch.object(drv, "port_source",
+                               counted(drv.port_source)), \
+                mock.patch.object(rec, "network_ports",
+                                  counted(rec.network_ports)):
+            result = self.resync()
+        # All bound ports, once: for the standard port group's security
+        # and for the DV ports.
+        self.assertEqual([None], [r for r in reads if r is None], reads)
+        self.assertIn(open_port["id"], {p.id for p in result.ports.ports})
+        self.assertEqual({h: (True, True, True) for h in hosts},
+                         self.vsphere.host_portgroup_security(net["id"]))
+
+
 class TestStandardVswitchRefuse(PortsTestCase):
     extra_ml2_vcenter = {"standard_vswitch_ports": "refuse"}
 
