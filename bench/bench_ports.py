@@ -46,93 +46,42 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import dataclasses
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tools"))
-
-from networking_vcenter import conf  # noqa: E402
+from bench_common import (  # noqa: E402 - puts the repository on sys.path
+    DVS_NAME, PHYSNET, Calls, SoapCounter, Vcsim, commit, machine,
+    reconciler)
 from networking_vcenter.reconcile import desired as desired_mod  # noqa: E402
 from networking_vcenter.reconcile import portsettings  # noqa: E402
-from networking_vcenter.reconcile.locks import Locks  # noqa: E402
 from networking_vcenter.reconcile.reconciler import Reconciler  # noqa: E402
 from networking_vcenter.vsphere import ports as ports_mod  # noqa: E402
-from vcsim_launcher import Vcsim  # noqa: E402
 
-PHYSNET = "physnet1"
-DVS_NAME = "DVS0"
-CLUSTER = "DC0_C0"
 COMPUTE_HOST = "bench-compute"
-REPLICA_THREAD = "vcenter-replica"      # replica.py's long-poll thread
 TASK = "ReconfigureDVPort_Task"
-SOAP_SECONDS = "(seconds in SOAP calls)"   # not a method: kept apart
-
-
-# -- counting ------------------------------------------------------------------
-
-class SoapCounter:
-    """SOAP calls made by any thread while counting, except the replica's
-    long poll (``WaitForUpdatesEx`` on its own thread)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def counting(self):
-        from pyVmomi import SoapAdapter
-        real = SoapAdapter.SoapStubAdapter.InvokeMethod
-        calls: collections.Counter = collections.Counter()
-
-        def counted(stub, mo, info, args, *rest, **kw):
-            if threading.current_thread().name == REPLICA_THREAD:
-                if info.wsdlName != "WaitForUpdatesEx":
-                    with self._lock:
-                        calls[info.wsdlName] += 1
-                return real(stub, mo, info, args, *rest, **kw)
-            t0 = time.perf_counter()
-            try:
-                return real(stub, mo, info, args, *rest, **kw)
-            finally:
-                # Wall time inside the calls of the measured thread:
-                # serialising, the wire (and injected latency), parsing.
-                with self._lock:
-                    calls[info.wsdlName] += 1
-                    calls[SOAP_SECONDS] += time.perf_counter() - t0
-
-        SoapAdapter.SoapStubAdapter.InvokeMethod = counted
-        try:
-            yield calls
-        finally:
-            SoapAdapter.SoapStubAdapter.InvokeMethod = real
 
 
 @dataclasses.dataclass
 class Measure:
     seconds: float
-    calls: collections.Counter
+    calls: Calls
 
     @property
     def round_trips(self) -> int:
-        return sum(v for k, v in self.calls.items() if k != SOAP_SECONDS)
+        return len(self.calls)
 
     @property
     def soap_seconds(self) -> float:
-        return self.calls[SOAP_SECONDS]
+        return self.calls.seconds
 
     @property
     def tasks(self) -> int:
-        return self.calls[TASK]
+        return self.calls.count(TASK)
 
 
 # -- Neutron's side, as plain data --------------------------------------------
@@ -195,17 +144,6 @@ class Neutron:
 
 # -- set-up --------------------------------------------------------------------
 
-def settings(sim: Vcsim) -> conf.Settings:
-    return conf.Settings(
-        host_ip=sim.host, host_port=sim.port, host_username=sim.username,
-        host_password=sim.password, ca_file=None, insecure=True,
-        api_retry_count=2, api_timeout=120, task_timeout=600,
-        switch_mappings={PHYSNET: DVS_NAME},
-        compute_hosts={COMPUTE_HOST: CLUSTER},
-        dvs_name_template=conf.DEFAULT_DVS_NAME_TEMPLATE,
-        max_parallel_tasks=8, dvs_batch_size=100)
-
-
 def set_up(rec: Reconciler, neutron: Neutron) -> float:
     """The port group and N reserved, configured DV ports, by the driver's
     own code (untimed in the figures)."""
@@ -238,7 +176,8 @@ def driver(rec: Reconciler, neutron: Neutron, counter: SoapCounter) -> Measure:
     assert not out.outcome.failed, out.outcome.failed[:3]
     assert not out.outcome.stale and not out.plan.steps, out.plan.steps[:3]
     assert len(out.outcome.done) == len(ids), len(out.outcome.done)
-    assert out.outcome.tasks == calls[TASK], (out.outcome.tasks, calls)
+    assert out.outcome.tasks == calls.count(TASK), (out.outcome.tasks,
+                                                    calls)
     return Measure(elapsed, calls)
 
 
@@ -312,9 +251,7 @@ def revert(rec: Reconciler, neutron: Neutron, pg_key: str) -> None:
 
 def run_size(sim: Vcsim, n: int, rounds: int, lock_dir: str) -> dict:
     neutron = Neutron(n)
-    rec = Reconciler(settings(sim), Locks(
-        "file://" + os.path.join(lock_dir, str(n))), watch=True)
-    rec.start()
+    rec = reconciler(sim, lock_dir, str(n), compute_host=COMPUTE_HOST)
     counter = SoapCounter()
     try:
         made = set_up(rec, neutron)
@@ -339,8 +276,7 @@ def run_size(sim: Vcsim, n: int, rounds: int, lock_dir: str) -> dict:
                     m = anchors(rec, neutron, pg.key, counter)
                 states[variant] = check(rec, neutron, pg.key, variant)
                 results[variant].append(m)
-                methods = {k: v for k, v in sorted(m.calls.items())
-                           if k != SOAP_SECONDS}
+                methods = dict(sorted(collections.Counter(m.calls).items()))
                 print(f"  round {r + 1} {variant:8s} {m.seconds:8.2f} s "
                       f"({m.soap_seconds:.2f} s in SOAP calls) "
                       f"{m.round_trips:6d} round trips {m.tasks:5d} tasks  "
@@ -354,25 +290,6 @@ def run_size(sim: Vcsim, n: int, rounds: int, lock_dir: str) -> dict:
                 "results": results}
     finally:
         rec.close()
-
-
-def machine() -> str:
-    model = "?"
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f
-                          if ln.startswith("model name")), "?")
-    return (f"{os.cpu_count()} cores ({model}), load "
-            f"{os.getloadavg()[0]:.1f} at start, Python "
-            f"{sys.version.split()[0]}")
-
-
-def commit() -> str:
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        return subprocess.check_output(
-            ["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-            text=True).strip()
-    return "?"
 
 
 def main() -> int:

@@ -42,7 +42,6 @@ bind|fullpass|api [--count N] [--rounds R] [--delay-ms MS] [--binds B]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import datetime
 import io
@@ -52,82 +51,25 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 import warnings
 
 warnings.filterwarnings("ignore", message=r"(?s).*Eventlet is deprecated")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tools"))
-
+from bench_common import (  # noqa: E402 - puts the repository on sys.path
+    CLUSTER, DEPLOYMENT, DVS_NAME, PHYSNET, SoapCounter, Vcsim, machine,
+    reconciler)
 from pyVmomi import vim  # noqa: E402
 
 from networking_vcenter import conf  # noqa: E402
 from networking_vcenter.reconcile import desired as desired_mod  # noqa: E402
-from networking_vcenter.reconcile.locks import Locks  # noqa: E402
 from networking_vcenter.reconcile.reconciler import Reconciler  # noqa: E402
 from networking_vcenter.vsphere import inventory  # noqa: E402
 from networking_vcenter.vsphere import switches  # noqa: E402
-from vcsim_launcher import Vcsim  # noqa: E402
-
-PHYSNET = "physnet1"
-DVS_NAME = "DVS0"
-CLUSTER = "DC0_C0"
-DEPLOYMENT = "default"
 
 
 # -- shared helpers -----------------------------------------------------------
-
-class SoapCounter:
-    """Counts SOAP calls made by any thread while active, except the
-    replica's long poll (copied from tests/functional/base.py's
-    soap_calls(); bench/ does not import tests/)."""
-
-    def __init__(self):
-        self.calls: list[str] = []
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def counting(self):
-        from pyVmomi import SoapAdapter
-        real = SoapAdapter.SoapStubAdapter.InvokeMethod
-        calls = self.calls = []
-
-        def counted(stub, mo, info, args, *rest, **kw):
-            if info.wsdlName != "WaitForUpdatesEx":
-                with self._lock:
-                    calls.append(info.wsdlName)
-            return real(stub, mo, info, args, *rest, **kw)
-
-        SoapAdapter.SoapStubAdapter.InvokeMethod = counted
-        try:
-            yield calls
-        finally:
-            SoapAdapter.SoapStubAdapter.InvokeMethod = real
-
-
-def settings(sim: Vcsim) -> conf.Settings:
-    return conf.Settings(
-        host_ip=sim.host, host_port=sim.port, host_username=sim.username,
-        host_password=sim.password, ca_file=None, insecure=True,
-        api_retry_count=2, api_timeout=120, task_timeout=600,
-        switch_mappings={PHYSNET: DVS_NAME}, compute_hosts={"bench": CLUSTER},
-        dvs_name_template=conf.DEFAULT_DVS_NAME_TEMPLATE,
-        max_parallel_tasks=8, dvs_batch_size=100,
-        deployment_name=DEPLOYMENT)
-
-
-def reconciler(sim: Vcsim, lock_dir: str, watch: bool) -> Reconciler:
-    rec = Reconciler(settings(sim),
-                     Locks("file://" + os.path.join(
-                         lock_dir, "watch" if watch else "full")),
-                     watch=watch)
-    rec.start()
-    return rec
-
 
 def vlan_of(i: int) -> int:
     return 1 + i % 4094
@@ -175,17 +117,6 @@ def median_line(label: str, ratios: list[float], fmt: str = ".1f") -> None:
     print(f"median ratio ({label}): {statistics.median(ratios):{fmt}}x")
 
 
-def machine() -> str:
-    model = "?"
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f
-                          if ln.startswith("model name")), "?")
-    load = os.getloadavg()[0]
-    return (f"{os.cpu_count()} cores ({model}), load {load:.1f} at start, "
-            f"Python {sys.version.split()[0]}")
-
-
 # -- scenario bind ------------------------------------------------------------
 
 def bind(args) -> int:
@@ -201,11 +132,11 @@ def bind(args) -> int:
         def source(wanted):
             return [target] if wanted is None or target.id in wanted else []
 
-        warm = reconciler(sim, lock_dir, watch=True)
+        warm = reconciler(sim, lock_dir, "watch", watch=True)
         recs.append(warm)
-        full = reconciler(sim, lock_dir, watch=False)
+        full = reconciler(sim, lock_dir, "full", watch=False)
         recs.append(full)
-        counter = SoapCounter()
+        counter = SoapCounter(waits=False)
         print(f"scenario bind: port_group_for on an existing network among "
               f"{args.count} port groups ({made:.1f} s to make), "
               f"{args.delay_ms} ms per call, {args.binds} binds a round; "
@@ -305,12 +236,12 @@ def fullpass(args) -> int:
         sim.start()
         made = make_port_groups(sim, ids)
         t0 = time.perf_counter()
-        warm = reconciler(sim, workdir, watch=True)
+        warm = reconciler(sim, workdir, "watch", watch=True)
         recs.append(warm)
         first_read = time.perf_counter() - t0
-        full = reconciler(sim, workdir, watch=False)
+        full = reconciler(sim, workdir, "full", watch=False)
         recs.append(full)
-        counter = SoapCounter()
+        counter = SoapCounter(waits=False)
         t0 = time.perf_counter()
         read = len(neutron_db.networks())
         neutron_read = time.perf_counter() - t0
@@ -386,7 +317,7 @@ def api(args) -> int:
 
     sim = Vcsim(extra_args=("-delay", str(args.delay_ms))).start()
     results: dict = {}
-    counter = SoapCounter()
+    counter = SoapCounter(waits=False)
 
     class ApiBench(test_plugin.Ml2PluginV2TestCase):
         variant = "openvswitch"

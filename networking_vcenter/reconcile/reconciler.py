@@ -99,7 +99,8 @@ class Reconciler:
     trunk_status_sink: Callable[[dict[str, str]], None] | None = None
     # Reads the ports bound here on the given networks (None: all), for the
     # security policy of standard port groups; set by the ML2 driver and the
-    # CLI.  None: standard port groups' security is left as it is.
+    # CLI.  None: standard port groups' security is left as it is.  A full
+    # pass given a port source takes all from it instead (the same ports).
     network_ports: Callable[[set[str] | None],
                             list[desired_mod.PortSpec]] | None = None
 
@@ -242,26 +243,33 @@ class Reconciler:
                 return None
             inv = self.inventory()                  # vCenter first, then
             nets = list(source(None))               # Neutron: see above
+            # The bound ports, read once: for the standard port groups'
+            # security and for the DV ports.
+            bound = None if port_source is None else list(port_source(None))
             now = time.time()
             young = {n.id for n in nets
                      if grace and n.changed_at and now - n.changed_at < grace}
             result = self._plan_and_apply(
                 inv, [n for n in nets if n.id not in young], None, young,
-                dry_run, progress, self._std_security(inv, nets, None))
+                dry_run, progress, self._std_security(inv, nets, None, bound))
             if port_source is not None:
                 result.ports = self.sync_ports(
                     None, source, port_source, wait=LOCK_WAIT, grace=grace,
-                    dry_run=dry_run, refresh=self.replica is not None)
+                    dry_run=dry_run, refresh=self.replica is not None,
+                    specs=bound)
             return result
 
     def _std_security(self, inv: inventory.Inventory,
                       nets: list[desired_mod.NetworkSpec],
-                      scope: set[str] | None
+                      scope: set[str] | None,
+                      bound: list[desired_mod.PortSpec] | None = None
                       ) -> dict[str, inventory.Security] | None:
         """The security policy of the networks' standard port groups, from
         their ports (:func:`desired.std_security`); None where this
         reconciler is not told the ports (then it is left as it is).  Reads
-        Neutron only for networks with a standard port group."""
+        Neutron only for networks with a standard port group, and not at
+        all given ``bound`` (every port bound here, read already; scope
+        None)."""
         if self.network_ports is None:
             return None
         topo = self.topology(inv)
@@ -270,7 +278,10 @@ class Reconciler:
             for d in desired_mod.desired_for_network(n, topo))}
         if not std_nets:
             return {}
-        ports = self.network_ports(None if scope is None else std_nets)
+        if bound is not None and scope is None:
+            ports = bound
+        else:
+            ports = self.network_ports(None if scope is None else std_nets)
         return desired_mod.std_security(ports, topo)
 
     def _plan(self, inv: inventory.Inventory,
@@ -371,7 +382,9 @@ class Reconciler:
                    grace: float = 0, dry_run: bool = False,
                    refresh: bool = False, report_status: bool = True,
                    fresh: bool = True,
-                   networks: Iterable[str] = ()) -> PortPass:
+                   networks: Iterable[str] = (),
+                   specs: list[desired_mod.PortSpec] | None = None
+                   ) -> PortPass:
         """Give ports (``port_ids``, or all with None) their DV ports.
 
         Reservations of ports Neutron no longer has (or binds elsewhere)
@@ -384,9 +397,11 @@ class Reconciler:
         then make is released later, keeping the one a NIC is on), so two
         servers never reserve two DV ports for one Neutron port; every
         other change is guarded by the port's configVersion.  With nothing
-        to change it makes no vCenter call.
+        to change it makes no vCenter call.  ``specs``: what
+        ``port_source(port_ids)`` answers, when the caller has read it.
         """
-        specs = list(port_source(port_ids))
+        if specs is None:
+            specs = list(port_source(port_ids))
         now = time.time()
         bound = [p for p in specs if p.physnet]
         young = {p.id for p in specs if not p.physnet and grace and

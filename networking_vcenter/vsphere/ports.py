@@ -384,23 +384,29 @@ def fetch_ports(session: Session, dvs_ref: Any,
     for p in found or []:
         if p.portgroupKey in out:
             out[p.portgroupKey].append(port_of(p))
-    return {k: tuple(sorted(v, key=_key_order)) for k, v in out.items()}
+    return {k: tuple(sorted(v, key=key_order)) for k, v in out.items()}
 
 
-def fetch_port_keys(session: Session, dvs_ref: Any, port_keys: Iterable[str]
-                    ) -> tuple[DvPort, ...]:
-    """These ports of one switch (those that exist): one round trip whose
-    answer is as small as the list, however big their port groups."""
+def fetch_port_keys(session: Session, dvs_ref: Any, port_keys: Iterable[str],
+                    connected: bool | None = None) -> tuple[DvPort, ...]:
+    """These ports of one switch (those that exist; with ``connected``,
+    those of them whose connectee vCenter shows, or not): one round trip
+    whose answer is at most as large as the list, however big their port
+    groups."""
     keys = sorted(set(port_keys))
     if not keys:
         return ()
-    found = session.call(
-        f"read {len(keys)} port(s) on {dvs_ref._moId}", dvs_ref.FetchDVPorts,
-        vim.dvs.PortCriteria(portKey=keys))
-    return tuple(sorted((port_of(p) for p in found or []), key=_key_order))
+    criteria = vim.dvs.PortCriteria(portKey=keys)
+    what = f"read {len(keys)} port(s) on {dvs_ref._moId}"
+    if connected is not None:
+        criteria.connected = connected
+        what += " if now " + ("connected" if connected else "free")
+    found = session.call(what, dvs_ref.FetchDVPorts, criteria)
+    return tuple(sorted((port_of(p) for p in found or []), key=key_order))
 
 
-def _key_order(port: DvPort) -> tuple[int, str]:
+def key_order(port: DvPort) -> tuple[int, str]:
+    """The order ports are kept in: by number, then by key."""
     return (int(port.key), "") if port.key.isdigit() else (1 << 62, port.key)
 
 

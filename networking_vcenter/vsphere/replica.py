@@ -26,12 +26,18 @@ The ports of our distributed port groups (those marked by this deployment)
 are kept too, in :attr:`Inventory.dv_ports`: a port is no managed object and
 a port reconfigure changes no property, so they are read with
 ``FetchDVPorts`` -- one call per switch for all its groups -- after each full
-read, again for the groups an update touches (their ``portKeys``, ``vm`` or
-config: a NIC connected or gone, the group resized or converted), batched
-per update, in the replica thread; and on demand with
-:meth:`Replica.refresh_ports` (the reconciler's full pass sees hand edits of
-port settings that way, and its own writes).  Groups whose ports changed are
-reported in :attr:`Event.portgroups`.
+read; in the replica thread, batched per update, again where an update says
+they may have changed: ports added to a group's ``portKeys`` are read by key
+and those taken out dropped; a change of its ``vm`` (a NIC connected or
+gone) reads only the ports whose connectee vCenter now shows otherwise than
+the replica (``connected`` asked of the replica's free ports and of the
+ports of VMs that came or went; ``not connected`` of its connected ports),
+so that it costs what changed, not the group's size; a group that came,
+became ours, or whose policy, default port config, type or switch changed
+is read whole.  On demand, :meth:`Replica.refresh_ports` reads whole groups
+(the reconciler's full pass sees hand edits of port settings that way) and
+:meth:`Replica.refresh_port_keys` the ports this process wrote.  Groups
+whose ports changed are reported in :attr:`Event.portgroups`.
 
 Nothing here writes to vCenter.
 """
@@ -77,6 +83,12 @@ VMWARE_DVS_PATHS = ["config.maxMtu"]
 # A change of these on one of our port groups means its ports may have
 # changed: they are read again.
 PORT_PATHS = ("portKeys", "vm", "config")
+# Of those, the changes read narrowly (see the module doc); a change of any
+# other config path reads the whole group.  numPorts and configVersion
+# change with portKeys (the group grew or shrank) and on edits of the
+# group's unwatched config, none of which changes a port.
+NARROW_PATHS = frozenset({"portKeys", "vm", "config.numPorts",
+                          "config.configVersion"})
 CR_PATHS = ["name", "host"]
 DC_PATHS = ["networkFolder"]
 HOST_PATHS = ["name", "configManager.networkSystem",
@@ -98,6 +110,17 @@ class Event:
 class _Obj:
     ref: Any
     props: dict[str, Any]
+
+
+@dataclasses.dataclass
+class _Narrow:
+    """What an update changed of one group's ports, to read narrowly."""
+
+    added: set[str] = dataclasses.field(default_factory=set)    # port keys
+    removed: set[str] = dataclasses.field(default_factory=set)  # port keys
+    connectees: bool = False     # its VMs changed: a NIC came or went
+    vms: set[str] = dataclasses.field(default_factory=set)      # that did
+    joined: set[str] = dataclasses.field(default_factory=set)   # that came
 
 
 def _kind(ref: Any) -> str:
@@ -132,9 +155,12 @@ class Replica:
         self._generation = 0           # bumped on every change applied
         self._snapshot: tuple[int, inventory.Inventory] | None = None
         # The ports of our distributed port groups, by group key, and the
-        # number of the read each came from (a later read wins).
+        # number of the read each came from (a later read wins): of the
+        # group's last whole read, and {port key: read} of the ports read
+        # (or dropped) by key since.
         self._ports: dict[str, tuple[inventory.DvPort, ...]] = {}
         self._port_reads: dict[str, int] = {}
+        self._key_reads: dict[str, dict[str, int]] = {}
         self._reads = 0
         self._read_lock = threading.Lock()
         self._listeners: list[Callable[[Event], None]] = []
@@ -248,18 +274,14 @@ class Replica:
             self._reads += 1
             read = self._reads
         fresh = ports_mod.fetch_port_keys(self._session, obj.ref, port_keys)
-        by_group: dict[str, dict[str, inventory.DvPort]] = {}
+        by_group: dict[str, tuple[set[str], list[inventory.DvPort]]] = {}
         for p in fresh:
-            by_group.setdefault(p.portgroup_key, {})[p.key] = p
+            by_group.setdefault(p.portgroup_key, (set(), []))[1].append(p)
         with self._cond:
-            merged = {}
-            for key, new in by_group.items():
-                have = self._ports.get(key)
-                if have is None or self._port_reads.get(key, 0) > read:
-                    continue
-                merged[key] = tuple(new.get(p.key, p) for p in have)
-        if merged:
-            self._store_ports(read, merged, set())
+            changed = self._merge_ports(read, by_group)
+            if changed:
+                self._generation += 1
+                self._cond.notify_all()
 
     # -- life cycle -------------------------------------------------------
 
@@ -389,6 +411,7 @@ class Replica:
         with self._cond:
             self._ports = ports
             self._port_reads = {k: read for k in ports}
+            self._key_reads = {}
             self._objects = fresh
             self._version = version
             self._synced = True
@@ -426,19 +449,27 @@ class Replica:
             return
         event = Event()
         with self._cond:
-            objects = dict(self._objects)
+            before = self._objects
+            objects = dict(before)
+            held = self._ports
         event = self._apply(update, objects, event)
         # Ports of our groups that this update may have changed: read
         # before the update is published, so that a snapshot never shows a
         # group with ports older than itself.
-        touched = self._ports_touched(update, objects)
+        touched, narrow = self._ports_touched(update, before, objects, held)
+        ours = self._our_groups(objects)
         groups = {moid: (ref, keys & touched) for moid, (ref, keys)
-                  in self._our_groups(objects).items() if keys & touched}
+                  in ours.items() if keys & touched}
         read, found = self._fetch(groups)
+        read_narrow, found_narrow, whole = self._fetch_narrow(
+            ours, narrow, held)
         with self._cond:
             self._objects = objects
             self._version = update.version
             changed = self._store_ports(read, found, touched, publish=False)
+            changed |= self._merge_ports(read_narrow, found_narrow)
+            if whole is not None:
+                changed |= self._store_ports(*whole, set(), publish=False)
             self._generation += 1
             self.error = None
             self._cond.notify_all()
@@ -496,11 +527,21 @@ class Replica:
                 if key in ports:
                     del ports[key]
                     self._port_reads.pop(key, None)
+                    self._key_reads.pop(key, None)
                     changed.add(key)
             for key, value in found.items():
                 if self._port_reads.get(key, 0) > read:
                     continue
                 self._port_reads[key] = read
+                # Ports read by key after this read began keep that read.
+                newer = {k: n for k, n in self._key_reads.pop(key, {}).items()
+                         if n > read}
+                if newer:
+                    self._key_reads[key] = newer
+                    value = tuple(sorted(
+                        [p for p in value if p.key not in newer] +
+                        [p for p in ports.get(key, ()) if p.key in newer],
+                        key=ports_mod.key_order))
                 if ports.get(key) != value:
                     ports[key] = value
                     changed.add(key)
@@ -511,22 +552,143 @@ class Replica:
                     self._cond.notify_all()
         return frozenset(changed)
 
-    def _ports_touched(self, update: Any, objects: dict[str, _Obj]
-                       ) -> set[str]:
-        """Keys of the distributed port groups whose portKeys, VMs or
-        config an update changed (or that came or went)."""
-        keys = set()
+    def _ports_touched(self, update: Any, before: dict[str, _Obj],
+                       objects: dict[str, _Obj],
+                       held: dict[str, tuple[inventory.DvPort, ...]]
+                       ) -> tuple[set[str], dict[str, "_Narrow"]]:
+        """What of the distributed port groups' ports an update may have
+        changed: the keys of the groups to read whole (they came or went,
+        their ports were never read, the value of a config path outside
+        NARROW_PATHS changed), and, for the others whose portKeys or VMs
+        changed, what to read of them."""
+        whole: set[str] = set()
+        narrow: dict[str, _Narrow] = {}
         for fs in update.filterSet or []:
             for ou in fs.objectSet or []:
                 if _kind(ou.obj) != "dvpg":
                     continue
-                if ou.kind in ("enter", "leave") or any(
-                        c.name.split(".")[0] in PORT_PATHS
-                        for c in ou.changeSet or []):
-                    obj = objects.get(ou.obj._moId)
-                    key = obj.props.get("key") if obj else None
-                    keys.add(key or ou.obj._moId)
-        return keys
+                names = {c.name for c in ou.changeSet or []
+                         if c.name.split(".")[0] in PORT_PATHS}
+                if ou.kind not in ("enter", "leave") and not names:
+                    continue
+                moid = ou.obj._moId
+                obj = objects.get(moid)
+                key = obj.props.get("key") if obj else None
+                key = key or moid
+                old = before.get(moid)
+                if ou.kind in ("enter", "leave") or old is None or \
+                        key not in held or any(
+                            _differs(old.props.get(n), obj.props.get(n))
+                            for n in names - NARROW_PATHS):
+                    whole.add(key)
+                    continue
+                change = narrow.setdefault(key, _Narrow())
+                if "portKeys" in names:
+                    was = set(old.props.get("portKeys") or ())
+                    now = set(obj.props.get("portKeys") or ())
+                    change.added |= now - was
+                    change.removed |= was - now
+                if "vm" in names:
+                    was = {v._moId for v in old.props.get("vm") or ()}
+                    now = {v._moId for v in obj.props.get("vm") or ()}
+                    change.vms |= was ^ now
+                    change.joined |= now - was
+                    change.connectees = True
+        for key in whole:
+            narrow.pop(key, None)
+        return whole, narrow
+
+    def _fetch_narrow(self, groups: dict[str, tuple[Any, set[str]]],
+                      narrow: dict[str, "_Narrow"],
+                      held: dict[str, tuple[inventory.DvPort, ...]]):
+        """Read what ``narrow`` says of our groups, per switch: by key, the
+        ports added to them and those the replica holds connected to a VM
+        that came or went; of the other ports it holds free, those vCenter
+        shows connected; of those it holds connected, those vCenter shows
+        free.  At most three ``FetchDVPorts`` per switch, whose answers
+        hold only ports that changed (or may have: those of the VMs).  A
+        VM that came on no port so found (its NIC took a port the replica
+        holds connected to a VM still on the group) has the group read
+        whole after.  Answers the read's number, {group key: (port keys
+        to drop, ports read)}, and the whole read (its number and {group
+        key: ports}) or None."""
+        with self._read_lock:
+            self._reads += 1
+            read = self._reads
+        found: dict[str, tuple[set[str], list[inventory.DvPort]]] = {}
+        for moid in sorted(groups):
+            ref, keys = groups[moid]
+            by_key: set[str] = set()
+            free: set[str] = set()
+            busy: set[str] = set()
+            for key in sorted(keys & set(narrow)):
+                change = narrow[key]
+                found[key] = (change.removed - change.added, [])
+                by_key |= change.added
+                if not change.connectees:
+                    continue
+                for p in held.get(key, ()):
+                    if p.key in change.removed or p.key in change.added:
+                        continue
+                    if p.connected and p.vm_moid in change.vms:
+                        by_key.add(p.key)
+                    elif p.connected:
+                        busy.add(p.key)
+                    else:
+                        free.add(p.key)
+            fresh = [*ports_mod.fetch_port_keys(self._session, ref, by_key),
+                     *ports_mod.fetch_port_keys(self._session, ref, free,
+                                                connected=True),
+                     *ports_mod.fetch_port_keys(self._session, ref, busy,
+                                                connected=False)]
+            for p in fresh:
+                if p.portgroup_key in found:
+                    found[p.portgroup_key][1].append(p)
+        again: dict[str, tuple[Any, set[str]]] = {}
+        for moid, (ref, keys) in groups.items():
+            for key in keys & set(found):
+                if not narrow[key].joined:
+                    continue
+                drop, fresh = found[key]
+                now = {p.key: p for p in held.get(key, ())
+                       if p.key not in drop}
+                now.update((p.key, p) for p in fresh)
+                if narrow[key].joined - {p.vm_moid for p in now.values()}:
+                    again.setdefault(moid, (ref, set()))[1].add(key)
+                    del found[key]
+        return read, found, self._fetch(again) if again else None
+
+    def _merge_ports(self, read: int,
+                     found: dict[str, tuple[set[str],
+                                            list[inventory.DvPort]]]
+                     ) -> set[str]:
+        """Merge ports read by key into the groups held: {group key:
+        (port keys to drop, ports read)}; a group a later read has stored
+        is left alone.  The caller holds the lock and publishes.  Answers
+        the groups whose ports changed."""
+        changed = set()
+        ports = dict(self._ports)
+        for key, (drop, fresh) in found.items():
+            have = ports.get(key)
+            if have is None or self._port_reads.get(key, 0) > read:
+                continue
+            reads = self._key_reads.setdefault(key, {})
+            merged = {p.key: p for p in have}
+            for k in drop:
+                if reads.get(k, 0) <= read:
+                    merged.pop(k, None)
+                    reads[k] = read
+            for p in fresh:
+                if reads.get(p.key, 0) <= read:
+                    merged[p.key] = p
+                    reads[p.key] = read
+            value = tuple(sorted(merged.values(), key=ports_mod.key_order))
+            if value != have:
+                ports[key] = value
+                changed.add(key)
+        if changed:
+            self._ports = ports
+        return changed
 
     def _destroy_collector(self) -> None:
         collector, views = self._collector, self._views
@@ -637,6 +799,14 @@ class Replica:
             has_fields=bool(by_kind.get("fields")),
             deployment=self._settings.deployment_name,
             dv_ports=self._ports)
+
+
+def _differs(old: Any, new: Any) -> bool:
+    """Whether a property's value changed.  pyVmomi's data objects do not
+    compare by value, and an update may name properties that did not
+    change (the simulator names every path of a changed ``config``): their
+    printed forms, which hold every field, are compared."""
+    return old is not new and repr(old) != repr(new)
 
 
 def _portgroups(props: dict[str, Any] | None) -> set[tuple[str, str, int]]:

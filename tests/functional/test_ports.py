@@ -9,6 +9,8 @@ code with the driver's conversion of settings.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from unittest import mock
 
@@ -328,6 +330,93 @@ class TestStatus(PortsTestCase):
             self.context, port["id"])["status"])
 
 
+class TestNarrowPortReads(PortsTestCase):
+    """A NIC coming or going, or ports added to a group, make the replica
+    read the ports that changed, not its port group's every port."""
+    vcsim_kwargs = {**PortsTestCase.vcsim_kwargs, "vms": 1}
+
+    @contextlib.contextmanager
+    def replica_reads(self):
+        """{"FetchDVPorts": calls, "ports": DV ports parsed} by the
+        replica's thread inside the block."""
+        from networking_vcenter.vsphere import ports as ports_mod
+        seen = {"FetchDVPorts": 0, "ports": 0}
+        real_port_of = ports_mod.port_of
+
+        def port_of(p):
+            if threading.current_thread().name == "vcenter-replica":
+                seen["ports"] += 1
+            return real_port_of(p)
+
+        with self.soap_calls() as calls, \
+                mock.patch.object(ports_mod, "port_of", port_of):
+            start = len(calls)
+            yield seen
+            seen["FetchDVPorts"] = calls[start:].count("FetchDVPorts")
+
+    def ports_of(self, pg_key):
+        return self.vcenter_driver.reconciler.replica.snapshot().dv_ports.get(
+            pg_key, ())
+
+    def test_nic_attach_and_detach_read_one_port_of_200(self):
+        net = self.make_net(87)
+        port = self.port_on(net["id"])
+        details = port[portbindings.VIF_DETAILS]
+        pg_key = details["pg_id"]
+        rec = self.vcenter_driver.reconciler
+        (pg,) = [g for g in self.vsphere._all(
+            vim.dvs.DistributedVirtualPortgroup) if g.key == pg_key]
+        before = len(pg.portKeys)
+        self.assertEqual(before, len(self.ports_of(pg_key)))
+
+        # 200 ports: the added ones are read by key, the others not again.
+        with self.replica_reads() as reads:
+            self.vsphere.wait(pg.ReconfigureDVPortgroup_Task(
+                vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+                    configVersion=pg.config.configVersion, numPorts=200)))
+            self.assertTrue(rec.replica.wait_until(
+                lambda inv: len(inv.dv_ports.get(pg_key, ())) == 200, 10))
+        self.assertEqual(200 - before, reads["ports"], reads)
+        self.assertEqual(sorted(pg.portKeys), sorted(
+            p.key for p in self.ports_of(pg_key)))
+
+        # A NIC connects: one port read, not 200; the port turns ACTIVE.
+        with self.replica_reads() as reads:
+            vm = self.vsphere.attach_nic("DC0_C0_RP0_VM0",
+                                         port["mac_address"], details)
+            self.assertTrue(rec.replica.wait_until(
+                lambda inv: any(p.connected and p.name == port["id"]
+                                for p in inv.dv_ports.get(pg_key, ())), 10))
+        self.assertEqual(1, reads["ports"], reads)
+        self.assertLessEqual(reads["FetchDVPorts"], 2, reads)
+        (mine,) = [p for p in self.ports_of(pg_key)
+                   if p.key == details["dvs_port_key"]]
+        self.assertEqual((True, vm._moId), (mine.connected, mine.vm_moid))
+        rec.sync_ports({port["id"]}, self.vcenter_driver.source,
+                       self.vcenter_driver.port_source)
+        self.assertEqual("ACTIVE", self.driver.get_port(
+            self.context, port["id"])["status"])
+
+        # It goes: one port read again; DOWN.
+        (dev,) = [d for d in vm.config.hardware.device
+                  if isinstance(d, vim.vm.device.VirtualEthernetCard)
+                  and getattr(d.backing, "port", None) is not None
+                  and d.backing.port.portKey == details["dvs_port_key"]]
+        with self.replica_reads() as reads:
+            self.vsphere.wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(
+                deviceChange=[vim.vm.device.VirtualDeviceSpec(
+                    operation="remove", device=dev)])))
+            self.assertTrue(rec.replica.wait_until(
+                lambda inv: not any(p.connected for p in inv.dv_ports.get(
+                    pg_key, ())), 10))
+        self.assertEqual(1, reads["ports"], reads)
+        self.assertEqual(200, len(self.ports_of(pg_key)))
+        rec.sync_ports({port["id"]}, self.vcenter_driver.source,
+                       self.vcenter_driver.port_source)
+        self.assertEqual("DOWN", self.driver.get_port(
+            self.context, port["id"])["status"])
+
+
 class TestStandardVswitchBind(PortsTestCase):
     """Default: bind, and say the policy is not enforced."""
 
@@ -374,6 +463,53 @@ class TestStandardVswitchBind(PortsTestCase):
         # promiscuous mode allowed.
         self._delete("ports", secure["id"])
         self.settled()
+        self.assertEqual({h: (True, True, True) for h in hosts},
+                         self.vsphere.host_portgroup_security(net["id"]))
+
+
+    def test_a_full_pass_reads_the_bound_ports_once(self):
+        net = self.make_network("vlan", "physnet2", 293)
+        res = self._create_subnet(self.fmt, net["id"], "10.32.0.0/24",
+                                  as_admin=True)
+        self.assertEqual(201, res.status_int)
+        open_port = self.port_on(net["id"], security_groups=[],
+                                 port_security_enabled=False)
+        hosts = self.cluster_hosts()
+        self.assertEqual({h: (True, True, True) for h in hosts},
+                         self.vsphere.host_portgroup_security(net["id"]))
+        # Made secure by hand on one host: the full pass opens it again,
+        # from the ports it read.
+        ns = self.vsphere.host(hosts[0]).configManager.networkSystem
+        (pg,) = [p for p in ns.networkInfo.portgroup
+                 if p.spec.name == net["id"]]
+        policy = pg.spec.policy
+        policy.security = vim.host.NetworkPolicy.SecurityPolicy(
+            allowPromiscuous=False, macChanges=False, forgedTransmits=False)
+        ns.UpdatePortGroup(net["id"], vim.host.PortGroup.Specification(
+            name=net["id"], vlanId=pg.spec.vlanId,
+            vswitchName=pg.spec.vswitchName, policy=policy))
+        self.assertEqual((False, False, False),
+                         self.vsphere.host_portgroup_security(
+                             net["id"])[hosts[0]])
+        drv = self.vcenter_driver
+        rec = drv.reconciler
+        reads = []
+
+        def counted(read):
+            def wrapper(ids, *args, **kw):
+                reads.append(ids)
+                return read(ids, *args, **kw)
+            return wrapper
+
+        with mock.patch.object(drv, "port_source",
+                               counted(drv.port_source)), \
+                mock.patch.object(rec, "network_ports",
+                                  counted(rec.network_ports)):
+            result = self.resync()
+        # All bound ports, once: for the standard port group's security
+        # and for the DV ports.
+        self.assertEqual([None], [r for r in reads if r is None], reads)
+        self.assertIn(open_port["id"], {p.id for p in result.ports.ports})
         self.assertEqual({h: (True, True, True) for h in hosts},
                          self.vsphere.host_portgroup_security(net["id"]))
 
