@@ -504,7 +504,6 @@ class Reconciler:
                         "raise the switch's MTU",
                         mtu_mod.problem(net.id, net.mtu, small))
 
-
     def _trunk_status(self, want: list[desired_mod.DesiredPort],
                       the_plan: plan_mod.PortPlan,
                       outcome: apply_mod.PortOutcome) -> dict[str, str]:

@@ -314,13 +314,7 @@ class TestStatus(PortsTestCase):
                        self.vcenter_driver.port_source)
         self.assertEqual("ACTIVE", self.driver.get_port(
             self.context, port["id"])["status"])
-        (dev,) = [d for d in vm.config.hardware.device
-                  if isinstance(d, vim.vm.device.VirtualEthernetCard)
-                  and getattr(d.backing, "port", None) is not None
-                  and d.backing.port.portKey == details["dvs_port_key"]]
-        self.vsphere.wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
-            vim.vm.device.VirtualDeviceSpec(operation="remove",
-                                            device=dev)])))
+        self.vsphere.detach_nic(vm, details["dvs_port_key"])
         self.assertTrue(rec.replica.wait_until(
             lambda inv: not any(p.connected for ps in inv.dv_ports.values()
                                 for p in ps if p.name == port["id"]), 10))
@@ -398,14 +392,8 @@ class TestNarrowPortReads(PortsTestCase):
             self.context, port["id"])["status"])
 
         # It goes: one port read again; DOWN.
-        (dev,) = [d for d in vm.config.hardware.device
-                  if isinstance(d, vim.vm.device.VirtualEthernetCard)
-                  and getattr(d.backing, "port", None) is not None
-                  and d.backing.port.portKey == details["dvs_port_key"]]
         with self.replica_reads() as reads:
-            self.vsphere.wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(
-                deviceChange=[vim.vm.device.VirtualDeviceSpec(
-                    operation="remove", device=dev)])))
+            self.vsphere.detach_nic(vm, details["dvs_port_key"])
             self.assertTrue(rec.replica.wait_until(
                 lambda inv: not any(p.connected for p in inv.dv_ports.get(
                     pg_key, ())), 10))

@@ -16,7 +16,6 @@ import json
 from unittest import mock
 
 from neutron_lib.api.definitions import portbindings
-from pyVmomi import vim
 
 from networking_vcenter import cli
 from networking_vcenter import neutron_db
@@ -150,13 +149,7 @@ class TestTrunks(TrunksTestCase):
         # The trunk survives the NIC: still carried.
         self.assertEqual((("trunk", [(140, 141)]), False),
                          self.vlan_of(parent))
-        (dev,) = [d for d in vm.config.hardware.device
-                  if isinstance(d, vim.vm.device.VirtualEthernetCard)
-                  and getattr(d.backing, "port", None) is not None
-                  and d.backing.port.portKey == details["dvs_port_key"]]
-        self.vsphere.wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
-            vim.vm.device.VirtualDeviceSpec(operation="remove",
-                                            device=dev)])))
+        self.vsphere.detach_nic(vm, details["dvs_port_key"])
         self.assertTrue(drv.reconciler.replica.wait_until(
             lambda inv: not any(p.connected for ps in inv.dv_ports.values()
                                 for p in ps if p.name == parent["id"]), 10))
