@@ -29,7 +29,9 @@ a port reconfigure changes no property, so they are read with
 read; in the replica thread, batched per update, again where an update says
 they may have changed: ports added to a group's ``portKeys`` are read by key
 and those taken out dropped; a change of its ``vm`` (a NIC connected or
-gone) reads only the ports whose connectee vCenter now shows otherwise than
+gone), or of the ``config.changeVersion`` of a VM on it (a VM already on
+the group that got or lost another NIC there changes nothing of the
+group), reads only the ports whose connectee vCenter now shows otherwise than
 the replica (``connected`` asked of the replica's free ports and of the
 ports of VMs that came or went; ``not connected`` of its connected ports),
 so that it costs what changed, not the group's size; a group that came,
@@ -94,6 +96,10 @@ DC_PATHS = ["networkFolder"]
 HOST_PATHS = ["name", "configManager.networkSystem",
               "config.network.vswitch", "config.network.portgroup"]
 FIELD_PATHS = ["field"]
+# A VM's changeVersion changes with each change of its configuration: a VM
+# already on one of our groups that got or lost another NIC there changes
+# nothing of the group, only this.
+VM_PATHS = ["config.changeVersion"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +140,8 @@ def _kind(ref: Any) -> str:
         return "network"
     if isinstance(ref, vim.HostSystem):
         return "host"
+    if isinstance(ref, vim.VirtualMachine):
+        return "vm"
     if isinstance(ref, vim.ComputeResource):
         return "cr"
     if isinstance(ref, vim.Datacenter):
@@ -369,7 +377,8 @@ class Replica:
                             content.viewManager.CreateContainerView,
                             content.rootFolder,
                             [vim.DistributedVirtualSwitch, vim.Network,
-                             vim.ComputeResource, vim.Datacenter], True)
+                             vim.ComputeResource, vim.Datacenter,
+                             vim.VirtualMachine], True)
         self._views = [root]
         host_containers = self._host_containers(content)
         for container in host_containers:
@@ -387,7 +396,8 @@ class Replica:
                  (vim.dvs.VmwareDistributedVirtualSwitch, VMWARE_DVS_PATHS),
                  (vim.ComputeResource, CR_PATHS),
                  (vim.Datacenter, DC_PATHS),
-                 (vim.HostSystem, HOST_PATHS)]
+                 (vim.HostSystem, HOST_PATHS),
+                 (vim.VirtualMachine, VM_PATHS)]
         if content.customFieldsManager is not None:
             objects.append(PC.ObjectSpec(obj=content.customFieldsManager))
             types.append((vim.CustomFieldsManager, FIELD_PATHS))
@@ -563,8 +573,11 @@ class Replica:
         changed, what to read of them."""
         whole: set[str] = set()
         narrow: dict[str, _Narrow] = {}
+        reconfigured: set[str] = set()
         for fs in update.filterSet or []:
             for ou in fs.objectSet or []:
+                if _kind(ou.obj) == "vm" and ou.kind == "modify":
+                    reconfigured.add(ou.obj._moId)
                 if _kind(ou.obj) != "dvpg":
                     continue
                 names = {c.name for c in ou.changeSet or []
@@ -594,6 +607,17 @@ class Replica:
                     change.vms |= was ^ now
                     change.joined |= now - was
                     change.connectees = True
+        if reconfigured:
+            # A VM on one of our groups whose configuration changed may have
+            # got or lost a NIC on it while staying on it: its ports are
+            # read by their connection, as every other port of the group
+            # (a port taken shows connected, one let go free).
+            for obj in objects.values():
+                key = obj.props.get("key")
+                if _kind(obj.ref) == "dvpg" and key in held and \
+                        reconfigured & {v._moId for v in
+                                        obj.props.get("vm") or ()}:
+                    narrow.setdefault(key, _Narrow()).connectees = True
         for key in whole:
             narrow.pop(key, None)
         return whole, narrow

@@ -382,7 +382,9 @@ class TestNarrowPortReads(PortsTestCase):
                 lambda inv: any(p.connected and p.name == port["id"]
                                 for p in inv.dv_ports.get(pg_key, ())), 10))
         self.assertEqual(1, reads["ports"], reads)
-        self.assertLessEqual(reads["FetchDVPorts"], 2, reads)
+        # At most two per update; vCenter may report the group's new VM
+        # and the VM's new changeVersion in one update or in two.
+        self.assertLessEqual(reads["FetchDVPorts"], 4, reads)
         (mine,) = [p for p in self.ports_of(pg_key)
                    if p.key == details["dvs_port_key"]]
         self.assertEqual((True, vm._moId), (mine.connected, mine.vm_moid))

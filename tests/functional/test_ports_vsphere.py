@@ -503,6 +503,46 @@ def test_replica_keeps_the_ports_of_our_groups(sim, session, reader, vm0):
         reader.destroy_dv_portgroup(foreign_name)
 
 
+def test_replica_sees_a_second_nic_of_a_vm_already_on_the_group(
+        sim, session, reader, vm0):
+    """A VM on one of our groups that gets another NIC there changes none
+    of the group's properties (its vm list holds the VM already): the
+    replica sees the port taken, and let go, from the VM's changeVersion,
+    with no refresh."""
+    replica = Replica(session, _settings(sim))
+    replica.start()
+    pg = _our_group(session, reader, 411)
+    second = None
+    try:
+        first_key, second_key = sorted(_raw_ports(reader, pg), key=int)[:2]
+        _set_nic(reader, vm0, _on_port(pg, first_key))
+
+        def connected(inv):
+            return {p.key for p in inv.dv_ports.get(pg["key"], ())
+                    if p.connected and p.vm_moid == vm0._moId}
+
+        assert replica.wait_until(lambda inv: connected(inv) == {first_key},
+                                  10)
+        reader.wait(vm0.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
+            vim.vm.device.VirtualDeviceSpec(
+                operation="add", device=vim.vm.device.VirtualVmxnet3(
+                    key=-1, backing=_on_port(pg, second_key)))])))
+        second = second_key
+        assert replica.wait_until(
+            lambda inv: connected(inv) == {first_key, second_key}, 10), \
+            connected(replica.snapshot())
+        reader.detach_nic(vm0, second_key)
+        second = None
+        assert replica.wait_until(lambda inv: connected(inv) == {first_key},
+                                  10), connected(replica.snapshot())
+    finally:
+        if second is not None:
+            reader.detach_nic(vm0, second)
+        replica.stop()
+        _set_nic(reader, vm0, _off(reader))
+        _destroy(reader, pg)
+
+
 def test_read_once_includes_ports_with_one_fetch_per_switch(sim, session,
                                                             reader):
     a = _our_group(session, reader, 409)

@@ -6,6 +6,7 @@ changed, as a second client (Nova) would.
 
 import concurrent.futures
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -1194,3 +1195,26 @@ def test_vswitch_mtu_is_stored_checked_and_reported(sim, si):
         ns.UpdateVirtualSwitch("vSwitch1", vim.host.VirtualSwitch.Specification(
             numPorts=128, mtu=1500))
         ns.RemoveVirtualSwitch("vSwitchMtu")
+
+
+# -- 0010: a VM's changeVersion -------------------------------------------------
+
+def test_vm_change_version_follows_each_reconfigure(sim, si):
+    vm = _vm(si, "DC0_C1_RP0_VM1")
+    before = vm.config.changeVersion
+    # vCenter's form: the UTC time of the change, to the microsecond.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", before), before
+    watch = _Watch(si, si.content.rootFolder,
+                   [(vim.VirtualMachine, ["config.changeVersion"])])
+    try:
+        _wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(annotation="changed")))
+        seen = [p for moid, _, p in watch.changes() if moid == vm._moId]
+        assert seen and seen[-1]["config.changeVersion"] > before
+        after = seen[-1]["config.changeVersion"]
+        # A refused reconfigure changes nothing.
+        with pytest.raises(vmodl.fault.InvalidArgument):
+            _wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(guestId="no-such-guest")))
+        assert _as(sim.connect(), vm).config.changeVersion == after
+    finally:
+        watch.close()
+        _wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(annotation="")))
