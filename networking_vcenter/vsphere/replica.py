@@ -473,6 +473,10 @@ class Replica:
         read, found = self._fetch(groups)
         read_narrow, found_narrow, whole = self._fetch_narrow(
             ours, narrow, held)
+        # VMs are not kept: an update of VMs alone changes the inventory
+        # only through the ports it made us read.
+        vms_only = all(_kind(ou.obj) == "vm" for fs in update.filterSet or []
+                       for ou in fs.objectSet or [])
         with self._cond:
             self._objects = objects
             self._version = update.version
@@ -480,7 +484,8 @@ class Replica:
             changed |= self._merge_ports(read_narrow, found_narrow)
             if whole is not None:
                 changed |= self._store_ports(*whole, set(), publish=False)
-            self._generation += 1
+            if changed or not vms_only:
+                self._generation += 1
             self.error = None
             self._cond.notify_all()
         if changed:
@@ -744,6 +749,8 @@ class Replica:
         field_key = self._field_key(objects)
         for fs in update.filterSet or []:
             for ou in fs.objectSet or []:
+                if _kind(ou.obj) == "vm":
+                    continue        # only a trigger (_ports_touched)
                 moid = ou.obj._moId
                 old = objects.get(moid)
                 old_props = dict(old.props) if old else {}

@@ -523,6 +523,20 @@ def test_replica_sees_a_second_nic_of_a_vm_already_on_the_group(
 
         assert replica.wait_until(lambda inv: connected(inv) == {first_key},
                                   10)
+
+        # A VM on none of our groups reconfigured: no port read for it (the
+        # one read is the whole read of a group made after it, by which the
+        # replica has seen the VM's change, reported before).
+        other = _vm(reader, "DC0_C0_RP0_VM1")
+        with soap_calls() as calls:
+            reader.wait(other.ReconfigVM_Task(vim.vm.ConfigSpec(
+                annotation="not on our groups")))
+            later = _our_group(session, reader, 412)
+            assert replica.wait_until(
+                lambda inv: later["key"] in inv.dv_ports, 10)
+        assert calls.count("FetchDVPorts") == 1, calls
+        _destroy(reader, later)
+
         reader.wait(vm0.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[
             vim.vm.device.VirtualDeviceSpec(
                 operation="add", device=vim.vm.device.VirtualVmxnet3(
