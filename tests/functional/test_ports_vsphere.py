@@ -24,6 +24,7 @@ from networking_vcenter.vsphere import session as session_mod
 from networking_vcenter.vsphere import switches
 from networking_vcenter.vsphere.inventory import (
     INCOMING, OUTGOING, PortSettings, Shaping, TrafficRule)
+from networking_vcenter.vsphere import replica as replica_mod
 from networking_vcenter.vsphere.replica import Replica
 from tests.fixtures.vcsim import Vcsim
 from tests.fixtures.vsphere_reader import Reader
@@ -553,6 +554,46 @@ def test_replica_sees_a_second_nic_of_a_vm_already_on_the_group(
         if second is not None:
             reader.detach_nic(vm0, second)
         replica.stop()
+        _set_nic(reader, vm0, _off(reader))
+        _destroy(reader, pg)
+
+
+def test_replica_reads_the_group_whole_when_a_new_vm_is_on_no_port_found(
+        sim, session, reader, vm0):
+    """The narrow read's fallback.  Between two reads of the replica, VM0
+    moved its NIC from port a to port b of the group and VM1 took port a:
+    the replica still holds a connected to VM0, so neither the read of the
+    ports it holds free (b is found, VM0's) nor of those it holds connected
+    (a is still connected) finds VM1, which came on the group -- the group
+    is read whole, and shows a as VM1's."""
+    pg = _our_group(session, reader, 413)
+    vm1 = _vm(reader, "DC0_C0_RP0_VM1")
+    a, b = sorted(_raw_ports(reader, pg), key=int)[:2]
+    _set_nic(reader, vm0, _on_port(pg, a))
+    replica = Replica(session, _settings(sim))
+    try:
+        replica._reload()           # one read, no watch: what it holds
+        held = replica._ports
+        assert {p.key: p.vm_moid for p in held[pg["key"]]
+                if p.connected} == {a: vm0._moId}
+        _set_nic(reader, vm0, _on_port(pg, b))
+        _set_nic(reader, vm1, _on_port(pg, a))
+        # What the group's update says: VM1 joined (VM0 was reconfigured).
+        narrow = {pg["key"]: replica_mod._Narrow(
+            connectees=True, vms={vm1._moId}, joined={vm1._moId})}
+        ours = replica._our_groups(replica._objects)
+        with soap_calls() as calls:
+            _, found, whole = replica._fetch_narrow(ours, narrow, held)
+        assert pg["key"] not in found
+        assert whole is not None
+        now = {p.key: p.vm_moid for p in whole[1][pg["key"]] if p.connected}
+        assert now == {a: vm1._moId, b: vm0._moId}
+        # Held free read (finds b), held connected read (a: still
+        # connected, not answered), then the whole read.
+        assert calls == ["FetchDVPorts"] * 3, calls
+    finally:
+        replica.stop()
+        _set_nic(reader, vm1, _off(reader))
         _set_nic(reader, vm0, _off(reader))
         _destroy(reader, pg)
 
