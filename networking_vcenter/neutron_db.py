@@ -296,6 +296,14 @@ def ports(ids: set[str] | None = None,
         ).filter(m.Pair.port_id.in_(in_sel)):
             pairs[pid].append((address, mac))
         port_sgs = _groups_of_ports(m, s, in_sel)
+        # The DV port key Nova was given (the committed binding's).
+        bound_keys: dict[str, str] = {}
+        for pid, details in s.query(m.Binding.port_id,
+                                    m.Binding.vif_details).filter(
+                m.Binding.status == ACTIVE, m.Binding.port_id.in_(in_sel)):
+            key = _dvs_port_key(details)
+            if key is not None:
+                bound_keys[pid] = key
 
         # The port's groups, with their rules (one query, outer join: a
         # group without rules still counts).
@@ -383,7 +391,8 @@ def ports(ids: set[str] | None = None,
                             for a in sorted(ags)},
             qos=tuple(sorted(limits.get(policy, ()),
                              key=lambda b: b.direction)) if policy else (),
-            status=status or "", device_owner=owner or "")
+            status=status or "", device_owner=owner or "",
+            bound_key=bound_keys.get(pid))
 
     by_parent = {t.parent: t for t in trunks}
     parent_of = {sub: t.parent for t in trunks for sub, *_ in t.subports}
@@ -403,6 +412,19 @@ def ports(ids: set[str] | None = None,
         specs.append(dataclasses.replace(found,
                                          trunk_parent=parent_of.get(pid)))
     return specs
+
+
+def _dvs_port_key(details: Any) -> str | None:
+    """``dvs_port_key`` of a binding's vif_details (JSON text), if any."""
+    import json
+    if not details:
+        return None
+    try:
+        value = json.loads(details) if isinstance(details, str) else details
+    except ValueError:
+        return None
+    key = value.get("dvs_port_key") if isinstance(value, dict) else None
+    return str(key) if key is not None else None
 
 
 def _or_parents(m: _M, wanted: list[str]):

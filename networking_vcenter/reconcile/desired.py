@@ -183,6 +183,9 @@ class PortSpec:
     changed_at: float | None = None     # epoch seconds of its updated_at
     trunk: "TrunkSpec | None" = None    # the trunk this port is parent of
     trunk_parent: str | None = None     # a subport: its trunk's parent
+    # The DV port key its committed binding gave Nova (vif_details
+    # dvs_port_key), if any: of two reservations, the one to keep.
+    bound_key: str | None = None
 
 
 # Segments as the trunk reads them: (network_type, physical_network,
@@ -475,6 +478,7 @@ class DesiredPort:
     # and what of it the DV port cannot carry (the trunk is DEGRADED).
     trunk: TrunkSpec | None = None
     trunk_problems: tuple[str, ...] = ()
+    bound_key: str | None = None    # the key its committed binding gave Nova
 
 
 @dataclasses.dataclass(frozen=True)
@@ -513,7 +517,7 @@ def std_security(ports: Iterable[PortSpec],
 
 def desired_ports(ports: Iterable[PortSpec],
                   networks: Mapping[str, NetworkSpec], topo: Topology,
-                  max_rules: int
+                  max_rules: int, filtering: bool = True
                   ) -> tuple[list[DesiredPort], list[UnenforcedPort]]:
     """The DV ports the given Neutron ports need.
 
@@ -521,7 +525,11 @@ def desired_ports(ports: Iterable[PortSpec],
     bound segment) to a physical network mapped to a distributed switch; one
     on a standard vSwitch has no DV port, and what its policy asks that the
     vSwitch cannot do is returned as :class:`UnenforcedPort`.  A trunk's
-    subport has no DV port of its own: its parent's carries it.
+    subport has no DV port of its own: its parent's carries it.  A port
+    whose policy cannot be had (over ``max_rules``, unenforceable) gets a
+    blocked DV port (:func:`portsettings.blocked_settings`) and its
+    ``problem``.  ``filtering`` False: no traffic filters (Neutron's
+    ``enable_security_group = False``).
     """
     from networking_vcenter.reconcile import portsettings
     result: list[DesiredPort] = []
@@ -551,11 +559,14 @@ def desired_ports(ports: Iterable[PortSpec],
         target = topo.targets[pg.physnet]
         try:
             settings = portsettings.port_settings(
-                port, max_rules=max_rules, mac_learning=target.mac_learning)
+                port, max_rules=max_rules, mac_learning=target.mac_learning,
+                filtering=filtering)
         except (portsettings.TooManyRules,
                 portsettings.Unenforceable) as exc:
-            result.append(DesiredPort(port.id, port.network_id, pg, None,
-                                      str(exc), port.status, port.trunk))
+            result.append(DesiredPort(
+                port.id, port.network_id, pg, portsettings.blocked_settings(),
+                str(exc), port.status, port.trunk,
+                bound_key=port.bound_key))
             continue
         if not target.mac_learning:
             # A switch without MAC management has no such setting to hold.
@@ -563,7 +574,8 @@ def desired_ports(ports: Iterable[PortSpec],
         result.append(DesiredPort(
             port.id, port.network_id, pg, settings, status=port.status,
             trunk=port.trunk,
-            trunk_problems=portsettings.trunk_problems(port)))
+            trunk_problems=portsettings.trunk_problems(port),
+            bound_key=port.bound_key))
     return result, unenforced
 
 

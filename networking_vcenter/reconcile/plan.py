@@ -73,13 +73,16 @@ class UpdateDvsPortGroup(Step):
 @dataclasses.dataclass(frozen=True)
 class ConvertDvsPortGroup(UpdateDvsPortGroup):
     """Made by an earlier version: give it the policy per-port settings
-    need (static ports, overrides allowed); no NIC is detached."""
+    need (static ports, overrides allowed) and the closed default traffic
+    filter (a port the driver has not configured drops all IP), in place:
+    its VLAN, ports and their own settings stay; no NIC is detached."""
 
     verb = "convert"
 
     def describe(self) -> str:
         return (f"convert distributed port group {self.name} ({self.moid}) "
-                f"on {self.switch} to per-port policies")
+                f"on {self.switch} to per-port policies, unconfigured ports "
+                f"closed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,7 +299,8 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
                 result.steps.append(UpdateDvsPortGroup(
                     d.network_id, d.name, d.switch, have.moid, d.switch_vlan,
                     have.vlan, d.physnet))
-            elif not getattr(have, "ports_ready", True):
+            elif not getattr(have, "ports_ready", True) or \
+                    not getattr(have, "default_closed", True):
                 result.steps.append(ConvertDvsPortGroup(
                     d.network_id, d.name, d.switch, have.moid, d.switch_vlan,
                     have.vlan, d.physnet))
@@ -522,16 +526,26 @@ FREE = "free"
 def plan_ports(desired: Iterable[DesiredPort], inv: Inventory,
                released: Callable[[bool], PortSettings],
                scope: set[str] | None = None,
-               keep: set[str] | frozenset[str] = frozenset()) -> PortPlan:
+               keep: set[str] | frozenset[str] = frozenset(),
+               confirm: set[str] | frozenset[str] = frozenset()) -> PortPlan:
     """Steps that give every desired port its DV port, as it should be.
 
     ``scope``: the Neutron port ids this pass is about (None: every port;
     then reservations of ports not desired are released).  ``keep``: port
-    ids whose reservations are left alone even if not desired (ports
-    changed too recently to judge).  ``released(connected)`` gives the
+    ids whose reservations are left alone even if not desired (ports whose
+    binding may be under way).  ``released(connected)`` gives the
     settings of a released port.  Port groups whose ports are unread or
     not ready for per-port settings (made by an older version, converted
-    first by plan()) are left for a later pass.
+    first by plan()) are left for a later pass.  ``confirm``: ports whose
+    reservation is written again even when it looks right (its name with
+    the configVersion seen, so that vCenter refuses it if the port was
+    renamed or released meanwhile): a bind hands the key to Nova only
+    once vCenter has said it is this port's.
+
+    Of two DV ports named for one Neutron port, the one its committed
+    binding gave Nova (``bound_key``) is kept, else the one a NIC is on,
+    else the lowest key.  A port whose policy cannot be had
+    (``problem``) gets its blocked settings and the status ERROR.
     """
     result = PortPlan()
     desired = list(desired)
@@ -571,8 +585,10 @@ def plan_ports(desired: Iterable[DesiredPort], inv: Inventory,
             continue
         mine = [p for p in by_name.get(d.port_id, ())
                 if p.portgroup_key == pg.key]
-        # Keep one: the connected one, else the lowest key.
-        mine.sort(key=lambda p: (not p.connected, _key_order(p.key)))
+        # Keep one: the one Nova was given, else the connected one, else
+        # the lowest key.
+        mine.sort(key=lambda p: (p.key != d.bound_key, not p.connected,
+                                 _key_order(p.key)))
         for extra in mine[1:]:
             result.steps.append(step_for(ReleasePort, extra, d, pg,
                                          released(extra.connected), FREE))
@@ -584,18 +600,22 @@ def plan_ports(desired: Iterable[DesiredPort], inv: Inventory,
             have = mine[0]
             taken.add((pg.key, have.key))
             result.reserved[d.port_id] = have
-            if d.settings is not None and have.settings != d.settings:
-                result.steps.append(step_for(ConfigurePort, have, d, pg,
-                                             d.settings))
-            status = ACTIVE if have.connected else DOWN
+            if d.settings is not None and (have.settings != d.settings or
+                                           d.port_id in confirm):
+                result.steps.append(step_for(
+                    ConfigurePort, have, d, pg, d.settings,
+                    d.port_id if d.port_id in confirm else None))
+            status = ERROR if d.problem else ACTIVE if have.connected \
+                else DOWN
             if d.status and d.status != status:
                 result.status[d.port_id] = status
             if d.trunk is not None:
                 _trunk_status(d, have, status, result)
         elif d.settings is not None:
             reserve.setdefault(pg.key, []).append((d, pg))
-            if d.status and d.status != DOWN:
-                result.status[d.port_id] = DOWN
+            status = ERROR if d.problem else DOWN
+            if d.status and d.status != status:
+                result.status[d.port_id] = status
 
     # Reservations held elsewhere (moved, unbound, deleted): released.
     for name, ports in sorted(by_name.items()):
@@ -632,7 +652,7 @@ def _trunk_status(d: DesiredPort, have: inv_mod.DvPort, status: str,
     for sub in d.trunk.subports:
         if sub.port.status != status:
             result.status[sub.port.id] = status
-    if d.settings is None:
+    if d.settings is None or d.problem:
         trunk = ERROR
     elif have.settings == d.settings:
         trunk = DEGRADED if d.trunk_problems else ACTIVE

@@ -93,7 +93,8 @@ class TooManyRules(ValueError):
         super().__init__(
             f"port {port_id}: its security groups need {count} traffic "
             f"rules, more than the budget of {budget} per port; the port "
-            f"keeps the rules it had. Raise [ml2_vcenter] max_rules_per_port "
+            f"is blocked (no traffic) until it fits. Raise [ml2_vcenter] "
+            f"max_rules_per_port "
             f"or use fewer rules / smaller remote groups")
 
 
@@ -109,13 +110,17 @@ class Unenforceable(ValueError):
 
 def port_settings(port: desired.PortSpec, *,
                   max_rules: int = DEFAULT_MAX_RULES,
-                  mac_learning: bool = True) -> inventory.PortSettings:
+                  mac_learning: bool = True,
+                  filtering: bool = True) -> inventory.PortSettings:
     """Every setting of the DV port reserved for ``port`` (none inherited
     but the VLAN of a port that is no trunk parent).
 
     A trunk parent's port carries its trunk (:func:`trunk_vlans`) and one
     traffic filter for all its VLANs (:func:`trunk_members`).  Raises
     :class:`TooManyRules` (never truncates) and :class:`Unenforceable`.
+    ``filtering`` False (Neutron's ``[securitygroup] enable_security_group
+    = False``): no traffic filter at all, as Neutron's noop firewall; port
+    security still guards the MAC.
     """
     in_shaping, out_shaping = qos_shaping(port.qos, port_id=port.id)
     vlans = trunk_vlans(port)[0] if port.trunk is not None else None
@@ -127,7 +132,7 @@ def port_settings(port: desired.PortSpec, *,
             mac_learning=mac_learning,
             in_shaping=in_shaping, out_shaping=out_shaping,
             trunk_vlans=vlans)
-    rules = traffic_rules(port)
+    rules = traffic_rules(port) if filtering else ()
     if len(rules) > max_rules:
         raise TooManyRules(port.id, len(rules), max_rules)
     own_mac = _mac_int(port.id, port.mac)
@@ -256,6 +261,22 @@ def trunk_problems(port: desired.PortSpec) -> tuple[str, ...]:
                 f"subport {sp.id}: its QoS policy is not enforced: the "
                 f"trunk parent's shaping applies to all the trunk's VLANs")
     return tuple(problems)
+
+
+def blocked_settings() -> inventory.PortSettings:
+    """What the DV port of a port whose policy cannot be had (over the
+    rule budget, or :class:`Unenforceable`) gets instead: blocked, and a
+    filter that drops all IP both ways, so that it never keeps rules
+    Neutron no longer allows."""
+    return inventory.PortSettings(
+        blocked=True, rules=drop_all_rules(), allow_promiscuous=False,
+        mac_changes=False, forged_transmits=False)
+
+
+def drop_all_rules() -> tuple[inventory.TrafficRule, ...]:
+    """Drop all IPv4 and all IPv6, from the VM and to the VM."""
+    return tuple(_rule(d, DROP, None, src=_ANY[fam], why=f"drop all IPv{fam}")
+                 for d in (FROM_VM, TO_VM) for fam in (4, 6))
 
 
 def released_settings(connected: bool) -> inventory.PortSettings:
@@ -390,8 +411,7 @@ def traffic_rules(port: desired.PortSpec) -> tuple[inventory.TrafficRule, ...]:
             accepts.extend(_forward(sg, own, pin))
             if sg.stateful:
                 accepts.extend(_reflexive(sg, own))
-    tail = [_rule(d, DROP, None, src=_ANY[fam], why=f"drop all IPv{fam}")
-            for d in (FROM_VM, TO_VM) for fam in (4, 6)]
+    tail = list(drop_all_rules())
     accepts = _without_subsumed(_unique(sorted(accepts, key=_sort_key)))
     out = [r for r in accepts if r.direction == FROM_VM]
     into = [r for r in accepts if r.direction == TO_VM]

@@ -61,7 +61,7 @@ FULL_PASS_LOCK = "full-pass"
 LOCK_WAIT = 1.0
 # Plan-apply rounds of one port sync: a round refused for a port changed
 # meanwhile, or waiting for a port group to grow, is planned again.
-PORT_ROUNDS = 4
+PORT_ROUNDS = 6
 
 
 @dataclasses.dataclass
@@ -121,6 +121,9 @@ class Reconciler:
         self.replica = Replica(self.session, settings) if watch else None
         self._topology: tuple[inventory.Inventory, desired_mod.Topology] | None = None
         self._warned: set[tuple[str, tuple[str, ...]]] = set()
+        # Port id -> (DV port key, monotonic time) of this process's last
+        # write naming that key for the port (a bind's confirmation).
+        self._confirmed: dict[str, tuple[str, float]] = {}
 
     # -- life cycle -------------------------------------------------------
 
@@ -383,72 +386,83 @@ class Reconciler:
                    refresh: bool = False, report_status: bool = True,
                    fresh: bool = True,
                    networks: Iterable[str] = (),
-                   specs: list[desired_mod.PortSpec] | None = None
+                   specs: list[desired_mod.PortSpec] | None = None,
+                   confirm: set[str] | frozenset[str] = frozenset()
                    ) -> PortPass:
         """Give ports (``port_ids``, or all with None) their DV ports.
 
-        Reservations of ports Neutron no longer has (or binds elsewhere)
-        are released, except of ports changed within ``grace`` seconds (a
-        binding still being committed).  ``refresh`` reads the ports of our
-        port groups fresh first (the full pass: vCenter reports no change
-        for a port edited by hand).  Reservations are made under the port's
-        lock after a fresh read of its port group (unless not ``fresh``: a
-        bind, which must be quick, trusts the replica; a duplicate it may
-        then make is released later, keeping the one a NIC is on), so two
-        servers never reserve two DV ports for one Neutron port; every
-        other change is guarded by the port's configVersion.  With nothing
-        to change it makes no vCenter call.  ``specs``: what
-        ``port_source(port_ids)`` answers, when the caller has read it.
+        Nothing is ever left open or handed out twice:
+
+        * a DV port is released only under its Neutron port's lock, after
+          a fresh Neutron read of that port taken under the lock: a port
+          that exists with its binding host one of our compute hosts keeps
+          its reservations (its binding may be under way: ML2 commits a
+          binding after ``bind_port`` answered, so the pass's earlier read,
+          or the API hook ``update_port_postcommit`` that ML2 runs before
+          binding, shows it unbound); of a bound port's reservations the
+          one its committed binding gave Nova is kept;
+        * reservations are made under the port's lock (after a fresh read
+          of its port group unless not ``fresh``: a bind, which must be
+          quick, trusts the replica), every write carries the
+          configVersion the plan saw, so a port renamed or released by
+          another process meanwhile is refused by vCenter and planned
+          again; ``confirm``: ports whose reservation is written again
+          even when the replica shows it right (a bind: vCenter then says
+          the key is this port's at that moment).
+
+        ``grace``: reservations of ports changed within that many seconds
+        are kept too.  ``refresh`` reads the ports of our port groups fresh
+        first (the full pass: vCenter reports no change for a port edited
+        by hand).  With nothing to change it makes no vCenter call.
+        ``specs``: what ``port_source(port_ids)`` answers, when the caller
+        has read it.
         """
         if specs is None:
             specs = list(port_source(port_ids))
         now = time.time()
         bound = [p for p in specs if p.physnet]
-        young = {p.id for p in specs if not p.physnet and grace and
-                 p.changed_at and now - p.changed_at < grace}
+        young = {p.id for p in specs if not p.physnet and (
+            p.host in self.settings.compute_hosts or (
+                grace and p.changed_at and now - p.changed_at < grace))}
         net_ids = {p.network_id for p in bound}
         nets = {n.id: n for n in source(net_ids)} if net_ids else {}
         inv = self.inventory()
         if refresh:
             inv = self._refresh_ports(inv, None)
-        if port_ids is None:
-            # Reservations named after ports not bound here: young ones?
-            known = {p.id for p in bound}
-            names = {p.name for ports in inv.dv_ports.values()
-                     for p in ports if inventory.UUID_RE.match(p.name)}
-            if names - known:
-                young |= {p.id for p in port_source(names - known)
-                          if not p.physnet and grace and p.changed_at and
-                          now - p.changed_at < grace}
         total = apply_mod.PortOutcome()
         with contextlib.ExitStack() as held:
             locked: set[str] = set()
+            checked: set[str] = set()   # read fresh under their lock
             for _ in range(PORT_ROUNDS):
                 topo = self.topology(inv)
                 want, unenforced = desired_mod.desired_ports(
-                    bound, nets, topo, self.settings.max_rules_per_port)
+                    bound, nets, topo, self.settings.max_rules_per_port,
+                    self.settings.security_groups)
                 the_plan = plan_mod.plan_ports(
                     want, inv, portsettings.released_settings,
-                    port_ids, young)
+                    port_ids, young, confirm)
                 if dry_run or not the_plan.steps:
                     break
                 reserving = {s.port_id for s in the_plan.steps
                              if isinstance(s, plan_mod.ReservePort)}
-                if reserving - locked:
-                    for port_id in sorted(reserving - locked):
-                        if not held.enter_context(self.locks.hold(
-                                f"port-{port_id}", timeout=wait)):
-                            raise exceptions.TransientFault(
-                                f"reserve a DV port for port {port_id}",
-                                f"another worker still holds it after "
-                                f"{wait}s")
-                        locked.add(port_id)
-                    if fresh:
-                        # Another worker may have reserved it meanwhile.
-                        inv = self._refresh_ports(inv, {
-                            s.portgroup_key for s in the_plan.steps
-                            if s.port_id in reserving})
-                        continue
+                releasing = {s.port_id for s in the_plan.steps
+                             if isinstance(s, plan_mod.ReleasePort)}
+                self._lock_ports((reserving | releasing) - locked, locked,
+                                 held, wait)
+                if releasing - checked:
+                    # Released only as Neutron has it now, under the lock.
+                    bound, young, nets = self._recheck(
+                        releasing - checked, port_source, source, bound,
+                        young, nets)
+                    checked |= releasing
+                    continue
+                if reserving and fresh and not reserving <= checked:
+                    # Another worker may have reserved it meanwhile.
+                    checked |= reserving
+                    inv = self._refresh_ports(inv, {
+                        s.portgroup_key for s in the_plan.steps
+                        if s.port_id in reserving})
+                    continue
                 out = apply_mod.Applier(self.session, self.settings
                                         ).apply_ports(the_plan, inv)
                 total.done += out.done
@@ -485,6 +499,42 @@ class Reconciler:
                 self.trunk_status_sink is not None:
             self.trunk_status_sink(trunks)
         return PortPass(specs, want, unenforced, the_plan, total, young)
+
+    def _lock_ports(self, port_ids: set[str], locked: set[str],
+                    held: contextlib.ExitStack, wait: float) -> None:
+        """Take the locks of these ports (in order), held until ``held``
+        closes; TransientFault if one is not had within ``wait``."""
+        for port_id in sorted(port_ids):
+            if not held.enter_context(self.locks.hold(f"port-{port_id}",
+                                                      timeout=wait)):
+                raise exceptions.TransientFault(
+                    f"reserve or release a DV port for port {port_id}",
+                    f"another worker still holds it after {wait}s")
+            locked.add(port_id)
+
+    def _recheck(self, port_ids: set[str], port_source: PortSource,
+                 source: NetworkSource,
+                 bound: list[desired_mod.PortSpec], young: set[str],
+                 nets: dict[str, desired_mod.NetworkSpec]):
+        """(bound, keep, networks) with ``port_ids`` as Neutron has them
+        now: read fresh (under their locks, taken by the caller), a port
+        bound here replaces its earlier spec, a port that exists with its
+        binding host one of ours (a binding under way, or failed and to be
+        tried again) keeps its reservations, and only ports gone or bound
+        elsewhere lose theirs."""
+        fresh = {p.id: p for p in port_source(set(port_ids))}
+        keep = set(young)
+        for port_id in port_ids:
+            spec = fresh.get(port_id)
+            if spec is not None and not spec.physnet and \
+                    spec.host in self.settings.compute_hosts:
+                keep.add(port_id)
+        bound = [p for p in bound if p.id not in port_ids] + \
+            [p for p in fresh.values() if p.physnet and p.id in port_ids]
+        missing = {p.network_id for p in bound} - set(nets)
+        if missing:
+            nets = {**nets, **{n.id: n for n in source(missing)}}
+        return bound, keep, nets
 
     def _warn_mtu(self, inv: inventory.Inventory,
                   topo: desired_mod.Topology,
@@ -592,12 +642,22 @@ class Reconciler:
     def port_for(self, spec: desired_mod.PortSpec, source: NetworkSource,
                  deadline: float) -> inventory.DvPort:
         """The DV port reserved for a port being bound (``spec.physnet``
-        set to the segment it binds to), reserved and configured first if
-        needed, by ``deadline``.  From memory when it is there as wanted."""
+        set to the segment it binds to), by ``deadline``: reserved with
+        its settings, or -- reserved already -- named for it again with
+        the configVersion the replica shows, so that the key handed to
+        Nova is this port's in vCenter's own answer, not only in this
+        process's memory (another server may have released it and given
+        it to another port).  One write; none when this process wrote it
+        for this port within the last ``api_call_budget`` (ML2 trying the
+        binding again)."""
+        recent = self._confirmed.get(spec.id)
+        confirm = frozenset() if recent is not None and \
+            time.monotonic() - recent[1] < self.settings.api_call_budget \
+            else frozenset({spec.id})
         result = self.sync_ports(
             {spec.id}, source, lambda ids: [spec],
             wait=max(0.0, deadline - time.monotonic()), report_status=False,
-            fresh=False)
+            fresh=False, confirm=confirm)
         port = result.plan.reserved.get(spec.id)
         problems = [c.reason for c in result.plan.conflicts] + \
             [str(exc) for _, exc in result.outcome.failed]
@@ -606,6 +666,25 @@ class Reconciler:
                 f"DV port for port {spec.id}",
                 "; ".join(problems) or "its port group is not ready for "
                                        "per-port settings yet")
+        written = {s.key for s in result.outcome.done if s.port_id == spec.id
+                   and isinstance(s, (plan_mod.ReservePort,
+                                      plan_mod.ConfigurePort))}
+        if confirm and port.key not in written:
+            raise exceptions.TransientFault(
+                f"DV port for port {spec.id}",
+                f"DV port {port.key} was not confirmed as this port's by "
+                f"vCenter in time")
+        if confirm:
+            now = time.monotonic()
+            budget = self.settings.api_call_budget
+            for old_id, (_, at) in list(self._confirmed.items()):
+                if now - at >= budget:
+                    del self._confirmed[old_id]
+            self._confirmed[spec.id] = (port.key, now)
+        elif recent[0] != port.key:
+            raise exceptions.TransientFault(
+                f"DV port for port {spec.id}",
+                f"its DV port changed from {recent[0]} to {port.key}")
         return port
 
     @staticmethod

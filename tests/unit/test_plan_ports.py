@@ -110,3 +110,45 @@ def test_unexpressible_policy_is_a_conflict_and_keeps_the_port():
     assert plan.steps == []
     assert [c.reason for c in plan.conflicts] == ["needs 2000 rules"]
     assert plan.reserved[PORT_1].key == "3"
+
+
+# -- failing closed (issue 15) ------------------------------------------------
+
+def test_duplicates_keep_the_key_nova_was_given():
+    """Not the connected one, not the lowest: the committed binding's."""
+    inv = setup([port("1", PORT_1, WANT, connected=True),
+                 port("2", PORT_1, WANT), port("3", PORT_1, WANT)])
+    mine = dataclasses.replace(want(PORT_1), bound_key="3")
+    plan = P.plan_ports([mine], inv, released)
+    assert plan.reserved[PORT_1].key == "3"
+    assert sorted((s.key, s.settings) for s in plan.steps) == \
+        [("1", released(True)), ("2", released(False))]
+    assert all(isinstance(s, P.ReleasePort) for s in plan.steps)
+
+
+def test_confirm_names_an_in_sync_reservation_again_with_its_version():
+    inv = setup([port("3", PORT_1, WANT, version="9")])
+    assert P.plan_ports([want(PORT_1)], inv, released).steps == []
+    (step,) = P.plan_ports([want(PORT_1)], inv, released,
+                           confirm={PORT_1}).steps
+    assert isinstance(step, P.ConfigurePort)
+    assert (step.key, step.config_version, step.name, step.settings) == \
+        ("3", "9", PORT_1, WANT)
+
+
+def test_policy_that_cannot_be_had_blocks_the_port_and_says_error():
+    from networking_vcenter.reconcile import portsettings
+    blocked = portsettings.blocked_settings()
+    inv = setup([port("3", PORT_1, WANT, connected=True)])
+    bad = dataclasses.replace(want(PORT_1, settings=blocked,
+                                   status="ACTIVE"),
+                              problem="needs 2000 rules")
+    plan = P.plan_ports([bad], inv, released)
+    (step,) = plan.steps
+    assert isinstance(step, P.ConfigurePort) and step.settings == blocked
+    assert plan.status == {PORT_1: "ERROR"}
+    assert [c.reason for c in plan.conflicts] == ["needs 2000 rules"]
+    # Back within budget: its status follows its NIC again.
+    good = want(PORT_1, status="ERROR")
+    inv = setup([port("3", PORT_1, WANT, connected=True)])
+    assert P.plan_ports([good], inv, released).status == {PORT_1: "ACTIVE"}

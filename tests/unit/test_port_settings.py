@@ -501,3 +501,28 @@ def test_link_local():
     assert str(ps.link_local("fa:16:3e:00:00:01")) == "fe80::f816:3eff:fe00:1"
     assert str(ps.link_local("00-50-56-AB-CD-EF")) == \
         "fe80::250:56ff:feab:cdef"
+
+
+# -- failing closed (issue 15) ------------------------------------------------
+
+def test_blocked_settings_pass_nothing():
+    s = ps.blocked_settings()
+    assert s.blocked is True
+    assert [(r.action, r.source) for r in s.rules] == \
+        [("drop", "0.0.0.0/0"), ("drop", "::/0")] * 2
+    assert {r.direction for r in s.rules} == {ps.FROM_VM, ps.TO_VM}
+    assert (s.allow_promiscuous, s.mac_changes, s.forged_transmits) == \
+        (False, False, False)
+
+
+def test_security_groups_disabled_means_no_filter():
+    """[securitygroup] enable_security_group = False: Neutron's noop
+    firewall filters nothing; port security still guards the MAC."""
+    sg = d.SecurityGroup("sg-a", True, (
+        d.SgRule("ingress", "IPv4", "tcp", 22, 22),))
+    port = default_port(security_groups=(sg,))
+    assert ps.port_settings(port).rules           # filtered by default
+    s = ps.port_settings(port, filtering=False)
+    assert s.rules == ()                         # set on the port: no filter
+    assert (s.blocked, s.mac_changes, s.forged_transmits) == \
+        (False, False, False)
