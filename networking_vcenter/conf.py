@@ -154,9 +154,12 @@ port_opts = [
                help="Budget of traffic filter rules on one distributed "
                     "port: a port whose security groups need more (after "
                     "remote groups are expanded and collapsed into CIDRs) "
-                    "keeps the rules it had, and the reason is logged and "
-                    "shown by 'networking-vcenter status' -- rules are "
-                    "never silently dropped. See docs/security-groups.md."),
+                    "is blocked (its DV port passes no traffic, its "
+                    "Neutron status is ERROR) until it fits, and the "
+                    "reason is logged and shown by 'networking-vcenter "
+                    "status' -- rules are never silently dropped, and a "
+                    "port never keeps rules Neutron no longer allows. See "
+                    "docs/security-groups.md."),
     cfg.StrOpt("standard_vswitch_ports", default="bind",
                choices=[("bind", "bind the port; its security groups and "
                                  "QoS are not enforced (a warning per "
@@ -225,6 +228,9 @@ class Settings:
     max_rules_per_port: int = 1024
     standard_vswitch_ports: str = "bind"
     raise_switch_mtu: bool = False
+    # Neutron's [securitygroup] enable_security_group: False means no
+    # traffic filter on any port (as Neutron's noop firewall).
+    security_groups: bool = True
 
     @property
     def clusters(self) -> list[str]:
@@ -432,4 +438,17 @@ def load(conf: cfg.ConfigOpts = cfg.CONF) -> Settings:
         standard_vswitch_ports=group.standard_vswitch_ports,
         start_without_vcenter=group.start_without_vcenter,
         raise_switch_mtu=group.raise_switch_mtu,
+        security_groups=security_groups_enabled(conf),
     )
+
+
+def security_groups_enabled(conf: cfg.ConfigOpts = cfg.CONF) -> bool:
+    """Neutron's ``[securitygroup] enable_security_group`` (registered
+    here when Neutron has not, as in the CLI)."""
+    try:
+        return bool(conf.SECURITYGROUP.enable_security_group)
+    except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
+        pass
+    from neutron.conf.agent import securitygroups_rpc
+    securitygroups_rpc.register_securitygroups_opts(conf)
+    return bool(conf.SECURITYGROUP.enable_security_group)
