@@ -45,6 +45,7 @@ from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter import neutron_db
 from networking_vcenter.reconcile import desired as desired_mod
+from networking_vcenter.reconcile import locks as locks_mod
 from networking_vcenter.reconcile import mtu as mtu_mod
 from networking_vcenter.reconcile import plan as plan_mod
 from networking_vcenter.reconcile.reconciler import Pass, PortPass, \
@@ -63,6 +64,14 @@ class CliError(Exception):
     """The tool cannot run; the message says why."""
 
 
+def shown(text: object, rec: Reconciler | None = None) -> str:
+    """``text`` as printed: the secrets of every URL in it masked, and
+    those of the lock backend's URL wherever they appear."""
+    if rec is not None:
+        return rec.locks.mask(text)
+    return locks_mod.mask_text(str(text))
+
+
 def log_out(rec: Reconciler) -> None:
     """Log out of vCenter and leave the lock backend, whatever happened: a
     session left behind counts against vCenter's session limit until it
@@ -70,8 +79,8 @@ def log_out(rec: Reconciler) -> None:
     try:
         rec.close()
     except Exception as exc:  # noqa: BLE001 - the command's result stands
-        print(f"networking-vcenter: logging out of vCenter failed: {exc}",
-              file=sys.stderr)
+        print(f"networking-vcenter: logging out of vCenter failed: "
+              f"{shown(exc, rec)}", file=sys.stderr)
 
 
 # -- Neutron's side ------------------------------------------------------------
@@ -495,11 +504,12 @@ def cmd_sync(rec: Reconciler, fmt: str, dry_run: bool) -> int:
 
 def cmd_check(config_files: list[str], fmt: str) -> int:
     checks: list[dict[str, str]] = []
+    rec: Reconciler | None = None
 
     def record(name: str, ok: bool | None | str, detail: str) -> None:
         checks.append({"check": name, "result": {True: "ok", False: "FAIL",
                                                  None: "skipped"}.get(ok, ok),
-                       "detail": detail})
+                       "detail": shown(detail, rec)})
 
     def finish() -> int:
         if fmt == "json":
@@ -512,11 +522,12 @@ def cmd_check(config_files: list[str], fmt: str) -> int:
 
     try:
         settings = load_config(config_files)
+        # Refused here too: a lock backend whose driver cannot load.
+        rec = Reconciler.from_settings(settings, watch=False)
         record("configuration", True, f"[{conf.GROUP}] is valid")
     except (CliError, exceptions.ConfigError) as exc:
         record("configuration", False, str(exc))
         return finish()
-    rec = Reconciler.from_settings(settings, watch=False)
     try:
         check_vcenter(rec, settings, record)
     finally:
@@ -637,11 +648,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(rec, args.format)
         return cmd_sync(rec, args.format, args.dry_run)
     except (CliError, exceptions.VCenterError) as exc:
-        print(f"networking-vcenter: {exc}", file=sys.stderr)
+        print(f"networking-vcenter: {shown(exc, rec)}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:  # noqa: BLE001 - e.g. the database is down
+        text = shown(exc, rec)
         print(f"networking-vcenter: {type(exc).__name__}: "
-              f"{str(exc).splitlines()[0] if str(exc) else ''}",
+              f"{text.splitlines()[0] if text else ''}",
               file=sys.stderr)
         return EXIT_ERROR
     finally:

@@ -8,19 +8,138 @@ time across the deployment (a worker that finds it taken skips its turn).
 The locks are tooz locks over a backend the deployment already has: the default
 ``file://`` backend serves the workers of one host; ``mysql://``,
 ``redis://`` or ``etcd3+http://`` serve several servers.
+
+The backend URL may hold a password (``mysql://neutron:PW@db/neutron``,
+``redis://:PW@host:6379``, ``...?password=PW``): it is shown only through
+:func:`mask_url` -- ``Locks.backend_url`` is the masked URL -- and the text
+of every error from the backend goes through :func:`mask_text`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 
 from tooz import coordination
 
 from networking_vcenter import exceptions
+
+
+MASK = "***"
+OPTION = "[ml2_vcenter] coordination_backend_url"
+
+# A query key whose value is a secret: its name (lower case) contains one of
+# these, or ends with "key" (api_key, access_key).
+_SECRET_WORDS = ("pass", "pwd", "secret", "token", "credential")
+# A URL inside some text: up to a blank or a quote around it.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def _secret_key(name: str) -> bool:
+    name = urllib.parse.unquote_plus(name).strip().lower()
+    return any(w in name for w in _SECRET_WORDS) or name.endswith("key")
+
+
+def _split_url(url: str) -> tuple[str, str, str, str, str] | None:
+    """(scheme://, user, password, rest of the netloc after '@', the rest
+    of the URL), or None if there is no ``user:password@`` in it."""
+    scheme, sep, after = url.partition("://")
+    if not sep:
+        return None
+    end = len(after)
+    for c in "/?#":
+        i = after.find(c)
+        if i >= 0:
+            end = min(end, i)
+    netloc, rest = after[:end], after[end:]
+    # The host is what follows the last '@': a password may hold one.
+    userinfo, at, hostport = netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not (at and colon):
+        return None
+    return scheme + sep, user, password, hostport, rest
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its secrets replaced by ``***``: the password of its
+    ``user:password@`` and the value of every query key that names a secret
+    (password, passwd, pwd, secret, token, api_key...).  The scheme, user,
+    host, port, path and the other query keys stay, for the operator; a URL
+    with no secret is returned unchanged."""
+    if not url:
+        return url
+    parts = _split_url(url)
+    if parts:
+        scheme, user, _, hostport, rest = parts
+        url = f"{scheme}{user}:{MASK}@{hostport}{rest}"
+    head, q, query = url.partition("?")
+    if not q:
+        return url
+    query, hash_, fragment = query.partition("#")
+    pieces = re.split(r"([&;])", query)
+    for i, piece in enumerate(pieces):
+        key, eq, value = piece.partition("=")
+        if eq and value and _secret_key(key):
+            pieces[i] = f"{key}={MASK}"
+    return f"{head}?{''.join(pieces)}{hash_}{fragment}"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets :func:`mask_url` masks in ``url``, as written and
+    URL-decoded, longest first."""
+    found = set()
+    parts = _split_url(url or "")
+    if parts:
+        found.add(parts[2])
+    query = (url or "").partition("?")[2].partition("#")[0]
+    for piece in re.split(r"[&;]", query):
+        key, eq, value = piece.partition("=")
+        if eq and _secret_key(key):
+            found.add(value)
+    found |= {urllib.parse.unquote(s) for s in found} | \
+        {urllib.parse.unquote_plus(s) for s in found}
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def mask_text(text: str, *urls: str) -> str:
+    """``text`` (a library's error message, say) with the secrets masked:
+    those of ``urls``, wherever they appear in it (a message may quote just
+    the password, or the URL decoded), and those of every URL in it."""
+    text = str(text)
+    for url in urls:
+        if not url:
+            continue
+        text = text.replace(url, mask_url(url))
+        for secret in url_secrets(url):
+            if secret != MASK:
+                text = text.replace(secret, MASK)
+    return _URL_IN_TEXT.sub(lambda m: mask_url(m.group()), text)
+
+
+def mask_exception(exc: BaseException, *urls: str) -> BaseException:
+    """Mask the secrets of ``urls`` in the text of ``exc`` and of the
+    exceptions it was raised from (its traceback is logged), in place."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        try:
+            e.args = tuple(mask_text(a, *urls) if isinstance(a, str) else a
+                           for a in e.args)
+        except Exception:  # noqa: BLE001 - an exception that refuses
+            pass
+        cause = getattr(e, "cause", None)      # tooz's own chaining
+        todo += [e.__cause__, e.__context__,
+                 cause if isinstance(cause, BaseException) else None]
+    return exc
 
 
 def configured_lock_path() -> str | None:
@@ -39,54 +158,88 @@ def default_backend_url(lock_path: str | None) -> str:
 
 
 class Locks:
+    """The locks over the tooz backend at ``backend_url``.
+
+    ``backend_url`` is the URL as shown -- its password masked -- and the
+    only one to put in a message or a log; the URL itself is private."""
+
     def __init__(self, backend_url: str):
-        self.backend_url = backend_url
-        member = f"networking-vcenter-{socket.gethostname()}-{os.getpid()}"
-        self._coordinator = coordination.get_coordinator(
-            backend_url, member.encode())
+        self._url = backend_url
+        self.backend_url = mask_url(backend_url)
+        self._coordinator = self._new_coordinator()
         self._started = False
         self._pid = os.getpid()
+
+    def _unusable(self, exc: BaseException) -> exceptions.ConfigError:
+        mask_exception(exc, self._url)
+        return exceptions.ConfigError(
+            [f"{OPTION} '{self.backend_url}' cannot be used: "
+             f"{mask_text(exc, self._url) or type(exc).__name__}"])
+
+    @contextlib.contextmanager
+    def _masked(self) -> Iterator[None]:
+        """The backend's errors, their text masked."""
+        try:
+            yield
+        except coordination.ToozError as exc:
+            mask_exception(exc, self._url)
+            raise
+
+    def _new_coordinator(self) -> coordination.CoordinationDriver:
+        member = f"networking-vcenter-{socket.gethostname()}-{os.getpid()}"
+        try:
+            return coordination.get_coordinator(self._url, member.encode())
+        except Exception as exc:  # noqa: BLE001 - tooz's, an unknown scheme
+            # (stevedore), the backend's client library missing (ImportError)
+            raise self._unusable(exc) from exc
 
     def _ensure_started(self) -> None:
         # A forked worker must not reuse its parent's coordinator connection.
         if self._started and self._pid == os.getpid():
             return
         if self._pid != os.getpid():
-            member = (f"networking-vcenter-{socket.gethostname()}-"
-                      f"{os.getpid()}")
-            self._coordinator = coordination.get_coordinator(
-                self.backend_url, member.encode())
+            self._coordinator = self._new_coordinator()
             self._pid = os.getpid()
         try:
             self._coordinator.start(start_heart=True)
         except coordination.ToozError as exc:
-            raise exceptions.ConfigError(
-                [f"[ml2_vcenter] coordination_backend_url "
-                 f"'{self.backend_url}' cannot be used: {exc}"])
+            raise self._unusable(exc) from exc
         self._started = True
+
+    def mask(self, text: object) -> str:
+        """``text`` with the backend URL's secrets (and any URL's) masked."""
+        return mask_text(text, self._url)
+
+    def start(self) -> None:
+        """Join the backend now (``ConfigError`` if it cannot be used)
+        rather than at the first lock."""
+        self._ensure_started()
 
     @contextlib.contextmanager
     def hold(self, name: str, timeout: float = -1,
              blocking: bool = True) -> Iterator[bool]:
         """Hold lock ``name``; yields False if not had in time (or at once)."""
         self._ensure_started()
-        lock = self._coordinator.get_lock(f"networking-vcenter-{name}"
-                                          .encode())
-        if not blocking:
-            got = lock.acquire(blocking=False)
-        elif timeout is None or timeout < 0:
-            got = lock.acquire(blocking=True)
-        else:
-            got = lock.acquire(blocking=timeout)
+        with self._masked():
+            lock = self._coordinator.get_lock(f"networking-vcenter-{name}"
+                                              .encode())
+            if not blocking:
+                got = lock.acquire(blocking=False)
+            elif timeout is None or timeout < 0:
+                got = lock.acquire(blocking=True)
+            else:
+                got = lock.acquire(blocking=timeout)
         try:
             yield bool(got)
         finally:
             if got:
-                lock.release()
+                with self._masked():
+                    lock.release()
 
     def stop(self) -> None:
         if self._started:
             try:
-                self._coordinator.stop()
+                with self._masked():
+                    self._coordinator.stop()
             finally:
                 self._started = False
