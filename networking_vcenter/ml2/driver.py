@@ -770,12 +770,13 @@ class VCenterMechanismDriver(api.MechanismDriver):
         segments = list(context.segments_to_bind)
         deadline = self._bind_deadline(port_id)
         if deadline <= time.monotonic() and self._needs_vcenter(
-                port_id, segments, cluster):
-            # ML2 retrying a binding whose time is spent: a DV port that is
-            # not reserved yet cannot be had without vCenter; say so at
-            # once rather than read Neutron for each of the ten tries.
-            LOG.debug("port %s: no DV port reserved and no time left to "
-                      "reserve one", port_id)
+                segments, cluster):
+            # ML2 retrying a binding whose time is spent: a DV port is
+            # handed to Nova only once vCenter has said it is this port's
+            # (one write); say so at once rather than read Neutron for each
+            # of the ten tries.
+            LOG.debug("port %s: no time left to reserve its DV port",
+                      port_id)
             return
         # Neutron is read here, in the API's thread (the hook thread is for
         # vCenter, under the deadline).
@@ -887,26 +888,23 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 f"its {' and '.join(what)} cannot be enforced on a standard "
                 f"vSwitch ([{conf.GROUP}] standard_vswitch_ports = refuse)")
 
-    def _needs_vcenter(self, port_id: str, segments: list[dict[str, Any]],
+    def _needs_vcenter(self, segments: list[dict[str, Any]],
                        cluster: str) -> bool:
         """Whether binding this port must write to vCenter: it would go to
-        a distributed switch (as the replica shows it) where no DV port is
-        reserved for it yet."""
+        a distributed switch (as the replica shows it), where every bind
+        writes its reservation."""
         rec = self._here()
         if rec.replica is None or not rec.replica.synced:
             return True
-        inv = rec.replica.snapshot()
         try:
-            topology = rec.topology(inv)
+            topology = rec.topology(rec.replica.snapshot())
         except exceptions.VCenterError:
             return True
         segment = self._pick_segment(segments, cluster, topology)
         if segment is None:
             return False
         target = topology.targets[segment[api.PHYSICAL_NETWORK]]
-        return target.kind == desired_mod.DVS and not any(
-            p.name == port_id for ports in inv.dv_ports.values()
-            for p in ports)
+        return target.kind == desired_mod.DVS
 
     def _bind_deadline(self, port_id: str) -> float:
         """The deadline of a port's binding, shared by ML2's retries: ML2

@@ -121,9 +121,6 @@ class Reconciler:
         self.replica = Replica(self.session, settings) if watch else None
         self._topology: tuple[inventory.Inventory, desired_mod.Topology] | None = None
         self._warned: set[tuple[str, tuple[str, ...]]] = set()
-        # Port id -> (DV port key, monotonic time) of this process's last
-        # write naming that key for the port (a bind's confirmation).
-        self._confirmed: dict[str, tuple[str, float]] = {}
 
     # -- life cycle -------------------------------------------------------
 
@@ -647,13 +644,9 @@ class Reconciler:
         the configVersion the replica shows, so that the key handed to
         Nova is this port's in vCenter's own answer, not only in this
         process's memory (another server may have released it and given
-        it to another port).  One write; none when this process wrote it
-        for this port within the last ``api_call_budget`` (ML2 trying the
-        binding again)."""
-        recent = self._confirmed.get(spec.id)
-        confirm = frozenset() if recent is not None and \
-            time.monotonic() - recent[1] < self.settings.api_call_budget \
-            else frozenset({spec.id})
+        it to another port).  One write, every time: a replica does not
+        see another process rename a DV port."""
+        confirm = frozenset({spec.id})
         result = self.sync_ports(
             {spec.id}, source, lambda ids: [spec],
             wait=max(0.0, deadline - time.monotonic()), report_status=False,
@@ -669,22 +662,11 @@ class Reconciler:
         written = {s.key for s in result.outcome.done if s.port_id == spec.id
                    and isinstance(s, (plan_mod.ReservePort,
                                       plan_mod.ConfigurePort))}
-        if confirm and port.key not in written:
+        if port.key not in written:
             raise exceptions.TransientFault(
                 f"DV port for port {spec.id}",
                 f"DV port {port.key} was not confirmed as this port's by "
                 f"vCenter in time")
-        if confirm:
-            now = time.monotonic()
-            budget = self.settings.api_call_budget
-            for old_id, (_, at) in list(self._confirmed.items()):
-                if now - at >= budget:
-                    del self._confirmed[old_id]
-            self._confirmed[spec.id] = (port.key, now)
-        elif recent[0] != port.key:
-            raise exceptions.TransientFault(
-                f"DV port for port {spec.id}",
-                f"its DV port changed from {recent[0]} to {port.key}")
         return port
 
     @staticmethod

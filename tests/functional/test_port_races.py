@@ -1,0 +1,194 @@
+"""DV port reservations on the race paths, deterministically (issue 15).
+
+Each test puts the other party's move exactly between the driver's read and
+its write -- by wrapping the function the driver reads Neutron or binds with,
+or by editing a DV port with the test's own vSphere session where the
+driver's replica cannot see it (vCenter reports no change of a port group
+when one of its ports is renamed) -- with no sleeps and no timing.  Each
+fails on the code before issue 15: a DV port handed to Nova released, the
+key Nova holds given up for another, a key of another port handed to Nova,
+revoked rules kept.  Through Neutron's real ML2 plugin against the
+simulator; vCenter is read back with the test's own pyVmomi calls.
+"""
+
+from __future__ import annotations
+
+from neutron_lib.api.definitions import portbindings
+from pyVmomi import vim
+
+from networking_vcenter.reconcile import plan as plan_mod
+from tests.fixtures.vsphere_reader import dv_port_rules
+from tests.functional import test_ports
+
+
+class PortRaceTestCase(test_ports.PortsTestCase):
+
+    def port_by_key(self, key, switch="DVS0"):
+        (found,) = self.vsphere.dvs(switch).FetchDVPorts(
+            vim.dvs.PortCriteria(portKey=[key]))
+        return found
+
+    def rename(self, key, name, switch="DVS0"):
+        """Name a DV port as another server would (its own session, with
+        the port's configVersion): the driver's replica does not see it."""
+        port = self.port_by_key(key, switch)
+        self.vsphere.wait(self.vsphere.dvs(switch).ReconfigureDVPort_Task(
+            port=[vim.dvs.DistributedVirtualPort.ConfigSpec(
+                key=key, operation="edit", name=name,
+                configVersion=port.config.configVersion)]))
+
+    def assert_reserved_for(self, port):
+        """The DV port in the port's binding is named for it and carries
+        its own filter (not released, not inherited)."""
+        key = port[portbindings.VIF_DETAILS]["dvs_port_key"]
+        dvp = self.port_by_key(key)
+        self.assertEqual(port["id"], dvp.config.name,
+                         f"DV port {key}, handed to Nova, is not the port's")
+        rules = dv_port_rules(dvp.config.setting)
+        self.assertTrue(rules, f"DV port {key} has no filter of its own")
+        return dvp
+
+
+class TestReleaseRaces(PortRaceTestCase):
+
+    def test_bind_between_a_full_pass_read_and_its_write(self):
+        """A full pass reads Neutron's bound ports; a port is bound (its
+        DV port reserved) right after; the pass must not release it."""
+        net = self.make_net(81)
+        drv = self.vcenter_driver
+        real = drv.port_source
+        bound = []
+
+        def racing(ids):
+            answer = list(real(ids))
+            if ids is None and not bound:
+                bound.append(self.port_on(net["id"]))   # binds, reserves
+            return answer
+
+        result = drv.reconciler.sync_all(drv.source, 0, port_source=racing)
+        self.assertTrue(bound, "the bind did not happen inside the pass")
+        self.assertFalse([s for s in result.ports.outcome.done
+                          if isinstance(s, plan_mod.ReleasePort)])
+        self.assert_reserved_for(bound[0])
+
+    def test_update_port_postcommit_hook_running_before_the_binding_commits(
+            self):
+        """ML2 runs update_port_postcommit before it binds; its hook may
+        read Neutron after bind_port reserved the DV port and before ML2
+        commits the binding: the port shows its host and no binding."""
+        net = self.make_net(82)
+        drv = self.vcenter_driver
+        port = self.make_port_unbound(net["id"])
+        real_bind = drv.bind_port
+        named = []
+
+        def bind_then_hook(context):
+            real_bind(context)
+            if context.current["id"] == port["id"]:
+                # The hook, now: Neutron has not committed the binding.
+                drv._sync_ports_soon({port["id"]})
+                drv._drain_ports()
+                # What Nova is about to be given is still the port's.
+                named.append([p.key for p in self.vsphere.dvs(
+                    "DVS0").FetchDVPorts(vim.dvs.PortCriteria())
+                    if p.config.name == port["id"]])
+
+        drv.bind_port = bind_then_hook
+        self.addCleanup(setattr, drv, "bind_port", real_bind)
+        port = self.update_port(port["id"], **{
+            portbindings.HOST_ID: test_ports.base.COMPUTE_HOST})
+        self.assertEqual("dvs", port[portbindings.VIF_TYPE])
+        self.assertEqual(
+            [[port[portbindings.VIF_DETAILS]["dvs_port_key"]]], named,
+            "the DV port reserved by bind_port was released before ML2 "
+            "committed the binding")
+        self.assert_reserved_for(port)
+
+    def make_port_unbound(self, net_id):
+        res = self._create_port(self.fmt, net_id, is_admin=True)
+        body = self.deserialize(self.fmt, res)
+        self.assertEqual(201, res.status_int, body)
+        self.settled()
+        return body["port"]
+
+    def test_two_reservations_keep_the_key_nova_was_given(self):
+        """Another server reserved a second DV port for the port (a lower
+        key, no NIC): the one in the committed binding is kept."""
+        net = self.make_net(83)
+        first = self.port_on(net["id"])
+        second = self.port_on(net["id"])
+        low = first[portbindings.VIF_DETAILS]["dvs_port_key"]
+        given = second[portbindings.VIF_DETAILS]["dvs_port_key"]
+        self.assertLess(int(low), int(given))
+        self._delete("ports", first["id"])
+        self.settled()
+        self.assertEqual(plan_mod.FREE, self.port_by_key(low).config.name)
+        self.rename(low, second["id"])          # the other server's
+        self.vcenter_driver.resync(grace=0)
+        self.assert_reserved_for(second)
+        self.assertEqual(plan_mod.FREE, self.port_by_key(low).config.name)
+
+
+class TestKeyHandedToNova(PortRaceTestCase):
+
+    def test_key_released_and_taken_by_another_process(self):
+        """Another server released the port's DV port and reserved it for
+        another Neutron port; this server's replica still shows it as the
+        port's.  Bound again here, the port must get a DV port vCenter
+        says is its own, never the other port's."""
+        net = self.make_net(84)
+        port = self.port_on(net["id"])
+        key = port[portbindings.VIF_DETAILS]["dvs_port_key"]
+        other = "0e0e0e0e-0000-4000-8000-00000000abcd"
+        self.rename(key, other)                 # the other server's
+        # Unbound and bound again (ML2's binding, in the API call; the
+        # unbind's hook has not run, so nothing here read the port since).
+        self.driver.update_port(self.context, port["id"], {"port": {
+            portbindings.HOST_ID: ""}})
+        port = self.driver.update_port(self.context, port["id"], {"port": {
+            portbindings.HOST_ID: test_ports.base.COMPUTE_HOST}})
+        self.settled()
+        self.assertEqual("dvs", port[portbindings.VIF_TYPE])
+        self.assertNotEqual(key, port[portbindings.VIF_DETAILS]
+                            ["dvs_port_key"])
+        self.assert_reserved_for(port)
+        self.assertEqual(other, self.port_by_key(key).config.name)
+
+
+class TestOverBudget(PortRaceTestCase):
+
+    extra_ml2_vcenter = {"max_rules_per_port": 24}
+
+    def test_rule_deleted_while_over_budget_is_revoked(self):
+        """A port pushed over the rule budget must not keep the rules it
+        had: "allow ssh from anywhere", deleted while it is over, must not
+        stay on its DV port.  It is blocked, and Neutron shows ERROR."""
+        net = self.make_net(85)
+        sg = self.make_sg("budget")
+        ssh = self.add_rule(sg["id"], protocol="tcp", port_range_min=22,
+                            port_range_max=22,
+                            remote_ip_prefix="0.0.0.0/0")
+        port = self.port_on(net["id"], security_groups=[sg["id"]])
+        dvp = self.assert_reserved_for(port)
+
+        def admits_ssh(setting):
+            return any(r["action"] == "accept" and
+                       r["direction"] == "outgoingPackets" and
+                       r["dports"] == (22, 22)
+                       for r in dv_port_rules(setting) or [])
+
+        self.assertTrue(admits_ssh(dvp.config.setting))
+        for i in range(1, 7):
+            self.add_rule(sg["id"], protocol="udp", port_range_min=1000 + i,
+                          port_range_max=1000 + i,
+                          remote_ip_prefix=f"192.0.2.{i * 2}/32")
+        self.settled()
+        self.driver.delete_security_group_rule(self.context, ssh["id"])
+        self.settled()
+        key = port[portbindings.VIF_DETAILS]["dvs_port_key"]
+        setting = self.port_by_key(key).config.setting
+        self.assertFalse(admits_ssh(setting),
+                         "a deleted rule still admits ssh from anywhere")
+        self.assertTrue(setting.blocked.value)
+        self.assertEqual("ERROR", self.driver.get_port(
+            self.context, port["id"])["status"])
