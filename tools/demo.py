@@ -4,10 +4,13 @@
 Starts the vCenter simulator and a real Neutron API with the vcenter driver,
 then, with the real `openstack` CLI, makes a VLAN network and subnet on a
 distributed-switch physnet and one on a standard-vSwitch physnet, binds a port
-of each to the Nova compute host, and shows what vSphere holds. Then a port
-with a security group: Nova's own VMware code attaches a VM NIC to the DV port
-reserved for it, the port's traffic rules are shown as vSphere holds them next
-to the security group rules they come from, a rule is added and seen on the
+of each to the Nova compute host, and shows what vSphere holds. The first
+port, made without --security-group, is in its project's `default` group:
+that group's rules (Neutron's default ones) are shown next to its DV port's
+rules as vSphere holds them. Then a port with a security group of its own:
+Nova's own VMware code attaches a VM NIC to the DV port reserved for it, the
+port's traffic rules are shown as vSphere holds them next to the security
+group rules they come from, a rule is added and seen on the
 port, and the port turns ACTIVE (DOWN again after Nova detaches the NIC).
 Then a trunk with a subport on a second VLAN network: the parent's DV port
 holds both VLANs, and the trunk turns ACTIVE.
@@ -154,8 +157,12 @@ def sg_rule_text(r: dict) -> str:
         f" {r['port_range_min']}" + ("" if r["port_range_max"] ==
                                      r["port_range_min"] else
                                      f"-{r['port_range_max']}")
+    group = r.get("remote_group_id")
+    remote = r["remote_ip_prefix"] or (
+        None if group is None else "group itself"
+        if group == r.get("security_group_id") else f"group {group}")
     return (f"{r['direction']} {r['ethertype']} {r['protocol'] or 'any'}"
-            f"{ports} remote {r['remote_ip_prefix'] or 'any'}")
+            f"{ports} remote {remote or 'any'}")
 
 
 def reply(dv_rule) -> str:
@@ -169,9 +176,12 @@ def show_rules(sg: dict, rules: list) -> None:
     description names it); then the rules every port gets."""
     for r in sg["rules"]:
         print(f"    Neutron rule {sg_rule_text(r)}")
-        for dv in rules:
-            if r["id"] in (dv.description or ""):
-                print(f"      vSphere {dv_rule_text(dv)}{reply(dv)}")
+        made = [dv for dv in rules if r["id"] in (dv.description or "")]
+        for dv in made:
+            print(f"      vSphere {dv_rule_text(dv)}{reply(dv)}")
+        if not made and r.get("remote_group_id"):
+            print(f"      (no vSphere rule: the group's ports have no "
+                  f"{r['ethertype']} fixed IP or allowed address pair)")
     rest = [dv for dv in rules
             if not any(r["id"] in (dv.description or "") for r in sg["rules"])]
     print(f"    + {len(rest)} rules every port with port security gets (DHCP, "
@@ -214,10 +224,31 @@ def until(fn, timeout: float = 15.0):
         time.sleep(0.1)
 
 
+def default_group_demo(url: str, vsphere: VSphere, port: dict) -> bool:
+    """The port made without --security-group: its project's `default`
+    group, with Neutron's default rules, and its DV port's rules."""
+    print(f"A port in its project's default security group ({port['name']}, "
+          f"made above without --security-group):")
+    sg = openstack(url, "security", "group", "show", "default")
+    # (in the same order whatever the database returns)
+    sg["rules"].sort(key=lambda r: (r["direction"], r["ethertype"]))
+    d = port["binding_vif_details"]
+    dv = vsphere.dv_port(d["dvs_id"], d["pg_id"], d["dvs_port_key"])
+    print(f"  Security group {sg['name']} (Neutron's default rules) and DV "
+          f"port {dv.key}'s traffic rules (read back from vSphere):")
+    show_rules(sg, traffic_rules(dv))
+    print()
+    if port["security_group_ids"] != [sg["id"]] or len(sg["rules"]) != 4:
+        print(f"  {port['name']} is in {port['security_group_ids']}; group "
+              f"default has {len(sg['rules'])} rule(s), not Neutron's 4")
+        return False
+    return True
+
+
 def port_demo(url: str, sim, vsphere: VSphere, net: dict) -> bool:
     """A VM NIC on the DV port reserved for its Neutron port."""
-    print(f"A port with a security group, and a VM NIC on its own DV port "
-          f"(network {net['name']}):")
+    print(f"A port with a security group of its own, and a VM NIC on its "
+          f"own DV port (network {net['name']}):")
     openstack(url, "security", "group", "create", "demo-web")
     openstack(url, "security", "group", "rule", "create", "--ingress",
               "--protocol", "tcp", "--dst-port", "22", "--remote-ip",
@@ -403,7 +434,7 @@ def main() -> int:
             (listed,) = openstack(url, "network", "segment", "list",
                                   "--network", net["id"])
             seg = openstack(url, "network", "segment", "show", listed["ID"])
-            made.append((net, kind))
+            made.append((net, kind, port))
             print(f"\n  Neutron network {net['name']} {net['id']}")
             print(f"    segment {seg['id']}: {seg['network_type']} on "
                   f"{seg['physical_network']}, VLAN {seg['segmentation_id']}")
@@ -415,6 +446,8 @@ def main() -> int:
             details = json.dumps(port["binding_vif_details"],
                                  sort_keys=True)
             print(f"      vif_details={details}\n")
+        if not default_group_demo(url, vsphere, made[0][2]):
+            return 1
         if not port_demo(url, sim, vsphere, made[0][0]):
             return 1
         if not trunk_demo(url, vsphere, made[0][0]):
@@ -438,12 +471,12 @@ def main() -> int:
             print("  no networking-vcenter row in the agent list")
             return 1
         print("Deleting the networks:")
-        for net, kind in made:
+        for net, kind, _ in made:
             for port in openstack(url, "port", "list", "--network",
                                   net["id"]):
                 openstack(url, "port", "delete", port["ID"])
             openstack(url, "network", "delete", net["id"])
-        for net, kind in made:
+        for net, kind, _ in made:
             left = port_group_report(vsphere, net["id"], kind)
             print(f"  {net['name']}: " + ("port groups gone from vSphere"
                                           if not left else f"LEFT: {left}"))

@@ -79,6 +79,44 @@ LOG_LEVEL_RE = re.compile(
 # Unix socket paths are limited to 108 bytes (sun_path).
 MAX_SOCKET_PATH = 100
 
+# Embedded mode's schema (run in the venv's Python, with the database URL):
+# built from Neutron's models, since its migrations fail on sqlite. The one
+# migration that seeds rows into an empty database is Neutron's
+# 2023.2/expand/c33da356b165_security_group_default_rules.py: the templates of
+# the rules every new security group gets (egress IPv4 and IPv6 to anywhere in
+# every group; ingress IPv4 and IPv6 from the group itself in a project's
+# `default` group). Without them a new group has no rule at all. Its own
+# `default_template_rules` are inserted as its upgrade() inserts them (its
+# upgrade() itself does nothing once the table exists).
+SQLITE_SCHEMA = """\
+import glob, importlib.util, os, sys
+import sqlalchemy as sa
+import neutron.db.migration
+from neutron.db.migration.models import head
+
+engine = sa.create_engine(sys.argv[1])
+metadata = head.get_metadata()
+metadata.create_all(engine)
+
+(path,) = glob.glob(os.path.join(
+    os.path.dirname(neutron.db.migration.__file__), "alembic_migrations",
+    "versions", "*", "*", "c33da356b165_*.py"))
+spec = importlib.util.spec_from_file_location("c33da356b165", path)
+migration = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(migration)
+templates = metadata.tables[migration.table_name]
+with engine.begin() as conn:
+    for rule in migration.default_template_rules:
+        rule = dict(rule)
+        res = conn.execute(sa.insert(migration.standardattr).values(
+            {"description": rule.pop("description"),
+             "resource_type": migration.table_name}))
+        rule["standard_attr_id"] = res.inserted_primary_key[0]
+        conn.execute(sa.insert(templates).values(rule))
+print(f"seeded {len(migration.default_template_rules)} security group "
+      f"default rule templates (migration {migration.revision})")
+"""
+
 
 class ServerError(RuntimeError):
     """Start or stop failed; the message is safe to print (no passwords)."""
@@ -583,13 +621,10 @@ class NeutronServer:
         if os.path.exists(db):
             return
         # The migrations do not run on sqlite: build the schema from the
-        # models, then stamp it as being at the heads.
-        code = ("import sys, sqlalchemy\n"
-                "from neutron.db.migration.models import head\n"
-                "engine = sqlalchemy.create_engine(sys.argv[1])\n"
-                "head.get_metadata().create_all(engine)\n")
+        # models, seed the rows a migration would have, then stamp it as
+        # being at the heads.
         try:
-            self._run("sqlite schema", [sys.executable, "-c", code,
+            self._run("sqlite schema", [sys.executable, "-c", SQLITE_SCHEMA,
                                         "sqlite:///" + db],
                       env=self._neutron_env())
             self._run("neutron-db-manage stamp heads",
