@@ -535,16 +535,18 @@ def _rule(direction, action, protocol, *, src=None, dst=None, sports=None,
         description=why)
 
 
+# Every field of a rule but its description: what it matches and does.
+_MATCH_FIELDS = tuple(f.name for f in dataclasses.fields(inventory.TrafficRule)
+                      if f.name != "description")
+
+
 def _match_key(r: inventory.TrafficRule) -> tuple:
-    return dataclasses.astuple(dataclasses.replace(r, description=""))
+    return tuple(getattr(r, name) for name in _MATCH_FIELDS)
 
 
 def _sort_key(r: inventory.TrafficRule) -> tuple:
     def net(text):
-        if text is None:
-            return (0, 0, 0)
-        n = ipaddress.ip_network(text)
-        return (n.version, int(n.network_address), n.prefixlen)
+        return (0, 0, 0) if text is None else _net_key(text)
     return (r.direction, -1 if r.protocol is None else r.protocol,
             net(r.source), net(r.destination),
             r.source_ports or (0, 0), r.destination_ports or (0, 0),
@@ -598,29 +600,75 @@ def _without_subsumed(accepts: list[inventory.TrafficRule]
 
     All rules of the block accept and are followed only by the final drops,
     so their order does not matter and a covered rule changes nothing.
+
+    Indexed, not pairwise: a rule can only be covered by one whose source
+    and destination each contain its own, and a network has at most 33
+    (IPv4) or 129 (IPv6) networks containing it, so each rule looks up its
+    candidates by those instead of comparing itself with every other rule
+    (a remote group of 1,000 members made this quadratic).
     """
-    by_key: dict[tuple, list[inventory.TrafficRule]] = {}
+    index: dict[tuple, dict[tuple | None, list[inventory.TrafficRule]]] = {}
     for r in accepts:
-        by_key.setdefault((r.direction, r.protocol), []).append(r)
+        index.setdefault((r.direction, _net_key(r.source)), {}).setdefault(
+            _net_key(r.destination), []).append(r)
     # (After _unique no two rules match the same packets, so two rules
     # never cover each other.)
     result = []
     for r in accepts:
-        candidates = by_key[(r.direction, r.protocol)]
-        if r.protocol is not None:
-            candidates = candidates + by_key.get((r.direction, None), [])
-        if not any(o is not r and _covers(o, r) for o in candidates):
+        if not any(o is not r and _covers(o, r)
+                   for o in _candidates(index, r)):
             result.append(r)
     return result
+
+
+def _candidates(index, r: inventory.TrafficRule):
+    """The rules of ``index`` whose source and destination contain
+    ``r``'s (by network only; ports and protocol are for :func:`_covers`)."""
+    for src in _containing(r.source):
+        by_dst = index.get((r.direction, src))
+        if by_dst is None:
+            continue
+        for dst in _containing(r.destination):
+            yield from by_dst.get(dst, ())
+
+
+@functools.lru_cache(maxsize=65536)
+def _net_key(text: str | None) -> tuple | None:
+    """A rule address as (version, network as int, prefix length); None:
+    any address."""
+    if text is None:
+        return None
+    net = _network(text)
+    return (net.version, int(net.network_address), net.prefixlen)
+
+
+@functools.lru_cache(maxsize=65536)
+def _containing(text: str | None) -> tuple:
+    """The keys (:func:`_net_key`) of every network containing ``text``'s,
+    itself included, and None (any address)."""
+    if text is None:
+        return (None,)
+    version, address, length = _net_key(text)
+    bits = 32 if version == 4 else 128
+    return (None,) + tuple(
+        (version, address & (((1 << k) - 1) << (bits - k)), k)
+        for k in range(length + 1))
 
 
 # -- small helpers -----------------------------------------------------------
 
 def _net(port_id: str, text: str) -> Net:
     try:
-        return ipaddress.ip_network(text, strict=False)
+        return _parse_net(text)
     except ValueError:
         raise Unenforceable(port_id, f"{text!r} is not an IP address or CIDR")
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_net(text: str) -> Net:
+    """An address or CIDR, parsed once (every member port of a remote
+    group parses the same members)."""
+    return ipaddress.ip_network(text, strict=False)
 
 
 def _family(port_id: str, ethertype: str) -> int:

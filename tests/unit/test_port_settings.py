@@ -526,3 +526,30 @@ def test_security_groups_disabled_means_no_filter():
     assert s.rules == ()                         # set on the port: no filter
     assert (s.blocked, s.mac_changes, s.forged_transmits) == \
         (False, False, False)
+
+
+def test_indexed_subsumption_equals_pairwise():
+    """The indexed _without_subsumed leaves out exactly the rules the
+    pairwise definition does (every pair compared with _covers)."""
+    import random
+    rnd = random.Random(15)
+    nets4 = ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3/32",
+             "10.1.2.4/31", "0.0.0.0/0", "192.0.2.0/24", "192.0.2.9/32"]
+    nets6 = ["::/0", "2001:db8::/32", "2001:db8::1/128", "fe80::/64"]
+    for _ in range(200):
+        rules = []
+        for _ in range(rnd.randint(1, 40)):
+            nets = rnd.choice((nets4, nets6))
+            lo = rnd.choice((None, 22, 80, 1000))
+            rules.append(inv.TrafficRule(
+                direction=rnd.choice((ps.FROM_VM, ps.TO_VM)),
+                action="accept", protocol=rnd.choice((None, 6, 17, 1)),
+                source=rnd.choice(nets + [None]),
+                destination=rnd.choice(nets + [None]),
+                destination_ports=None if lo is None else
+                (lo, lo + rnd.choice((0, 10, 5000)))))
+        rules = ps._unique(sorted(rules, key=ps._sort_key))
+        pairwise = [r for r in rules if not any(
+            o is not r and o.direction == r.direction and ps._covers(o, r)
+            for o in rules)]
+        assert ps._without_subsumed(rules) == pairwise
