@@ -277,14 +277,21 @@ def ports(ids: set[str] | None = None,
             m.Port.id.in_(sa.select(m.SubPort.port_id).filter(
                 m.SubPort.trunk_id.in_(trunk_of_sel)))))
 
-        base = {pid: (net, mac, status, owner, psec, nsec)
-                for pid, net, mac, status, owner, psec, nsec in s.query(
+        # With the DV port key Nova was given (the committed binding's).
+        base = {pid: (net, mac, status, owner, psec, nsec,
+                      _dvs_port_key(details))
+                for pid, net, mac, status, owner, psec, nsec, details
+                in s.query(
                     m.Port.id, m.Port.network_id, m.Port.mac_address,
                     m.Port.status,
                     m.Port.device_owner, m.PortSec.port_security_enabled,
-                    m.NetSec.port_security_enabled).outerjoin(
+                    m.NetSec.port_security_enabled,
+                    m.Binding.vif_details).outerjoin(
                     m.PortSec, m.PortSec.port_id == m.Port.id).outerjoin(
                     m.NetSec, m.NetSec.network_id == m.Port.network_id
+                ).outerjoin(m.Binding, sa.and_(
+                    m.Binding.port_id == m.Port.id,
+                    m.Binding.status == ACTIVE)
                 ).filter(m.Port.id.in_(in_sel))}
         ips: dict[str, list[str]] = collections.defaultdict(list)
         for pid, address in s.query(m.IP.port_id, m.IP.ip_address).filter(
@@ -296,14 +303,6 @@ def ports(ids: set[str] | None = None,
         ).filter(m.Pair.port_id.in_(in_sel)):
             pairs[pid].append((address, mac))
         port_sgs = _groups_of_ports(m, s, in_sel)
-        # The DV port key Nova was given (the committed binding's).
-        bound_keys: dict[str, str] = {}
-        for pid, details in s.query(m.Binding.port_id,
-                                    m.Binding.vif_details).filter(
-                m.Binding.status == ACTIVE, m.Binding.port_id.in_(in_sel)):
-            key = _dvs_port_key(details)
-            if key is not None:
-                bound_keys[pid] = key
 
         # The port's groups, with their rules (one query, outer join: a
         # group without rules still counts).
@@ -367,7 +366,7 @@ def ports(ids: set[str] | None = None,
         trunks = _trunks(m, s, trunk_of_sel)
 
     def spec(pid: str, host: str, physnet: str | None) -> desired.PortSpec:
-        net_id, mac, status, owner, psec, nsec = base[pid]
+        net_id, mac, status, owner, psec, nsec, bound_key = base[pid]
         own = [groups[g] for g in sorted(port_sgs.get(pid, ()))
                if g in groups]
         remote = {r.remote_group_id for g in own for r in g.rules
@@ -392,7 +391,7 @@ def ports(ids: set[str] | None = None,
             qos=tuple(sorted(limits.get(policy, ()),
                              key=lambda b: b.direction)) if policy else (),
             status=status or "", device_owner=owner or "",
-            bound_key=bound_keys.get(pid))
+            bound_key=bound_key)
 
     by_parent = {t.parent: t for t in trunks}
     parent_of = {sub: t.parent for t in trunks for sub, *_ in t.subports}

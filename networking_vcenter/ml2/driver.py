@@ -137,7 +137,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 LOG.info("vcenter driver ready: %s; locks: %s", ", ".join(
                     f"{t.physnet} -> {t.kind} {t.switch}"
                     for t in topology.targets.values()),
-                    self.reconciler.locks.backend_url.split("@")[-1])
+                    self.reconciler.locks.backend_url)     # masked
                 self._warn_mtu(topology)
         except exceptions.ConnectionFailed as exc:
             if not self.settings.start_without_vcenter:
