@@ -123,6 +123,11 @@ class DvsPortGroup:
     config_version: str | None = None
     mac_override: bool = False   # macManagementOverrideAllowed too
     port_keys: tuple[str, ...] = ()
+    # Whether the ports it has not been told about are closed: its default
+    # port config carries the drop-all traffic filter (issue 15, see
+    # :func:`default_closed_of`).  A group of ours without it is converted
+    # in place, like one that is not ``ports_ready``.
+    default_closed: bool = True
 
 
 # The port overrides a group must allow for the settings the driver puts on
@@ -143,6 +148,17 @@ def ports_ready_of(pg_type: str | None, policy: Any) -> bool:
         return False
     return all(getattr(policy, flag, False) for flag in PORT_OVERRIDES) \
         and not getattr(policy, "portConfigResetAtDisconnect", True)
+
+
+def default_closed_of(default_port_config: Any) -> bool:
+    """Whether a distributed port group's ``config.defaultPortConfig``
+    carries the closed traffic filter our groups give the ports the driver
+    has not configured (``ports.CLOSED_RULES``: all IP dropped, both
+    ways)."""
+    # ports.py builds and reads traffic filters (and imports this module).
+    from networking_vcenter.vsphere import ports
+    return ports.is_closed(getattr(default_port_config, "filterPolicy",
+                                   None))
 
 
 # A standard port group's security policy: (allowPromiscuous, macChanges,
@@ -396,7 +412,9 @@ def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
             config_version=p.get("config.configVersion"),
             mac_override=bool(getattr(p.get("config.policy"),
                                       "macManagementOverrideAllowed", False)),
-            port_keys=tuple(p.get("portKeys") or ())))
+            port_keys=tuple(p.get("portKeys") or ()),
+            default_closed=default_closed_of(
+                p.get("config.defaultPortConfig"))))
 
     clusters: dict[str, list[list[str]]] = {}
     for ref, p in compute:

@@ -29,7 +29,8 @@ Conventions (one place, so that reads and writes agree):
   says nothing (any protocol, any address): it then matches every IP packet
   and nothing else, so a final "drop all" never drops ARP;
 * ``rules=()`` is a filter set on the port with an empty, disabled ruleset
-  (no filtering, whatever the group says); None leaves the group's;
+  (no filtering, whatever the group says); None leaves the group's, which
+  for our groups is :data:`CLOSED_RULES` (all IP dropped);
 * ``trunk_vlans`` goes to ``vlan`` as a ``TrunkVlanSpec`` (one
   ``NumericRange`` per range); None is sent as an inherited ``VlanIdSpec``
   (the group's VLAN applies again).  A port's own VLAN that is not a trunk
@@ -47,6 +48,7 @@ Nothing here imports the reconciler.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import ipaddress
@@ -149,6 +151,43 @@ def _filter(rules: tuple[TrafficRule, ...] | None) -> Any:
     return DVPort.FilterPolicy(inherited=False, filterConfig=[
         DVPort.TrafficFilterConfig(agentName=FILTER_AGENT, inherited=False,
                                    trafficRuleset=ruleset)])
+
+
+# What every port of our groups carries until the driver gives it settings
+# of its own -- a free port, a released one, a NIC attached before (or
+# without) the driver: all IPv4 and all IPv6 dropped, both ways ("fail
+# closed").  Non-IP frames (ARP) pass: each rule has an IP qualifier.  The
+# group's ``defaultPortConfig`` carries it (``switches.default_port_config``);
+# a port's own filter, even ``rules=()``, overrides it.
+CLOSED_RULES = tuple(
+    TrafficRule(direction, "drop", source=any_ip,
+                description=f"networking-vcenter: port not configured, "
+                            f"drop all IPv{family}")
+    for direction in (inventory.INCOMING, inventory.OUTGOING)
+    for family, any_ip in ((4, "0.0.0.0/0"), (6, "::/0")))
+
+
+def closed_filter() -> Any:
+    """The filter policy of :data:`CLOSED_RULES`, built as a port's own
+    (:func:`_filter`): for a port group's default port config."""
+    return _filter(CLOSED_RULES)
+
+
+def is_closed(policy: Any) -> bool:
+    """Whether a filter policy (a port group's
+    ``defaultPortConfig.filterPolicy``) is :func:`closed_filter`: set (not
+    inherited), enabled, exactly :data:`CLOSED_RULES` in order (rule
+    descriptions aside).  Anything this module cannot read (a group made
+    by someone else with qualifiers of other kinds) is not."""
+    try:
+        rules = _rules_of(policy)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return rules is not None and tuple(
+        dataclasses.replace(r, description="") for r in rules) == _CLOSED
+
+
+_CLOSED = tuple(dataclasses.replace(r, description="") for r in CLOSED_RULES)
 
 
 def _shaping(shaping: Shaping | None) -> Any:

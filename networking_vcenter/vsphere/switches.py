@@ -24,6 +24,7 @@ from pyVmomi import vim
 
 from networking_vcenter import exceptions
 from networking_vcenter.vsphere import inventory
+from networking_vcenter.vsphere import ports
 from networking_vcenter.vsphere.session import Session
 
 LOG = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ def dvs_port_group_spec(name: str, vlan: inventory.Vlan, description: str,
     in full (:func:`default_port_config`) rather than left to the switch.
 
     A reconfigure (a retag, or the conversion in place of a group made by an
-    earlier version: dynamic policy, reset at disconnect) passes the group's
+    earlier version: dynamic policy, reset at disconnect, no closed traffic
+    filter in its defaults) passes the group's
     ``config_version`` -- vCenter refuses the spec if the group changed since
     -- and its current ``num_ports``: fewer would make vCenter delete free
     ports (or refuse, below the connected ones); a connected NIC keeps its
@@ -91,8 +93,11 @@ def default_port_config(vlan: inventory.Vlan
                         ) -> VmwareDVS.VmwarePortConfigPolicy:
     """The group's port defaults: its VLAN (or trunk), not blocked, Neutron's port
     security (promiscuous mode, MAC changes and forged transmits rejected;
-    a port opens them itself), no shaping.  The traffic filter is left to
-    the switch (none): ports carry their own."""
+    a port opens them itself), no shaping, and a traffic filter that drops
+    all IPv4 and IPv6 both ways (:func:`closed_default`): a port the driver
+    has not configured -- free, released, or taken by a NIC before the
+    driver got to it -- is closed; the ports the driver configures carry a
+    filter of their own."""
     reject = vim.BoolPolicy(inherited=False, value=False)
     no_limit = vim.dvs.DistributedVirtualPort.TrafficShapingPolicy(
         inherited=False, enabled=vim.BoolPolicy(inherited=False, value=False))
@@ -102,18 +107,32 @@ def default_port_config(vlan: inventory.Vlan
         securityPolicy=VmwareDVS.SecurityPolicy(
             inherited=False, allowPromiscuous=reject, macChanges=reject,
             forgedTransmits=reject),
-        inShapingPolicy=no_limit, outShapingPolicy=no_limit)
+        inShapingPolicy=no_limit, outShapingPolicy=no_limit,
+        filterPolicy=closed_default().filterPolicy)
+
+
+def closed_default() -> VmwareDVS.VmwarePortConfigPolicy:
+    """A default port config that sets only the closed traffic filter
+    (:data:`ports.CLOSED_RULES`, built as a port's rules are): merged
+    into a group's defaults by a reconfigure, it changes nothing else."""
+    return VmwareDVS.VmwarePortConfigPolicy(
+        filterPolicy=ports.closed_filter())
 
 
 def convert_port_group_spec(config_version: str | None, num_ports: int
                             ) -> vim.dvs.DistributedVirtualPortgroup.ConfigSpec:
     """The smallest spec turning a group made by an earlier version into
-    one that holds per-port settings (static, :func:`port_group_policy`),
-    in place: its ports, connected NICs and everything else stay (vCenter
-    merges a reconfigure spec; the simulator does since patch 0008)."""
+    one that holds per-port settings (static, :func:`port_group_policy`)
+    and whose ports are closed until configured (:func:`closed_default`),
+    in place: its VLAN, its other defaults, its ports (and their own
+    settings), connected NICs and everything else stay.  vCenter merges a
+    reconfigure spec, and in ``defaultPortConfig`` policy by policy: only
+    ``filterPolicy`` is sent, whole (the simulator does the same since
+    patch 0008: each policy the spec sets replaces the group's)."""
     return vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
         configVersion=config_version, type="earlyBinding", autoExpand=True,
-        numPorts=max(8, num_ports or 0), policy=port_group_policy())
+        numPorts=max(8, num_ports or 0), policy=port_group_policy(),
+        defaultPortConfig=closed_default())
 
 
 def create_dvs_port_groups(session: Session, dvs: Any,

@@ -396,7 +396,8 @@ def test_stale_config_version_changes_nothing(session, reader):
             == (None, p1.config_version)
         assert raw[p1.key].config.setting.blocked.inherited is True
         assert raw[p2.key].config.name == "by hand"
-        assert raw[p2.key].config.setting.filterPolicy is None
+        # Not its own: the group's (closed) filter, inherited.
+        assert raw[p2.key].config.setting.filterPolicy.inherited is True
         with pytest.raises(exceptions.NotFound):
             ports.reconfigure_ports(session, dvs, [("no-such-port", "0", "x",
                                                     None)], "unknown port")
