@@ -24,30 +24,16 @@ from networking_vcenter.vsphere import session as session_mod
 from networking_vcenter.vsphere import switches
 from networking_vcenter.vsphere.inventory import PortSettings, TrafficRule
 from networking_vcenter.vsphere.replica import Replica
-from tests.fixtures.vcsim import Vcsim
 from tests.fixtures.vsphere_reader import (
-    DROP_ALL_IP, Reader, dv_port_rules, effective_rules, filter_rules)
+    DROP_ALL_IP, dv_port_rules, effective_rules, filter_rules)
 from tests.functional import test_ports
-from tests.functional.test_ports_vsphere import (
+from tests.functional.test_ports_vsphere import (  # noqa: F401 (fixtures)
     _as, _destroy, _off, _on_port, _our_group, _raw_ports, _set_nic,
-    _settings, _vm)
+    _settings, _vm, reader, sim)
 
 SSH = (TrafficRule(inventory.OUTGOING, "accept", protocol=6,
                    source="192.0.2.0/24", destination_ports=(22, 22)),
        TrafficRule(inventory.OUTGOING, "drop", source="0.0.0.0/0"))
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with Vcsim(clusters=1, hosts=2, vms=2) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def reader(sim):
-    r = Reader(sim.connect())
-    yield r
-    r.close()
 
 
 @pytest.fixture
