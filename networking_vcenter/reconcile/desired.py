@@ -180,7 +180,6 @@ class PortSpec:
     qos: tuple[BandwidthLimit, ...] = ()
     status: str = ""                    # Neutron's port status
     device_owner: str = ""
-    changed_at: float | None = None     # epoch seconds of its updated_at
     trunk: "TrunkSpec | None" = None    # the trunk this port is parent of
     trunk_parent: str | None = None     # a subport: its trunk's parent
     # The DV port key its committed binding gave Nova (vif_details

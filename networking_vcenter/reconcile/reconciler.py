@@ -88,7 +88,8 @@ class PortPass:
     plan: plan_mod.PortPlan                 # the last round's plan
     outcome: apply_mod.PortOutcome
     kept: set[str] = dataclasses.field(default_factory=set)
-                                            # too young to release
+                                            # not bound, binding host ours:
+                                            # their reservations stay
 
 
 class Reconciler:
@@ -254,7 +255,7 @@ class Reconciler:
                 dry_run, progress, self._std_security(inv, nets, None, bound))
             if port_source is not None:
                 result.ports = self.sync_ports(
-                    None, source, port_source, wait=LOCK_WAIT, grace=grace,
+                    None, source, port_source, wait=LOCK_WAIT,
                     dry_run=dry_run, refresh=self.replica is not None,
                     specs=bound)
             return result
@@ -379,7 +380,7 @@ class Reconciler:
 
     def sync_ports(self, port_ids: set[str] | None, source: NetworkSource,
                    port_source: PortSource, wait: float = -1,
-                   grace: float = 0, dry_run: bool = False,
+                   dry_run: bool = False,
                    refresh: bool = False, report_status: bool = True,
                    fresh: bool = True,
                    networks: Iterable[str] = (),
@@ -407,8 +408,7 @@ class Reconciler:
           even when the replica shows it right (a bind: vCenter then says
           the key is this port's at that moment).
 
-        ``grace``: reservations of ports changed within that many seconds
-        are kept too.  ``refresh`` reads the ports of our port groups fresh
+        ``refresh`` reads the ports of our port groups fresh
         first (the full pass: vCenter reports no change for a port edited
         by hand).  With nothing to change it makes no vCenter call.
         ``specs``: what ``port_source(port_ids)`` answers, when the caller
@@ -416,11 +416,10 @@ class Reconciler:
         """
         if specs is None:
             specs = list(port_source(port_ids))
-        now = time.time()
         bound = [p for p in specs if p.physnet]
-        young = {p.id for p in specs if not p.physnet and (
-            p.host in self.settings.compute_hosts or (
-                grace and p.changed_at and now - p.changed_at < grace))}
+        # Not bound, but with one of our hosts: its binding may be under way.
+        young = {p.id for p in specs if not p.physnet and
+                 p.host in self.settings.compute_hosts}
         net_ids = {p.network_id for p in bound}
         nets = {n.id: n for n in source(net_ids)} if net_ids else {}
         inv = self.inventory()

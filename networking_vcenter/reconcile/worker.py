@@ -260,8 +260,7 @@ class Maintenance:
     def _ports(self, port_ids: set[str]) -> None:
         try:
             result = self._rec.sync_ports(port_ids, self._source,
-                                          self._port_source, wait=LOCK_WAIT,
-                                          grace=self._grace)
+                                          self._port_source, wait=LOCK_WAIT)
         except Exception as exc:  # noqa: BLE001 - keep the loop alive
             if not isinstance(exc, exceptions.VCenterError):
                 LOG.exception("vcenter maintenance: ports %s",
@@ -276,8 +275,6 @@ class Maintenance:
             self._retry(PORT + port_id, "DV port not updated")
         for port_id in port_ids - again:
             self._attempts.pop(PORT + port_id, None)
-        if result.kept:
-            self.enqueue((PORT + i for i in result.kept), self._grace)
 
     def _retry(self, key: str, why: str) -> None:
         n = self._attempts.get(key, 0)
@@ -347,8 +344,6 @@ class Maintenance:
                  len(ports.plan.conflicts))
         for step in [s for s, _ in pout.failed] + pout.stale:
             self._retry(PORT + step.port_id, "failed in the full pass")
-        if ports.kept:
-            self.enqueue((PORT + i for i in ports.kept), self._grace)
 
 
 class MaintenanceWorker(n_worker.BaseWorker):

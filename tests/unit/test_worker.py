@@ -55,7 +55,7 @@ class Rec:
         return types.SimpleNamespace(outcome=apply_mod.Outcome(),
                                      networks=[], skipped=set(), ports=None)
 
-    def sync_ports(self, port_ids, source, port_source, wait=-1, grace=0):
+    def sync_ports(self, port_ids, source, port_source, wait=-1):
         with self.lock:
             self.calls.append((frozenset(port_ids), time.monotonic()))
         return types.SimpleNamespace(outcome=apply_mod.PortOutcome(),
