@@ -78,7 +78,8 @@ class VSphere:
         from pyVmomi import vim
         return [f"distributed port group {pg.name} ({pg._moId}) on "
                 f"{pg.config.distributedVirtualSwitch.name}, VLAN "
-                f"{pg.config.defaultPortConfig.vlan.vlanId}, key {pg.key}"
+                f"{pg.config.defaultPortConfig.vlan.vlanId}, key {pg.key}; "
+                f"{unconfigured_text(pg.config.defaultPortConfig)}"
                 for pg in self._all(vim.dvs.DistributedVirtualPortgroup)
                 if pg.name == name]
 
@@ -114,11 +115,31 @@ class VSphere:
 def traffic_rules(dv_port) -> list:
     """The DV port's own traffic rules, in their order."""
     fp = dv_port.config.setting.filterPolicy
-    if fp is None or fp.inherited or not fp.filterConfig:
+    if fp is None or fp.inherited:
+        return []
+    return filter_rules(fp)
+
+
+def filter_rules(fp) -> list:
+    """The rules of a filter policy (a port's or a group's), in order."""
+    if fp is None or not fp.filterConfig:
         return []
     ruleset = fp.filterConfig[0].trafficRuleset
     return sorted(ruleset.rules or [], key=lambda r: r.sequence) \
         if ruleset and ruleset.enabled else []
+
+
+def unconfigured_text(default_config) -> str:
+    """What a DV port of the group gets until the driver configures it
+    (free, released, or taken by a NIC without a key): the group's
+    default filter."""
+    from pyVmomi import vim
+    rules = filter_rules(default_config.filterPolicy)
+    if rules and all(isinstance(r.action, vim.dvs.TrafficRule.DropAction)
+                     for r in rules):
+        return (f"ports not configured by the driver: {len(rules)} rules, "
+                f"all drop (IPv4 and IPv6, both ways)")
+    return f"ports not configured by the driver: OPEN ({len(rules)} rules)"
 
 
 def dv_rule_text(rule) -> str:
