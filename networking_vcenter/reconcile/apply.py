@@ -115,6 +115,9 @@ class Applier:
         """Run port steps: many ports per ReconfigureDVPort task (up to
         ``dvs_batch_size``), each spec with the configVersion the plan saw.
 
+        The ports of a task that succeeded are read back by the session's
+        task watcher before its wait ends (the replica, which then holds
+        their new configVersion; not without one: the CLI reads them).
         A task is all or nothing: one refused for a port changed meanwhile
         (ConcurrentModification) leaves its steps *stale*, to be planned
         again from a fresh read; one refused for any other reason is split
@@ -163,11 +166,15 @@ class Applier:
                    for s in chunk]
         what = (chunk[0].describe() if len(chunk) == 1 else
                 f"reconfigure {len(chunk)} ports on {dvs.name}")
+        mac = ports_mod.mac_management_supported(dvs)
         try:
             out.tasks += 1
-            ports_mod.reconfigure_ports(
-                self._session, dvs.ref, changes, what,
-                mac_management=ports_mod.mac_management_supported(dvs))
+            # ports.reconfigure_ports's one task, whose ports the session's
+            # task watcher (the replica) reads back before the wait ends.
+            self._session.run_task(
+                what, dvs.ref.ReconfigureDVPort_Task,
+                [ports_mod.port_spec(c, mac) for c in changes],
+                read_back=(dvs.ref, frozenset(s.key for s in chunk)))
         except exceptions.ConcurrentModification:
             out.stale.extend(chunk)
         except exceptions.VCenterError as exc:

@@ -607,9 +607,17 @@ class Reconciler:
     def _read_back(self, inv: inventory.Inventory,
                    out: apply_mod.PortOutcome) -> inventory.Inventory:
         """The inventory once this process's replica shows what ``out``
-        wrote: the ports written, read one by one (a small read however big
+        wrote: the ports written, read by key (a small read however big
         their groups), and whole groups where steps were refused or ports
-        added."""
+        added.
+
+        The ports written are read by the replica itself, in its thread,
+        when it sees their task end -- before the task's wait returns
+        (``Session.run_task(read_back=...)``, the replica being the
+        session's task watcher): nothing is read here for them, and the
+        replica's snapshot already has their new configVersion.  Only
+        without that (no replica, or one not watching this session's
+        tasks) are they read here."""
         whole = {s.portgroup_key for s in out.stale
                  if s.portgroup_key not in out.grown} | \
             {s.portgroup_key for s, _ in out.failed}
@@ -617,11 +625,12 @@ class Reconciler:
             done = {s.portgroup_key for s in out.done}
             return self._refresh_ports(inv, whole | done)
         by_switch: dict[str, set[str]] = {}
-        for s in out.done:
-            if s.portgroup_key not in whole:
-                dvs = inv.dvs(s.switch)
-                if dvs is not None:
-                    by_switch.setdefault(dvs.moid, set()).add(s.key)
+        if self.session.watcher is not self.replica:
+            for s in out.done:
+                if s.portgroup_key not in whole:
+                    dvs = inv.dvs(s.switch)
+                    if dvs is not None:
+                        by_switch.setdefault(dvs.moid, set()).add(s.key)
         for dvs_moid, keys in by_switch.items():
             self.replica.refresh_port_keys(dvs_moid, keys)
         if out.grown:

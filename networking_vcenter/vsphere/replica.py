@@ -38,8 +38,24 @@ so that it costs what changed, not the group's size; a group that came,
 became ours, or whose policy, default port config, type or switch changed
 is read whole.  On demand, :meth:`Replica.refresh_ports` reads whole groups
 (the reconciler's full pass sees hand edits of port settings that way) and
-:meth:`Replica.refresh_port_keys` the ports this process wrote.  Groups
-whose ports changed are reported in :attr:`Event.portgroups`.
+:meth:`Replica.refresh_port_keys` given ports.  Groups whose ports changed
+are reported in :attr:`Event.portgroups`.
+
+The session's tasks are awaited on the replica's collector too
+(:meth:`Replica.watch_tasks`, once the replica runs: it is the session's
+task watcher): the waiting thread adds a filter over its tasks' state,
+error and result to the collector (one ``CreateFilter``) and sleeps; vCenter
+answers the replica's long poll with the tasks' current values, and the
+replica thread routes them to the waiters.  When the tasks of a wait have
+ended, the DV ports they wrote are read by key in the replica thread (one
+small ``FetchDVPorts`` per switch for all the waits that ended together) and
+published before the waiter wakes: a write is trusted only as vCenter
+answers it -- the task's success -- and the next plan still starts from a
+read, with each port's new configVersion.  The filters of ended waits are
+destroyed by the replica thread before its next poll.  A reload makes the
+collector anew: waits whose tasks had ended are answered by its full read,
+the others are watched again on the new collector (a task's end is an
+"enter" of its final state there, never lost).
 
 Nothing here writes to vCenter.
 """
@@ -52,6 +68,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from pyVmomi import vim, vmodl
@@ -110,6 +127,35 @@ class Event:
     full: bool = False                       # changed; or everything
     portgroups: frozenset[str] = frozenset()  # keys of our distributed port
                                               # groups whose ports changed
+
+
+@dataclasses.dataclass(eq=False)
+class _TaskWait:
+    """One thread's wait for its tasks on the replica's collector."""
+
+    what: str
+    tasks: list[Any]
+    read_back: tuple[Any, frozenset[str]] | None   # (switch, port keys)
+    info: dict[str, dict[str, Any]]   # task moid -> {path: value}
+    filter: Any = None                # its filter on the current collector
+    on: int | None = None             # the collector generation it is on
+    ended: bool = False               # every task ended (seen, not yet told)
+    done: bool = False                # ended, and its ports read: answered
+    error: Exception | None = None    # the replica lost track of a task
+
+
+TASK_PATHS = ["info.state", "info.error", "info.result"]
+
+
+def _task_filter(tasks: list[Any]) -> Any:
+    return PC.FilterSpec(
+        objectSet=[PC.ObjectSpec(obj=t) for t in tasks],
+        propSet=[PC.PropertySpec(type=vim.Task, pathSet=TASK_PATHS)])
+
+
+def _ended(entry: _TaskWait) -> bool:
+    return all(p.get("info.state") in ("success", "error")
+               for p in entry.info.values())
 
 
 @dataclasses.dataclass
@@ -178,6 +224,15 @@ class Replica:
         self._views: list[Any] = []
         self._version = ""
         self._session_generation = -1
+        self._filter_moid: str | None = None   # the inventory's filter
+        # Task waits (under self._cond): the waits; whether their filters
+        # may go on the collector now (it is made and read), and which
+        # collector that is (a generation, bumped by each reload); filters
+        # of the current collector the replica thread is to destroy.
+        self._waits: list[_TaskWait] = []
+        self._watching = False
+        self._collector_gen = 0
+        self._dead: list[Any] = []
         self.error: Exception | None = None   # why it is not current
         self.reloads = 0                       # full reads done
         self.last_contact: float | None = None  # monotonic: vCenter's last
@@ -278,18 +333,208 @@ class Replica:
             obj = self._objects.get(dvs_moid)
         if obj is None:
             return
-        with self._read_lock:
-            self._reads += 1
-            read = self._reads
-        fresh = ports_mod.fetch_port_keys(self._session, obj.ref, port_keys)
-        by_group: dict[str, tuple[set[str], list[inventory.DvPort]]] = {}
-        for p in fresh:
-            by_group.setdefault(p.portgroup_key, (set(), []))[1].append(p)
+        read, by_group = self._read_keys({dvs_moid: (obj.ref,
+                                                     set(port_keys))})
         with self._cond:
             changed = self._merge_ports(read, by_group)
             if changed:
                 self._generation += 1
                 self._cond.notify_all()
+
+    def _read_keys(self, wanted: dict[str, tuple[Any, set[str]]]):
+        """Read these ports ({switch moid: (switch, port keys)}), one
+        FetchDVPorts per switch: the read's number and {group key: (no
+        key to drop, the ports read)}, for :meth:`_merge_ports`."""
+        with self._read_lock:
+            self._reads += 1
+            read = self._reads
+        by_group: dict[str, tuple[set[str], list[inventory.DvPort]]] = {}
+        for moid in sorted(wanted):
+            ref, keys = wanted[moid]
+            for p in ports_mod.fetch_port_keys(self._session, ref, keys):
+                by_group.setdefault(p.portgroup_key,
+                                    (set(), []))[1].append(p)
+        return read, by_group
+
+    # -- task waits ---------------------------------------------------------
+
+    def watch_tasks(self, tasks: Any, what: str, deadline: float,
+                    read_back: tuple[Any, frozenset[str]] | None
+                    ) -> dict[str, dict[str, Any]] | None:
+        """Wait for ``tasks`` on the replica's collector (the session's
+        :class:`~networking_vcenter.vsphere.session.TaskWatcher`): one
+        ``CreateFilter`` in the calling thread, then a sleep until the
+        replica thread has seen every task end and -- all succeeded, with
+        ``read_back`` (switch, port keys) -- has read and published those
+        ports.  Answers {task moid: {"info.state", "info.error",
+        "info.result"}}, or None when the replica cannot watch them (not
+        current, stopping, its collector gone before the filter was on
+        it): the session then waits on a collector of its own.  Raises
+        TaskTimeout at ``deadline``, OutOfTime at the calling thread's
+        budget, TransientFault if a task is lost (vCenter no longer knows
+        it)."""
+        session = self._session
+        entry = _TaskWait(what, list(tasks), read_back,
+                          {t._moId: {} for t in tasks})
+        with self._cond:
+            if not self._watching or not self.current or \
+                    self._stop.is_set():
+                return None
+            collector, gen = self._collector, self._collector_gen
+            self._waits.append(entry)
+        try:
+            try:
+                flt = session.call(f"{what}: watch its task(s)",
+                                   collector.CreateFilter,
+                                   _task_filter(entry.tasks),
+                                   partialUpdates=False)
+            except exceptions.OutOfTime:
+                raise
+            except exceptions.VCenterError as exc:
+                with self._cond:
+                    if entry.on is None and not entry.done:
+                        # Not watched again by a reload meanwhile.
+                        LOG.debug("%s: not watched by the replica (%s)",
+                                  what, exc)
+                        return None
+            else:
+                with self._cond:
+                    if gen == self._collector_gen and self._watching:
+                        if entry.done or entry.error is not None:
+                            self._dead.append(flt)
+                        elif entry.on is None:
+                            entry.filter, entry.on = flt, gen
+                    # Otherwise it is on a collector that is gone (a
+                    # reload): the reload watches the tasks again.
+            with self._cond:
+                while True:
+                    if entry.error is not None:
+                        raise entry.error
+                    if entry.done:
+                        return entry.info
+                    if self._stop.is_set():
+                        return None
+                    remaining = deadline - time.monotonic()
+                    left = session.time_left()
+                    if left is not None and left <= 0:
+                        raise exceptions.OutOfTime(
+                            what, "the time budget is spent before its "
+                                  "task(s) ended")
+                    if remaining <= 0:
+                        raise exceptions.TaskTimeout(
+                            what, f"not finished after "
+                                  f"{self._settings.task_timeout}s")
+                    self._cond.wait(remaining if left is None
+                                    else min(remaining, left))
+        finally:
+            with self._cond:
+                self._waits = [e for e in self._waits if e is not entry]
+                if entry.filter is not None and \
+                        entry.on == self._collector_gen and self._watching:
+                    self._dead.append(entry.filter)
+                entry.filter = None
+
+    def _task_updates(self, sets: list[Any]) -> list[_TaskWait]:
+        """Route the tasks' changes of an update to their waits (by task:
+        a wait may not have learnt its filter yet); answers the waits
+        whose tasks have all ended now."""
+        ended = []
+        with self._cond:
+            for fs in sets:
+                for ou in fs.objectSet or []:
+                    for entry in self._waits:
+                        props = entry.info.get(ou.obj._moId)
+                        if props is None:
+                            continue
+                        for change in ou.changeSet or []:
+                            props[change.name] = change.val
+                for missing in fs.missingSet or []:
+                    for entry in self._waits:
+                        if missing.obj._moId in entry.info:
+                            entry.error = exceptions.TransientFault(
+                                entry.what, "lost track of its task(s): "
+                                            "vCenter no longer has "
+                                            f"{missing.obj._moId}")
+            for entry in self._waits:
+                if not entry.ended and entry.error is None and \
+                        _ended(entry):
+                    entry.ended = True
+                    ended.append(entry)
+            self._cond.notify_all()
+        return ended
+
+    def _answer(self, ended: list[_TaskWait]) -> None:
+        """Wake the waits whose tasks all ended, once the ports they wrote
+        are read and published: their next plan starts from vCenter's
+        answer (listeners are not told: this process wrote them).  First
+        thing after the long poll answered, before the inventory's own
+        reads."""
+        written = self._read_written(ended)
+        with self._cond:
+            if written and self._merge_ports(*written):
+                self._generation += 1
+            for entry in ended:
+                entry.done = True
+                if entry.filter is not None:
+                    self._dead.append(entry.filter)
+                    entry.filter = None
+            self._cond.notify_all()
+
+    def _read_written(self, ended: list[_TaskWait]):
+        """Read the ports that the waits whose tasks all succeeded wrote
+        (:meth:`_read_keys`); None if none."""
+        wanted: dict[str, tuple[Any, set[str]]] = {}
+        for entry in ended:
+            if entry.read_back is None or any(
+                    p.get("info.state") != "success"
+                    for p in entry.info.values()):
+                continue
+            dvs, keys = entry.read_back
+            wanted.setdefault(dvs._moId, (dvs, set()))[1].update(keys)
+        return self._read_keys(wanted) if wanted else None
+
+    def _watch_again(self, pending: list[_TaskWait]) -> None:
+        """Put the filters of waits made on a collector that is gone on
+        the new one (the replica thread, after a reload)."""
+        for entry in pending:
+            with self._cond:
+                if entry.on is not None or entry.done or \
+                        not any(e is entry for e in self._waits):
+                    continue
+                collector, gen = self._collector, self._collector_gen
+            try:
+                flt = self._session.call(
+                    f"{entry.what}: watch its task(s) again",
+                    collector.CreateFilter, _task_filter(entry.tasks),
+                    partialUpdates=False)
+            except exceptions.NotFound as exc:
+                if self._session.generation != self._session_generation:
+                    raise           # the session was lost: reload again
+                with self._cond:    # the task is gone
+                    entry.error = exceptions.TransientFault(
+                        entry.what, f"lost track of its task(s): "
+                                    f"{exc.fault}")
+                    self._cond.notify_all()
+                continue
+            with self._cond:
+                if gen != self._collector_gen:
+                    continue        # gone with that collector
+                if entry.on is None and not entry.done and \
+                        any(e is entry for e in self._waits):
+                    entry.filter, entry.on = flt, gen
+                else:
+                    self._dead.append(flt)
+
+    def _drop_filters(self) -> None:
+        """Destroy the filters of waits that ended or gave up."""
+        with self._cond:
+            dead, self._dead = self._dead, []
+        for flt in dead:
+            try:
+                self._session.call("stop watching task(s)",
+                                   flt.DestroyPropertyFilter, attempts=0)
+            except exceptions.VCenterError:
+                pass    # gone with the collector at the latest
 
     # -- life cycle -------------------------------------------------------
 
@@ -307,14 +552,17 @@ class Replica:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
+        # The session's tasks are awaited here from now on.
+        self._session.attach(self)
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name="vcenter-replica")
         self._thread.start()
 
     def stop(self) -> None:
+        self._session.detach(self)
         self._stop.set()
         with self._cond:
-            self._cond.notify_all()
+            self._cond.notify_all()     # task waits go on without us
         collector = self._collector
         if collector is not None:
             try:   # wake the long poll; best effort
@@ -364,7 +612,8 @@ class Replica:
                 delay = min(delay * 2, RETRY_DELAY[1])
 
     def _reload(self) -> None:
-        """Make the collector and filter anew and read everything."""
+        """Make the collector and filter anew and read everything; then
+        watch the tasks of waits again there."""
         self._destroy_collector()
         session = self._session
         content = session.content
@@ -403,8 +652,9 @@ class Replica:
             types.append((vim.CustomFieldsManager, FIELD_PATHS))
         spec = PC.FilterSpec(objectSet=objects, propSet=[
             PC.PropertySpec(type=t, pathSet=p) for t, p in types])
-        session.call("watch the inventory", collector.CreateFilter, spec,
-                     partialUpdates=False)
+        self._filter_moid = session.call(
+            "watch the inventory", collector.CreateFilter, spec,
+            partialUpdates=False)._moId
         fresh: dict[str, _Obj] = {}
         version = ""
         while True:   # the first answer may come in several parts
@@ -414,7 +664,7 @@ class Replica:
             if update is None:
                 break
             version = update.version
-            self._apply(update, fresh, None)
+            self._apply(self._inventory_part(update), fresh, None)
             if not update.truncated:
                 break
         read, ports = self._fetch(self._our_groups(fresh))
@@ -429,9 +679,21 @@ class Replica:
             self.error = None
             self.reloads += 1
             self.last_contact = time.monotonic()
+            # Task waits: their filters went with the old collector.  Those
+            # whose tasks had ended are answered: this read has their ports.
+            self._collector_gen += 1
+            self._watching = True
+            pending = []
+            for entry in self._waits:
+                entry.filter, entry.on = None, None
+                if entry.ended:
+                    entry.done = True
+                elif not entry.done and entry.error is None:
+                    pending.append(entry)
             self._cond.notify_all()
         LOG.info("vCenter replica: read %d objects and the ports of %d port "
                  "group(s) (reload %d)", len(fresh), len(ports), self.reloads)
+        self._watch_again(pending)
         self._notify(Event(full=True))
 
     def _host_containers(self, content: Any) -> list[Any]:
@@ -449,7 +711,15 @@ class Replica:
             return [found[c][0] for c in wanted]
         return [content.rootFolder]
 
+    def _inventory_part(self, update: Any) -> Any:
+        """An update's changes seen by the inventory's filter (the others
+        are task waits')."""
+        return SimpleNamespace(filterSet=[
+            fs for fs in update.filterSet or []
+            if fs.filter._moId == self._filter_moid])
+
     def _poll(self) -> None:
+        self._drop_filters()
         update = self._session.call(
             "wait for inventory changes", self._collector.WaitForUpdatesEx,
             self._version, PC.WaitOptions(maxWaitSeconds=LONG_POLL),
@@ -457,6 +727,13 @@ class Replica:
         self.last_contact = time.monotonic()
         if update is None or self._stop.is_set():
             return
+        version = update.version
+        ended = self._task_updates([
+            fs for fs in update.filterSet or []
+            if fs.filter._moId != self._filter_moid])
+        if ended:
+            self._answer(ended)
+        update = self._inventory_part(update)
         event = Event()
         with self._cond:
             before = self._objects
@@ -479,7 +756,7 @@ class Replica:
                        for ou in fs.objectSet or [])
         with self._cond:
             self._objects = objects
-            self._version = update.version
+            self._version = version
             changed = self._store_ports(read, found, touched, publish=False)
             changed |= self._merge_ports(read_narrow, found_narrow)
             if whole is not None:
@@ -492,6 +769,9 @@ class Replica:
             event = dataclasses.replace(event, portgroups=changed)
         if event.full or event.networks or event.portgroups:
             self._notify(event)
+        # Ended waits' filters: not watched any longer (after the waiters
+        # woke, before the next poll).
+        self._drop_filters()
 
     # -- ports ------------------------------------------------------------
 
@@ -720,6 +1000,9 @@ class Replica:
         return changed
 
     def _destroy_collector(self) -> None:
+        with self._cond:
+            self._watching = False      # task filters go with it
+            self._dead = []
         collector, views = self._collector, self._views
         self._collector, self._views = None, []
         for obj, fn in [(v, "DestroyView") for v in views] + \

@@ -19,7 +19,11 @@ which are calls with a concurrency cap), which
   after the deadline is not made.
 
 Tasks are awaited together with one property-collector filter and
-``WaitForUpdatesEx`` under one deadline, rather than polled one by one.  At most
+``WaitForUpdatesEx`` under one deadline, rather than polled one by one: on the
+live replica's own collector when one is attached (:meth:`Session.attach`; one
+``CreateFilter`` per wait, no collector of its own, and the ports a task wrote
+read by the replica before the wait returns), else on a collector made for the
+wait (the CLI, or while the replica is not current).  At most
 ``max_parallel_tasks`` tasks run at once (vCenter becomes unstable under many
 parallel tasks); standard port group writes on hosts, which are not vCenter
 tasks, have their own cap, ``max_parallel_host_writes``, and run on threads the
@@ -37,7 +41,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import tenacity
 from pyVmomi import SoapStubAdapter, vim, vmodl
@@ -136,6 +140,29 @@ def retriable(exc: BaseException) -> bool:
         not isinstance(exc, NOT_RETRIED)
 
 
+# What a task wrote that must be read before its wait returns: (the switch,
+# the keys of the DV ports written).
+ReadBack = tuple[Any, frozenset[str]]
+
+
+class TaskWatcher(Protocol):
+    """What waits for tasks on a collector that is watched already (the
+    replica, :class:`~networking_vcenter.vsphere.replica.Replica`)."""
+
+    def watch_tasks(self, tasks: Sequence[vim.Task], what: str,
+                    deadline: float, read_back: ReadBack | None
+                    ) -> dict[str, dict[str, Any]] | None:
+        """Each task's {"info.state", "info.error", "info.result"} once all
+        ended (and, with ``read_back``, once the watcher holds those ports
+        as vCenter shows them after the tasks); None when it cannot watch
+        (not current): the session waits on its own collector instead.
+        Never past ``deadline`` (TaskTimeout) nor the calling thread's
+        budget (OutOfTime); typed errors as :meth:`Session.call`."""
+
+    def refresh_port_keys(self, dvs_moid: str, port_keys: Any) -> None:
+        """Read these ports of one switch now, in the caller's thread."""
+
+
 class _BudgetSpent(Exception):
     """Raised inside pyVmomi when a request would start after the deadline;
     turned into OutOfTime with the call's words by Session.call."""
@@ -222,6 +249,7 @@ class Session:
         self._local = threading.local()
         self._unreachable_at: float | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._watcher: TaskWatcher | None = None
 
     @property
     def generation(self) -> int:
@@ -233,6 +261,24 @@ class Session:
     @property
     def max_parallel_host_writes(self) -> int:
         return self._settings.max_parallel_host_writes
+
+    # -- the task watcher ---------------------------------------------------
+
+    def attach(self, watcher: TaskWatcher) -> None:
+        """Wait for tasks on ``watcher`` (the running replica) from now on."""
+        self._watcher = watcher
+
+    def detach(self, watcher: TaskWatcher) -> None:
+        """Wait on collectors of the session's own again (``watcher``
+        stops)."""
+        if self._watcher is watcher:
+            self._watcher = None
+
+    @property
+    def watcher(self) -> TaskWatcher | None:
+        """The attached task watcher, if any: it reads back the ports
+        :meth:`run_task` is told were written."""
+        return self._watcher
 
     def unreachable_for(self) -> float | None:
         """Seconds since vCenter was last found unreachable; None if it
@@ -437,13 +483,16 @@ class Session:
                           self._host_write_slots)
 
     def run_task(self, what: str, fn: Callable[..., Any], *args: Any,
-                 **kwargs: Any) -> Any:
+                 read_back: ReadBack | None = None, **kwargs: Any) -> Any:
         """Start a task and wait for it; its result, or the typed error of
         the fault it ended in.  At most ``max_parallel_tasks`` tasks run at
-        once per process: the slot is held until the task has ended."""
+        once per process: the slot is held until the task has ended.
+        ``read_back``: the DV ports the task writes, (switch, port keys),
+        read by the attached watcher (the replica) once the task succeeded
+        and before this returns (see :meth:`wait_for_tasks`)."""
         with self._slot(self._task_slots, what):
             task = self.call(what, fn, *args, **kwargs)
-            return self.wait_for_tasks([task], what)[0]
+            return self.wait_for_tasks([task], what, read_back)[0]
 
     def run_parallel(self, fn: Callable[[Any], T],
                      items: Sequence[Any]) -> list[T]:
@@ -534,17 +583,27 @@ class Session:
 
     # -- tasks -------------------------------------------------------------
 
-    def wait_for_tasks(self, tasks: Sequence[vim.Task],
-                       what: str) -> list[Any]:
+    def wait_for_tasks(self, tasks: Sequence[vim.Task], what: str,
+                       read_back: ReadBack | None = None) -> list[Any]:
         """Wait for all ``tasks``; return their results in order.
 
         One property-collector filter over the tasks' state, error and
         result, and ``WaitForUpdatesEx``: one round trip per change rather
-        than a poll per task.  Waits at most ``task_timeout`` (then
-        :class:`TaskTimeout`) and never past the budget's deadline (then
-        :class:`OutOfTime`).  A task that ended in error raises the typed
-        error of its fault (ResourceInUse -> InUse, DuplicateName ->
-        DuplicateName...; TaskFailed for the others).
+        than a poll per task.  With a watcher attached (the replica) the
+        filter goes on its collector, which it long-polls anyway: one
+        ``CreateFilter`` here, and the watcher's thread sees the tasks end;
+        otherwise -- no watcher (the CLI), or it is not current -- on a
+        collector made for this wait and destroyed after.  Waits at most
+        ``task_timeout`` (then :class:`TaskTimeout`) and never past the
+        budget's deadline (then :class:`OutOfTime`).  A task that ended in
+        error raises the typed error of its fault (ResourceInUse -> InUse,
+        DuplicateName -> DuplicateName...; TaskFailed for the others).
+
+        ``read_back`` (switch, port keys): when all tasks succeeded, the
+        watcher holds these DV ports as vCenter shows them after the tasks
+        (their new configVersion) before this returns -- read by the
+        watcher's own thread when it saw the tasks end, or here after a
+        wait on an own collector.  Without a watcher it is not read.
         """
         if not tasks:
             return []
@@ -553,8 +612,22 @@ class Session:
         outer = self.deadline
         # Everything below, retries included, ends by the task deadline too.
         bound = deadline if outer is None else min(outer, deadline)
+        watcher = self._watcher
         try:
-            info = self._watch_tasks(tasks, deadline, bound, what)
+            info = None
+            if watcher is not None:
+                with self.until(bound):
+                    info = watcher.watch_tasks(tasks, what, deadline,
+                                               read_back)
+            if info is None:
+                info = self._watch_tasks(tasks, deadline, bound, what)
+                if read_back is not None and watcher is not None and all(
+                        p.get("info.state") == "success"
+                        for p in info.values()):
+                    # Waited on an own collector: the ports are read here.
+                    with self.until(bound):
+                        watcher.refresh_port_keys(read_back[0]._moId,
+                                                  read_back[1])
         except exceptions.OutOfTime as exc:
             if outer is None or deadline < outer:
                 raise exceptions.TaskTimeout(
