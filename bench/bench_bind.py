@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import dataclasses
 import shutil
 import statistics
@@ -53,8 +52,9 @@ import uuid
 
 import bench_ports
 from bench_common import (  # noqa: E402 - puts the repository on sys.path
-    DVS_NAME, REPLICA_THREAD, Vcsim, commit, machine, reconciler)
-from pyVmomi import SoapAdapter, vim  # noqa: E402
+    DVS_NAME, REPLICA_THREAD, SoapCounter, Vcsim, commit, find_named,
+    machine, reconciler)
+from pyVmomi import vim  # noqa: E402
 
 from networking_vcenter.reconcile.reconciler import Reconciler  # noqa: E402
 from networking_vcenter.vsphere import ports as ports_mod  # noqa: E402
@@ -70,40 +70,19 @@ class Bind:
     replica: collections.Counter    # requests of the replica's thread
 
 
-@contextlib.contextmanager
-def requests():
-    """[(thread name, method)] of the SOAP requests made in the block, the
-    replica's long poll left out."""
-    calls: list[tuple[str, str]] = []
-    real = SoapAdapter.SoapStubAdapter.InvokeMethod
-    lock = threading.Lock()
-
-    def counted(stub, mo, info, args, *rest, **kw):
-        who = threading.current_thread().name
-        if not (who == REPLICA_THREAD and info.wsdlName == "WaitForUpdatesEx"):
-            with lock:
-                calls.append((who, info.wsdlName))
-        return real(stub, mo, info, args, *rest, **kw)
-
-    SoapAdapter.SoapStubAdapter.InvokeMethod = counted
-    try:
-        yield calls
-    finally:
-        SoapAdapter.SoapStubAdapter.InvokeMethod = real
-
-
 def bind(rec: Reconciler, neutron: bench_ports.Neutron, pg_key: str,
          check_si) -> Bind:
     """One new port bound: ``port_for`` timed, its requests counted, the
     replica's copy of its DV port checked against vCenter's."""
     spec = neutron.new_port()
-    with requests() as calls:
+    with SoapCounter().counting() as counted:
         t0 = time.perf_counter()
         port = rec.port_for(spec, neutron.networks, time.monotonic() + 60)
         elapsed = time.perf_counter() - t0
         # What the bind answers with must already be in the replica.
         (held,) = [p for p in rec.replica.snapshot().dv_ports[pg_key]
                    if p.key == port.key]
+    calls = counted.by_thread
     (raw,) = check_si.FetchDVPorts(vim.dvs.PortCriteria(portKey=[port.key]))
     assert (held.name, held.config_version) == \
         (spec.id, raw.config.configVersion), (held, raw.config)
@@ -147,11 +126,7 @@ def run(sim: Vcsim, n: int, rounds: int, binds: int, lock_dir: str) -> dict:
         print(f"N={n}: port group {pg.name} ({pg.key}), {n} DV ports "
               f"reserved and configured in {made:.1f} s, "
               f"{max(free, need)} free (untimed set-up)", flush=True)
-        content = si.RetrieveContent()
-        view = content.viewManager.CreateContainerView(
-            content.rootFolder, [vim.DistributedVirtualSwitch], True)
-        dvs = next(d for d in view.view if d.name == DVS_NAME)
-        view.DestroyView()
+        dvs = find_named(si, vim.DistributedVirtualSwitch, DVS_NAME)
 
         results: dict[str, list[Bind]] = {v: [] for v in VARIANTS}
         for r in range(rounds):

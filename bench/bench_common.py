@@ -36,10 +36,15 @@ class Calls(list):
     """The names of the SOAP calls made, in order; ``seconds``: the wall
     time spent inside those of threads other than the replica's
     (serialising, the wire with the injected latency, parsing);
-    ``replica_seconds``: inside those of the replica's thread."""
+    ``replica_seconds``: inside those of the replica's thread;
+    ``by_thread``: (thread name, call name) of each."""
 
     seconds: float = 0.0
     replica_seconds: float = 0.0
+
+    def __init__(self):
+        super().__init__()
+        self.by_thread: list[tuple[str, str]] = []
 
 
 class SoapCounter:
@@ -59,7 +64,8 @@ class SoapCounter:
 
         def counted(stub, mo, info, args, *rest, **kw):
             name = info.wsdlName
-            replica = threading.current_thread().name == REPLICA_THREAD
+            thread = threading.current_thread().name
+            replica = thread == REPLICA_THREAD
             if name == "WaitForUpdatesEx" and (replica or not self._waits):
                 return real(stub, mo, info, args, *rest, **kw)
             t0 = time.perf_counter()
@@ -68,6 +74,7 @@ class SoapCounter:
             finally:
                 with self._lock:
                     calls.append(name)
+                    calls.by_thread.append((thread, name))
                     if replica:
                         calls.replica_seconds += time.perf_counter() - t0
                     else:
@@ -78,6 +85,18 @@ class SoapCounter:
             yield calls
         finally:
             SoapAdapter.SoapStubAdapter.InvokeMethod = real
+
+
+def find_named(si, vimtype, name: str):
+    """The managed object of that type and name, through a container view
+    of the whole inventory (a separate client's, not the driver's)."""
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(
+        content.rootFolder, [vimtype], True)
+    try:
+        return next(o for o in view.view if o.name == name)
+    finally:
+        view.DestroyView()
 
 
 def settings(sim: Vcsim, compute_host: str = "bench") -> conf.Settings:

@@ -43,7 +43,8 @@ from unittest import mock
 
 import bench_ports
 from bench_common import (  # noqa: E402 - puts the repository on sys.path
-    DVS_NAME, REPLICA_THREAD, SoapCounter, Vcsim, commit, machine, reconciler)
+    DVS_NAME, REPLICA_THREAD, SoapCounter, Vcsim, commit, find_named,
+    machine, reconciler)
 from pyVmomi import vim  # noqa: E402
 
 from networking_vcenter.vsphere import ports as ports_mod  # noqa: E402
@@ -117,11 +118,7 @@ def run(sim: Vcsim, n: int, rounds: int, lock_dir: str) -> dict:
         print(f"N={n}: port group {pg.name} ({pg.key}), "
               f"{len(inv.dv_ports[pg.key])} DV ports, {n} reserved and "
               f"configured in {made:.1f} s (untimed set-up)", flush=True)
-        content = si.RetrieveContent()
-        view = content.viewManager.CreateContainerView(
-            content.rootFolder, [vim.VirtualMachine], True)
-        vm = next(v for v in view.view if v.name == VM_NAME)
-        view.DestroyView()
+        vm = find_named(si, vim.VirtualMachine, VM_NAME)
 
         def wait(task):
             while task.info.state not in ("success", "error"):

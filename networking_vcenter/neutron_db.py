@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import json
 from typing import Any
 
 from networking_vcenter.reconcile import desired
@@ -415,7 +416,6 @@ def ports(ids: set[str] | None = None,
 
 def _dvs_port_key(details: Any) -> str | None:
     """``dvs_port_key`` of a binding's vif_details (JSON text), if any."""
-    import json
     if not details:
         return None
     try:

@@ -166,15 +166,12 @@ class Applier:
                    for s in chunk]
         what = (chunk[0].describe() if len(chunk) == 1 else
                 f"reconfigure {len(chunk)} ports on {dvs.name}")
-        mac = ports_mod.mac_management_supported(dvs)
         try:
             out.tasks += 1
-            # ports.reconfigure_ports's one task, whose ports the session's
-            # task watcher (the replica) reads back before the wait ends.
-            self._session.run_task(
-                what, dvs.ref.ReconfigureDVPort_Task,
-                [ports_mod.port_spec(c, mac) for c in changes],
-                read_back=(dvs.ref, frozenset(s.key for s in chunk)))
+            ports_mod.reconfigure_ports(
+                self._session, dvs.ref, changes, what,
+                mac_management=ports_mod.mac_management_supported(dvs),
+                read_back=True)
         except exceptions.ConcurrentModification:
             out.stale.extend(chunk)
         except exceptions.VCenterError as exc:

@@ -582,16 +582,10 @@ def _covers(big: inventory.TrafficRule, small: inventory.TrafficRule) -> bool:
             continue
         if s is None:
             return False
-        bn, sn = _network(b), _network(s)
+        bn, sn = _parse_net(b), _parse_net(s)
         if bn.version != sn.version or not sn.subnet_of(bn):
             return False
     return True
-
-
-@functools.lru_cache(maxsize=65536)
-def _network(text: str) -> Net:
-    """A rule's address, parsed once (rule sets compare many pairs)."""
-    return ipaddress.ip_network(text)
 
 
 def _without_subsumed(accepts: list[inventory.TrafficRule]
@@ -638,7 +632,7 @@ def _net_key(text: str | None) -> tuple | None:
     any address."""
     if text is None:
         return None
-    net = _network(text)
+    net = _parse_net(text)
     return (net.version, int(net.network_address), net.prefixlen)
 
 
@@ -666,8 +660,9 @@ def _net(port_id: str, text: str) -> Net:
 
 @functools.lru_cache(maxsize=65536)
 def _parse_net(text: str) -> Net:
-    """An address or CIDR, parsed once (every member port of a remote
-    group parses the same members)."""
+    """An address or CIDR, parsed once: every member port of a remote group
+    parses the same members, and rule sets compare many pairs of rule
+    addresses (canonical CIDR text, read the same strict or not)."""
     return ipaddress.ip_network(text, strict=False)
 
 

@@ -417,9 +417,7 @@ class Reconciler:
         if specs is None:
             specs = list(port_source(port_ids))
         bound = [p for p in specs if p.physnet]
-        # Not bound, but with one of our hosts: its binding may be under way.
-        young = {p.id for p in specs if not p.physnet and
-                 p.host in self.settings.compute_hosts}
+        pending = self._pending(specs)
         net_ids = {p.network_id for p in bound}
         nets = {n.id: n for n in source(net_ids)} if net_ids else {}
         inv = self.inventory()
@@ -436,7 +434,7 @@ class Reconciler:
                     self.settings.security_groups)
                 the_plan = plan_mod.plan_ports(
                     want, inv, portsettings.released_settings,
-                    port_ids, young, confirm)
+                    port_ids, pending, confirm)
                 if dry_run or not the_plan.steps:
                     break
                 reserving = {s.port_id for s in the_plan.steps
@@ -447,9 +445,9 @@ class Reconciler:
                                  held, wait)
                 if releasing - checked:
                     # Released only as Neutron has it now, under the lock.
-                    bound, young, nets = self._recheck(
+                    bound, pending, nets = self._recheck(
                         releasing - checked, port_source, source, bound,
-                        young, nets)
+                        pending, nets)
                     checked |= releasing
                     continue
                 if reserving and fresh and not reserving <= checked:
@@ -473,7 +471,7 @@ class Reconciler:
                     # Same desired ports (Neutron was not read again).
                     the_plan = plan_mod.plan_ports(
                         want, inv, portsettings.released_settings,
-                        port_ids, young)
+                        port_ids, pending)
                     break
         self._warn_unenforced(unenforced)
         trunks = self._trunk_status(want, the_plan, total)
@@ -494,7 +492,7 @@ class Reconciler:
         if report_status and not dry_run and trunks and \
                 self.trunk_status_sink is not None:
             self.trunk_status_sink(trunks)
-        return PortPass(specs, want, unenforced, the_plan, total, young)
+        return PortPass(specs, want, unenforced, the_plan, total, pending)
 
     def _lock_ports(self, port_ids: set[str], locked: set[str],
                     held: contextlib.ExitStack, wait: float) -> None:
@@ -508,9 +506,16 @@ class Reconciler:
                     f"another worker still holds it after {wait}s")
             locked.add(port_id)
 
+    def _pending(self, specs: Iterable[desired_mod.PortSpec]) -> set[str]:
+        """The ports not bound here whose binding host is one of ours: a
+        binding may be under way (or failed, to be tried again); their
+        reservations stay."""
+        return {p.id for p in specs if not p.physnet and
+                p.host in self.settings.compute_hosts}
+
     def _recheck(self, port_ids: set[str], port_source: PortSource,
                  source: NetworkSource,
-                 bound: list[desired_mod.PortSpec], young: set[str],
+                 bound: list[desired_mod.PortSpec], pending: set[str],
                  nets: dict[str, desired_mod.NetworkSpec]):
         """(bound, keep, networks) with ``port_ids`` as Neutron has them
         now: read fresh (under their locks, taken by the caller), a port
@@ -519,12 +524,7 @@ class Reconciler:
         tried again) keeps its reservations, and only ports gone or bound
         elsewhere lose theirs."""
         fresh = {p.id: p for p in port_source(set(port_ids))}
-        keep = set(young)
-        for port_id in port_ids:
-            spec = fresh.get(port_id)
-            if spec is not None and not spec.physnet and \
-                    spec.host in self.settings.compute_hosts:
-                keep.add(port_id)
+        keep = pending | (self._pending(fresh.values()) & port_ids)
         bound = [p for p in bound if p.id not in port_ids] + \
             [p for p in fresh.values() if p.physnet and p.id in port_ids]
         missing = {p.network_id for p in bound} - set(nets)

@@ -463,16 +463,21 @@ def port_spec(change: PortChange, mac_management: bool
 
 def reconfigure_ports(session: Session, dvs_ref: Any,
                       changes: Sequence[PortChange], what: str,
-                      mac_management: bool = False) -> None:
+                      mac_management: bool = False,
+                      read_back: bool = False) -> None:
     """Apply ``changes`` (key, configVersion, name or None, settings or
     None) in one ``ReconfigureDVPort_Task``: all or none.  A port changed
     since its configVersion was read raises ConcurrentModification (and no
     port changes); an unknown key NotFound; a setting the group does not
-    let ports override TaskFailed."""
+    let ports override TaskFailed.  ``read_back``: the ports written are
+    read by the session's task watcher (the replica) once the task
+    succeeded, before this returns (``Session.run_task``)."""
     if not changes:
         return
     specs = [port_spec(c, mac_management) for c in changes]
-    session.run_task(what, dvs_ref.ReconfigureDVPort_Task, specs)
+    session.run_task(what, dvs_ref.ReconfigureDVPort_Task, specs,
+                     read_back=(dvs_ref, frozenset(c[0] for c in changes))
+                     if read_back else None)
 
 
 def grow_port_group(session: Session, pg: inventory.DvsPortGroup,

@@ -15,41 +15,17 @@ own long poll (WaitForUpdatesEx in its thread) is left out.
 from __future__ import annotations
 
 import collections
-import contextlib
-import threading
 
 from neutron_lib.api.definitions import portbindings
-from pyVmomi import SoapAdapter
 
 from tests.functional import base
 from tests.fixtures.vsphere_reader import dv_port_rules
 from tests.functional.test_ports import PortsTestCase
+from tests.functional.test_ports_vsphere import REPLICA, requests
 
-REPLICA = "vcenter-replica"
 
 
 class TestBindRequests(PortsTestCase):
-
-    @contextlib.contextmanager
-    def requests(self):
-        """[(thread name, SOAP method)] of the requests made in the block
-        by any thread, but the replica's long poll."""
-        calls: list[tuple[str, str]] = []
-        real = SoapAdapter.SoapStubAdapter.InvokeMethod
-        lock = threading.Lock()
-
-        def counting(stub, mo, info, args, *rest, **kw):
-            who = threading.current_thread().name
-            if not (who == REPLICA and info.wsdlName == "WaitForUpdatesEx"):
-                with lock:
-                    calls.append((who, info.wsdlName))
-            return real(stub, mo, info, args, *rest, **kw)
-
-        SoapAdapter.SoapStubAdapter.InvokeMethod = counting
-        try:
-            yield calls
-        finally:
-            SoapAdapter.SoapStubAdapter.InvokeMethod = real
 
     @staticmethod
     def on_path(calls):
@@ -93,7 +69,7 @@ class TestBindRequests(PortsTestCase):
         net, sg = self.existing_network(96)
         rec = self.vcenter_driver.reconciler
         self.assertIs(rec.replica, rec.session.watcher)
-        with self.requests() as calls:
+        with requests() as calls:
             port = self.create_port(net["id"], security_groups=[sg["id"]])
             held = self.held(port)      # at once: no wait for the replica
         # The bind: the reservation (the port's settings in it) and the
@@ -117,14 +93,14 @@ class TestBindRequests(PortsTestCase):
         self.assertTrue(held.settings.rules)
 
         # What the API call's hook does next plans nothing: no request.
-        with self.requests() as calls:
+        with requests() as calls:
             self.settled()
         self.assertEqual({}, self.on_path(calls), calls)
 
         # A rule change plans with the configVersion the replica read and
         # is taken at once: one task for the group's two ports, not refused
         # (a ConcurrentModification would read the group and write again).
-        with self.requests() as calls:
+        with requests() as calls:
             self.add_rule(sg["id"], protocol=6, port_range_min=2222,
                           port_range_max=2222,
                           remote_ip_prefix="198.51.100.0/24")
@@ -148,7 +124,7 @@ class TestBindRequests(PortsTestCase):
         rec = self.vcenter_driver.reconciler
         rec.session.detach(rec.replica)
         self.addCleanup(rec.session.attach, rec.replica)
-        with self.requests() as calls:
+        with requests() as calls:
             port = self.create_port(net["id"], security_groups=[sg["id"]])
         self.assertEqual({"ReconfigureDVPort_Task": 1,
                           "CreatePropertyCollector": 1, "CreateFilter": 1,

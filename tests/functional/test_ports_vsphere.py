@@ -75,6 +75,32 @@ def _connect_671(sim):
     return si
 
 
+# The replica's long-poll thread (replica.py).
+REPLICA = "vcenter-replica"
+
+
+@contextlib.contextmanager
+def requests():
+    """[(thread name, SOAP method)] of the requests made in the block by
+    any thread, the replica's long poll left out."""
+    calls: list[tuple[str, str]] = []
+    real = SoapAdapter.SoapStubAdapter.InvokeMethod
+    lock = threading.Lock()
+
+    def counting(stub, mo, info, args, *rest, **kw):
+        who = threading.current_thread().name
+        if not (who == REPLICA and info.wsdlName == "WaitForUpdatesEx"):
+            with lock:
+                calls.append((who, info.wsdlName))
+        return real(stub, mo, info, args, *rest, **kw)
+
+    SoapAdapter.SoapStubAdapter.InvokeMethod = counting
+    try:
+        yield calls
+    finally:
+        SoapAdapter.SoapStubAdapter.InvokeMethod = real
+
+
 @contextlib.contextmanager
 def soap_calls():
     """The names of the SOAP calls made in the block (any thread)."""

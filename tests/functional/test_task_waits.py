@@ -12,14 +12,12 @@ Without a current replica the session waits on a collector of its own.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import threading
 import time
 from unittest import mock
 
 import pytest
-from pyVmomi import SoapAdapter
 
 from networking_vcenter import exceptions
 from networking_vcenter.vsphere import inventory
@@ -28,33 +26,10 @@ from networking_vcenter.vsphere import session as session_mod
 from networking_vcenter.vsphere.inventory import PortSettings
 from networking_vcenter.vsphere.replica import Replica
 from tests.functional.test_ports_vsphere import (  # noqa: F401 (fixtures)
-    _as, _destroy, _our_group, _raw_ports, reader, sim)
+    REPLICA, _as, _destroy, _our_group, _raw_ports, reader, requests, sim)
 from tests.functional.test_ports_vsphere import _settings as base_settings
 
-REPLICA = "vcenter-replica"
 SLACK = 1.0
-
-
-@contextlib.contextmanager
-def requests():
-    """[(thread name, SOAP method)] of the requests made in the block, the
-    replica's long poll left out."""
-    calls: list[tuple[str, str]] = []
-    real = SoapAdapter.SoapStubAdapter.InvokeMethod
-    lock = threading.Lock()
-
-    def counting(stub, mo, info, args, *rest, **kw):
-        who = threading.current_thread().name
-        if not (who == REPLICA and info.wsdlName == "WaitForUpdatesEx"):
-            with lock:
-                calls.append((who, info.wsdlName))
-        return real(stub, mo, info, args, *rest, **kw)
-
-    SoapAdapter.SoapStubAdapter.InvokeMethod = counting
-    try:
-        yield calls
-    finally:
-        SoapAdapter.SoapStubAdapter.InvokeMethod = real
 
 
 def _count(calls, replica=False):
