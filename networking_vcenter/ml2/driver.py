@@ -769,8 +769,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
         net_id = context.network.current["id"]
         segments = list(context.segments_to_bind)
         deadline = self._bind_deadline(port_id)
-        if deadline <= time.monotonic() and self._needs_vcenter(
-                segments, cluster):
+        writes = self._needs_vcenter(segments, cluster)
+        if deadline <= time.monotonic() and writes:
             # ML2 retrying a binding whose time is spent: a DV port is
             # handed to Nova only once vCenter has said it is this port's
             # (one write); say so at once rather than read Neutron for each
@@ -806,8 +806,12 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 spec, self.source, deadline)
 
         try:
+            # A bind on a standard vSwitch can answer from the replica; one
+            # on a distributed switch writes its reservation, so while
+            # vCenter is known unreachable it fails at once, the reason
+            # logged, instead of waiting out the deadline.
             picked = self._in_time(f"bind port {port_id}", find,
-                                   from_memory=True, deadline=deadline)
+                                   from_memory=not writes, deadline=deadline)
         except exceptions.VCenterError as exc:
             LOG.error("port %s on %s: cannot bind on network %s: %s",
                       port_id, host, net_id, exc)
