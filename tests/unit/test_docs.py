@@ -138,3 +138,22 @@ def test_entry_points_named_in_install_guide():
     assert "`networking-vcenter` (console script)" in install
     assert list(project["entry-points"]["oslo.config.opts"]) == \
         ["networking_vcenter"]
+
+
+def _slug(heading):
+    """GitHub's anchor of a Markdown heading."""
+    text = heading.strip().lower().replace("`", "")
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_links_between_docs_resolve(path):
+    for target, anchor in re.findall(r"\]\(([\w./-]*\.md)?#?([\w-]*)\)",
+                                     _text(path)):
+        page = (path.parent / target).resolve() if target else path
+        assert page.exists(), f"{path.name}: link to missing {target}"
+        if anchor:
+            slugs = {_slug(h) for h in re.findall(r"^#+ (.+)$",
+                                                  _text(page), flags=re.M)}
+            assert anchor in slugs, f"{path.name}: no #{anchor} in {page.name}"
