@@ -70,7 +70,7 @@ e2e: deps
 	$(PY) -m pytest tests/e2e -q -p no:warnings $(PYTEST_ARGS)
 
 test: deps check-sample
-	$(PY) -m pytest tests -q -p no:warnings -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -p no:warnings -p no:cacheprovider --durations=30 $(PYTEST_ARGS)
 
 demo: deps
 	$(PY) tools/demo.py --mode $(MODE)
