@@ -33,7 +33,6 @@ update, seen by the mechanism driver's own postcommit hooks.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +43,7 @@ from neutron_lib import constants
 from neutron_lib.db import constants as db_consts
 from neutron_lib.services.qos import base
 from neutron_lib.services.qos import constants as qos_consts
+from oslo_log import log as logging
 
 LOG = logging.getLogger(__name__)
 

@@ -32,7 +32,6 @@ parent bound to another host belongs to another driver and is left alone.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Protocol
 
 from neutron_lib.api.definitions import portbindings
@@ -41,6 +40,7 @@ from neutron_lib.callbacks import registry
 from neutron_lib.callbacks import resources
 from neutron_lib.plugins import directory
 from neutron_lib.services.trunk import constants as trunk_consts
+from oslo_log import log as logging
 
 from neutron.services.trunk.drivers import base
 

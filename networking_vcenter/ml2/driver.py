@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
-import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from neutron_lib import constants as n_const
@@ -42,6 +43,8 @@ from neutron_lib.plugins import directory
 from neutron_lib.plugins.ml2 import api
 from neutron_lib.services.trunk import constants as trunk_consts
 from oslo_config import cfg
+from oslo_context import context as o_context
+from oslo_log import log as logging
 
 from networking_vcenter import agent
 from networking_vcenter import conf
@@ -386,8 +389,11 @@ class VCenterMechanismDriver(api.MechanismDriver):
             with rec.session.budget(0):
                 return fn(rec, deadline, *args)
 
+        request = o_context.get_current()
+
         def job():
-            with rec.session.budget(max(0.0, deadline - time.monotonic())):
+            with _request(request), rec.session.budget(
+                    max(0.0, deadline - time.monotonic())):
                 return fn(rec, deadline, *args)
 
         future = self._hooks.submit(job)
@@ -572,7 +578,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
         standard port groups of ``networks``) in a hook thread, coalescing
         what arrives meanwhile; never waits."""
         with self._lock:
-            self._soon.append((ids, ids_of, networks))
+            self._soon.append((ids, ids_of, networks,
+                               o_context.get_current()))
             if self._draining:
                 return
             self._draining = True
@@ -594,29 +601,39 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 if not todo:
                     self._draining = False
                     return
-            ids: set[str] = set()
-            nets: set[str] = set()
-            try:
-                for some, ids_of, networks in todo:
-                    ids |= some
-                    nets |= networks
-                    if ids_of is not None:
-                        ids |= set(ids_of())
-                if not ids and not nets:
-                    continue
-                rec = self._here()
-                if self._unreachable(rec) is not None:
-                    continue            # the worker's poll will do it
-                with rec.session.budget(self.settings.api_call_budget):
-                    rec.sync_ports(ids, self.source, self.port_source,
-                                   wait=self.settings.api_call_budget,
-                                   networks=nets)
-            except exceptions.VCenterError as exc:
-                LOG.warning("ports %s: %s; the maintenance worker will "
-                            "finish the work", sorted(ids), exc)
-            except Exception:  # noqa: BLE001 - keep draining
-                LOG.exception("ports %s: unexpected error; the maintenance "
-                              "worker will retry", sorted(ids))
+            # The lines of this sync carry the request id of the first API
+            # call it serves; the others are named once.
+            requests = [r for *_, r in todo if r is not None]
+            with _request(requests[0] if requests else None):
+                if len(requests) > 1:
+                    LOG.debug("ports also synced for requests %s",
+                              ", ".join(r.request_id for r in requests[1:]))
+                self._drain(todo)
+
+    def _drain(self, todo: list) -> None:
+        ids: set[str] = set()
+        nets: set[str] = set()
+        try:
+            for some, ids_of, networks, _ in todo:
+                ids |= some
+                nets |= networks
+                if ids_of is not None:
+                    ids |= set(ids_of())
+            if not ids and not nets:
+                return
+            rec = self._here()
+            if self._unreachable(rec) is not None:
+                return              # the worker's poll will do it
+            with rec.session.budget(self.settings.api_call_budget):
+                rec.sync_ports(ids, self.source, self.port_source,
+                               wait=self.settings.api_call_budget,
+                               networks=nets)
+        except exceptions.VCenterError as exc:
+            LOG.warning("ports %s: %s; the maintenance worker will "
+                        "finish the work", sorted(ids), exc)
+        except Exception:  # noqa: BLE001 - keep draining
+            LOG.exception("ports %s: unexpected error; the maintenance "
+                          "worker will retry", sorted(ids))
 
     def _set_port_status(self, statuses: dict[str, str]) -> None:
         """Neutron shows a port ACTIVE while a VM NIC is connected to its
@@ -952,3 +969,20 @@ class VCenterMechanismDriver(api.MechanismDriver):
         return self._here().sync_all(
             self.source, self.settings.resync_grace_period
             if grace is None else grace, port_source=self.port_source)
+
+
+@contextlib.contextmanager
+def _request(request: o_context.RequestContext | None) -> Iterator[None]:
+    """Run a hook thread's work as part of the API request that caused it:
+    oslo.log reads the request context of the current thread, so its lines
+    carry that request's ``req-`` id.  The thread's context is put back
+    after (a pool thread serves many requests).  oslo.context offers no
+    public way to unset the current context: its thread-local store is
+    used directly."""
+    store = o_context._request_store
+    before = getattr(store, "context", None)
+    store.context = request
+    try:
+        yield
+    finally:
+        store.context = before

@@ -23,10 +23,11 @@ its network is not marked.  The caller's time budget
 from __future__ import annotations
 
 import dataclasses
-import logging
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from oslo_log import log as logging
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions

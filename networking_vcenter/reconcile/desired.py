@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from oslo_log import log as logging
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import time
 from collections.abc import Callable, Iterable
+
+from oslo_log import log as logging
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions

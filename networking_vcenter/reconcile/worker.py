@@ -34,12 +34,12 @@ API workers.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
 
 from neutron_lib import worker as n_worker
+from oslo_log import log as logging
 
 from networking_vcenter import exceptions
 from networking_vcenter.reconcile.reconciler import NetworkSource, \

@@ -64,13 +64,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+from oslo_log import log as logging
 from pyVmomi import vim, vmodl
 
 from networking_vcenter import conf

@@ -35,7 +35,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import http.client
-import logging
 import socket
 import ssl
 import threading
@@ -43,6 +42,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
+from oslo_log import log as logging
 import tenacity
 from pyVmomi import SoapStubAdapter, vim, vmodl
 

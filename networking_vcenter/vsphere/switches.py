@@ -16,10 +16,10 @@ with :class:`~networking_vcenter.exceptions.NotOwned` and left as it is.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Sequence
 from typing import Any
 
+from oslo_log import log as logging
 from pyVmomi import vim
 
 from networking_vcenter import exceptions

@@ -3,9 +3,14 @@ against the simulator; Nova's own VMware code attaches the NICs."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
+import uuid
+
 import pytest
 
 from tests.e2e import nova_client
+from tests.e2e.conftest import Api
 
 pytestmark = pytest.mark.e2e
 
@@ -174,3 +179,30 @@ def test_foreign_port_group_refused_clearly(api, vsphere, neutron):
     api.cli("network", "delete", net["id"], "--no-format")
     assert vsphere.dv_portgroups(name)[0]["moid"] == foreign["moid"]
     vsphere.destroy_dv_portgroup(name)
+
+
+def test_hook_lines_carry_the_request_id(neutron, vsphere):
+    """The driver's vCenter work runs in hook threads, not in the API
+    request's thread: its log lines still carry the id of the request that
+    caused it (oslo.log reads the thread's request context), so an operator
+    can follow one API call into vCenter."""
+    global_id = f"req-{uuid.uuid4()}"
+    body = json.dumps({"network": {
+        "name": "e2e-request-id", "provider:network_type": "vlan",
+        "provider:physical_network": "physnet1",
+        "provider:segmentation_id": 186}}).encode()
+    req = urllib.request.Request(
+        neutron.url + "/v2.0/networks", data=body, method="POST",
+        headers={"Content-Type": "application/json",
+                 "X-Openstack-Request-Id": global_id})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        net = json.loads(resp.read())["network"]
+    assert len(vsphere.dv_portgroups(dvs_name(net["id"]))) == 1
+    with open(neutron.api_log, encoding="utf-8", errors="replace") as f:
+        log = f.read()
+    # The port group is made by the hook thread's reconcile (apply.py).
+    made = [line for line in log.splitlines()
+            if f"network {net['id']}: create" in line]
+    assert made, "no line of the port group's creation"
+    assert all(global_id in line for line in made), made
+    Api(neutron.url).http("DELETE", f"/v2.0/networks/{net['id']}")
