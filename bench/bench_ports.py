@@ -223,7 +223,7 @@ def check(rec: Reconciler, neutron: Neutron, pg_key: str, what: str) -> dict:
     """The ports as vCenter holds them must be exactly as desired."""
     got = read_back(rec, pg_key)
     topo = rec.topology(rec.inventory())
-    want, _ = desired_mod.desired_ports(
+    want, _ = portsettings.desired_ports(
         neutron.ports(None), {neutron.net.id: neutron.net}, topo,
         rec.settings.max_rules_per_port)
     want = {d.port_id: d.settings for d in want}
