@@ -60,6 +60,7 @@ from bench_common import (  # noqa: E402 - puts the repository on sys.path
 from networking_vcenter.reconcile import desired as desired_mod  # noqa: E402
 from networking_vcenter.reconcile import portsettings  # noqa: E402
 from networking_vcenter.reconcile.reconciler import Reconciler  # noqa: E402
+from networking_vcenter.vsphere import inventory  # noqa: E402
 from networking_vcenter.vsphere import ports as ports_mod  # noqa: E402
 
 COMPUTE_HOST = "bench-compute"
@@ -188,7 +189,7 @@ def anchors(rec: Reconciler, neutron: Neutron, pg_key: str,
     inv = rec.inventory()
     dvs = inv.dvs(DVS_NAME)
     target = rec.topology(inv).targets[PHYSNET]
-    mac_management = ports_mod.mac_management_supported(dvs)
+    mac_management = inventory.mac_management_supported(dvs)
     with counter.counting() as calls:
         t0 = time.perf_counter()
         current = {p.name: p for p in ports_mod.fetch_ports(

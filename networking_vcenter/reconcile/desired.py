@@ -19,7 +19,6 @@ from typing import Any
 from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter.vsphere import inventory as inv_mod
-from networking_vcenter.vsphere import ports as vsphere_ports
 from networking_vcenter.vsphere.inventory import Inventory, PortSettings, \
     Security
 
@@ -270,7 +269,7 @@ def build_topology(settings: conf.Settings, inv: Inventory,
                             "there", where, switch)
             targets[physnet] = Target(
                 physnet, DVS, switch, dvs.uuid, dvs.host_moids,
-                mac_learning=vsphere_ports.mac_management_supported(dvs))
+                mac_learning=inv_mod.mac_management_supported(dvs))
         elif with_vswitch:
             missing = sorted(inv.hosts[h].name for h in all_hosts
                              if switch not in inv.hosts[h].vswitches)
