@@ -982,16 +982,16 @@ class Replica:
             have = ports.get(key)
             if have is None or self._port_reads.get(key, 0) > read:
                 continue
-            reads = self._key_reads.setdefault(key, {})
+            key_reads = self._key_reads.setdefault(key, {})
             merged = {p.key: p for p in have}
             for k in drop:
-                if reads.get(k, 0) <= read:
+                if key_reads.get(k, 0) <= read:
                     merged.pop(k, None)
-                    reads[k] = read
+                    key_reads[k] = read
             for p in fresh:
-                if reads.get(p.key, 0) <= read:
+                if key_reads.get(p.key, 0) <= read:
                     merged[p.key] = p
-                    reads[p.key] = read
+                    key_reads[p.key] = read
             value = tuple(sorted(merged.values(), key=ports_mod.key_order))
             if value != have:
                 ports[key] = value
