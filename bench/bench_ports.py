@@ -60,6 +60,7 @@ from bench_common import (  # noqa: E402 - puts the repository on sys.path
 from networking_vcenter.reconcile import desired as desired_mod  # noqa: E402
 from networking_vcenter.reconcile import portsettings  # noqa: E402
 from networking_vcenter.reconcile.reconciler import Reconciler  # noqa: E402
+from networking_vcenter.vsphere import inventory  # noqa: E402
 from networking_vcenter.vsphere import ports as ports_mod  # noqa: E402
 
 COMPUTE_HOST = "bench-compute"
@@ -188,7 +189,7 @@ def anchors(rec: Reconciler, neutron: Neutron, pg_key: str,
     inv = rec.inventory()
     dvs = inv.dvs(DVS_NAME)
     target = rec.topology(inv).targets[PHYSNET]
-    mac_management = ports_mod.mac_management_supported(dvs)
+    mac_management = inventory.mac_management_supported(dvs)
     with counter.counting() as calls:
         t0 = time.perf_counter()
         current = {p.name: p for p in ports_mod.fetch_ports(
@@ -223,7 +224,7 @@ def check(rec: Reconciler, neutron: Neutron, pg_key: str, what: str) -> dict:
     """The ports as vCenter holds them must be exactly as desired."""
     got = read_back(rec, pg_key)
     topo = rec.topology(rec.inventory())
-    want, _ = desired_mod.desired_ports(
+    want, _ = portsettings.desired_ports(
         neutron.ports(None), {neutron.net.id: neutron.net}, topo,
         rec.settings.max_rules_per_port)
     want = {d.port_id: d.settings for d in want}

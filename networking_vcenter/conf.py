@@ -13,6 +13,7 @@ import dataclasses
 import re
 import string
 
+from neutron_lib.utils import helpers
 from oslo_config import cfg
 
 from networking_vcenter import exceptions
@@ -238,34 +239,33 @@ class Settings:
         return list(dict.fromkeys(self.compute_hosts.values()))
 
 
-def parse_pairs(option: str, values: list[str]) -> dict[str, str]:
-    """Parse ``key:value`` pairs of a list option, refusing what is ambiguous.
+# What each entry of a mapping option looks like, for its errors.
+PAIR_FORMS = {"switch_mappings": "<physical_network>:<switch>",
+              "compute_hosts": "<nova-compute host>:<cluster>"}
 
-    Every problem is reported with the option's name and the offending entry,
-    since a typo here silently leaves networks without port groups.
+
+def parse_pairs(option: str, values: list[str]) -> dict[str, str]:
+    """Parse the ``key:value`` pairs of a list option (neutron-lib's
+    ``parse_mappings``), refusing what is ambiguous: a malformed entry, a
+    key mapped to two values.  The same pair twice is one; a value may
+    serve several keys (physical networks on one switch, hosts of one
+    cluster).
+
+    Problems name the option and the offending entry, since a typo here
+    silently leaves networks without port groups.
     """
-    problems = []
-    result: dict[str, str] = {}
-    for raw in values:
-        entry = raw.strip()
-        if not entry:
-            continue
-        key, sep, value = entry.partition(":")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or not value or ":" in value:
-            problems.append(
-                f"[{GROUP}] {option}: entry '{entry}' is not of the form "
-                f"<name>:<name>")
-            continue
-        if key in result and result[key] != value:
-            problems.append(
-                f"[{GROUP}] {option}: '{key}' is mapped twice "
-                f"('{result[key]}' and '{value}')")
-            continue
-        result[key] = value
+    try:
+        found = helpers.parse_mappings(values, unique_keys=False)
+    except ValueError as exc:
+        form = PAIR_FORMS.get(option, "<name>:<name>")
+        raise exceptions.ConfigError(
+            [f"[{GROUP}] {option}: {exc}; each entry is {form}"]) from None
+    problems = [f"[{GROUP}] {option}: '{key}' is mapped more than once "
+                f"({', '.join(repr(v) for v in found[key])})"
+                for key in found if len(found[key]) > 1]
     if problems:
         raise exceptions.ConfigError(problems)
-    return result
+    return {key: found[key][0] for key in found}
 
 
 NAME_TEMPLATE_FIELDS = ("network_id", "physical_network", "segmentation_id")

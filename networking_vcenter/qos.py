@@ -45,10 +45,11 @@ from neutron_lib.services.qos import base
 from neutron_lib.services.qos import constants as qos_consts
 from oslo_log import log as logging
 
+from networking_vcenter.constants import VIF_TYPE_DVS
+
 LOG = logging.getLogger(__name__)
 
 NAME = "vcenter"
-VIF_TYPE_DVS = "dvs"        # the vif_type the mechanism driver binds with
 
 SUPPORTED_RULES = {
     qos_consts.RULE_TYPE_BANDWIDTH_LIMIT: {

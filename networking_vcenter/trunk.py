@@ -46,18 +46,15 @@ from neutron.services.trunk.drivers import base
 
 from networking_vcenter import exceptions
 from networking_vcenter import neutron_db
+from networking_vcenter.constants import VIF_TYPE_DVS
+from networking_vcenter.reconcile import desired
 from networking_vcenter.reconcile import portsettings
 
 LOG = logging.getLogger(__name__)
 
 NAME = "vcenter"
-VIF_TYPE_DVS = "dvs"
 SUPPORTED_INTERFACES = (VIF_TYPE_DVS,)
 SUPPORTED_SEGMENTATION_TYPES = (trunk_consts.SEGMENTATION_TYPE_VLAN,)
-
-# The kinds of switch :meth:`Backend.switch_kinds` answers.
-DVS = "dvs"
-VSWITCH = "vswitch"
 
 
 class Backend(Protocol):
@@ -67,9 +64,9 @@ class Backend(Protocol):
 
     def switch_kinds(self, segments: list[dict[str, Any]],
                      host: str | None) -> dict[str, str | None]:
-        """Physical network -> DVS, VSWITCH (or None: not known yet) of
-        each of ``segments`` that is mapped (and reaches ``host``'s
-        cluster, when given)."""
+        """Physical network -> :data:`desired.DVS`, :data:`desired.VSWITCH`
+        (or None: not known yet) of each of ``segments`` that is mapped
+        (and reaches ``host``'s cluster, when given)."""
 
     def trunk_changed(self, port_ids: set[str]) -> None:
         """Sync these ports soon (never waits, never raises)."""
@@ -145,7 +142,8 @@ class VCenterTrunkDriver(base.DriverBase):
              for t, p, i in segments.get(network_id, ())], host or None)
         if not kinds:
             return                          # not on a mapped network
-        physnets = sorted(p for p, kind in kinds.items() if kind != VSWITCH)
+        physnets = sorted(p for p, kind in kinds.items()
+                          if kind != desired.VSWITCH)
         if not physnets:
             where = f"compute host {host}" if host else "the compute hosts"
             raise exceptions.TrunkRefused(reason=(

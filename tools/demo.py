@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import neutron_server  # noqa: E402
 from vcsim_launcher import Vcsim  # noqa: E402
+from vsphere_reader import Reader, ruleset_rules  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPENSTACK = os.path.join(os.path.dirname(sys.executable), "openstack")
@@ -59,74 +60,12 @@ def openstack(url: str, *args: str) -> object:
     return json.loads(proc.stdout) if fmt else None
 
 
-class VSphere:
-    """What vSphere holds, read with plain pyVmomi (not the driver's code)."""
-
-    def __init__(self, si):
-        self.si = si
-        self.content = si.RetrieveContent()
-
-    def _all(self, vimtype):
-        view = self.content.viewManager.CreateContainerView(
-            self.content.rootFolder, [vimtype], True)
-        try:
-            return list(view.view)
-        finally:
-            view.DestroyView()
-
-    def dv_portgroups(self, name: str) -> list[str]:
-        from pyVmomi import vim
-        return [f"distributed port group {pg.name} ({pg._moId}) on "
-                f"{pg.config.distributedVirtualSwitch.name}, VLAN "
-                f"{pg.config.defaultPortConfig.vlan.vlanId}, key {pg.key}; "
-                f"{unconfigured_text(pg.config.defaultPortConfig)}"
-                for pg in self._all(vim.dvs.DistributedVirtualPortgroup)
-                if pg.name == name]
-
-    def host_portgroups(self, name: str) -> list[str]:
-        from pyVmomi import vim
-        return sorted(f"standard port group {name} on {pg.spec.vswitchName}"
-                      f", VLAN {pg.spec.vlanId}, host {h.name}"
-                      for h in self._all(vim.HostSystem)
-                      for pg in h.config.network.portgroup or []
-                      if pg.spec.name == name)
-
-    def dv_port(self, switch_uuid: str, pg_key: str, key: str):
-        from pyVmomi import vim
-        (dvs,) = [d for d in self._all(vim.DistributedVirtualSwitch)
-                  if d.uuid == switch_uuid]
-        (port,) = [p for p in dvs.FetchDVPorts(vim.dvs.PortCriteria(
-            portgroupKey=[pg_key], inside=True)) if p.key == key]
-        return port
-
-    def nic(self, vm_name: str, mac: str):
-        from pyVmomi import vim
-        (vm,) = [v for v in self._all(vim.VirtualMachine)
-                 if v.name == vm_name]
-        return vm, next((d for d in vm.config.hardware.device
-                         if isinstance(d, vim.vm.device.VirtualEthernetCard)
-                         and d.macAddress == mac), None)
-
-    def close(self) -> None:
-        from pyVim.connect import Disconnect
-        Disconnect(self.si)
-
-
 def traffic_rules(dv_port) -> list:
     """The DV port's own traffic rules, in their order."""
     fp = dv_port.config.setting.filterPolicy
     if fp is None or fp.inherited:
         return []
-    return filter_rules(fp)
-
-
-def filter_rules(fp) -> list:
-    """The rules of a filter policy (a port's or a group's), in order."""
-    if fp is None or not fp.filterConfig:
-        return []
-    ruleset = fp.filterConfig[0].trafficRuleset
-    return sorted(ruleset.rules or [], key=lambda r: r.sequence) \
-        if ruleset and ruleset.enabled else []
+    return ruleset_rules(fp) or []
 
 
 def unconfigured_text(default_config) -> str:
@@ -134,7 +73,7 @@ def unconfigured_text(default_config) -> str:
     (free, released, or taken by a NIC without a key): the group's
     default filter."""
     from pyVmomi import vim
-    rules = filter_rules(default_config.filterPolicy)
+    rules = ruleset_rules(default_config.filterPolicy) or []
     if rules and all(isinstance(r.action, vim.dvs.TrafficRule.DropAction)
                      for r in rules):
         return (f"ports not configured by the driver: {len(rules)} rules, "
@@ -245,7 +184,7 @@ def until(fn, timeout: float = 15.0):
         time.sleep(0.1)
 
 
-def default_group_demo(url: str, vsphere: VSphere, port: dict) -> bool:
+def default_group_demo(url: str, vsphere: Reader, port: dict) -> bool:
     """The port made without --security-group: its project's `default`
     group, with Neutron's default rules, and its DV port's rules."""
     print(f"A port in its project's default security group ({port['name']}, "
@@ -254,7 +193,7 @@ def default_group_demo(url: str, vsphere: VSphere, port: dict) -> bool:
     # (in the same order whatever the database returns)
     sg["rules"].sort(key=lambda r: (r["direction"], r["ethertype"]))
     d = port["binding_vif_details"]
-    dv = vsphere.dv_port(d["dvs_id"], d["pg_id"], d["dvs_port_key"])
+    dv = vsphere.dv_port(d["dvs_id"], d["dvs_port_key"])
     print(f"  Security group {sg['name']} (Neutron's default rules) and DV "
           f"port {dv.key}'s traffic rules (read back from vSphere):")
     show_rules(sg, traffic_rules(dv))
@@ -266,7 +205,7 @@ def default_group_demo(url: str, vsphere: VSphere, port: dict) -> bool:
     return True
 
 
-def port_demo(url: str, sim, vsphere: VSphere, net: dict) -> bool:
+def port_demo(url: str, sim, vsphere: Reader, net: dict) -> bool:
     """A VM NIC on the DV port reserved for its Neutron port."""
     print(f"A port with a security group of its own, and a VM NIC on its "
           f"own DV port (network {net['name']}):")
@@ -277,7 +216,7 @@ def port_demo(url: str, sim, vsphere: VSphere, net: dict) -> bool:
     port = openstack(url, "port", "create", "--network", net["id"], "--host",
                      COMPUTE_HOST, "--security-group", "demo-web", "demo-vm")
     d = port["binding_vif_details"]
-    dv = vsphere.dv_port(d["dvs_id"], d["pg_id"], d["dvs_port_key"])
+    dv = vsphere.dv_port(d["dvs_id"], d["dvs_port_key"])
     print(f"    port demo-vm: status {port['status']}, vif_details "
           f"dvs_port_key={d['dvs_port_key']}: DV port {dv.key} of "
           f"{d['pg_id']}, named {dv.config.name}")
@@ -288,7 +227,7 @@ def port_demo(url: str, sim, vsphere: VSphere, net: dict) -> bool:
                     api_get(url, f"/v2.0/ports/{port['id']}")["port"],
                     api_get(url, f"/v2.0/networks/{net['id']}")["network"])
     vm, nic = vsphere.nic(VM, port["mac_address"])
-    dv = vsphere.dv_port(d["dvs_id"], d["pg_id"], d["dvs_port_key"])
+    dv = vsphere.dv_port(d["dvs_id"], d["dvs_port_key"])
     owner = dv.connectee.connectedEntity.name if dv.connectee else None
     print(f"    Nova's network_ref: {attached['network_ref']}")
     print(f"    NIC {nic.macAddress} of {vm.name}: backing port "
@@ -311,7 +250,7 @@ def port_demo(url: str, sim, vsphere: VSphere, net: dict) -> bool:
     rule = api_get(url, f"/v2.0/security-group-rules/{rule['id']}")[
         "security_group_rule"]
     new, took = until(lambda: [r for r in traffic_rules(vsphere.dv_port(
-        d["dvs_id"], d["pg_id"], d["dvs_port_key"]))
+        d["dvs_id"], d["dvs_port_key"]))
         if rule["id"] in (r.description or "")])
     print(f"    on DV port {dv.key} {took:.1f}s after the command returned:")
     print(f"    Neutron rule {sg_rule_text(rule)}")
@@ -326,7 +265,7 @@ def port_demo(url: str, sim, vsphere: VSphere, net: dict) -> bool:
     return bool(active and new and down)
 
 
-def trunk_demo(url: str, vsphere: VSphere, net: dict) -> bool:
+def trunk_demo(url: str, vsphere: Reader, net: dict) -> bool:
     """A trunk: the parent's DV port carries its VLAN and the subport's.
     The ports and the second network are made (and removed) through the
     API directly, to keep the demo short: each `openstack` call costs a
@@ -352,7 +291,7 @@ def trunk_demo(url: str, vsphere: VSphere, net: dict) -> bool:
     d = parent["binding:vif_details"]
 
     def vlans():
-        vlan = vsphere.dv_port(d["dvs_id"], d["pg_id"], d["dvs_port_key"]
+        vlan = vsphere.dv_port(d["dvs_id"], d["dvs_port_key"]
                                ).config.setting.vlan
         ranges = getattr(vlan, "vlanId", None)
         return ",".join(f"{r.start}-{r.end}" if r.start != r.end
@@ -402,10 +341,16 @@ def api_get(url: str, path: str) -> dict:
     return api(url, "GET", path)
 
 
-def port_group_report(vsphere: VSphere, net_id: str, kind: str) -> list[str]:
+def port_group_report(vsphere: Reader, net_id: str, kind: str) -> list[str]:
     if kind == "dvs":
-        return vsphere.dv_portgroups(f"neutron-physnet1-{net_id}")
-    return vsphere.host_portgroups(net_id)
+        name = f"neutron-physnet1-{net_id}"
+        return [f"distributed port group {name} ({pg['moid']}) on "
+                f"{pg['switch']}, VLAN {pg['vlan']}, key {pg['key']}; "
+                f"{unconfigured_text(pg['ref'].config.defaultPortConfig)}"
+                for pg in vsphere.dv_portgroups(name)]
+    return sorted(f"standard port group {net_id} on {vswitch}, VLAN {vlan}, "
+                  f"host {host}" for host, (vswitch, vlan)
+                  in vsphere.host_portgroups(net_id).items())
 
 
 def main() -> int:
@@ -437,7 +382,7 @@ def main() -> int:
         url = server.url
         print(f"Neutron API: {url} (ML2: openvswitch,vcenter; "
               f"physnet1 -> DVS0, physnet2 -> vSwitch1 on cluster DC0_C0)\n")
-        vsphere = VSphere(sim.connect())
+        vsphere = Reader(sim.connect())
         made = []
         for physnet, vlan, kind, cidr in (("physnet1", 101, "dvs",
                                            "10.1.0.0/24"),

@@ -61,6 +61,9 @@ import urllib.request
 
 import psutil
 
+from networking_vcenter import conf
+from networking_vcenter import exceptions
+
 MODES = ("embedded", "real")
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 # Stopped in this order (the reverse of their start).
@@ -215,14 +218,13 @@ def vlan_ranges(physnets: list[str]) -> str:
 
 
 def _physnets(switch_mappings: str) -> list[str]:
-    physnets = []
-    for entry in switch_mappings.split(","):
-        physnet, sep, switch = entry.strip().partition(":")
-        if not sep or not physnet.strip() or not switch.strip():
-            raise ServerError(f"switch_mappings: '{entry.strip()}' is not of "
-                              f"the form <physnet>:<switch>")
-        physnets.append(physnet.strip())
-    return physnets
+    """The physical networks of ``switch_mappings``, parsed as the driver
+    parses the option."""
+    try:
+        return list(conf.parse_pairs("switch_mappings",
+                                     switch_mappings.split(",")))
+    except exceptions.ConfigError as exc:
+        raise ServerError(str(exc)) from None
 
 
 def find_api_paste() -> str:

@@ -48,6 +48,7 @@ from oslo_log import log as logging
 
 from networking_vcenter import agent
 from networking_vcenter import conf
+from networking_vcenter.constants import VIF_TYPE_DVS
 from networking_vcenter import exceptions
 from networking_vcenter import neutron_db
 from networking_vcenter import qos
@@ -76,7 +77,6 @@ def _network_ports(hosts: set[str], network_ids: set[str] | None):
     return neutron_db.ports(host_filter=hosts, network_ids=network_ids)
 
 
-VIF_TYPE_DVS = "dvs"
 # Seconds after vCenter was found unreachable during which API hooks do not
 # try it again (the maintenance worker does).
 UNREACHABLE_HOLD_OFF = 30.0

@@ -28,12 +28,14 @@ from collections.abc import Callable
 from typing import Any
 
 from oslo_log import log as logging
+from pyVmomi import vim
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter.reconcile import plan as plan_mod
 from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere import ports as ports_mod
+from networking_vcenter.vsphere import reads
 from networking_vcenter.vsphere import switches
 from networking_vcenter.vsphere.inventory import Inventory
 from networking_vcenter.vsphere.session import Session
@@ -171,7 +173,7 @@ class Applier:
             out.tasks += 1
             ports_mod.reconfigure_ports(
                 self._session, dvs.ref, changes, what,
-                mac_management=ports_mod.mac_management_supported(dvs),
+                mac_management=inventory.mac_management_supported(dvs),
                 read_back=True)
         except exceptions.ConcurrentModification:
             out.stale.extend(chunk)
@@ -270,13 +272,12 @@ class Applier:
             switches.create_dvs_port_groups(self._session, dvs.ref, [spec],
                                             step.switch)
         except exceptions.DuplicateName:
-            vim = inventory.vim
-            found = inventory.find_children(
+            found = reads.find_children(
                 self._session, [dvs.folder], {step.name},
                 vim.dvs.DistributedVirtualPortgroup)
             marks = [(ref._moId, inventory.mark_from_description(
                 p.get("config.description")))
-                for ref, p in inventory.retrieve(
+                for ref, p in reads.retrieve(
                     self._session, vim.dvs.DistributedVirtualPortgroup,
                     ["config.description"], "port group owner",
                     list(found.values()))]
@@ -305,8 +306,7 @@ class Applier:
     def _retag_dvs(self, step: plan_mod.UpdateDvsPortGroup,
                    inv: Inventory) -> None:
         pg = next(p for p in inv.dvs_portgroups if p.moid == step.moid)
-        vim = inventory.vim
-        found = inventory.retrieve(
+        found = reads.retrieve(
             self._session, vim.dvs.DistributedVirtualPortgroup,
             ["config.configVersion", "config.description",
              "config.numPorts"],
@@ -422,12 +422,12 @@ class Applier:
             return
         failed = {(s.network_id, s.name) for s, _ in out.failed}
         try:
-            refs = inventory.find_children(
+            refs = reads.find_children(
                 self._session, inv.network_folders,
-                {s.name for s in steps}, inventory.vim.Network)
+                {s.name for s in steps}, vim.Network)
             marks = {ref._moId: _custom_mark(p.get("customValue"), key)
-                     for ref, p in inventory.retrieve(
-                         self._session, inventory.vim.Network,
+                     for ref, p in reads.retrieve(
+                         self._session, vim.Network,
                          ["customValue"], "marks of standard networks",
                          list(refs.values()))}
         except exceptions.VCenterError as exc:

@@ -20,7 +20,6 @@ from oslo_log import log as logging
 from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter.vsphere import inventory as inv_mod
-from networking_vcenter.vsphere import ports as vsphere_ports
 from networking_vcenter.vsphere.inventory import Inventory, PortSettings, \
     Security
 
@@ -271,7 +270,7 @@ def build_topology(settings: conf.Settings, inv: Inventory,
                             "there", where, switch)
             targets[physnet] = Target(
                 physnet, DVS, switch, dvs.uuid, dvs.host_moids,
-                mac_learning=vsphere_ports.mac_management_supported(dvs))
+                mac_learning=inv_mod.mac_management_supported(dvs))
         elif with_vswitch:
             missing = sorted(inv.hosts[h].name for h in all_hosts
                              if switch not in inv.hosts[h].vswitches)
@@ -504,8 +503,8 @@ def std_security(ports: Iterable[PortSpec],
     forged transmits, MAC changes and promiscuous mode when they all have
     port security, all allowed when none has.  Where they disagree the port
     group stays secure, and the ports without port security are reported
-    (:func:`desired_ports`).  Networks with no such port are left as they
-    are."""
+    (:func:`.portsettings.desired_ports`).  Networks with no such port are
+    left as they are."""
     flags: dict[str, set[bool]] = {}
     for port in ports:
         target = topo.targets.get(port.physnet or "")
@@ -513,70 +512,6 @@ def std_security(ports: Iterable[PortSpec],
             flags.setdefault(port.network_id, set()).add(port.port_security)
     return {net: STD_OPEN if found == {False} else STD_SECURE
             for net, found in flags.items()}
-
-
-def desired_ports(ports: Iterable[PortSpec],
-                  networks: Mapping[str, NetworkSpec], topo: Topology,
-                  max_rules: int, filtering: bool = True
-                  ) -> tuple[list[DesiredPort], list[UnenforcedPort]]:
-    """The DV ports the given Neutron ports need.
-
-    A port counts when it is bound (``physnet`` set by the reader from its
-    bound segment) to a physical network mapped to a distributed switch; one
-    on a standard vSwitch has no DV port, and what its policy asks that the
-    vSwitch cannot do is returned as :class:`UnenforcedPort`.  A trunk's
-    subport has no DV port of its own: its parent's carries it.  A port
-    whose policy cannot be had (over ``max_rules``, unenforceable) gets a
-    blocked DV port (:func:`portsettings.blocked_settings`) and its
-    ``problem``.  ``filtering`` False: no traffic filters (Neutron's
-    ``enable_security_group = False``).
-    """
-    from networking_vcenter.reconcile import portsettings
-    result: list[DesiredPort] = []
-    unenforced: list[UnenforcedPort] = []
-    ports = list(ports)
-    std = std_security(ports, topo)
-    for port in ports:
-        net = networks.get(port.network_id)
-        if not port.physnet or net is None or port.trunk_parent:
-            continue
-        pg = next((d for d in desired_for_network(net, topo)
-                   if d.physnet == port.physnet), None)
-        if pg is None:
-            continue
-        if pg.kind != DVS:
-            what = unenforceable_on_vswitch(port)
-            if port.trunk is not None:
-                what += ("a trunk (no per-port VLAN ranges)",)
-            if not port.port_security and std.get(port.network_id) == \
-                    STD_SECURE:
-                what += ("disabled port security (other ports of the "
-                         "network have it)",)
-            if what:
-                unenforced.append(UnenforcedPort(port.id, port.network_id,
-                                                 what))
-            continue
-        target = topo.targets[pg.physnet]
-        try:
-            settings = portsettings.port_settings(
-                port, max_rules=max_rules, mac_learning=target.mac_learning,
-                filtering=filtering)
-        except (portsettings.TooManyRules,
-                portsettings.Unenforceable) as exc:
-            result.append(DesiredPort(
-                port.id, port.network_id, pg, portsettings.blocked_settings(),
-                str(exc), port.status, port.trunk,
-                bound_key=port.bound_key))
-            continue
-        if not target.mac_learning:
-            # A switch without MAC management has no such setting to hold.
-            settings = dataclasses.replace(settings, mac_learning=None)
-        result.append(DesiredPort(
-            port.id, port.network_id, pg, settings, status=port.status,
-            trunk=port.trunk,
-            trunk_problems=portsettings.trunk_problems(port),
-            bound_key=port.bound_key))
-    return result, unenforced
 
 
 def unenforceable_on_vswitch(port: PortSpec) -> tuple[str, ...]:

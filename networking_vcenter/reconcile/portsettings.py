@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from networking_vcenter.reconcile import desired
 from networking_vcenter.vsphere import inventory
@@ -146,6 +146,70 @@ def port_settings(port: desired.PortSpec, *,
         mac_changes=other_mac, forged_transmits=other_mac,
         mac_learning=False,
         in_shaping=in_shaping, out_shaping=out_shaping, trunk_vlans=vlans)
+
+
+def desired_ports(ports: Iterable[desired.PortSpec],
+                  networks: Mapping[str, desired.NetworkSpec],
+                  topo: desired.Topology, max_rules: int,
+                  filtering: bool = True
+                  ) -> tuple[list[desired.DesiredPort],
+                             list[desired.UnenforcedPort]]:
+    """The DV ports the given Neutron ports need.
+
+    A port counts when it is bound (``physnet`` set by the reader from its
+    bound segment) to a physical network mapped to a distributed switch; one
+    on a standard vSwitch has no DV port, and what its policy asks that the
+    vSwitch cannot do is returned as :class:`desired.UnenforcedPort`.  A trunk's
+    subport has no DV port of its own: its parent's carries it.  A port
+    whose policy cannot be had (over ``max_rules``, unenforceable) gets a
+    blocked DV port (:func:`blocked_settings`) and its ``problem``.
+    ``filtering`` False: no traffic filters (Neutron's
+    ``enable_security_group = False``).
+    """
+    result: list[desired.DesiredPort] = []
+    unenforced: list[desired.UnenforcedPort] = []
+    ports = list(ports)
+    std = desired.std_security(ports, topo)
+    for port in ports:
+        net = networks.get(port.network_id)
+        if not port.physnet or net is None or port.trunk_parent:
+            continue
+        pg = next((d for d in desired.desired_for_network(net, topo)
+                   if d.physnet == port.physnet), None)
+        if pg is None:
+            continue
+        if pg.kind != desired.DVS:
+            what = desired.unenforceable_on_vswitch(port)
+            if port.trunk is not None:
+                what += ("a trunk (no per-port VLAN ranges)",)
+            if not port.port_security and std.get(port.network_id) == \
+                    desired.STD_SECURE:
+                what += ("disabled port security (other ports of the "
+                         "network have it)",)
+            if what:
+                unenforced.append(desired.UnenforcedPort(
+                    port.id, port.network_id, what))
+            continue
+        target = topo.targets[pg.physnet]
+        try:
+            settings = port_settings(
+                port, max_rules=max_rules, mac_learning=target.mac_learning,
+                filtering=filtering)
+        except (TooManyRules, Unenforceable) as exc:
+            result.append(desired.DesiredPort(
+                port.id, port.network_id, pg, blocked_settings(),
+                str(exc), port.status, port.trunk,
+                bound_key=port.bound_key))
+            continue
+        if not target.mac_learning:
+            # A switch without MAC management has no such setting to hold.
+            settings = dataclasses.replace(settings, mac_learning=None)
+        result.append(desired.DesiredPort(
+            port.id, port.network_id, pg, settings, status=port.status,
+            trunk=port.trunk,
+            trunk_problems=trunk_problems(port),
+            bound_key=port.bound_key))
+    return result, unenforced
 
 
 # -- trunks ------------------------------------------------------------------

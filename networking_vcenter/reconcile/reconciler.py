@@ -430,7 +430,7 @@ class Reconciler:
             checked: set[str] = set()   # read fresh under their lock
             for _ in range(PORT_ROUNDS):
                 topo = self.topology(inv)
-                want, unenforced = desired_mod.desired_ports(
+                want, unenforced = portsettings.desired_ports(
                     bound, nets, topo, self.settings.max_rules_per_port,
                     self.settings.security_groups)
                 the_plan = plan_mod.plan_ports(

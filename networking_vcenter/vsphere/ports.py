@@ -36,12 +36,13 @@ Conventions (one place, so that reads and writes agree):
   (the group's VLAN applies again).  A port's own VLAN that is not a trunk
   (set by hand) reads back as ``()``, so that it is reset;
 * the security booleans go to ``securityPolicy``; on switches with MAC
-  management (6.6.0 and later, :func:`mac_management_supported`) they are
-  repeated in ``macManagementPolicy`` with ``mac_learning``.  That policy's
-  booleans cannot be "inherited" one by one: one left None there is sent as
-  False (reject, our groups' default).  It is a vim 6.7 type: a session
-  speaking an older API version (``session.API_NAMESPACE``) leaves it out of
-  the request, and the switch keeps what it had.
+  management (6.6.0 and later,
+  :func:`~networking_vcenter.vsphere.inventory.mac_management_supported`)
+  they are repeated in ``macManagementPolicy`` with ``mac_learning``.
+  That policy's booleans cannot be "inherited" one by one: one left None
+  there is sent as False (reject, our groups' default).  It is a vim 6.7
+  type: a session speaking an older API version (``session.API_NAMESPACE``)
+  leaves it out of the request, and the switch keeps what it had.
 
 Nothing here imports the reconciler.
 """
@@ -70,8 +71,6 @@ Rule = vim.dvs.TrafficRule
 FILTER_AGENT = "dvfilter-generic-vmware"
 # Rule n (from 0) gets sequence (n + 1) * SEQUENCE_STEP.
 SEQUENCE_STEP = 10
-# The first switch version with DVSMacManagementPolicy (MAC learning).
-MAC_MANAGEMENT_VERSION = (6, 6, 0)
 # Ports added at a time to a group that is full: as vCenter's auto-expand.
 GROW_BY = 8
 # vSphere's own defaults when MAC learning is turned on.
@@ -497,20 +496,3 @@ def grow_port_group(session: Session, pg: inventory.DvsPortGroup,
                              f"({pg.moid})",
                      pg.ref.ReconfigureDVPortgroup_Task, spec)
     return total
-
-
-def _version(text: str | None) -> tuple[int, ...]:
-    parts = []
-    for part in (text or "").split("."):
-        digits = "".join(c for c in part if c.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
-
-
-def mac_management_supported(dvs: inventory.Dvs) -> bool:
-    """Whether the switch has MAC management (``macManagementPolicy``):
-    its product version is 6.6.0 or later.  Unknown version: no."""
-    version = _version(dvs.version)
-    return bool(version) and version >= MAC_MANAGEMENT_VERSION

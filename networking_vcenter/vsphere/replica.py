@@ -77,6 +77,7 @@ from networking_vcenter import conf
 from networking_vcenter import exceptions
 from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere import ports as ports_mod
+from networking_vcenter.vsphere import reads
 from networking_vcenter.vsphere.session import Session
 
 LOG = logging.getLogger(__name__)
@@ -702,7 +703,7 @@ class Replica:
         standalone ESXi host named in compute_hosts, a typo that start-up
         validation will report)."""
         found: dict[str, list[Any]] = {}
-        for ref, props in inventory.retrieve(
+        for ref, props in reads.retrieve(
                 self._session, vim.ComputeResource, ["name"],
                 "compute resources"):
             found.setdefault(props["name"], []).append(ref)
@@ -981,16 +982,16 @@ class Replica:
             have = ports.get(key)
             if have is None or self._port_reads.get(key, 0) > read:
                 continue
-            reads = self._key_reads.setdefault(key, {})
+            key_reads = self._key_reads.setdefault(key, {})
             merged = {p.key: p for p in have}
             for k in drop:
-                if reads.get(k, 0) <= read:
+                if key_reads.get(k, 0) <= read:
                     merged.pop(k, None)
-                    reads[k] = read
+                    key_reads[k] = read
             for p in fresh:
-                if reads.get(p.key, 0) <= read:
+                if key_reads.get(p.key, 0) <= read:
                     merged[p.key] = p
-                    reads[p.key] = read
+                    key_reads[p.key] = read
             value = tuple(sorted(merged.values(), key=ports_mod.key_order))
             if value != have:
                 ports[key] = value
@@ -1105,7 +1106,7 @@ class Replica:
             by_kind.setdefault(_kind(obj.ref), []).append(
                 (obj.ref, obj.props))
         field_key = self._field_key(self._objects)
-        return inventory.from_objects(
+        return reads.from_objects(
             dvss=by_kind.get("dvs", []), dvpgs=by_kind.get("dvpg", []),
             networks=by_kind.get("network", []),
             compute=by_kind.get("cr", []), datacenters=by_kind.get("dc", []),

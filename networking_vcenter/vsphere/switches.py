@@ -25,6 +25,7 @@ from pyVmomi import vim
 from networking_vcenter import exceptions
 from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere import ports
+from networking_vcenter.vsphere import reads
 from networking_vcenter.vsphere.session import Session
 
 LOG = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ def raise_dvs_mtu(session: Session, dvs: Any, switch: str, mtu: int
     configVersion read, so a switch changed meanwhile is refused
     (ConcurrentModification) rather than overwritten.  Answers whether it
     was raised."""
-    found = inventory.retrieve(
+    found = reads.retrieve(
         session, VmwareDVS, ["config.maxMtu", "config.configVersion"],
         f"{switch} before raising its MTU", [dvs])
     if not found:
@@ -269,7 +270,7 @@ def add_host_port_group(session: Session, network_system: Any, host: str,
 def host_port_group(session: Session, network_system: Any, host: str,
                     name: str) -> inventory.HostPortGroup | None:
     """The port group ``name`` of one host, read fresh (one round trip)."""
-    objects = inventory.retrieve(
+    objects = reads.retrieve(
         session, vim.host.NetworkSystem, ["networkInfo.portgroup"],
         f"port groups of {host}", [network_system])
     for _, props in objects:
@@ -288,13 +289,13 @@ def std_network_mark(session: Session, owner: StdOwner,
     has none (or vSphere has no custom attributes)."""
     if owner.field_key is None or not owner.network_folders:
         return None
-    found = inventory.find_children(session, list(owner.network_folders),
-                                    {name}, vim.Network)
+    found = reads.find_children(session, list(owner.network_folders),
+                                {name}, vim.Network)
     if name not in found:
         return None
-    for _, props in inventory.retrieve(session, vim.Network, ["customValue"],
-                                       f"mark of network {name}",
-                                       [found[name]]):
+    for _, props in reads.retrieve(session, vim.Network, ["customValue"],
+                                   f"mark of network {name}",
+                                   [found[name]]):
         return _mark_of(props.get("customValue"), owner.field_key)
     return None
 
@@ -331,7 +332,7 @@ def ensure_owner_field(session: Session) -> int | None:
     cfm = session.content.customFieldsManager
     if cfm is None:
         return None
-    key = inventory.owner_field_key(session)
+    key = reads.owner_field_key(session)
     if key is not None:
         return key
     try:
@@ -342,7 +343,7 @@ def ensure_owner_field(session: Session) -> int | None:
         return field.key
     except exceptions.DuplicateName:
         # Another worker defined it a moment ago.
-        return inventory.owner_field_key(session)
+        return reads.owner_field_key(session)
 
 
 def set_owner_field(session: Session, entity: Any, key: int,

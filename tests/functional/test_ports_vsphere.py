@@ -327,9 +327,9 @@ def test_mac_learning_round_trip_on_a_6_6_switch(sim, session, reader,
     reader.wait(folder.CreateDVS_Task(spec))
     inv = Replica.read_once(session, _settings(sim))
     assert inv.dvs("DVS-7").version == "7.0.0"
-    assert ports.mac_management_supported(inv.dvs("DVS-7"))
+    assert inventory.mac_management_supported(inv.dvs("DVS-7"))
     assert inv.dvs("DVS0").version and \
-        not ports.mac_management_supported(inv.dvs("DVS0"))
+        not inventory.mac_management_supported(inv.dvs("DVS0"))
 
     monkeypatch.setattr(session_mod, "API_NAMESPACE", "vim25/6.7.1")
     new = session_mod.Session(_settings(sim))
@@ -712,8 +712,8 @@ def test_version_parsing():
         return inventory.Dvs("dvs-1", "D", "u", frozenset(), ref=None,
                              version=version)
 
-    assert ports.mac_management_supported(dvs("6.6.0"))
-    assert ports.mac_management_supported(dvs("8.0.3"))
-    assert not ports.mac_management_supported(dvs("6.5.0"))
-    assert not ports.mac_management_supported(dvs(None))
-    assert not ports.mac_management_supported(dvs("unknown"))
+    assert inventory.mac_management_supported(dvs("6.6.0"))
+    assert inventory.mac_management_supported(dvs("8.0.3"))
+    assert not inventory.mac_management_supported(dvs("6.5.0"))
+    assert not inventory.mac_management_supported(dvs(None))
+    assert not inventory.mac_management_supported(dvs("unknown"))

@@ -126,7 +126,8 @@ def test_unknown_cluster(config, caplog):
 def test_malformed_mapping(config, caplog):
     config(switch_mappings=["physnet1-DVS0"])
     text = refused(caplog, exceptions.ConfigError)
-    assert "switch_mappings: entry 'physnet1-DVS0' is not of the form" in text
+    assert "switch_mappings: Invalid mapping: 'physnet1-DVS0'; each entry " \
+        "is <physical_network>:<switch>" in text
 
 
 def test_vswitch_missing_on_some_hosts(config, caplog):

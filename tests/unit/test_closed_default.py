@@ -11,6 +11,7 @@ from pyVmomi import vim
 from networking_vcenter.reconcile import desired as D
 from networking_vcenter.reconcile import plan as P
 from networking_vcenter.vsphere import inventory as I
+from networking_vcenter.vsphere import reads as R
 from networking_vcenter.vsphere import ports
 from networking_vcenter.vsphere import switches
 from tests.unit.test_plan import NET_A, dvpg, inventory, seg, topology
@@ -73,8 +74,8 @@ def test_closed_filter_built_by_the_ports_rule_builder():
 def test_every_new_port_group_spec_is_closed():
     spec = switches.dvs_port_group_spec(
         "neutron-physnet1-x", ((0, 4094),), "d", num_ports=20)
-    assert I.default_closed_of(spec.defaultPortConfig)
-    assert I._vlan_of(spec.defaultPortConfig) == ((0, 4094),)
+    assert R.default_closed_of(spec.defaultPortConfig)
+    assert R._vlan_of(spec.defaultPortConfig) == ((0, 4094),)
 
 
 def test_convert_spec_sets_the_closed_filter_and_only_it():
@@ -82,7 +83,7 @@ def test_convert_spec_sets_the_closed_filter_and_only_it():
     assert (spec.configVersion, spec.numPorts, spec.type) == \
         ("7", 12, "earlyBinding")
     config = spec.defaultPortConfig
-    assert I.default_closed_of(config)
+    assert R.default_closed_of(config)
     # Merged by vCenter policy by policy: the VLAN and the other defaults
     # are left as the group has them.
     for name in ("vlan", "blocked", "securityPolicy", "inShapingPolicy",
@@ -110,28 +111,28 @@ def _config(filter_policy=None):
 
 def test_what_counts_as_closed():
     closed = ports.CLOSED_RULES
-    assert I.default_closed_of(_config(_filter_policy(closed)))
+    assert R.default_closed_of(_config(_filter_policy(closed)))
     # Descriptions do not matter.
-    assert I.default_closed_of(_config(_filter_policy(tuple(
+    assert R.default_closed_of(_config(_filter_policy(tuple(
         dataclasses.replace(r, description="") for r in closed))))
     # The previous version's groups: no filter at all.
-    assert not I.default_closed_of(_config())
-    assert not I.default_closed_of(None)
-    assert not I.default_closed_of(_config(
+    assert not R.default_closed_of(_config())
+    assert not R.default_closed_of(None)
+    assert not R.default_closed_of(_config(
         vim.dvs.DistributedVirtualPort.FilterPolicy(inherited=True)))
-    assert not I.default_closed_of(_config(_filter_policy(closed,
+    assert not R.default_closed_of(_config(_filter_policy(closed,
                                                           enabled=False)))
-    assert not I.default_closed_of(_config(_filter_policy(())))
-    assert not I.default_closed_of(_config(_filter_policy(closed[:3])))
+    assert not R.default_closed_of(_config(_filter_policy(())))
+    assert not R.default_closed_of(_config(_filter_policy(closed[:3])))
     accept = I.TrafficRule(I.INCOMING, "accept")
-    assert not I.default_closed_of(_config(_filter_policy((accept,)
+    assert not R.default_closed_of(_config(_filter_policy((accept,)
                                                           + closed)))
     # A foreign group with a qualifier this driver does not read.
     odd = _filter_policy(closed)
     odd.filterConfig[0].trafficRuleset.rules[0] = Rule(
         sequence=10, direction=I.INCOMING, action=Rule.DropAction(),
         qualifier=[Rule.IpQualifier(sourceAddress=vim.IpAddress())])
-    assert not I.default_closed_of(_config(odd))
+    assert not R.default_closed_of(_config(odd))
 
 
 class _Ref:
@@ -146,7 +147,7 @@ def _objects(default_port_config):
           "config.defaultPortConfig": default_port_config,
           "config.description": "", "config.type": "earlyBinding",
           "config.policy": policy, "config.numPorts": 8}
-    return I.from_objects(dvss=[], dvpgs=[(_Ref("dvportgroup-1"), pg)],
+    return R.from_objects(dvss=[], dvpgs=[(_Ref("dvportgroup-1"), pg)],
                           networks=[], compute=[], datacenters=[], hosts=[],
                           field_key=None, has_fields=True, deployment="dep")
 

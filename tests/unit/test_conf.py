@@ -32,17 +32,35 @@ def test_valid_settings():
 
 
 @pytest.mark.parametrize("entries, expected", [
-    (["physnet1"], "switch_mappings: entry 'physnet1' is not of the form"),
-    (["physnet1:"], "switch_mappings: entry 'physnet1:' is not of the form"),
-    ([":DVS0"], "switch_mappings: entry ':DVS0' is not of the form"),
-    (["a:b:c"], "switch_mappings: entry 'a:b:c' is not of the form"),
-    (["p1:DVS0", "p1:DVS1"], "switch_mappings: 'p1' is mapped twice"),
+    (["physnet1"], "switch_mappings: Invalid mapping: 'physnet1'; each "
+                   "entry is <physical_network>:<switch>"),
+    (["physnet1:"], "switch_mappings: Missing value in mapping: "
+                    "'physnet1:'; each entry is"),
+    ([":DVS0"], "switch_mappings: Missing key in mapping: ':DVS0'; each "
+                "entry is"),
+    (["a:b:c"], "switch_mappings: Invalid mapping: 'a:b:c'; each entry is"),
+    (["p1:DVS0", "p1:DVS1"], "switch_mappings: 'p1' is mapped more than "
+                             "once ('DVS0', 'DVS1')"),
 ])
 def test_malformed_switch_mappings(entries, expected):
     with pytest.raises(exceptions.ConfigError) as err:
         conf.load(make_conf(switch_mappings=entries))
     assert expected in str(err.value)
     assert "[ml2_vcenter]" in str(err.value)
+
+
+def test_malformed_compute_hosts_named_with_their_form():
+    with pytest.raises(exceptions.ConfigError) as err:
+        conf.load(make_conf(compute_hosts=["vc-compute-1"]))
+    assert err.value.problems == [
+        "[ml2_vcenter] compute_hosts: Invalid mapping: 'vc-compute-1'; each "
+        "entry is <nova-compute host>:<cluster>"]
+
+
+def test_repeated_pair_is_one_and_values_may_repeat():
+    s = conf.load(make_conf(switch_mappings=["physnet1:DVS0", " physnet1 : "
+                                             "DVS0", "physnet2:DVS0"]))
+    assert s.switch_mappings == {"physnet1": "DVS0", "physnet2": "DVS0"}
 
 
 def test_every_problem_reported_once():
@@ -52,7 +70,7 @@ def test_every_problem_reported_once():
                             dvs_port_group_name_template="pg-{vlan}"))
     problems = err.value.problems
     assert any("host_ip is not set" in p for p in problems)
-    assert any("entry 'bad'" in p for p in problems)
+    assert any("Invalid mapping: 'bad'" in p for p in problems)
     assert any("compute_hosts is empty" in p for p in problems)
     assert any("must contain {network_id}" in p for p in problems)
     assert any("unknown field {vlan}" in p for p in problems)

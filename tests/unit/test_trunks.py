@@ -134,7 +134,7 @@ def test_desired_ports_skip_subports_and_carry_the_trunk():
     port = parent(subport("a", 101, seg_id=105))
     child = dataclasses.replace(default_port(), id="a", network_id="net-1",
                                 trunk_parent=port.id)
-    (want,), _ = d.desired_ports([port, child], nets, topo, 1024)
+    (want,), _ = ps.desired_ports([port, child], nets, topo, 1024)
     assert want.port_id == port.id and want.trunk == port.trunk
     assert want.settings.trunk_vlans == ((100, 100),)
     assert len(want.trunk_problems) == 1

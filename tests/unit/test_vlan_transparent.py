@@ -8,6 +8,7 @@ from networking_vcenter.reconcile import desired as D
 from networking_vcenter.reconcile import plan as P
 from networking_vcenter.reconcile.reconciler import Pass
 from networking_vcenter.vsphere import inventory as I
+from networking_vcenter.vsphere import reads as R
 from networking_vcenter.vsphere import switches
 from tests.unit.test_plan import HOSTS, NET_A, dvpg, inventory, seg, \
     topology
@@ -118,8 +119,8 @@ def test_trunk_spec_written_and_read_back():
                       vim.dvs.VmwareDistributedVirtualSwitch.TrunkVlanSpec)
     assert [(r.start, r.end) for r in config.vlan.vlanId] == [(0, 4094)]
     assert config.vlan.inherited is False
-    assert I._vlan_of(config) == ALL
-    assert I._vlan_of(switches.default_port_config(7)) == 7
+    assert R._vlan_of(config) == ALL
+    assert R._vlan_of(switches.default_port_config(7)) == 7
 
 
 def test_trunk_ranges_read_in_one_form():
@@ -127,9 +128,9 @@ def test_trunk_ranges_read_in_one_form():
     config = dvs.VmwarePortConfigPolicy(vlan=dvs.TrunkVlanSpec(vlanId=[
         vim.NumericRange(start=s, end=e)
         for s, e in ((300, 300), (0, 99), (100, 200), (150, 250))]))
-    assert I._vlan_of(config) == ((0, 250), (300, 300))
+    assert R._vlan_of(config) == ((0, 250), (300, 300))
     pvlan = dvs.VmwarePortConfigPolicy(vlan=dvs.PvlanSpec(pvlanId=5))
-    assert I._vlan_of(pvlan) is None
+    assert R._vlan_of(pvlan) is None
 
 
 def test_vlan_text():
