@@ -491,12 +491,18 @@ def emit(tables: list[Table], fmt: str, columns: list[str] = ()) -> None:
 
 
 STATUS_SECTIONS = ("switches", "port_groups", "ports", "trunks")
+# Every column of status's tables (rows' keys), for ``-c``.
+STATUS_FIELDS = ["physical_network", "switch", "kind", "mtu", "neutron_mtu",
+                 "network", "port_group", "vlan", "port", "dv_port", "trunk",
+                 "parent", "want_vlans", "have_vlans", "state", "detail"]
 
 
 def cmd_status(rec: Reconciler, fmt: str, columns: list[str] = (),
                sections: list[str] = ()) -> int:
     """Read and plan, change nothing; no lock: it runs while a full pass
     runs elsewhere (and never waits for one)."""
+    # A column no table has is refused before anything is read.
+    chosen_columns([Table("", [], [], STATUS_FIELDS)], list(columns))
     result = rec.sync_all(neutron_db.networks, dry_run=True,
                           port_source=_port_source(rec))
     rows = status_rows(result)
@@ -803,9 +809,9 @@ class _ConfigArg(argparse.Action):
     given, handed to oslo.config as they are (it reads them in order)."""
 
     def __call__(self, parser, namespace, value, option_string=None):
+        given = getattr(namespace, self.dest) or []
         setattr(namespace, self.dest,
-                [*(getattr(namespace, self.dest) or []), self.option_strings[0],
-                 value])
+                [*given, self.option_strings[0], value])
 
 
 def _seconds(text: str) -> float:
