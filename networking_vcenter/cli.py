@@ -589,6 +589,8 @@ def cmd_sync(rec: Reconciler, fmt: str, dry_run: bool,
             not result.plan.conflicts and not ports.plan.steps and \
             not ports.plan.conflicts else EXIT_DIFF
 
+    # The lock backend first: unusable, nothing is read.
+    rec.locks.start()
     done = [0]
     total = [0]
     quiet = fmt == "json"

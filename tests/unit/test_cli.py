@@ -143,7 +143,8 @@ class TestPassRunningElsewhere(unittest.TestCase):
         rec = types.SimpleNamespace(
             sync_all=sync_all, settings=types.SimpleNamespace(
                 compute_hosts={}),
-            locks=types.SimpleNamespace(backend_url=locks_mod.mask_url(url)))
+            locks=types.SimpleNamespace(backend_url=locks_mod.mask_url(url),
+                                        start=lambda: None))
         code, out, err = run(cli.cmd_sync, rec, "table", False, wait=5)
         self.assertEqual(cli.EXIT_BUSY, code)
         self.assertEqual([(True, None), (False, 5)], calls)
