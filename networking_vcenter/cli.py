@@ -1,7 +1,7 @@
 """``networking-vcenter``: see and fix how vCenter differs from Neutron.
 
-Reads the same configuration files as the Neutron server (``--config-file``,
-as every Neutron tool) and Neutron's database directly::
+Reads the same configuration as the Neutron server (``--config-file`` and
+``--config-dir``, as every Neutron tool) and Neutron's database directly::
 
     networking-vcenter --config-file /etc/neutron/neutron.conf \\
         --config-file /etc/neutron/plugins/ml2/ml2_conf.ini status
@@ -14,23 +14,44 @@ as every Neutron tool) and Neutron's database directly::
                       (the VLAN ranges Neutron wants on the parent's DV port
                       against those it holds): in-sync, degraded, drift,
                       waiting, not-carried (a standard vSwitch, unbound);
-* ``sync``            apply the difference (a progress line per step);
+* ``sync``            apply the difference (a progress line per step); it
+                      runs the full pass, once at a time across the
+                      deployment: while one runs elsewhere it waits
+                      (``--wait``, 60 s) and then gives up, changing nothing;
   ``sync --dry-run``  print the plan instead;
 * ``check``           the configuration, the vCenter connection and mappings,
-                      the privileges the driver needs, the Neutron database.
+                      the switch MTUs, the privileges the driver needs, the
+                      lock backend (a test lock taken and released), the
+                      Neutron database.
 
 ``status``, ``sync --dry-run`` and ``check`` change nothing in vCenter: they
-work under a read-only role.  Every command logs out of vCenter when it ends.
+work under a read-only role, and take no lock but ``check``'s test lock (they
+run while a full pass runs elsewhere).  Every command logs out of vCenter when
+it ends.
 
-``--format json`` prints one JSON document for scripts.  Exit status: 0 all
-in sync (``status``), converged (``sync``) or every check passed (``check``);
-1 differences, failures or conflicts remain; 2 the tool could not run (bad
-configuration, vCenter or database unreachable).
+Output, as ``openstack`` commands have it: ``-f/--format`` table (default),
+json (one document), value or csv; ``-c/--column NAME`` (repeatable) shows
+those columns only, of each table that has them; ``status --section``
+(repeatable) picks its tables.  ``sync`` prints lines, or one JSON document.
+
+Exit status:
+
+* 0  all in sync (``status``), converged (``sync``), every check passed
+     (``check``);
+* 1  differences, failures or conflicts remain; a check failed that does not
+     stop ``status`` and ``sync`` (switch MTUs, privileges);
+* 2  the tool could not run: bad usage or configuration; vCenter, its
+     mappings, the lock backend or the Neutron database unusable (``check``:
+     one of those checks failed);
+* 3  a full pass is running elsewhere and did not end within ``sync --wait``:
+     nothing was changed, run again later.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
 import functools
 import json
 import logging
@@ -48,12 +69,30 @@ from networking_vcenter.reconcile import desired as desired_mod
 from networking_vcenter.reconcile import locks as locks_mod
 from networking_vcenter.reconcile import mtu as mtu_mod
 from networking_vcenter.reconcile import plan as plan_mod
-from networking_vcenter.reconcile.reconciler import Pass, PortPass, \
-    Reconciler
+from networking_vcenter.reconcile.reconciler import FULL_PASS_LOCK, Pass, \
+    PortPass, Reconciler
 from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere import privileges
 
-EXIT_OK, EXIT_DIFF, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_DIFF, EXIT_ERROR, EXIT_BUSY = 0, 1, 2, 3
+EPILOG = """exit status:
+  0  in sync / converged / every check passed
+  1  differences, failures or conflicts remain; a check failed
+     (switch MTUs, privileges)
+  2  cannot run: bad usage or configuration; vCenter, its mappings, the
+     lock backend or the Neutron database unusable
+  3  a full pass is running elsewhere and did not end within 'sync --wait':
+     nothing changed, run again later"""
+FORMATS = ("table", "json", "value", "csv")
+# How long ``sync`` waits for a full pass running elsewhere (seconds).
+SYNC_WAIT = 60.0
+# How long ``check`` waits for its test lock (another ``check`` may hold it).
+CHECK_LOCK_WAIT = 10.0
+CHECK_LOCK = "check"
+# Checks without which ``status`` and ``sync`` cannot run: one failed makes
+# ``check`` exit EXIT_ERROR, as those commands would.
+BLOCKING = ("configuration", "vCenter login", "mappings",
+            "coordination backend", "Neutron database")
 # A check whose result is one of these passes.  "pending": something the
 # driver itself makes on its first write (our custom attribute), which a
 # read-only check must not make.
@@ -85,7 +124,9 @@ def log_out(rec: Reconciler) -> None:
 
 # -- Neutron's side ------------------------------------------------------------
 
-def load_config(config_files: list[str]) -> conf.Settings:
+def load_config(config_args: list[str]) -> conf.Settings:
+    """Neutron's configuration from ``config_args``: ``--config-file`` and
+    ``--config-dir`` options, in the order given (oslo.config's own)."""
     from neutron.common import config as common_config
     from neutron.conf.plugins.ml2 import config as ml2_config
     from oslo_db import options as db_options
@@ -93,9 +134,8 @@ def load_config(config_files: list[str]) -> conf.Settings:
     ml2_config.register_ml2_plugin_opts()
     db_options.set_defaults(cfg.CONF)
     conf.register_opts(cfg.CONF)
-    args = [a for f in config_files for a in ("--config-file", f)]
     try:
-        cfg.CONF(args, project="neutron")
+        cfg.CONF(list(config_args), project="neutron")
     except cfg.Error as exc:
         raise CliError(f"cannot read the configuration: {exc}")
     return conf.load(cfg.CONF)
@@ -375,8 +415,95 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
               .rstrip())
 
 
-def cmd_status(rec: Reconciler, fmt: str) -> int:
-    result = rec.sync_all(neutron_db.networks, dry_run=True, wait=60,
+@dataclasses.dataclass
+class Table:
+    """One table of a command's output: ``key`` its name in the JSON
+    document and for ``--section``; ``columns`` those the table shows by
+    default; ``fields`` every column ``-c`` may name (a row's keys);
+    ``summary`` a line under it (table format), ``counts`` its JSON form."""
+    key: str
+    rows: list[dict[str, Any]]
+    columns: list[str]
+    fields: list[str]
+    summary: str = ""
+    counts: dict[str, int] | None = None
+    summary_key: str = ""
+
+
+def chosen_columns(tables: list[Table], columns: list[str]
+                   ) -> dict[str, list[str] | None]:
+    """Per table, the columns ``-c`` chose that it has (None: its own, or
+    every field in JSON); a table with none of them is left out.  A column
+    no table has is refused, naming those there are."""
+    if not columns:
+        return {t.key: None for t in tables}
+    known = {f for t in tables for f in t.fields}
+    unknown = [c for c in columns if c not in known]
+    if unknown:
+        raise CliError(
+            f"no column {', '.join(repr(c) for c in unknown)} here "
+            f"(-c/--column); there are: "
+            f"{', '.join(sorted(known))}")
+    out = {}
+    for t in tables:
+        have = [c for c in columns if c in t.fields]
+        if have:
+            out[t.key] = have
+    return out
+
+
+def emit(tables: list[Table], fmt: str, columns: list[str] = ()) -> None:
+    """``tables`` in ``fmt`` (table, json, value, csv), as ``openstack``
+    commands print theirs; ``columns`` as ``-c`` gives them."""
+    shown_cols = chosen_columns(tables, list(columns))
+    if fmt == "json":
+        doc: dict[str, Any] = {}
+        for t in tables:
+            if t.key in shown_cols:
+                cols = shown_cols[t.key]
+                doc[t.key] = t.rows if cols is None else [
+                    {c: r[c] for c in cols} for r in t.rows]
+            if t.summary_key:
+                doc[t.summary_key] = dict(t.counts or {})
+        json.dump(doc, sys.stdout, indent=2)
+        print()
+        return
+    first = True
+    for t in tables:
+        if t.key not in shown_cols:
+            continue
+        cols = shown_cols[t.key] or t.columns
+        if fmt == "value":
+            for r in t.rows:
+                print(" ".join(str(r[c]) for c in cols))
+        elif fmt == "csv":
+            out = csv.writer(sys.stdout, quoting=csv.QUOTE_NONNUMERIC,
+                             lineterminator="\n")
+            out.writerow(cols)
+            out.writerows([r[c] for c in cols] for r in t.rows)
+        else:
+            if not first:
+                print()
+            print_table(t.rows, cols)
+            if t.summary:
+                print("\n" + t.summary)
+        first = False
+
+
+STATUS_SECTIONS = ("switches", "port_groups", "ports", "trunks")
+# Every column of status's tables (rows' keys), for ``-c``.
+STATUS_FIELDS = ["physical_network", "switch", "kind", "mtu", "neutron_mtu",
+                 "network", "port_group", "vlan", "port", "dv_port", "trunk",
+                 "parent", "want_vlans", "have_vlans", "state", "detail"]
+
+
+def cmd_status(rec: Reconciler, fmt: str, columns: list[str] = (),
+               sections: list[str] = ()) -> int:
+    """Read and plan, change nothing; no lock: it runs while a full pass
+    runs elsewhere (and never waits for one)."""
+    # A column no table has is refused before anything is read.
+    chosen_columns([Table("", [], [], STATUS_FIELDS)], list(columns))
+    result = rec.sync_all(neutron_db.networks, dry_run=True,
                           port_source=_port_source(rec))
     rows = status_rows(result)
     ports = port_rows(result.ports)
@@ -392,33 +519,37 @@ def cmd_status(rec: Reconciler, fmt: str) -> int:
         counts[r["state"]] += 1
     for r in ports:
         port_counts[r["state"]] += 1
-    if fmt == "json":
-        json.dump({"port_groups": rows, "summary": dict(counts),
-                   "ports": ports, "port_summary": dict(port_counts),
-                   "switches": switches, "trunks": trunks,
-                   "trunk_summary": dict(trunk_counts)},
-                  sys.stdout, indent=2)
-        print()
-    else:
-        print_table(switches, ["physical_network", "switch", "kind", "mtu",
-                               "neutron_mtu", "state", "detail"])
-        print()
-        print_table(rows, ["network", "physical_network", "switch",
-                           "port_group", "vlan", "state", "detail"])
-        print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-              if counts else "")
-        print()
-        print_table(ports, ["port", "network", "dv_port", "state",
-                            "detail"])
-        print("\n" + ", ".join(f"{n} ports {s}" for s, n in
-                               sorted(port_counts.items()))
-              if port_counts else "")
-        if trunks:
-            print()
-            print_table(trunks, ["trunk", "parent", "dv_port", "want_vlans",
-                                 "have_vlans", "state", "detail"])
-            print("\n" + ", ".join(f"{n} trunks {s}" for s, n in
-                                   sorted(trunk_counts.items())))
+    def summary(what: str, c: dict[str, int]) -> str:
+        return ", ".join(f"{n} {what}{s}" for s, n in sorted(c.items()))
+
+    tables = [
+        Table("switches", switches,
+              ["physical_network", "switch", "kind", "mtu", "neutron_mtu",
+               "state", "detail"],
+              ["physical_network", "switch", "kind", "mtu", "neutron_mtu",
+               "state", "detail"]),
+        Table("port_groups", rows,
+              ["network", "physical_network", "switch", "port_group", "vlan",
+               "state", "detail"],
+              ["network", "physical_network", "switch", "port_group", "vlan",
+               "state", "detail"],
+              summary("", counts), counts, "summary"),
+        Table("ports", ports,
+              ["port", "network", "dv_port", "state", "detail"],
+              ["port", "network", "port_group", "dv_port", "state",
+               "detail"],
+              summary("ports ", port_counts), port_counts, "port_summary"),
+        Table("trunks", trunks,
+              ["trunk", "parent", "dv_port", "want_vlans", "have_vlans",
+               "state", "detail"],
+              ["trunk", "parent", "network", "dv_port", "want_vlans",
+               "have_vlans", "state", "detail"],
+              summary("trunks ", trunk_counts), trunk_counts,
+              "trunk_summary")]
+    if fmt == "table" and not trunks and not sections:
+        tables.pop()        # no trunk here: no empty trunk table
+    emit([t for t in tables if not sections or t.key in sections], fmt,
+         columns)
     ok = {"in-sync", "not-enforced"}
     # A trunk degraded or not carried is reported as a port not enforced
     # is: a sync would not change it.
@@ -430,9 +561,22 @@ def cmd_status(rec: Reconciler, fmt: str) -> int:
 
 # -- sync --------------------------------------------------------------------------
 
-def cmd_sync(rec: Reconciler, fmt: str, dry_run: bool) -> int:
+def busy_message(rec: Reconciler, wait: float) -> str:
+    return (f"networking-vcenter: a full pass is running elsewhere (a "
+            f"Neutron server's maintenance worker, or another "
+            f"'networking-vcenter sync'): its lock '{FULL_PASS_LOCK}' on "
+            f"{rec.locks.backend_url} was not free within {wait:g} s. "
+            f"Nothing was changed; run 'sync' again later, or wait longer "
+            f"with 'sync --wait SECONDS' ('status' needs no lock).")
+
+
+def cmd_sync(rec: Reconciler, fmt: str, dry_run: bool,
+             wait: float = SYNC_WAIT) -> int:
+    """``dry_run``: the plan, read without a lock.  Otherwise the full
+    pass, under its lock, waited for up to ``wait`` seconds: EXIT_BUSY
+    if a pass running elsewhere holds it that long."""
     if dry_run:
-        result = rec.sync_all(neutron_db.networks, dry_run=True, wait=60,
+        result = rec.sync_all(neutron_db.networks, dry_run=True,
                               port_source=_port_source(rec))
         ports = result.ports
         steps = result.plan.describe() + ports.plan.describe()
@@ -445,25 +589,37 @@ def cmd_sync(rec: Reconciler, fmt: str, dry_run: bool) -> int:
             not result.plan.conflicts and not ports.plan.steps and \
             not ports.plan.conflicts else EXIT_DIFF
 
+    # The lock backend first: unusable, nothing is read.
+    rec.locks.start()
     done = [0]
     total = [0]
     quiet = fmt == "json"
 
     def progress(step: plan_mod.Step, how: str) -> None:
         done[0] += 1
+        # The plan is made again under the lock: it may have grown since
+        # the preview (a network made meanwhile); never "[5/4]".
+        total[0] = max(total[0], done[0])
         if not quiet:
-            print(f"[{done[0]}/{total[0] or '?'}] {how:8} {step.describe()}",
+            print(f"[{done[0]}/{total[0]}] {how:8} {step.describe()}",
                   file=sys.stderr, flush=True)
 
-    preview = rec.sync_all(neutron_db.networks, dry_run=True, wait=60)
-    total[0] = len(preview.plan.steps)
-    result = rec.sync_all(neutron_db.networks, wait=60, progress=progress,
+    # The steps to come, port steps too, for the counter (read unlocked).
+    preview = rec.sync_all(neutron_db.networks, dry_run=True,
+                           port_source=_port_source(rec))
+    total[0] = len(preview.plan.steps) + len(preview.ports.plan.steps)
+    result = rec.sync_all(neutron_db.networks, wait=wait, progress=progress,
                           port_source=_port_source(rec))
+    if result is None:
+        print(busy_message(rec, wait), file=sys.stderr)
+        return EXIT_BUSY
     out = result.outcome
     ports = result.ports
     port_out = ports.outcome
     for step in port_out.done:
         progress(step, "done")
+    for step, _ in port_out.failed:
+        progress(step, "failed")
     port_failed = [(s, e) for s, e in port_out.failed] + \
         [(s, "changed meanwhile; run again") for s in port_out.stale]
     summary = {"done": len(out.done), "failed": len(out.failed),
@@ -502,7 +658,18 @@ def cmd_sync(rec: Reconciler, fmt: str, dry_run: bool) -> int:
 
 # -- check ---------------------------------------------------------------------------
 
-def cmd_check(config_files: list[str], fmt: str) -> int:
+def check_exit(checks: list[dict[str, str]]) -> int:
+    """``check``'s exit status: EXIT_ERROR if a check failed without which
+    ``status`` and ``sync`` cannot run (:data:`BLOCKING`), EXIT_DIFF if
+    another failed or could not tell, else EXIT_OK."""
+    failed = {c["check"] for c in checks if c["result"] not in PASSING}
+    if failed & set(BLOCKING):
+        return EXIT_ERROR
+    return EXIT_DIFF if failed else EXIT_OK
+
+
+def cmd_check(config_args: list[str], fmt: str,
+              columns: list[str] = ()) -> int:
     checks: list[dict[str, str]] = []
     rec: Reconciler | None = None
 
@@ -512,16 +679,15 @@ def cmd_check(config_files: list[str], fmt: str) -> int:
                        "detail": shown(detail, rec)})
 
     def finish() -> int:
-        if fmt == "json":
-            json.dump({"checks": checks}, sys.stdout, indent=2)
-            print()
-        else:
-            print_table(checks, ["check", "result", "detail"])
-        return EXIT_OK if all(c["result"] in PASSING for c in checks) \
-            else EXIT_DIFF
+        emit([Table("checks", checks, ["check", "result", "detail"],
+                    ["check", "result", "detail"])], fmt, columns)
+        return check_exit(checks)
 
+    # A column no table has is refused before anything is read.
+    chosen_columns([Table("checks", [], [], ["check", "result", "detail"])],
+                   list(columns))
     try:
-        settings = load_config(config_files)
+        settings = load_config(config_args)
         # Refused here too: a lock backend whose driver cannot load.
         rec = Reconciler.from_settings(settings, watch=False)
         record("configuration", True, f"[{conf.GROUP}] is valid")
@@ -530,6 +696,7 @@ def cmd_check(config_files: list[str], fmt: str) -> int:
         return finish()
     try:
         check_vcenter(rec, settings, record)
+        check_locks(rec, record)
     finally:
         log_out(rec)
     try:
@@ -540,6 +707,26 @@ def cmd_check(config_files: list[str], fmt: str) -> int:
     return finish()
 
 
+def check_locks(rec: Reconciler,
+                record: Callable[[str, bool | None | str, str], None],
+                wait: float = CHECK_LOCK_WAIT) -> None:
+    """Join the lock backend, take a test lock and release it: what the
+    full pass and every port's lock need.  The backend's URL is shown
+    masked, as its errors are."""
+    where = rec.locks.backend_url
+    try:
+        with rec.locks.hold(CHECK_LOCK, timeout=wait) as got:
+            pass
+    except Exception as exc:  # noqa: BLE001 - any backend error fails it
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        record("coordination backend", False, f"{where}: {text}")
+        return
+    record("coordination backend", got,
+           f"{where}: a test lock taken and released" if got else
+           f"{where}: the test lock '{CHECK_LOCK}' was not had within "
+           f"{wait:g} s (another 'check' holding it?)")
+
+
 def check_vcenter(rec: Reconciler, settings: conf.Settings,
                   record: Callable[[str, bool | None | str, str], None]
                   ) -> None:
@@ -548,8 +735,12 @@ def check_vcenter(rec: Reconciler, settings: conf.Settings,
     session = rec.session
     try:
         session.connect()
-        record("vCenter login", True, f"{session.endpoint} as "
-                                      f"{settings.host_username}")
+    except exceptions.VCenterError as exc:
+        record("vCenter login", False, str(exc))
+        return
+    record("vCenter login", True, f"{session.endpoint} as "
+                                  f"{settings.host_username}")
+    try:
         inv = rec.inventory()
         topo = rec.topology(inv)
         record("mappings", True, "; ".join(
@@ -557,7 +748,7 @@ def check_vcenter(rec: Reconciler, settings: conf.Settings,
             + (f" on {len(t.host_moids)} host(s)" if t.kind != "dvs" else "")
             for t in topo.targets.values()))
     except exceptions.VCenterError as exc:
-        record("vCenter", False, str(exc))
+        record("mappings", False, str(exc))
         return
     record_mtus(inv, topo, settings, record)
     if not inv.custom_fields:
@@ -615,38 +806,103 @@ def record_mtus(inv: inventory.Inventory, topo: desired_mod.Topology,
 
 # -- main ------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+class _ConfigArg(argparse.Action):
+    """``--config-file`` and ``--config-dir`` into one list, in the order
+    given, handed to oslo.config as they are (it reads them in order)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        given = getattr(namespace, self.dest) or []
+        setattr(namespace, self.dest,
+                [*given, self.option_strings[0], value])
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
+def _output_options(parser: argparse.ArgumentParser,
+                    columns: bool = True) -> None:
+    """``-f/--format`` (and ``-c/--column``) after the command, as
+    ``openstack`` commands take them; ``--format`` before it still works."""
+    group = parser.add_argument_group("output formatters")
+    group.add_argument("-f", "--format", choices=FORMATS,
+                       default=argparse.SUPPRESS,
+                       help="the output format (default: table)")
+    if columns:
+        group.add_argument("-c", "--column", action="append",
+                           default=argparse.SUPPRESS, metavar="COLUMN",
+                           help="show this column only (repeatable)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
         prog="networking-vcenter", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="exit status: 0 in sync / converged / all checks ok; "
-               "1 differences or failures remain; 2 cannot run")
-    parser.add_argument("--config-file", action="append", default=[],
-                        help="a Neutron configuration file (repeatable)")
-    parser.add_argument("--format", choices=("table", "json"),
-                        default="table")
-    parser.add_argument("--debug", action="store_true",
-                        help="log the driver's vSphere calls on stderr")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="Neutron networks against port groups")
-    sync = sub.add_parser("sync", help="make vCenter match Neutron")
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p.add_argument("--config-file", action=_ConfigArg, dest="config",
+                   metavar="PATH",
+                   help="a Neutron configuration file (repeatable)")
+    p.add_argument("--config-dir", action=_ConfigArg, dest="config",
+                   metavar="DIR",
+                   help="a directory of *.conf files, read in name order "
+                        "after the files given before it (repeatable)")
+    p.add_argument("-f", "--format", choices=FORMATS, default="table",
+                   help="the output format (default: table)")
+    p.add_argument("--debug", action="store_true",
+                   help="log the driver's vSphere calls on stderr")
+    p.set_defaults(config=[], column=[])
+    sub = p.add_subparsers(dest="command", required=True)
+    status = sub.add_parser(
+        "status", help="Neutron networks against port groups",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    _output_options(status)
+    status.add_argument("--section", action="append", metavar="SECTION",
+                        choices=STATUS_SECTIONS, default=[],
+                        help=f"show this table only (repeatable): "
+                             f"{', '.join(STATUS_SECTIONS)}")
+    sync = sub.add_parser(
+        "sync", help="make vCenter match Neutron",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    _output_options(sync, columns=False)
     sync.add_argument("--dry-run", action="store_true",
                       help="print the plan, change nothing")
-    sub.add_parser("check", help="configuration, connection, privileges")
-    args = parser.parse_args(argv)
+    sync.add_argument("--wait", type=_seconds, default=SYNC_WAIT,
+                      metavar="SECONDS",
+                      help=f"how long to wait for a full pass running "
+                           f"elsewhere (default {SYNC_WAIT:g}); then exit "
+                           f"{EXIT_BUSY}")
+    check = sub.add_parser(
+        "check", help="configuration, connection, privileges, locks",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    _output_options(check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else
                         logging.CRITICAL + 1, stream=sys.stderr)
-    if args.command == "check":
-        return cmd_check(args.config_file, args.format)
+    try:
+        if args.command == "check":
+            return cmd_check(args.config, args.format, args.column)
+    except CliError as exc:
+        print(f"networking-vcenter: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     rec = None
     try:
-        settings = load_config(args.config_file)
+        settings = load_config(args.config)
         rec = Reconciler.from_settings(settings, watch=False)
         rec.network_ports = lambda nets: neutron_db.ports(
             host_filter=set(settings.compute_hosts), network_ids=nets)
         if args.command == "status":
-            return cmd_status(rec, args.format)
-        return cmd_sync(rec, args.format, args.dry_run)
+            return cmd_status(rec, args.format, args.column, args.section)
+        return cmd_sync(rec, args.format, args.dry_run, args.wait)
     except (CliError, exceptions.VCenterError) as exc:
         print(f"networking-vcenter: {shown(exc, rec)}", file=sys.stderr)
         return EXIT_ERROR

@@ -236,11 +236,14 @@ class Reconciler:
 
         ``wait`` None: skip at once if the pass is taken (the periodic
         worker's choice); a number: wait that long for it (the CLI's).
+        A ``dry_run`` changes nothing and takes no lock: it reads and plans
+        even while a pass runs elsewhere (``networking-vcenter status``).
         With ``port_source``, every port's DV port too, read fresh from
         vCenter (a port edited by hand shows no change in the replica).
         """
-        with self.locks.hold(FULL_PASS_LOCK, blocking=wait is not None,
-                             timeout=-1 if wait is None else wait) as got:
+        with contextlib.nullcontext(True) if dry_run else self.locks.hold(
+                FULL_PASS_LOCK, blocking=wait is not None,
+                timeout=-1 if wait is None else wait) as got:
             if not got:
                 return None
             inv = self.inventory()                  # vCenter first, then

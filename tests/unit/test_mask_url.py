@@ -211,11 +211,12 @@ def _cli(tmp_path, url: str, command: str):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_cli_status_unreachable_backend_masked(tmp_path):
-    """``status`` takes the full-pass lock first: its error, on stderr,
-    names the option and the host, not the password."""
+def test_cli_sync_unreachable_backend_masked(tmp_path):
+    """``sync`` joins the lock backend first (``status`` takes no lock):
+    its error, on stderr, names the option and the host, not the
+    password."""
     proc = _cli(tmp_path, f"mysql://neutron:{SECRET}@127.0.0.1:1/neutron",
-                "status")
+                "sync")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert SECRET not in proc.stdout + proc.stderr
     _assert_masked(proc.stderr, "mysql://neutron:***@127.0.0.1:1/neutron")
@@ -226,7 +227,7 @@ def test_cli_check_backend_that_cannot_load_masked(tmp_path):
     """``check``: a FAIL row, not a traceback, and no password."""
     proc = _cli(tmp_path, f"nosuchbackend://neutron:{SECRET}@db.example.org"
                 f"/x?password={SECRET}", "check")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # cannot run
     assert SECRET not in proc.stdout + proc.stderr
     assert "FAIL" in proc.stdout
     _assert_masked(proc.stdout, "nosuchbackend://neutron:***@db.example.org"

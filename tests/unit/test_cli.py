@@ -1,0 +1,156 @@
+"""The operator CLI on plain data: its options, output formats, ``check``'s
+exit status and a full pass running elsewhere.  Against a simulator:
+tests/functional/test_cli.py and test_cli_commands.py."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import types
+import unittest
+
+from networking_vcenter import cli
+from networking_vcenter.reconcile import locks as locks_mod
+
+
+def run(fn, *args, **kw):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = fn(*args, **kw)
+    return code, out.getvalue(), err.getvalue()
+
+
+class TestOptions(unittest.TestCase):
+
+    def parse(self, *argv):
+        return cli.parser().parse_args(list(argv))
+
+    def test_config_files_and_dirs_in_order(self):
+        args = self.parse("--config-file", "a.conf", "--config-dir", "d",
+                          "--config-file", "b.conf", "status")
+        self.assertEqual(["--config-file", "a.conf", "--config-dir", "d",
+                          "--config-file", "b.conf"], args.config)
+        self.assertEqual([], self.parse("status").config)
+
+    def test_format_before_or_after_the_command(self):
+        self.assertEqual("json", self.parse("--format", "json",
+                                            "status").format)
+        self.assertEqual("csv", self.parse("status", "-f", "csv").format)
+        self.assertEqual("value", self.parse("-f", "json", "check", "-f",
+                                             "value").format)
+        self.assertEqual("table", self.parse("sync").format)
+        args = self.parse("status", "-c", "port_group", "--column", "state",
+                          "--section", "port_groups")
+        self.assertEqual(["port_group", "state"], args.column)
+        self.assertEqual(["port_groups"], args.section)
+        self.assertEqual([], self.parse("check").column)
+        self.assertEqual(60.0, self.parse("sync").wait)
+        self.assertEqual(2.5, self.parse("sync", "--wait", "2.5").wait)
+
+    def test_bad_usage_exits_2(self):
+        for argv in (["sync", "--wait", "-1"], ["sync", "--wait", "soon"],
+                     ["status", "-f", "yaml"], ["sync", "-c", "state"],
+                     ["status", "--section", "hosts"], []):
+            with self.subTest(argv=argv), \
+                    contextlib.redirect_stderr(io.StringIO()) as err, \
+                    self.assertRaises(SystemExit) as exit_:
+                cli.main(argv)
+            self.assertEqual(cli.EXIT_ERROR, exit_.exception.code)
+            self.assertIn("usage:", err.getvalue())
+
+    def test_exit_codes_documented_in_the_help(self):
+        text = cli.parser().format_help()
+        for code in (cli.EXIT_OK, cli.EXIT_DIFF, cli.EXIT_ERROR,
+                     cli.EXIT_BUSY):
+            self.assertIn(f"\n  {code}  ", text)
+        self.assertIn("running elsewhere", text)
+
+
+class TestOutput(unittest.TestCase):
+
+    tables = [cli.Table("a", [{"x": 1, "y": "p q", "z": ""}],
+                        ["x", "y"], ["x", "y", "z"], "1 a", {"in-sync": 1},
+                        "a_summary"),
+              cli.Table("b", [{"x": 2, "w": "r"}], ["w", "x"], ["w", "x"])]
+
+    def out(self, fmt, columns=()):
+        return run(cli.emit, self.tables, fmt, columns)[1]
+
+    def test_table(self):
+        self.assertEqual("X  Y\n1  p q\n\n1 a\n\nW  X\nr  2\n",
+                         self.out("table"))
+        self.assertEqual("X\n1\n\n1 a\n\nX\n2\n", self.out("table", ["x"]))
+
+    def test_value_and_csv(self):
+        self.assertEqual("1 p q\nr 2\n", self.out("value"))
+        self.assertEqual("p q 1\n2\n", self.out("value", ["y", "x"]))
+        self.assertEqual('"x","y"\n1,"p q"\n"w","x"\n"r",2\n',
+                         self.out("csv"))
+
+    def test_json(self):
+        self.assertEqual({"a": [{"x": 1, "y": "p q", "z": ""}],
+                          "a_summary": {"in-sync": 1},
+                          "b": [{"x": 2, "w": "r"}]},
+                         json.loads(self.out("json")))
+        self.assertEqual({"a": [{"z": ""}], "a_summary": {"in-sync": 1}},
+                         json.loads(self.out("json", ["z"])))
+
+    def test_unknown_column_named(self):
+        with self.assertRaisesRegex(cli.CliError,
+                                    r"no column 'v' here \(-c/--column\); "
+                                    r"there are: w, x, y, z"):
+            cli.emit(self.tables, "table", ["x", "v"])
+
+
+class TestCheckExit(unittest.TestCase):
+
+    def code(self, *results):
+        return cli.check_exit([{"check": n, "result": r, "detail": ""}
+                               for n, r in results])
+
+    def test_each_code(self):
+        ok = [("configuration", "ok"), ("vCenter login", "ok"),
+              ("mappings", "ok"), ("custom attribute", "pending"),
+              ("coordination backend", "ok"), ("Neutron database", "ok")]
+        self.assertEqual(cli.EXIT_OK, self.code(*ok))
+        self.assertEqual(cli.EXIT_DIFF, self.code(*ok, ("switch MTUs",
+                                                        "FAIL")))
+        self.assertEqual(cli.EXIT_DIFF, self.code(*ok, ("privileges",
+                                                        "skipped")))
+        for name in cli.BLOCKING:
+            with self.subTest(check=name):
+                self.assertEqual(cli.EXIT_ERROR, self.code(
+                    *[(n, "FAIL" if n == name else r) for n, r in ok],
+                    ("switch MTUs", "FAIL")))
+
+
+class TestPassRunningElsewhere(unittest.TestCase):
+
+    def test_sync_gives_up_with_exit_3(self):
+        url = "mysql://neutron:s3cret@db-host/neutron"
+        calls = []
+
+        def sync_all(source, dry_run=False, wait=None, progress=None,
+                     port_source=None):
+            calls.append((dry_run, wait))
+            if dry_run:
+                plan = types.SimpleNamespace(steps=[object()])
+                return types.SimpleNamespace(
+                    plan=plan, ports=types.SimpleNamespace(plan=plan))
+            return None         # the full-pass lock was not had in time
+
+        rec = types.SimpleNamespace(
+            sync_all=sync_all, settings=types.SimpleNamespace(
+                compute_hosts={}),
+            locks=types.SimpleNamespace(backend_url=locks_mod.mask_url(url),
+                                        start=lambda: None))
+        code, out, err = run(cli.cmd_sync, rec, "table", False, wait=5)
+        self.assertEqual(cli.EXIT_BUSY, code)
+        self.assertEqual([(True, None), (False, 5)], calls)
+        self.assertIn("a full pass is running elsewhere", err)
+        self.assertIn("its lock 'full-pass' on "
+                      "mysql://neutron:***@db-host/neutron was not free "
+                      "within 5 s", err)
+        self.assertNotIn("s3cret", out + err)
+        self.assertEqual("", out)
