@@ -30,11 +30,11 @@ apt: .stamp-apt
 	@touch $@
 
 venv: $(VENV)/.stamp
-$(VENV)/.stamp: pyproject.toml | apt
+$(VENV)/.stamp: pyproject.toml upper-constraints.txt | apt
 	@# A venv left broken by an interrupted run is made again.
 	$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); python3 -m venv $(VENV); }
 	@# (uwsgi compiles from source: build-essential and python3-dev above)
-	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -c upper-constraints.txt -e '.[test]' 2>&1 \
 	  | { grep -v '^WARNING: Location' || true; }
 	$(PY) -c 'import neutron, networking_vcenter, pyVmomi, tooz'
 	test -x $(VENV)/bin/uwsgi

@@ -1,3 +1,15 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
 """A Neutron port translated into the settings of its distributed port.
 
 Pure: plain data in (:class:`desired.PortSpec`), plain data out
@@ -159,8 +171,8 @@ def desired_ports(ports: Iterable[desired.PortSpec],
     A port counts when it is bound (``physnet`` set by the reader from its
     bound segment) to a physical network mapped to a distributed switch; one
     on a standard vSwitch has no DV port, and what its policy asks that the
-    vSwitch cannot do is returned as :class:`desired.UnenforcedPort`.  A trunk's
-    subport has no DV port of its own: its parent's carries it.  A port
+    vSwitch cannot do is returned as :class:`desired.UnenforcedPort`.  A
+    trunk's subport has no DV port of its own: its parent's carries it.  A port
     whose policy cannot be had (over ``max_rules``, unenforceable) gets a
     blocked DV port (:func:`blocked_settings`) and its ``problem``.
     ``filtering`` False: no traffic filters (Neutron's
