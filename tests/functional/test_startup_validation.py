@@ -185,7 +185,7 @@ def test_name_template_with_bad_format_spec(config, caplog, tmp_path):
     cli = os.path.join(os.path.dirname(sys.executable), "networking-vcenter")
     proc = subprocess.run([cli, "--config-file", str(ini), "check"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # cannot run
     assert "configuration" in proc.stdout and "FAIL" in proc.stdout
     assert "[ml2_vcenter] dvs_port_group_name_template" in proc.stdout
     assert "Unknown format code 'd'" in proc.stdout
