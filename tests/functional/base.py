@@ -30,6 +30,7 @@ from neutron.tests.unit.plugins.ml2 import test_plugin
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.api.definitions import provider_net as pnet
 
+from tests.fixtures.soap import each_request
 from tests.fixtures.vcsim import Vcsim
 from tests.fixtures.vsphere_reader import Reader
 
@@ -152,17 +153,13 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
     def soap_calls(self):
         """Collect the names of the SOAP calls made inside the block, by any
         thread, except the replica's own long poll (WaitForUpdatesEx)."""
-        from pyVmomi import SoapAdapter
         calls: list[str] = []
-        real = SoapAdapter.SoapStubAdapter.InvokeMethod
 
-        def counting(stub, mo, info, args, *rest, **kw):
-            if info.wsdlName != "WaitForUpdatesEx":
-                calls.append(info.wsdlName)
-            return real(stub, mo, info, args, *rest, **kw)
+        def record(_, method):
+            if method != "WaitForUpdatesEx":
+                calls.append(method)
 
-        with mock.patch.object(SoapAdapter.SoapStubAdapter, "InvokeMethod",
-                               counting):
+        with each_request(record):
             yield calls
 
     def replica_caught_up(self, timeout: float = 15) -> None:

@@ -38,6 +38,7 @@ from networking_vcenter.vsphere.inventory import (
     INCOMING, OUTGOING, PortSettings, Shaping, TrafficRule)
 from networking_vcenter.vsphere import replica as replica_mod
 from networking_vcenter.vsphere.replica import Replica
+from tests.fixtures.soap import each_request
 from tests.fixtures.vcsim import Vcsim
 from tests.fixtures.vsphere_reader import Reader
 
@@ -96,38 +97,23 @@ def requests():
     """[(thread name, SOAP method)] of the requests made in the block by
     any thread, the replica's long poll left out."""
     calls: list[tuple[str, str]] = []
-    real = SoapAdapter.SoapStubAdapter.InvokeMethod
     lock = threading.Lock()
 
-    def counting(stub, mo, info, args, *rest, **kw):
-        who = threading.current_thread().name
-        if not (who == REPLICA and info.wsdlName == "WaitForUpdatesEx"):
+    def record(who, method):
+        if not (who == REPLICA and method == "WaitForUpdatesEx"):
             with lock:
-                calls.append((who, info.wsdlName))
-        return real(stub, mo, info, args, *rest, **kw)
+                calls.append((who, method))
 
-    SoapAdapter.SoapStubAdapter.InvokeMethod = counting
-    try:
+    with each_request(record):
         yield calls
-    finally:
-        SoapAdapter.SoapStubAdapter.InvokeMethod = real
 
 
 @contextlib.contextmanager
 def soap_calls():
     """The names of the SOAP calls made in the block (any thread)."""
     calls: list[str] = []
-    real = SoapAdapter.SoapStubAdapter.InvokeMethod
-
-    def counting(stub, mo, info, args, *rest, **kw):
-        calls.append(info.wsdlName)
-        return real(stub, mo, info, args, *rest, **kw)
-
-    SoapAdapter.SoapStubAdapter.InvokeMethod = counting
-    try:
+    with each_request(lambda who, method: calls.append(method)):
         yield calls
-    finally:
-        SoapAdapter.SoapStubAdapter.InvokeMethod = real
 
 
 # -- helpers: our port groups, and an independent read ----------------------
