@@ -68,7 +68,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pyVmomi import vim
+from pyVmomi import SoapAdapter, vim
 
 from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere.inventory import (
@@ -418,6 +418,63 @@ def port_of(p: vim.dvs.DistributedVirtualPort) -> DvPort:
 
 # -- calls ------------------------------------------------------------------
 
+class _OwnFiltersOnly(SoapAdapter.SoapDeserializer):
+    """pyVmomi's deserializer, but what follows ``inherited`` = true in a
+    filter policy is skipped, not built.
+
+    ``FetchDVPorts`` answers each port's effective settings: a filter the
+    port inherits comes filled in with its group's rules, marked inherited
+    -- thousands for a shared filter, each ~0.5 ms of pyVmomi objects
+    (bench/RESULTS.md), for :func:`settings_of` to drop.  vSphere sends a
+    policy's ``inherited`` first (the base type's fields come first), so
+    the rest of such a policy is passed over element by element by expat
+    handlers that only count depth: the policy reads back as
+    ``FilterPolicy(inherited=True)`` without ``filterConfig``, which
+    :func:`port_of` reads as the fully parsed one (None).  A policy whose
+    ``inherited`` comes later, or is false, is parsed as usual; so is
+    everything else in the answer, faults included.
+    """
+
+    def StartElementHandler(self, tag: str, attr: dict) -> None:  # noqa: N802
+        stack = self.stack
+        if stack and type(stack[-1]) is DVPort.FilterPolicy and \
+                stack[-1].inherited:
+            self._skip()
+        else:
+            super().StartElementHandler(tag, attr)
+
+    def _skip(self) -> None:
+        """Pass over the element just opened, to its end (then pyVmomi's
+        handlers again); its text is not even collected."""
+        parser = self.parser
+        saved = (parser.StartElementHandler, parser.EndElementHandler,
+                 parser.CharacterDataHandler)
+        depth = 1
+
+        def start(tag: str, attr: dict) -> None:
+            nonlocal depth
+            depth += 1
+
+        def end(tag: str) -> None:
+            nonlocal depth
+            depth -= 1
+            if not depth:
+                (parser.StartElementHandler, parser.EndElementHandler,
+                 parser.CharacterDataHandler) = saved
+
+        parser.StartElementHandler, parser.EndElementHandler = start, end
+        parser.CharacterDataHandler = None
+        self.data = ""
+
+
+def _fetch(session: Session, what: str, dvs_ref: Any,
+           criteria: vim.dvs.PortCriteria) -> list[DVPort]:
+    """One ``FetchDVPorts``, inherited filters left unparsed
+    (:class:`_OwnFiltersOnly`)."""
+    return session.call(what, session.parsed_by(
+        _OwnFiltersOnly, dvs_ref.FetchDVPorts), criteria) or []
+
+
 def fetch_ports(session: Session, dvs_ref: Any,
                 portgroup_keys: Iterable[str]
                 ) -> dict[str, tuple[DvPort, ...]]:
@@ -427,11 +484,12 @@ def fetch_ports(session: Session, dvs_ref: Any,
     if not keys:
         return {}
     criteria = vim.dvs.PortCriteria(portgroupKey=keys, inside=True)
-    found = session.call(
+    found = _fetch(
+        session,
         f"read the ports of {len(keys)} port group(s) on {dvs_ref._moId}",
-        dvs_ref.FetchDVPorts, criteria)
+        dvs_ref, criteria)
     out: dict[str, list[DvPort]] = {k: [] for k in keys}
-    for p in found or []:
+    for p in found:
         if p.portgroupKey in out:
             out[p.portgroupKey].append(port_of(p))
     return {k: tuple(sorted(v, key=key_order)) for k, v in out.items()}
@@ -451,8 +509,8 @@ def fetch_port_keys(session: Session, dvs_ref: Any, port_keys: Iterable[str],
     if connected is not None:
         criteria.connected = connected
         what += " if now " + ("connected" if connected else "free")
-    found = session.call(what, dvs_ref.FetchDVPorts, criteria)
-    return tuple(sorted((port_of(p) for p in found or []), key=key_order))
+    found = _fetch(session, what, dvs_ref, criteria)
+    return tuple(sorted((port_of(p) for p in found), key=key_order))
 
 
 def key_order(port: DvPort) -> tuple[int, str]:

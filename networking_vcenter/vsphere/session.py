@@ -56,7 +56,7 @@ from typing import Any, Protocol, TypeVar
 
 from oslo_log import log as logging
 import tenacity
-from pyVmomi import SoapStubAdapter, vim, vmodl
+from pyVmomi import SoapAdapter, SoapStubAdapter, vim, vmodl
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions
@@ -180,6 +180,32 @@ class _BudgetSpent(Exception):
     turned into OutOfTime with the call's words by Session.call."""
 
 
+class _ResponseDeserializer(SoapAdapter.SoapResponseDeserializer):
+    """pyVmomi's SOAP response deserializer, whose element deserializer (the
+    one that builds the answer's objects, a fault's too) is the one a
+    :class:`_TimedStub` was asked to use for the call this thread is making
+    (:meth:`Session.parsed_by`); pyVmomi's own for every other call, and
+    for any other stub.
+
+    pyVmomi has no hook for this: ``SoapStubAdapter.InvokeMethod`` makes a
+    ``SoapResponseDeserializer`` by its module's name, so that name is
+    pointed at this subclass (below, once), which changes nothing unless a
+    call asks.
+    """
+
+    def __init__(self, stub: Any):
+        super().__init__(stub)
+        make = getattr(stub, "element_deserializer", None)
+        deserializer = make() if callable(make) else None
+        if deserializer is not None:
+            self.deser = deserializer(stub)
+
+
+if not issubclass(SoapAdapter.SoapResponseDeserializer,
+                  _ResponseDeserializer):
+    SoapAdapter.SoapResponseDeserializer = _ResponseDeserializer
+
+
 class _TimedStub(SoapStubAdapter):
     """A SoapStubAdapter whose every HTTP request gets its own socket timeout.
 
@@ -202,6 +228,23 @@ class _TimedStub(SoapStubAdapter):
                 super().__init__(*args, **kw)
 
         self.scheme = TimedConnection
+        self._parsing = threading.local()
+
+    def element_deserializer(self) -> type | None:
+        """The deserializer this thread's call on the stub asked for
+        (:meth:`parsing`); None: pyVmomi's own."""
+        return getattr(self._parsing, "deserializer", None)
+
+    @contextlib.contextmanager
+    def parsing(self, deserializer: type) -> Iterator[None]:
+        """Parse the answers of this thread's calls in the block with
+        ``deserializer``, a subclass of pyVmomi's ``SoapDeserializer``."""
+        previous = self.element_deserializer()
+        self._parsing.deserializer = deserializer
+        try:
+            yield
+        finally:
+            self._parsing.deserializer = previous
 
     def GetConnection(self):  # noqa: N802 - pyVmomi's name
         timeout = self._timeout_of()
@@ -486,6 +529,27 @@ class Session:
         subtypes for what vCenter or the network did.
         """
         return self._call(what, fn, args, kwargs, timeout, attempts, None)
+
+    def parsed_by(self, deserializer: type, fn: Callable[..., T]
+                  ) -> Callable[..., T]:
+        """``fn`` -- one call on a managed object of this session -- with
+        its answer parsed by ``deserializer`` (a subclass of pyVmomi's
+        ``SoapDeserializer``) instead of pyVmomi's own; for :meth:`call`,
+        which still does the re-login, retries, deadline and typed faults::
+
+            session.call(what, session.parsed_by(Mine, dvs.FetchDVPorts),
+                         criteria)
+
+        Only ``fn``'s own request is parsed so (a re-login in between is
+        not); an object bound to another stub is parsed as usual."""
+        def parsed(*args: Any, **kwargs: Any) -> T:
+            stub = self._stub
+            if not isinstance(stub, _TimedStub):
+                return fn(*args, **kwargs)
+            with stub.parsing(deserializer):
+                return fn(*args, **kwargs)
+
+        return parsed
 
     def host_write(self, what: str, fn: Callable[..., T], *args: Any,
                    **kwargs: Any) -> T:
