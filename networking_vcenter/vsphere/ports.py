@@ -420,50 +420,48 @@ def port_of(p: vim.dvs.DistributedVirtualPort) -> DvPort:
 
 class _OwnFiltersOnly(SoapAdapter.SoapDeserializer):
     """pyVmomi's deserializer, but what follows ``inherited`` = true in a
-    filter policy is skipped, not built.
+    filter policy is passed over, not built.
 
     ``FetchDVPorts`` answers each port's effective settings: a filter the
     port inherits comes filled in with its group's rules, marked inherited
     -- thousands for a shared filter, each ~0.5 ms of pyVmomi objects
     (bench/RESULTS.md), for :func:`settings_of` to drop.  vSphere sends a
     policy's ``inherited`` first (the base type's fields come first), so
-    the rest of such a policy is passed over element by element by expat
-    handlers that only count depth: the policy reads back as
-    ``FilterPolicy(inherited=True)`` without ``filterConfig``, which
-    :func:`port_of` reads as the fully parsed one (None).  A policy whose
-    ``inherited`` comes later, or is false, is parsed as usual; so is
-    everything else in the answer, faults included.
+    once it has read true the rest of the policy is left to expat alone:
+    no handler but one that watches end tags for the policy's own (no type
+    inside a ``DvsFilterPolicy`` has a property of the policy's name).
+    The policy reads back as ``FilterPolicy(inherited=True)`` without
+    ``filterConfig``, which :func:`port_of` reads as it reads the fully
+    parsed one (no rules: None).  A policy whose ``inherited`` comes later,
+    or is false, is parsed as usual; so is everything else in the answer,
+    faults included.
     """
 
     def StartElementHandler(self, tag: str, attr: dict) -> None:  # noqa: N802
         stack = self.stack
         if stack and type(stack[-1]) is DVPort.FilterPolicy and \
                 stack[-1].inherited:
-            self._skip()
-        else:
-            super().StartElementHandler(tag, attr)
+            self._skip_to_end_of(self._policy_tag)
+            return
+        super().StartElementHandler(tag, attr)
+        if type(self.stack[-1]) is DVPort.FilterPolicy:
+            self._policy_tag = tag      # a policy opened: its end tag
 
-    def _skip(self) -> None:
-        """Pass over the element just opened, to its end (then pyVmomi's
-        handlers again); its text is not even collected."""
+    def _skip_to_end_of(self, policy_tag: str) -> None:
+        """Pass over the rest of the policy, to its end tag, which goes to
+        pyVmomi's handler again; not even the text is collected."""
         parser = self.parser
         saved = (parser.StartElementHandler, parser.EndElementHandler,
                  parser.CharacterDataHandler)
-        depth = 1
-
-        def start(tag: str, attr: dict) -> None:
-            nonlocal depth
-            depth += 1
 
         def end(tag: str) -> None:
-            nonlocal depth
-            depth -= 1
-            if not depth:
+            if tag == policy_tag:
                 (parser.StartElementHandler, parser.EndElementHandler,
                  parser.CharacterDataHandler) = saved
+                saved[1](tag)
 
-        parser.StartElementHandler, parser.EndElementHandler = start, end
-        parser.CharacterDataHandler = None
+        parser.StartElementHandler = parser.CharacterDataHandler = None
+        parser.EndElementHandler = end
         self.data = ""
 
 
