@@ -50,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from networking_vcenter.reconcile import desired
 from networking_vcenter.vsphere import inventory
@@ -160,10 +160,43 @@ def port_settings(port: desired.PortSpec, *,
         in_shaping=in_shaping, out_shaping=out_shaping, trunk_vlans=vlans)
 
 
+def shares_group_filter(port: desired.PortSpec,
+                        net: desired.NetworkSpec | None,
+                        filtering: bool = True) -> bool:
+    """Whether ``port`` can inherit its port group's shared filter
+    (``[ml2_vcenter] shared_security_filter``): its only security group is
+    its network's project's default group, and nothing of it needs a
+    filter of its own -- port security on, filtering on, no trunk, no
+    allowed address pair with another MAC (the shared filter tells ports
+    apart by their MAC), every rule expressible."""
+    if net is None or not net.shared_group or not filtering or \
+            not port.port_security or port.trunk is not None or \
+            port.trunk_parent:
+        return False
+    if [g.id for g in port.security_groups] != [net.shared_group]:
+        return False
+    own_mac = _mac_int(port.id, port.mac)
+    if any(mac and _mac_int(port.id, mac) != own_mac
+           for _ip, mac in port.allowed_address_pairs):
+        return False
+    try:
+        _resolve(port)
+    except Unenforceable:
+        return False
+    return True
+
+
+def inherited_filter(settings: inventory.PortSettings
+                     ) -> inventory.PortSettings:
+    """A sharing port's settings: its own filter left to the group."""
+    return dataclasses.replace(settings, rules=None)
+
+
 def desired_ports(ports: Iterable[desired.PortSpec],
                   networks: Mapping[str, desired.NetworkSpec],
                   topo: desired.Topology, max_rules: int,
-                  filtering: bool = True
+                  filtering: bool = True,
+                  sharing: Callable[[desired.PortSpec], bool] | None = None
                   ) -> tuple[list[desired.DesiredPort],
                              list[desired.UnenforcedPort]]:
     """The DV ports the given Neutron ports need.
@@ -176,7 +209,9 @@ def desired_ports(ports: Iterable[desired.PortSpec],
     whose policy cannot be had (over ``max_rules``, unenforceable) gets a
     blocked DV port (:func:`blocked_settings`) and its ``problem``.
     ``filtering`` False: no traffic filters (Neutron's
-    ``enable_security_group = False``).
+    ``enable_security_group = False``).  ``sharing``: which ports inherit
+    their port group's shared filter (``shared_security_filter``) instead
+    of holding one of their own.
     """
     result: list[desired.DesiredPort] = []
     unenforced: list[desired.UnenforcedPort] = []
@@ -203,10 +238,17 @@ def desired_ports(ports: Iterable[desired.PortSpec],
                     port.id, port.network_id, what))
             continue
         target = topo.targets[pg.physnet]
+        shares = sharing is not None and sharing(port)
         try:
-            settings = port_settings(
-                port, max_rules=max_rules, mac_learning=target.mac_learning,
-                filtering=filtering)
+            if shares:
+                # Translated into the group's filter, not the port's.
+                settings = inherited_filter(port_settings(
+                    port, mac_learning=target.mac_learning,
+                    filtering=False))
+            else:
+                settings = port_settings(
+                    port, max_rules=max_rules,
+                    mac_learning=target.mac_learning, filtering=filtering)
         except (TooManyRules, Unenforceable) as exc:
             result.append(desired.DesiredPort(
                 port.id, port.network_id, pg, blocked_settings(),

@@ -164,6 +164,12 @@ def _filter(rules: tuple[TrafficRule, ...] | None) -> Any:
                                    trafficRuleset=ruleset)])
 
 
+def filter_policy(rules: tuple[TrafficRule, ...]) -> Any:
+    """A filter policy holding ``rules``, set (not inherited): a port
+    group's default (``switches.group_defaults_spec``)."""
+    return _filter(tuple(rules))
+
+
 # What every port of our groups carries until the driver gives it settings
 # of its own -- a free port, a released one, a NIC attached before (or
 # without) the driver: all IPv4 and all IPv6 dropped, both ways ("fail
