@@ -626,7 +626,7 @@ def _sort_key(r: inventory.TrafficRule) -> tuple:
     return (r.direction, -1 if r.protocol is None else r.protocol,
             net(r.source), net(r.destination),
             r.source_ports or (0, 0), r.destination_ports or (0, 0),
-            r.description)
+            r.source_mac or "", r.destination_mac or "", r.description)
 
 
 def _unique(rules: Iterable[inventory.TrafficRule]
@@ -643,8 +643,13 @@ def _unique(rules: Iterable[inventory.TrafficRule]
 
 def _covers(big: inventory.TrafficRule, small: inventory.TrafficRule) -> bool:
     """Every packet ``small`` matches, ``big`` matches (same direction,
-    neither negated)."""
+    neither negated).  A MAC qualifier is only covered by none or the same
+    MAC."""
     if big.protocol is not None and big.protocol != small.protocol:
+        return False
+    if (big.source_mac is not None and big.source_mac != small.source_mac
+            or big.destination_mac is not None
+            and big.destination_mac != small.destination_mac):
         return False
     for b, s in ((big.source_ports, small.source_ports),
                  (big.destination_ports, small.destination_ports)):
