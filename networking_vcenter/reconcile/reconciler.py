@@ -36,6 +36,7 @@ owner-checked against what vCenter answers, never against the replica.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import time
@@ -588,6 +589,14 @@ class Reconciler:
         budget = self.settings.max_rules_per_port_group
         owner = {pg.key: pg.owner for pg in inv.dvs_portgroups}
         for key, ports in by_pg.items():
+            # One filter for ports whose translations differ only by their
+            # addresses and MAC (read at once, all have the same key).
+            keys = [portsettings.share_key(p, filtering=self.settings.
+                                           security_groups) for p in ports]
+            if ports:
+                common = collections.Counter(keys).most_common(1)[0][0]
+                closed |= {p.id for p, k in zip(ports, keys) if k != common}
+                ports = [p for p, k in zip(ports, keys) if k == common]
             rules = portsettings.shared_rules(ports) if ports else ()
             if len(rules) > budget:
                 if ("budget", key) not in self._warned:

@@ -339,6 +339,12 @@ class TrafficRule:
     address of any family.  Ports are inclusive (first, last) ranges; a
     single port is (p, p).  The rule's sequence is its position in
     :attr:`PortSettings.rules` (first match wins).
+
+    ``source_mac`` / ``destination_mac`` (lower-case colon form,
+    "fa:16:3e:00:00:01"; None: any MAC) add a MAC qualifier, ANDed with
+    the IP one: a port group's shared filter names the sending port by its
+    source MAC (forged transmits rejected) and the receiving port by its
+    destination MAC.
     """
 
     direction: str                       # INCOMING, OUTGOING
@@ -351,6 +357,8 @@ class TrafficRule:
     source_ports: tuple[int, int] | None = None
     destination_ports: tuple[int, int] | None = None
     description: str = ""
+    source_mac: str | None = None
+    destination_mac: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
