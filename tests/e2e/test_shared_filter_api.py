@@ -25,6 +25,8 @@ vSphere is read back with plain pyVmomi.
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from pyVmomi import vim
 
@@ -91,17 +93,25 @@ def ip_of(port):
 def carries(have, port):
     """Whether the shared filter admits ``port``: its MAC-qualified
     anti-spoofing rule from its address, and its address as a member."""
-    ip, mac = ip_of(port) + "/32", port["mac_address"]
-    return any(d == FROM_VM and a == "accept" and sm == mac and s == ip
-               for d, a, sm, dm, s, _ in have) and \
+    ip, mac = ip_of(port), port["mac_address"]
+    return any(d == FROM_VM and a == "accept" and sm == mac and
+               s == ip + "/32" for d, a, sm, dm, s, _ in have) and \
         any(d == TO_VM and a == "accept" and sm is None and dm is None and
-            s == ip for d, a, sm, dm, s, _ in have)
+            dst is None and s and member(ip, s)
+            for d, a, sm, dm, s, dst in have)
+
+
+def member(ip, cidr):
+    return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr)
 
 
 def mentions(have, port):
-    ip, mac = ip_of(port) + "/32", port["mac_address"]
-    return any(mac in (sm, dm) or ip in (s, dst)
-               for _, _, sm, dm, s, dst in have)
+    """Whether the shared filter names ``port``'s MAC or admits its
+    address as a member (any CIDR holding it)."""
+    ip, mac = ip_of(port), port["mac_address"]
+    return any(mac in (sm, dm) or (
+        d == TO_VM and a == "accept" and s and member(ip, s) and
+        s != "0.0.0.0/0") for d, a, sm, dm, s, dst in have)
 
 
 def test_default_group_shares_one_filter(api, vsphere):

@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import ipaddress
 
 from neutron_lib.api.definitions import portbindings
 
+from networking_vcenter.reconcile import portsettings
 from networking_vcenter.vsphere import ports as ports_mod
 from tests.functional.test_ports import PortsTestCase
+
+TO_VM = portsettings.TO_VM
 
 
 class TestSharedFilter(PortsTestCase):
@@ -52,18 +56,21 @@ class TestSharedFilter(PortsTestCase):
     def admits(rules, port):
         """Whether the shared rules carry ``port``: its MAC-qualified rule
         from its address and its address as a member source."""
-        ip = port["fixed_ips"][0]["ip_address"] + "/32"
+        ip = port["fixed_ips"][0]["ip_address"]
         mac = port["mac_address"]
-        return any(r.source_mac == mac and r.source == ip for r in rules) \
-            and any(r.source == ip and r.source_mac is None and
-                    r.destination_mac is None for r in rules)
+        return any(r.source_mac == mac and r.source == ip + "/32"
+                   for r in rules) and any(
+            r.direction == TO_VM and r.source and r.source_mac is None and
+            r.destination_mac is None and r.destination is None and
+            ipaddress.ip_address(ip) in ipaddress.ip_network(r.source)
+            for r in rules)
 
     def own_rules(self, port):
         setting = self.dv_port(port).config.setting
         return ports_mod.settings_of(setting).rules
 
     def test_a_join_is_one_reservation_and_one_group_write(self):
-        net = self.make_net(301)
+        net = self.make_net(201)
         members = [self.port_on(net["id"]) for _ in range(3)]
         rules = self.eventually(lambda: (lambda r: all(
             self.admits(r, p) for p in members) and r)(
@@ -91,7 +98,7 @@ class TestSharedFilter(PortsTestCase):
                                   for p in members})
 
     def test_a_port_leaving_the_group_gets_its_own_filter(self):
-        net = self.make_net(302)
+        net = self.make_net(202)
         stay, leave = self.port_on(net["id"]), self.port_on(net["id"])
         self.assertTrue(self.eventually(
             lambda: self.admits(self.shared(stay), leave)))
@@ -125,7 +132,7 @@ class TestSharedFilterBudget(TestSharedFilter):
     test_a_port_leaving_the_group_gets_its_own_filter = None
 
     def test_over_its_budget_a_group_shares_nothing(self):
-        net = self.make_net(303)
+        net = self.make_net(203)
         ports = [self.port_on(net["id"]) for _ in range(2)]
         for p in ports:
             own = self.eventually(lambda p=p: self.own_rules(p))
