@@ -75,15 +75,22 @@ def shared_rules(pg):
                             "dst": getattr(q.destinationAddress, "address",
                                            None)}
                 if isinstance(q, vim.dvs.TrafficRule.IpQualifier):
-                    ips = {k: (f"{a.addressPrefix}/{a.prefixLength}"
-                               if a is not None else None)
-                           for k, a in (("src", q.sourceAddress),
-                                        ("dst", q.destinationAddress))}
+                    ips = {"src": cidr(q.sourceAddress),
+                           "dst": cidr(q.destinationAddress)}
             action = "accept" if isinstance(
                 r.action, vim.dvs.TrafficRule.AcceptAction) else "drop"
             out.append((r.direction, action, macs.get("src"),
                         macs.get("dst"), ips.get("src"), ips.get("dst")))
     return out
+
+
+def cidr(address):
+    """A qualifier's address (SingleIp or IpRange) as CIDR text."""
+    if address is None:
+        return None
+    if isinstance(address, vim.SingleIp):
+        return str(ipaddress.ip_network(address.address))
+    return f"{address.addressPrefix}/{address.prefixLength or 0}"
 
 
 def ip_of(port):
