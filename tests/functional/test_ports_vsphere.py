@@ -335,7 +335,7 @@ MAC_RULES = (
 
 
 def test_mac_qualified_rules_round_trip_on_the_wire():
-    """What the simulator cannot check (below): a filter with MAC-qualified
+    """Beside the simulator's round trip (below): a filter with MAC-qualified
     rules, serialised as pyVmomi sends it and parsed back as pyVmomi reads
     an answer, is the same rules (one IP and one SingleMac qualifier per
     such rule)."""
@@ -353,18 +353,10 @@ def test_mac_qualified_rules_round_trip_on_the_wire():
     assert ports._rules_of(default.filterPolicy) == MAC_RULES
 
 
-@pytest.mark.xfail(
-    strict=True, raises=exceptions.TransientFault,
-    reason="the simulator's govmomi cannot decode a DvsMacNetworkRule"
-           "Qualifier: its BaseDvsNetworkRuleQualifier interface also asks "
-           "for GetDvsIpNetworkRuleQualifier, so the request handler panics "
-           "and closes the connection (govmomi issue 2196, fixed upstream; "
-           "the fix is in vim25/types, which tools/vcsim/build.sh does not "
-           "overlay)")
 def test_mac_qualified_rules_round_trip(sim, reader):
     """Rules with a MAC qualifier on a port, written and read back equal
-    through the driver's session.  Strict xfail: once the simulator can
-    hold them this passes and the marker must go."""
+    through the driver's session (the simulator decodes MAC qualifiers
+    since tools/vcsim/patches-govmomi/0001)."""
     settings = dataclasses.replace(_settings(sim), api_retry_count=0)
     session = session_mod.Session(settings)
     pg = _our_group(session, reader, 406)
