@@ -526,6 +526,35 @@ class _OwnFiltersOnly(SoapAdapter.SoapDeserializer):
         self.data = ""
 
 
+class GroupFiltersUnread(_OwnFiltersOnly):
+    """pyVmomi's deserializer, but every filter policy is passed over, not
+    built (inherited or not; as :class:`_OwnFiltersOnly` passes over the
+    inherited ones): for the replica's inventory reads with
+    ``shared_security_filter``, where a port group's default filter holds
+    the rules of all its sharing ports (thousands, each ~0.5 ms of pyVmomi
+    objects, in every process on every change of the group).  The policy
+    reads back empty (:func:`unread`); the group's description names the
+    digest of what was written (``inventory.defaults_token_of``).  Nothing
+    else the replica watches holds a filter policy."""
+
+    def StartElementHandler(self, tag: str, attr: dict) -> None:  # noqa: N802
+        stack = self.stack
+        if stack and type(stack[-1]) is DVPort.FilterPolicy:
+            self._skip_to_end_of(self._policy_tag)
+            return
+        super().StartElementHandler(tag, attr)
+        if type(self.stack[-1]) is DVPort.FilterPolicy:
+            self._policy_tag = tag
+
+
+def unread(policy: Any) -> bool:
+    """A filter policy :class:`GroupFiltersUnread` passed over: vSphere
+    always sends ``inherited``, so one without it was not read."""
+    return policy is not None and \
+        getattr(policy, "inherited", None) is None and \
+        not getattr(policy, "filterConfig", None)
+
+
 def _fetch(session: Session, what: str, dvs_ref: Any,
            criteria: vim.dvs.PortCriteria) -> list[DVPort]:
     """One ``FetchDVPorts``, inherited filters left unparsed

@@ -26,7 +26,6 @@ so that the pure modules (desired, plan, portsettings) load without it.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from pyVmomi import vim, vmodl
@@ -109,12 +108,6 @@ def find_children(session: Session, folders: list[Any], names: set[str],
     return found
 
 
-@dataclasses.dataclass(frozen=True)
-class _Vlan:
-    """A default port config read as its VLAN alone."""
-    vlan: Any
-
-
 def _vlan_of(spec: Any) -> Vlan | None:
     """A distributed port group's VLAN (``defaultPortConfig.vlan``): its ID,
     or its trunk's ranges merged and sorted; None for a private VLAN."""
@@ -145,9 +138,10 @@ def default_closed_of(default_port_config: Any) -> bool:
     """Whether a distributed port group's ``config.defaultPortConfig``
     carries the closed traffic filter our groups give the ports the driver
     has not configured (``ports.CLOSED_RULES``: all IP dropped, both
-    ways)."""
-    return ports.is_closed(getattr(default_port_config, "filterPolicy",
-                                   None))
+    ways), or one not read (:class:`ports.GroupFiltersUnread`: shared
+    filters, whose token in the description says what they hold)."""
+    policy = getattr(default_port_config, "filterPolicy", None)
+    return ports.unread(policy) or ports.is_closed(policy)
 
 
 Objects = list[tuple[Any, dict[str, Any]]]
@@ -188,9 +182,7 @@ def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
         dvpgs_out.append(DvsPortGroup(
             moid=ref._moId, name=p["name"], key=p.get("key"),
             dvs_moid=switch._moId,
-            vlan=_vlan_of(p.get("config.defaultPortConfig")) if
-            "config.defaultPortConfig" in p else _vlan_of(_Vlan(
-                p.get("config.defaultPortConfig.vlan"))),
+            vlan=_vlan_of(p.get("config.defaultPortConfig")),
             description=description, owner=owner(mark, deployment),
             vm_count=len(p.get("vm") or []), ref=ref, mark=mark,
             ports_ready=ports_ready_of(p.get("config.type"),
@@ -200,10 +192,8 @@ def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
             mac_override=bool(getattr(p.get("config.policy"),
                                       "macManagementOverrideAllowed", False)),
             port_keys=tuple(p.get("portKeys") or ()),
-            # The filter is not read where it is shared (the replica
-            # narrows its paths): its token in the description says.
-            default_closed="config.defaultPortConfig" not in p or
-            default_closed_of(p.get("config.defaultPortConfig")),
+            default_closed=default_closed_of(
+                p.get("config.defaultPortConfig")),
             defaults_token=defaults_token_of(description)))
 
     clusters: dict[str, list[list[str]]] = {}

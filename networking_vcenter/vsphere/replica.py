@@ -108,12 +108,6 @@ DVPG_PATHS = ["key", "config.distributedVirtualSwitch",
               "config.defaultPortConfig", "config.description",
               "config.type", "config.policy", "config.numPorts",
               "config.configVersion", "portKeys"]
-# With ``shared_security_filter`` a group's default filter holds the rules
-# of all its sharing ports: it is not watched (every process would parse
-# it on every join); the token in the description says what it holds.
-SHARED_DVPG_PATHS = [p for p in DVPG_PATHS
-                     if p != "config.defaultPortConfig"] + [
-    "config.defaultPortConfig.vlan", "config.defaultPortConfig.blocked"]
 DVS_PATHS = ["name", "uuid", "summary.hostMember", "parent",
              "config.productInfo"]
 # Of VMware's own switches only (a path other switch types do not have).
@@ -126,8 +120,7 @@ PORT_PATHS = ("portKeys", "vm", "config")
 # change with portKeys (the group grew or shrank) and on edits of the
 # group's unwatched config, none of which changes a port.
 NARROW_PATHS = frozenset({"portKeys", "vm", "config.numPorts",
-                          "config.configVersion", "config.description",
-                          "config.defaultPortConfig.blocked"})
+                          "config.configVersion", "config.description"})
 CR_PATHS = ["name", "host"]
 DC_PATHS = ["networkFolder"]
 HOST_PATHS = ["name", "configManager.networkSystem",
@@ -660,9 +653,7 @@ class Replica:
                              type=vim.view.ContainerView)])
             for v in self._views]
         types = [(vim.Network, NETWORK_PATHS),
-                 (vim.dvs.DistributedVirtualPortgroup,
-                  SHARED_DVPG_PATHS if self._settings.shared_security_filter
-                  else DVPG_PATHS),
+                 (vim.dvs.DistributedVirtualPortgroup, DVPG_PATHS),
                  (vim.DistributedVirtualSwitch, DVS_PATHS),
                  (vim.dvs.VmwareDistributedVirtualSwitch, VMWARE_DVS_PATHS),
                  (vim.ComputeResource, CR_PATHS),
@@ -681,8 +672,8 @@ class Replica:
         version = ""
         while True:   # the first answer may come in several parts
             update = session.call("read the inventory",
-                                  collector.WaitForUpdatesEx, version,
-                                  PC.WaitOptions(maxWaitSeconds=0))
+                                  self._parsed(collector.WaitForUpdatesEx),
+                                  version, PC.WaitOptions(maxWaitSeconds=0))
             if update is None:
                 break
             version = update.version
@@ -740,10 +731,21 @@ class Replica:
             fs for fs in update.filterSet or []
             if fs.filter._moId == self._filter_moid])
 
+    def _parsed(self, fn):
+        """``fn`` (a WaitForUpdatesEx) with the port groups' default
+        filters left unread where they are shared
+        (``shared_security_filter``): they hold the rules of every sharing
+        port, and the token in the group's description says what they
+        hold (:class:`ports.GroupFiltersUnread`)."""
+        if not self._settings.shared_security_filter:
+            return fn
+        return self._session.parsed_by(ports_mod.GroupFiltersUnread, fn)
+
     def _poll(self) -> None:
         self._drop_filters()
         update = self._session.call(
-            "wait for inventory changes", self._collector.WaitForUpdatesEx,
+            "wait for inventory changes",
+            self._parsed(self._collector.WaitForUpdatesEx),
             self._version, PC.WaitOptions(maxWaitSeconds=LONG_POLL),
             timeout=LONG_POLL + self._settings.api_timeout, attempts=0)
         self.last_contact = time.monotonic()
