@@ -307,7 +307,11 @@ class Reconciler:
               skip: set[str], std: dict | None = None):
         topo = self.topology(inv)
         want, refused = self.desired(nets, topo, std)
-        the_plan = plan_mod.plan(want, inv, scope, skip)
+        # With shared filters a group's default filter is its port syncs'
+        # (the token in its description), not a conversion's.
+        the_plan = plan_mod.plan(
+            want, inv, scope, skip,
+            defaults_closed=not self.settings.shared_security_filter)
         the_plan.conflicts.extend(refused)
         if self.settings.raise_switch_mtu:
             the_plan.steps[:0] = plan_mod.plan_mtu(

@@ -533,8 +533,8 @@ class GroupFiltersUnread(_OwnFiltersOnly):
     ``shared_security_filter``, where a port group's default filter holds
     the rules of all its sharing ports (thousands, each ~0.5 ms of pyVmomi
     objects, in every process on every change of the group).  The policy
-    reads back empty (:func:`unread`); the group's description names the
-    digest of what was written (``inventory.defaults_token_of``).  Nothing
+    reads back empty; the group's description names the digest of what
+    was written (``inventory.defaults_token_of``).  Nothing
     else the replica watches holds a filter policy."""
 
     def StartElementHandler(self, tag: str, attr: dict) -> None:  # noqa: N802
@@ -545,14 +545,6 @@ class GroupFiltersUnread(_OwnFiltersOnly):
         super().StartElementHandler(tag, attr)
         if type(self.stack[-1]) is DVPort.FilterPolicy:
             self._policy_tag = tag
-
-
-def unread(policy: Any) -> bool:
-    """A filter policy :class:`GroupFiltersUnread` passed over: vSphere
-    always sends ``inherited``, so one without it was not read."""
-    return policy is not None and \
-        getattr(policy, "inherited", None) is None and \
-        not getattr(policy, "filterConfig", None)
 
 
 def _fetch(session: Session, what: str, dvs_ref: Any,

@@ -138,10 +138,9 @@ def default_closed_of(default_port_config: Any) -> bool:
     """Whether a distributed port group's ``config.defaultPortConfig``
     carries the closed traffic filter our groups give the ports the driver
     has not configured (``ports.CLOSED_RULES``: all IP dropped, both
-    ways), or one not read (:class:`ports.GroupFiltersUnread`: shared
-    filters, whose token in the description says what they hold)."""
-    policy = getattr(default_port_config, "filterPolicy", None)
-    return ports.unread(policy) or ports.is_closed(policy)
+    ways)."""
+    return ports.is_closed(getattr(default_port_config, "filterPolicy",
+                                   None))
 
 
 Objects = list[tuple[Any, dict[str, Any]]]
