@@ -73,7 +73,7 @@ from pyVmomi import vim
 from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere.inventory import (
     DvPort, PortSettings, Shaping, TrafficRule)
-from networking_vcenter.vsphere.session import Session
+from networking_vcenter.vsphere.session import Session, immutable_rule
 
 VmwareDVS = vim.dvs.VmwareDistributedVirtualSwitch
 DVPort = vim.dvs.DistributedVirtualPort
@@ -128,8 +128,10 @@ def _port_range(ports: tuple[int, int]) -> Any:
 def rule_spec(rule: TrafficRule, sequence: int) -> vim.dvs.TrafficRule:
     """One ``DvsTrafficRule`` with its IP qualifier.  Cached: ports that
     share security groups share most rules, and building pyVmomi objects
-    is most of the cost of a spec (the objects are only serialized, never
-    changed)."""
+    is most of the cost of a spec.  The objects are only serialized, never
+    changed: they are declared so (:func:`session.immutable_rule
+    <networking_vcenter.vsphere.session.immutable_rule>`), and the session
+    writes each one's XML text once, not once per request that holds it."""
     qualifier = Rule.IpQualifier()
     if rule.protocol is not None:
         qualifier.protocol = vim.IntExpression(value=int(rule.protocol))
@@ -147,9 +149,10 @@ def rule_spec(rule: TrafficRule, sequence: int) -> vim.dvs.TrafficRule:
     except KeyError:
         raise ValueError(f"traffic rule action {rule.action!r}: only "
                          f"{sorted(_ACTIONS)}") from None
-    return Rule(sequence=sequence, direction=rule.direction,
-                description=rule.description or None, action=action,
-                qualifier=[qualifier])
+    return immutable_rule(Rule(
+        sequence=sequence, direction=rule.direction,
+        description=rule.description or None, action=action,
+        qualifier=[qualifier]))
 
 
 def _filter(rules: tuple[TrafficRule, ...] | None) -> Any:
