@@ -274,9 +274,11 @@ class _RuleCachingStub(SoapStubAdapter):
         # but by our serializer.  Follows pyVmomi 9.1.1.0; if the request's
         # end is not what that version writes, pyVmomi serialises it all.
         request = super().SerializeRequest(mo, info, ())
+        if not args:
+            return request
         end = (f"</{info.wsdlName}>" + SoapAdapter.SOAP_BODY_END +
                SoapAdapter.SOAP_ENVELOPE_END).encode(SoapAdapter.XML_ENCODING)
-        if not args or not request.endswith(end):
+        if not request.endswith(end):
             return super().SerializeRequest(mo, info, args)
         ns_map = SoapAdapter.SOAP_NSMAP.copy()
         ns_map[SoapAdapter.GetWsdlNamespace(self.version)] = ""
