@@ -18,6 +18,7 @@ serialise (the simulator side: tests/functional/test_ports_vsphere.py)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
 import io
 
@@ -286,3 +287,17 @@ def test_a_request_without_rules_is_stock_pyvmomis():
     info = vim.ServiceInstance.RetrieveContent.info
     assert ours.SerializeRequest(mo, info, ()) == stock.SerializeRequest(
         vim.ServiceInstance("ServiceInstance", stock), info, ())
+
+
+def test_threads_serialising_the_same_rules_at_once():
+    """Requests serialised by several threads at once, sharing rules first
+    seen by all of them together: each is stock pyVmomi's bytes."""
+    ports.rule_spec.cache_clear()
+    ours, stock = _stubs()
+    specs = [_group_spec(_many(300 + k)) for k in range(8)]
+    want = [_request(stock, "ReconfigureDVPortgroup_Task", s) for s in specs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda s: _request(
+                ours, "ReconfigureDVPortgroup_Task", s), specs))
+            assert got == want
