@@ -22,6 +22,11 @@ the median over ``--ports`` different members, in one process; both
 versions translate the same ports and must produce the same rules.  One
 VM joining the group re-translates every member: N times that.
 
+Side by side, on the same N ports: ``portsettings.shared_rules`` for all
+of them at once (the one filter of their port group, anti-spoofing by MAC
+qualifiers), its CPU (the median of ``--repeat`` runs) and its rule count,
+against the N per-port filters' rules in all (rules per port x N).
+
     .venv/bin/python bench/bench_sg.py [--base e9ffa04] [--sizes 100,...]
 """
 
@@ -90,6 +95,19 @@ def cpu_per_port(module, ports) -> tuple[float, int, list]:
     return statistics.median(times), max(counts), rules
 
 
+def cpu_shared(ports, repeat: int) -> tuple[float, tuple]:
+    """Median CPU of one ``shared_rules`` call for all ``ports``, and its
+    rules (each run a fresh list of the ports: nothing carried over but
+    the module's parse caches, as in a running server)."""
+    times, rules = [], None
+    for _ in range(repeat):
+        batch = list(ports)
+        t = time.process_time()
+        rules = current.shared_rules(batch)
+        times.append(time.process_time() - t)
+    return statistics.median(times), rules
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="e9ffa04",
@@ -98,14 +116,17 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,250,500,1000")
     parser.add_argument("--ports", type=int, default=5,
                         help="member ports translated per size and version")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="shared_rules runs per size (median)")
     args = parser.parse_args()
     base = module_at(args.base)
     print(f"# bench_sg: {machine()}; this tree {commit()} against "
           f"{args.base}")
     print(f"| members | rules per port | CPU per port, {args.base} | "
           f"CPU per port, now | ratio | one VM joining: N x CPU, "
-          f"{args.base} | now |")
-    print("|---|---|---|---|---|---|---|")
+          f"{args.base} | now | shared_rules, all N ports: CPU | "
+          f"rules: shared filter | rules: N per-port filters |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in (int(x) for x in args.sizes.split(",")):
         ports = default_group_ports(n)
         picked = ports[:: max(1, n // args.ports)][:args.ports]
@@ -113,9 +134,12 @@ def main() -> None:
         new_t, new_n, new_rules = cpu_per_port(current, picked)
         if old_rules != new_rules:
             sys.exit(f"{n} members: the two versions translate differently")
+        shared_t, shared = cpu_shared(ports, args.repeat)
         print(f"| {n:,} | {new_n} | {old_t * 1000:.0f} ms | "
               f"{new_t * 1000:.0f} ms | {old_t / new_t:.1f}x | "
-              f"{old_t * n:.1f} s | {new_t * n:.1f} s |")
+              f"{old_t * n:.1f} s | {new_t * n:.1f} s | "
+              f"{shared_t * 1000:.0f} ms | {len(shared):,} | "
+              f"{new_n * n:,} |")
 
 
 if __name__ == "__main__":

@@ -173,6 +173,22 @@ port_opts = [
                     "status' -- rules are never silently dropped, and a "
                     "port never keeps rules Neutron no longer allows. See "
                     "docs/security-groups.md."),
+    cfg.BoolOpt("shared_security_filter", default=False,
+                help="Hold the traffic filter of the ports in their "
+                     "network's default security group once, in their "
+                     "distributed port group's default port config, "
+                     "instead of on each DV port: one VM joining or "
+                     "leaving the group then rewrites one port group, not "
+                     "every member's port. The group's other ports are "
+                     "blocked until configured. See "
+                     "docs/security-groups.md, 'One shared filter per "
+                     "port group'."),
+    cfg.IntOpt("max_rules_per_port_group", default=16384, min=16,
+               max=1048576,
+               help="Budget of traffic filter rules in one port group's "
+                    "shared filter (shared_security_filter): past it the "
+                    "ports of that port group get filters of their own "
+                    "(each within max_rules_per_port)."),
     cfg.StrOpt("standard_vswitch_ports", default="bind",
                choices=[("bind", "bind the port; its security groups and "
                                  "QoS are not enforced (a warning per "
@@ -239,6 +255,8 @@ class Settings:
     deployment_name: str = "default"
     start_without_vcenter: bool = False
     max_rules_per_port: int = 1024
+    shared_security_filter: bool = False
+    max_rules_per_port_group: int = 16384
     standard_vswitch_ports: str = "bind"
     raise_switch_mtu: bool = False
     # Neutron's [securitygroup] enable_security_group: False means no
@@ -447,6 +465,8 @@ def load(conf: cfg.ConfigOpts = cfg.CONF) -> Settings:
         coordination_backend_url=group.coordination_backend_url,
         deployment_name=group.deployment_name,
         max_rules_per_port=group.max_rules_per_port,
+        shared_security_filter=group.shared_security_filter,
+        max_rules_per_port_group=group.max_rules_per_port_group,
         standard_vswitch_ports=group.standard_vswitch_ports,
         start_without_vcenter=group.start_without_vcenter,
         raise_switch_mtu=group.raise_switch_mtu,

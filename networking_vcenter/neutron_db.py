@@ -65,9 +65,12 @@ def networks(ids: set[str] | None = None) -> list[desired.NetworkSpec]:
     network, segment, attrs = _models()
     ctx, reader = _reader()
     with reader:
+        default_sg = _m().DefaultSG
         q = ctx.session.query(network.id, attrs.updated_at,
-                              network.vlan_transparent, network.mtu).join(
-            attrs, network.standard_attr_id == attrs.id)
+                              network.vlan_transparent, network.mtu,
+                              default_sg.security_group_id).join(
+            attrs, network.standard_attr_id == attrs.id).outerjoin(
+            default_sg, default_sg.project_id == network.project_id)
         sq = ctx.session.query(segment.network_id, segment.network_type,
                                segment.physical_network,
                                segment.segmentation_id)
@@ -83,8 +86,8 @@ def networks(ids: set[str] | None = None) -> list[desired.NetworkSpec]:
                                  "segmentation_id": seg_id})
     return [desired.network_from_neutron(
         {"id": net_id, "updated_at": at, "vlan_transparent": transparent,
-         "mtu": mtu}, segs.get(net_id, []))
-        for net_id, at, transparent, mtu in rows]
+         "mtu": mtu, "shared_group": group}, segs.get(net_id, []))
+        for net_id, at, transparent, mtu, group in rows]
 
 
 def segments(physnets: set[str]) -> list[dict[str, Any]]:
@@ -150,6 +153,7 @@ class _M:
         self.PortSec = portsec.PortSecurityBinding
         self.NetSec = portsec.NetworkSecurityBinding
         self.SG = securitygroup.SecurityGroup
+        self.DefaultSG = securitygroup.DefaultSecurityGroup
         self.SGBinding = securitygroup.SecurityGroupPortBinding
         self.Rule = securitygroup.SecurityGroupRule
         self.AG = address_group.AddressGroup

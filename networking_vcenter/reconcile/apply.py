@@ -175,6 +175,36 @@ class Applier:
             LOG.info("network %s: %s", step.network_id, step.describe())
         return out
 
+    def apply_group_defaults(self, steps: list[plan_mod.SetGroupDefaults],
+                             inv: Inventory) -> PortOutcome:
+        """Give port groups their defaults (blocked, the shared filter):
+        one reconfigure each, with the configVersion the plan saw; one
+        refused for a group changed meanwhile is *stale* (planned again
+        from a fresh read)."""
+        out = PortOutcome()
+        groups = {pg.key: pg for pg in inv.dvs_portgroups}
+        for step in steps:
+            pg = groups.get(step.portgroup_key)
+            if pg is None:
+                continue
+            spec = switches.group_defaults_spec(
+                step.config_version, step.description, step.want.blocked,
+                step.want.rules)
+            try:
+                out.tasks += 1
+                switches.reconfigure_dvs_port_group(
+                    self._session, pg.ref, spec, step.describe())
+            except exceptions.ConcurrentModification:
+                out.stale.append(step)
+            except exceptions.VCenterError as exc:
+                LOG.error("network %s: %s failed: %s", step.network_id,
+                          step.describe(), exc)
+                out.failed.append((step, exc))
+            else:
+                LOG.info("network %s: %s", step.network_id, step.describe())
+                out.done.append(step)
+        return out
+
     def _port_chunk(self, dvs: inventory.Dvs, chunk: list[plan_mod.PortStep],
                     out: PortOutcome) -> None:
         changes = [(s.key, s.config_version, s.name, s.settings)

@@ -132,6 +132,9 @@ class NetworkSpec:
     changed_at: float | None = None    # epoch seconds of Neutron's updated_at
     vlan_transparent: bool = False     # set at create, never changed
     mtu: int | None = None             # the network's MTU
+    # The default security group of the network's project: its ports can
+    # share one filter in the port group (shared_security_filter).
+    shared_group: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -455,7 +458,8 @@ def network_from_neutron(network: Mapping[str, Any],
                                "segmentation_id")} for s in segments),
         changed_at=_epoch(network.get("updated_at")),
         vlan_transparent=bool(network.get("vlan_transparent")),
-        mtu=network.get("mtu"))
+        mtu=network.get("mtu"),
+        shared_group=network.get("shared_group"))
 
 
 def _epoch(stamp: Any) -> float | None:

@@ -676,3 +676,58 @@ def _trunk_status(d: DesiredPort, have: inv_mod.DvPort, status: str,
 
 def _key_order(key: str):
     return (0, int(key), "") if key.isdigit() else (1, 0, key)
+
+
+# -- shared filters (shared_security_filter) ---------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class GroupDefaults:
+    """What a distributed port group's defaults should hold: ``blocked``
+    (a port the driver has not configured passes nothing) and the shared
+    traffic filter of its ``sharing`` ports (inherited by them)."""
+
+    network_id: str
+    blocked: bool
+    rules: tuple[inv_mod.TrafficRule, ...] = dataclasses.field(repr=False)
+    sharing: int = 0
+
+    @property
+    def token(self) -> str:
+        return inv_mod.defaults_token(self.blocked, self.rules)
+
+
+@dataclasses.dataclass(frozen=True)
+class SetGroupDefaults:
+    network_id: str
+    switch: str
+    portgroup: str
+    portgroup_key: str
+    config_version: str | None
+    description: str               # the group's, naming the new token
+    want: GroupDefaults
+
+    def describe(self) -> str:
+        return (f"set the defaults of {self.portgroup} on {self.switch}: "
+                f"{self.want.sharing} port(s) share its filter of "
+                f"{len(self.want.rules)} rules")
+
+
+def plan_group_defaults(wanted: dict[str, GroupDefaults], inv: Inventory
+                        ) -> list[SetGroupDefaults]:
+    """Steps giving our port groups (by key) ``wanted`` defaults: those
+    whose description does not name the token of what is wanted.  A group
+    not (yet) in ``inv``, or not ours, is left alone."""
+    steps = []
+    for pg in inv.dvs_portgroups:
+        want = wanted.get(pg.key)
+        if want is None or pg.owner != want.network_id:
+            continue
+        token = want.token
+        if pg.defaults_token == token:
+            continue
+        dvs = inv.dvs_by_moid(pg.dvs_moid)
+        steps.append(SetGroupDefaults(
+            want.network_id, dvs.name if dvs else pg.dvs_moid, pg.name,
+            pg.key, pg.config_version,
+            inv_mod.with_defaults_token(pg.description, token), want))
+    return sorted(steps, key=lambda s: s.portgroup_key)

@@ -50,7 +50,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
-from collections.abc import Iterable, Mapping
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from networking_vcenter.reconcile import desired
 from networking_vcenter.vsphere import inventory
@@ -90,6 +91,7 @@ PROTOCOL_NUMBERS = {
 }
 
 _ANY = {4: "0.0.0.0/0", 6: "::/0"}
+_ANY_TEXTS = frozenset(_ANY.values())
 _ICMP = {4: ICMP, 6: ICMPV6}
 _DHCP_CLIENT = {4: (68, 67), 6: (546, 547)}     # (client port, server port)
 _LLA_PREFIX = ipaddress.IPv6Network("fe80::/64")
@@ -160,10 +162,31 @@ def port_settings(port: desired.PortSpec, *,
         in_shaping=in_shaping, out_shaping=out_shaping, trunk_vlans=vlans)
 
 
+def shares_group_filter(port: desired.PortSpec,
+                        net: desired.NetworkSpec | None,
+                        filtering: bool = True) -> bool:
+    """Whether ``port`` can inherit its port group's shared filter
+    (``[ml2_vcenter] shared_security_filter``): its only security group is
+    its network's project's default group, and it can share a filter at
+    all (:func:`share_key`: port security and filtering on, no trunk, no
+    allowed address pair with another MAC, every rule expressible)."""
+    if net is None or not net.shared_group or port.trunk_parent or \
+            [g.id for g in port.security_groups] != [net.shared_group]:
+        return False
+    return share_key(port, filtering=filtering) is not None
+
+
+def inherited_filter(settings: inventory.PortSettings
+                     ) -> inventory.PortSettings:
+    """A sharing port's settings: its own filter left to the group."""
+    return dataclasses.replace(settings, rules=None)
+
+
 def desired_ports(ports: Iterable[desired.PortSpec],
                   networks: Mapping[str, desired.NetworkSpec],
                   topo: desired.Topology, max_rules: int,
-                  filtering: bool = True
+                  filtering: bool = True,
+                  sharing: Callable[[desired.PortSpec], bool] | None = None
                   ) -> tuple[list[desired.DesiredPort],
                              list[desired.UnenforcedPort]]:
     """The DV ports the given Neutron ports need.
@@ -176,7 +199,9 @@ def desired_ports(ports: Iterable[desired.PortSpec],
     whose policy cannot be had (over ``max_rules``, unenforceable) gets a
     blocked DV port (:func:`blocked_settings`) and its ``problem``.
     ``filtering`` False: no traffic filters (Neutron's
-    ``enable_security_group = False``).
+    ``enable_security_group = False``).  ``sharing``: which ports inherit
+    their port group's shared filter (``shared_security_filter``) instead
+    of holding one of their own.
     """
     result: list[desired.DesiredPort] = []
     unenforced: list[desired.UnenforcedPort] = []
@@ -203,10 +228,17 @@ def desired_ports(ports: Iterable[desired.PortSpec],
                     port.id, port.network_id, what))
             continue
         target = topo.targets[pg.physnet]
+        shares = sharing is not None and sharing(port)
         try:
-            settings = port_settings(
-                port, max_rules=max_rules, mac_learning=target.mac_learning,
-                filtering=filtering)
+            if shares:
+                # Translated into the group's filter, not the port's.
+                settings = inherited_filter(port_settings(
+                    port, mac_learning=target.mac_learning,
+                    filtering=False))
+            else:
+                settings = port_settings(
+                    port, max_rules=max_rules,
+                    mac_learning=target.mac_learning, filtering=filtering)
         except (TooManyRules, Unenforceable) as exc:
             result.append(desired.DesiredPort(
                 port.id, port.network_id, pg, blocked_settings(),
@@ -495,6 +527,351 @@ def traffic_rules(port: desired.PortSpec) -> tuple[inventory.TrafficRule, ...]:
                          + tail[2:]))
 
 
+# -- one filter shared by the ports of a port group --------------------------
+
+def share_key(port: desired.PortSpec, *,
+              filtering: bool = True) -> tuple | None:
+    """What decides a port's traffic filter but its own addresses and MAC:
+    two ports whose keys are equal can share one filter
+    (:func:`shared_rules`); None: the port cannot share one.
+
+    None when port security is off or ``filtering`` is False (no filter),
+    for a trunk parent (its filter holds its subports'), when an allowed
+    address pair has a MAC other than the port's (its source MAC does not
+    identify the port then: forged transmits are allowed) and when the
+    translation cannot be had (:class:`Unenforceable`).  Otherwise: its
+    security groups (id, stateful, rules) in order of ids and the members
+    of the remote groups and the CIDRs of the address groups their rules
+    name, as the port holds them (compared as tuples, never sorted here:
+    the reader gives every port the same order).  Cheap: a few tuples, and
+    the check that the groups translate is done once per distinct key.
+    """
+    key = _share_parts(port, filtering)
+    if key is None or not _translatable(key):
+        return None
+    return key
+
+
+def shared_rules(ports: Sequence[desired.PortSpec]
+                 ) -> tuple[inventory.TrafficRule, ...]:
+    """One traffic filter for ports that have the same :func:`share_key`
+    (ValueError otherwise, or for two ports with one MAC): for each of
+    them the same verdict as its own :func:`traffic_rules`, on the frames
+    it sends (source MAC its own) and on those sent to it (destination MAC
+    its own); on other frames to the VM (broadcast, multicast) only what
+    every port's own filter admits.  No ports: drop all IP.
+
+    Same shape as :func:`traffic_rules` (first match wins): from the VM
+    the DHCP-server drops and the accepts that name no own address (DHCP
+    discovery, ICMPv6 from ``::``), then each port's accepts from its own
+    addresses qualified by its source MAC, then drop all; to the VM the
+    DHCP replies and ICMPv6, the forward rules of the ingress rules (from
+    each remote CIDR, once for all ports), then each port's accepts to its
+    own addresses qualified by its destination MAC (the reflexive rules of
+    egress rules), then drop all.
+
+    The rules naming an own address are built from templates made once
+    (from the first port: all resolve alike) and pruned once: a template
+    another template covers for the same own address, or that an
+    unqualified accept covers, is left out before it is instantiated per
+    port (the default group's "reply from own address to each member" is
+    covered by "own address to anywhere").  So the per-port part does not
+    grow with the remote groups: the default group is 4 rules per port
+    (IPv4 and link-local, each way) plus one per member CIDR.  Sorted:
+    ports by MAC, templates by rule; whatever order the ports and Neutron's
+    rules come in, the same output.
+    """
+    ports = list(ports)
+    if not ports:
+        return drop_all_rules()
+    template = ports[0]
+    key = _share_parts(template, True)
+    try:
+        sgs = _resolve(template) if key is not None else None
+    except Unenforceable:
+        sgs = None
+    if sgs is None:
+        raise ValueError(f"port {template.id}: cannot share a filter")
+    macs: dict[int, desired.PortSpec] = {}
+    for p in ports:
+        if p is not template and _share_parts(p, True) != key:
+            raise ValueError(f"port {p.id}: its share key is not port "
+                             f"{template.id}'s")
+        mac = _mac_int(p.id, p.mac)
+        if mac in macs:
+            raise ValueError(f"ports {macs[mac].id} and {p.id}: one MAC")
+        macs[mac] = p
+
+    head_out, head_in = _common_heads()
+    common_in: list[inventory.TrafficRule] = []
+    templates: list[_Template] = []
+    for fam in (4, 6):
+        client, server = _DHCP_CLIENT[fam]
+        templates.append(_Template(FROM_VM, fam, UDP, None, (client, client),
+                                   (server, server), "DHCP client"))
+        if fam == 6:
+            templates.append(_Template(FROM_VM, fam, ICMPV6, None, None,
+                                       None, "ICMPv6 from own address"))
+    for sg in sgs:
+        remotes = [str(r) for r in sg.remotes]
+        if sg.direction == TO_VM:
+            common_in.extend(_rule(TO_VM, ACCEPT, sg.protocol, src=r,
+                                   dports=sg.ports, why=sg.label)
+                             for r in remotes)
+        else:
+            templates.extend(_Template(FROM_VM, sg.family, sg.protocol, r,
+                                       None, sg.ports, sg.label)
+                             for r in remotes)
+        if sg.stateful:
+            protos = [sg.protocol]
+            if sg.family == 4 and sg.protocol not in (None, ICMP):
+                protos.append(ICMP)
+            back = TO_VM if sg.direction == FROM_VM else FROM_VM
+            why = f"{sg.label} (reply)"
+            templates.extend(
+                _Template(back, sg.family, proto, r,
+                          sg.ports if proto == sg.protocol else None, None,
+                          why)
+                for r in remotes for proto in protos)
+    common_in = _without_subsumed(_unique(sorted(common_in, key=_sort_key)))
+    kept = _prune_templates(templates, head_out + head_in + common_in)
+
+    out: list[inventory.TrafficRule] = []
+    into: list[inventory.TrafficRule] = []
+    for mac_int in sorted(macs):
+        p = macs[mac_int]
+        mac = _mac_text(mac_int)
+        addrs = _own_texts(p, mac_int)
+        for t in kept:
+            for a in addrs[t.family]:
+                if t.direction == FROM_VM:
+                    out.append(inventory.TrafficRule(
+                        direction=FROM_VM, action=ACCEPT, protocol=t.protocol,
+                        source=a, destination=t.other,
+                        source_ports=t.sports, destination_ports=t.dports,
+                        description=t.why, source_mac=mac))
+                else:
+                    into.append(inventory.TrafficRule(
+                        direction=TO_VM, action=ACCEPT, protocol=t.protocol,
+                        source=t.other, destination=a,
+                        source_ports=t.sports, destination_ports=t.dports,
+                        description=t.why, destination_mac=mac))
+    tail = drop_all_rules()
+    # An ingress rule may repeat a head rule (which are from any address).
+    heads = {_match_key(r) for r in head_in}
+    common_in = [r for r in common_in if r.source not in _ANY_TEXTS
+                 or _match_key(r) not in heads]
+    return (*head_out, *out, *tail[:2], *head_in, *common_in, *into,
+            *tail[2:])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Template:
+    """An accept rule naming an own address (from the VM: its source; to
+    the VM: its destination), the address left open; ``other`` is the
+    other side (None: any address of the family)."""
+
+    direction: str
+    family: int
+    protocol: int | None
+    other: str | None
+    sports: tuple[int, int] | None
+    dports: tuple[int, int] | None
+    why: str
+
+    @property
+    def other_key(self) -> tuple:
+        return _net_key(self.other or _ANY[self.family])
+
+    def order(self) -> tuple:
+        return (self.direction, self.family,
+                -1 if self.protocol is None else self.protocol,
+                self.other_key, self.sports or (0, 0), self.dports or (0, 0),
+                self.why)
+
+
+def _common_heads() -> tuple[list[inventory.TrafficRule],
+                             list[inventory.TrafficRule]]:
+    """The head rules of :func:`traffic_rules` that name no own address:
+    (from the VM: the DHCP-server drops, then DHCP discovery and ICMPv6
+    from ``::``; to the VM: DHCP replies and ICMPv6)."""
+    drops, accepts, head_in = [], [], []
+    for fam in (4, 6):
+        client, server = _DHCP_CLIENT[fam]
+        drops.append(_rule(FROM_VM, DROP, UDP, sports=(server, server),
+                           dports=(client, client), fam=fam,
+                           why="DHCP server reply from the VM"))
+        head_in.append(_rule(TO_VM, ACCEPT, UDP, src=_ANY[fam],
+                             sports=(server, server),
+                             dports=(client, client),
+                             why="DHCP reply to the VM"))
+    accepts.append(_rule(FROM_VM, ACCEPT, UDP, src="0.0.0.0/32",
+                         dst="255.255.255.255/32", sports=(68, 68),
+                         dports=(67, 67), why="DHCP discovery"))
+    accepts.append(_rule(FROM_VM, ACCEPT, ICMPV6, src="::/128",
+                         dst="ff02::/16", why="ICMPv6 DAD/MLD from ::"))
+    head_in.append(_rule(TO_VM, ACCEPT, ICMPV6, src="::/0",
+                         why="ICMPv6 (neighbour discovery, RA, MLD)"))
+    return drops + accepts, head_in
+
+
+def _template_covers(big_protocol, big_sports, big_dports,
+                     t: _Template) -> bool:
+    """Protocol and ports of ``big`` contain ``t``'s."""
+    if big_protocol is not None and big_protocol != t.protocol:
+        return False
+    for b, s in ((big_sports, t.sports), (big_dports, t.dports)):
+        if b is not None and (s is None or not b[0] <= s[0] <= s[1] <= b[1]):
+            return False
+    return True
+
+
+def _prune_templates(templates: list[_Template],
+                     common: list[inventory.TrafficRule]) -> list[_Template]:
+    """The templates, sorted, without duplicates (an ``other`` of None is
+    the family's any address: the own address fixes the family), without
+    those another template of the same direction covers (for one own
+    address both are instantiated alike) and without those an accept of
+    ``common`` (no MAC, any own address, all accepts of their block)
+    covers.  Indexed by the networks containing ``other``, as
+    :func:`_without_subsumed`."""
+    unique: dict[tuple, _Template] = {}
+    for t in sorted(templates, key=_Template.order):
+        unique.setdefault((t.direction, t.protocol, t.other_key, t.sports,
+                           t.dports), t)
+    index: dict[tuple, list[_Template]] = {}
+    for t in unique.values():
+        index.setdefault((t.direction, t.other_key), []).append(t)
+    by_other: dict[tuple, list[inventory.TrafficRule]] = {}
+    for c in common:
+        if c.action != ACCEPT or c.source_negated or c.destination_negated \
+                or c.source_mac or c.destination_mac:
+            continue
+        own_side, other = (c.source, c.destination) if \
+            c.direction == FROM_VM else (c.destination, c.source)
+        if own_side is not None and _net_key(own_side)[2] != 0:
+            continue            # not every own address
+        fam_any = None if own_side is None else _net_key(own_side)[0]
+        by_other.setdefault((c.direction, _net_key(other)), []).append(
+            (fam_any, c))
+    result = []
+    for t in unique.values():
+        keys = _containing_key(t.other_key)
+        if any(o is not t and _template_covers(o.protocol, o.sports,
+                                               o.dports, t)
+               for k in keys for o in index.get((t.direction, k), ())):
+            continue
+        if any((fam is None or fam == t.family)
+               and _template_covers(c.protocol, c.source_ports,
+                                    c.destination_ports, t)
+               for k in (None, *keys)
+               for fam, c in by_other.get((t.direction, k), ())):
+            continue
+        result.append(t)
+    return result
+
+
+@functools.lru_cache(maxsize=65536)
+def _containing_key(key: tuple) -> tuple:
+    """The keys (:func:`_net_key`) of every network containing ``key``'s,
+    itself included."""
+    version, address, length = key
+    bits = 32 if version == 4 else 128
+    return tuple((version, address & (((1 << k) - 1) << (bits - k)), k)
+                 for k in range(length + 1))
+
+
+def _share_parts(port: desired.PortSpec, filtering: bool) -> tuple | None:
+    """:func:`share_key` without the check that the groups translate."""
+    if not filtering or not port.port_security or port.trunk is not None:
+        return None
+    try:
+        own_mac = _mac_int(port.id, port.mac)
+        for ip in port.fixed_ips:
+            _net(port.id, ip)
+        for ip, mac in port.allowed_address_pairs:
+            _net(port.id, ip)
+            if mac and _mac_int(port.id, mac) != own_mac:
+                return None
+    except Unenforceable:
+        return None
+    groups = tuple(sorted(port.security_groups, key=_group_id))
+    named: dict[tuple[str, str], tuple[str, ...]] = {}
+    for g in groups:
+        for r in g.rules:
+            if r.remote_group_id:
+                k = ("group", r.remote_group_id)
+                if k not in named:
+                    named[k] = port.remote_groups.get(r.remote_group_id, ())
+            elif r.remote_address_group_id:
+                k = ("address group", r.remote_address_group_id)
+                if k not in named:
+                    named[k] = port.address_groups.get(
+                        r.remote_address_group_id, ())
+    return groups, tuple((kind, ref, members)
+                         for (kind, ref), members in named.items())
+
+
+def _group_id(group: desired.SecurityGroup) -> str:
+    return group.id
+
+
+@functools.lru_cache(maxsize=1024)
+def _translatable(key: tuple) -> bool:
+    """The groups and remotes of a share key translate (no
+    :class:`Unenforceable`): checked once per distinct key."""
+    groups, named = key
+    port = desired.PortSpec(
+        id="(shared)", network_id="", host="", physnet=None,
+        mac="00:00:00:00:00:00", security_groups=groups,
+        remote_groups={ref: m for kind, ref, m in named if kind == "group"},
+        address_groups={ref: m for kind, ref, m in named
+                        if kind == "address group"})
+    try:
+        _resolve(port)
+    except Unenforceable:
+        return False
+    return True
+
+
+def _own_texts(port: desired.PortSpec, mac: int) -> dict[int, list[str]]:
+    """:func:`own_addresses` as text, fast for the common port (no allowed
+    address pair, at most one fixed IP per family: nothing to collapse)."""
+    if not port.allowed_address_pairs:
+        fixed = [_parse_net(ip) for ip in port.fixed_ips]
+        v4 = [n for n in fixed if n.version == 4]
+        if len(v4) <= 1 and len(v4) == len(fixed):
+            return {4: [_net_text(v4[0])] if v4 else [],
+                    6: [_link_local_text(mac)]}
+    own = own_addresses(port)
+    return {fam: [str(a) for a in own[fam]] for fam in (4, 6)}
+
+
+@functools.lru_cache(maxsize=65536)
+def _net_text(net: Net) -> str:
+    return str(net)
+
+
+def _link_local_text(mac: int) -> str:
+    """``str(link_local_net(mac))``, without building the network (the
+    EUI-64 interface ID's second and third groups are never zero, so only
+    the prefix's zeros are compressed, unless the first group is zero
+    too)."""
+    g4 = ((mac >> 32) & 0xFFFF) ^ 0x0200
+    if not g4:
+        return str(link_local_net(_mac_text(mac)))
+    g5 = ((mac >> 16) & 0xFF00) | 0xFF
+    g6 = 0xFE00 | ((mac >> 16) & 0xFF)
+    g7 = mac & 0xFFFF
+    return f"fe80::{g4:x}:{g5:x}:{g6:x}:{g7:x}/128"
+
+
+def _mac_text(value: int) -> str:
+    """A MAC as lower-case colon text."""
+    digits = f"{value:012x}"
+    return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+
+
 def own_addresses(port: desired.PortSpec) -> dict[int, tuple[Net, ...]]:
     """The source addresses the port may send from, per family: its fixed
     IPs, its allowed address pairs (CIDRs too) and the link-local address of
@@ -560,7 +937,39 @@ def _remotes(port: desired.PortSpec, r: desired.SgRule,
     else:
         texts = (_ANY[fam],)
     nets = [n for n in (_net(port.id, t) for t in texts) if n.version == fam]
-    return tuple(ipaddress.collapse_addresses(nets))
+    return _collapse(nets)
+
+
+def _collapse(nets: list[Net]) -> tuple[Net, ...]:
+    """``ipaddress.collapse_addresses`` of networks of one family, on
+    integers: the fewest CIDRs covering exactly their union, in address
+    order (a remote group of 1,000 members took 15 ms the other way)."""
+    if len(nets) <= 1:
+        return tuple(nets)
+    version, bits = nets[0].version, nets[0].max_prefixlen
+    spans = sorted((int(n.network_address),
+                    int(n.network_address)
+                    | ((1 << (bits - n.prefixlen)) - 1)) for n in nets)
+    result = []
+    lo, hi = spans[0]
+    for first, last in spans[1:] + [(None, None)]:
+        if first is not None and first <= hi + 1:
+            hi = max(hi, last)
+            continue
+        while lo <= hi:         # the largest aligned block from lo, in turn
+            size = lo & -lo if lo else 1 << bits
+            while size > hi - lo + 1:
+                size >>= 1
+            result.append(_cidr(version, lo, bits - size.bit_length() + 1))
+            lo += size
+        lo, hi = first, last
+    return tuple(result)
+
+
+@functools.lru_cache(maxsize=65536)
+def _cidr(version: int, address: int, length: int) -> Net:
+    cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+    return cls((address, length))
 
 
 def _forward(sg: _Sg, own, pin: bool = False) -> list[inventory.TrafficRule]:
@@ -616,8 +1025,9 @@ _MATCH_FIELDS = tuple(f.name for f in dataclasses.fields(inventory.TrafficRule)
                       if f.name != "description")
 
 
-def _match_key(r: inventory.TrafficRule) -> tuple:
-    return tuple(getattr(r, name) for name in _MATCH_FIELDS)
+# A rule's match fields as a tuple (attrgetter: a shared filter keys
+# thousands of rules).
+_match_key = operator.attrgetter(*_MATCH_FIELDS)
 
 
 def _sort_key(r: inventory.TrafficRule) -> tuple:
@@ -626,7 +1036,7 @@ def _sort_key(r: inventory.TrafficRule) -> tuple:
     return (r.direction, -1 if r.protocol is None else r.protocol,
             net(r.source), net(r.destination),
             r.source_ports or (0, 0), r.destination_ports or (0, 0),
-            r.description)
+            r.source_mac or "", r.destination_mac or "", r.description)
 
 
 def _unique(rules: Iterable[inventory.TrafficRule]
@@ -643,8 +1053,13 @@ def _unique(rules: Iterable[inventory.TrafficRule]
 
 def _covers(big: inventory.TrafficRule, small: inventory.TrafficRule) -> bool:
     """Every packet ``small`` matches, ``big`` matches (same direction,
-    neither negated)."""
+    neither negated).  A MAC qualifier is only covered by none or the same
+    MAC."""
     if big.protocol is not None and big.protocol != small.protocol:
+        return False
+    if (big.source_mac is not None and big.source_mac != small.source_mac
+            or big.destination_mac is not None
+            and big.destination_mac != small.destination_mac):
         return False
     for b, s in ((big.source_ports, small.source_ports),
                  (big.destination_ports, small.destination_ports)):

@@ -36,6 +36,7 @@ owner-checked against what vCenter answers, never against the replica.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import time
@@ -401,7 +402,8 @@ class Reconciler:
                    fresh: bool = True,
                    networks: Iterable[str] = (),
                    specs: list[desired_mod.PortSpec] | None = None,
-                   confirm: set[str] | frozenset[str] = frozenset()
+                   confirm: set[str] | frozenset[str] = frozenset(),
+                   group_filters: bool = True
                    ) -> PortPass:
         """Give ports (``port_ids``, or all with None) their DV ports.
 
@@ -429,6 +431,13 @@ class Reconciler:
         by hand).  With nothing to change it makes no vCenter call.
         ``specs``: what ``port_source(port_ids)`` answers, when the caller
         has read it.
+
+        With ``shared_security_filter`` the ports of each network's
+        default security group inherit one filter held in their port
+        group's defaults: unless ``group_filters`` is False (a bind, which
+        only reserves), the networks of these ports (and ``networks``) get
+        theirs, from all their ports read under the network's lock, after
+        the ports (a port leaving the shared filter has its own first).
         """
         if specs is None:
             specs = list(port_source(port_ids))
@@ -441,13 +450,24 @@ class Reconciler:
             inv = self._refresh_ports(inv, None)
         total = apply_mod.PortOutcome()
         with contextlib.ExitStack() as held:
+            sharing = None
+            defaults: dict[str, plan_mod.GroupDefaults] = {}
+            if self.settings.shared_security_filter:
+                if group_filters and not dry_run:
+                    shared_nets = {p.network_id for p in specs} | \
+                        set(networks) if port_ids is not None else None
+                    sharing, defaults, nets = self._group_defaults(
+                        inv, shared_nets, bound, nets, source, port_source,
+                        held, wait)
+                else:
+                    sharing = self._may_share(nets)
             locked: set[str] = set()
             checked: set[str] = set()   # read fresh under their lock
             for _ in range(PORT_ROUNDS):
                 topo = self.topology(inv)
                 want, unenforced = portsettings.desired_ports(
                     bound, nets, topo, self.settings.max_rules_per_port,
-                    self.settings.security_groups)
+                    self.settings.security_groups, sharing)
                 the_plan = plan_mod.plan_ports(
                     want, inv, portsettings.released_settings,
                     port_ids, pending, confirm)
@@ -489,6 +509,8 @@ class Reconciler:
                         want, inv, portsettings.released_settings,
                         port_ids, pending)
                     break
+            if defaults:
+                total.tasks += self._apply_defaults(defaults)
         self._warn_unenforced(unenforced)
         trunks = self._trunk_status(want, the_plan, total)
         if port_ids is not None and not dry_run:
@@ -509,6 +531,114 @@ class Reconciler:
                 self.trunk_status_sink is not None:
             self.trunk_status_sink(trunks)
         return PortPass(specs, want, unenforced, the_plan, total, pending)
+
+    def _may_share(self, nets: dict[str, desired_mod.NetworkSpec]
+                   ) -> Callable[[desired_mod.PortSpec], bool]:
+        filtering = self.settings.security_groups
+        return lambda port: portsettings.shares_group_filter(
+            port, nets.get(port.network_id), filtering)
+
+    def _group_defaults(self, inv: inventory.Inventory,
+                        net_ids: set[str] | None,
+                        bound: list[desired_mod.PortSpec],
+                        nets: dict[str, desired_mod.NetworkSpec],
+                        source: NetworkSource, port_source: PortSource,
+                        held: contextlib.ExitStack, wait: float):
+        """(who shares, {port group key: its defaults}, networks) for the
+        networks ``net_ids`` (None: every network, ``bound`` being all
+        ports): under each network's lock (held until ``held`` closes),
+        all their ports bound here read from Neutron, so that of two
+        workers the last to write read Neutron last.  A network whose
+        shared filter would pass ``max_rules_per_port_group`` shares
+        nothing: its ports get filters of their own (warned once)."""
+        members: list[desired_mod.PortSpec] | None = None
+        if net_ids is None:
+            members = bound
+            ours = {pg.owner for pg in inv.dvs_portgroups if pg.owner}
+            net_ids = ours | {p.network_id for p in bound}
+        for net_id in sorted(net_ids):
+            if not held.enter_context(self.locks.hold(
+                    f"group-filter-{net_id}", timeout=wait)):
+                raise exceptions.TransientFault(
+                    f"the shared filter of network {net_id}",
+                    f"another worker still holds it after {wait}s")
+        if members is None:
+            members = list(port_source(None, network_ids=set(net_ids)))
+        missing = ({p.network_id for p in members} | net_ids) - set(nets)
+        if missing:
+            nets = {**nets, **{n.id: n for n in source(missing)}}
+        may = self._may_share(nets)
+        topo = self.topology(inv)
+        by_pg: dict[str, list[desired_mod.PortSpec]] = {}
+        where: dict[tuple[str, str], str] = {}
+        for net_id in net_ids:
+            net = nets.get(net_id)
+            if net is None:
+                continue
+            for d in desired_mod.desired_for_network(net, topo):
+                have = _find(d, inv) if d.kind == desired_mod.DVS else None
+                if isinstance(have, inventory.DvsPortGroup):
+                    by_pg.setdefault(have.key, [])
+                    where[(net_id, d.physnet)] = have.key
+        for port in members:
+            key = where.get((port.network_id, port.physnet))
+            if key is not None and may(port):
+                by_pg[key].append(port)
+        defaults: dict[str, plan_mod.GroupDefaults] = {}
+        closed: set[str] = set()
+        budget = self.settings.max_rules_per_port_group
+        owner = {pg.key: pg.owner for pg in inv.dvs_portgroups}
+        for key, ports in by_pg.items():
+            # One filter for ports whose translations differ only by their
+            # addresses and MAC (read at once, all have the same key).
+            keys = [portsettings.share_key(p, filtering=self.settings.
+                                           security_groups) for p in ports]
+            if ports:
+                common = collections.Counter(keys).most_common(1)[0][0]
+                closed |= {p.id for p, k in zip(ports, keys) if k != common}
+                ports = [p for p, k in zip(ports, keys) if k == common]
+            rules = portsettings.shared_rules(ports) if ports else ()
+            if len(rules) > budget:
+                if ("budget", key) not in self._warned:
+                    self._warned.add(("budget", key))
+                    LOG.warning(
+                        "network %s: the shared filter of its %d ports in "
+                        "the default security group needs %d rules, more "
+                        "than [%s] max_rules_per_port_group (%d): they get "
+                        "filters of their own", owner.get(key), len(ports),
+                        len(rules), conf.GROUP, budget)
+                closed |= {p.id for p in ports}
+                ports, rules = [], ()
+            defaults[key] = plan_mod.GroupDefaults(
+                owner.get(key) or "", True,
+                tuple(rules) or ports_mod.CLOSED_RULES, len(ports))
+        return (lambda port: port.id not in closed and may(port),
+                defaults, nets)
+
+    def _apply_defaults(self, defaults: dict[str, plan_mod.GroupDefaults]
+                        ) -> int:
+        """Write the port groups' defaults that differ (the replica's
+        view, read again once after a refusal); answers the tasks run."""
+        tasks = 0
+        for _ in range(2):
+            inv = self.inventory()
+            steps = plan_mod.plan_group_defaults(defaults, inv)
+            if not steps:
+                break
+            out = apply_mod.Applier(self.session, self.settings
+                                    ).apply_group_defaults(steps, inv)
+            tasks += out.tasks
+            if self.replica is not None:
+                tokens = {s.portgroup_key: s.want.token for s in out.done}
+                left = self.session.time_left()
+                self.replica.wait_until(lambda fresh: all(
+                    pg.defaults_token == tokens[pg.key]
+                    for pg in fresh.dvs_portgroups if pg.key in tokens),
+                    self.settings.task_timeout if left is None
+                    else max(0.0, left))
+            if not out.stale:
+                break
+        return tasks
 
     def _lock_ports(self, port_ids: set[str], locked: set[str],
                     held: contextlib.ExitStack, wait: float) -> None:
@@ -674,7 +804,7 @@ class Reconciler:
         result = self.sync_ports(
             {spec.id}, source, lambda ids: [spec],
             wait=max(0.0, deadline - time.monotonic()), report_status=False,
-            fresh=False, confirm=confirm)
+            fresh=False, confirm=confirm, group_filters=False)
         port = result.plan.reserved.get(spec.id)
         problems = [c.reason for c in result.plan.conflicts] + \
             [str(exc) for _, exc in result.outcome.failed]

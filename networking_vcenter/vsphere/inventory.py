@@ -24,6 +24,7 @@ types from this one; reading vCenter and converting its objects is
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from typing import Any
 
@@ -77,6 +78,30 @@ def owner_description(deployment: str, network_id: str, physnet: str,
     return (f"{OWNER_TAG} managed by {deployment}: Neutron network "
             f"{network_id} (physical network {physnet}, {tag}). Changes are "
             f"reverted.")
+
+
+# What a port group's defaults (blocked, traffic filter) were last written
+# with by the shared filter (``shared_security_filter``), as a digest in
+# its description: the replica then need not read (parse) the filter
+# itself, which holds the rules of every sharing port.
+_DEFAULTS_RE = re.compile(r" Port defaults (?P<token>[0-9a-f]{20})\.")
+
+
+def defaults_token(blocked: bool, rules: tuple[TrafficRule, ...]) -> str:
+    """The digest of a port group's defaults: blocked and its filter."""
+    digest = hashlib.sha256(repr((blocked, rules)).encode())
+    return digest.hexdigest()[:20]
+
+
+def defaults_token_of(description: str | None) -> str | None:
+    m = _DEFAULTS_RE.search(description or "")
+    return m.group("token") if m else None
+
+
+def with_defaults_token(description: str, token: str) -> str:
+    """``description`` naming ``token`` (in place of any other)."""
+    return _DEFAULTS_RE.sub("", description or "") + \
+        f" Port defaults {token}."
 
 
 def mark_from_description(description: str | None) -> Mark | None:
@@ -158,6 +183,9 @@ class DvsPortGroup:
     # :func:`.reads.default_closed_of`).  A group of ours without it is
     # converted in place, like one that is not ``ports_ready``.
     default_closed: bool = True
+    # shared_security_filter: the digest of the defaults last written
+    # (:func:`defaults_token`), from the description; None: never written.
+    defaults_token: str | None = None
 
 
 # The port overrides a group must allow for the settings the driver puts on
@@ -311,6 +339,12 @@ class TrafficRule:
     address of any family.  Ports are inclusive (first, last) ranges; a
     single port is (p, p).  The rule's sequence is its position in
     :attr:`PortSettings.rules` (first match wins).
+
+    ``source_mac`` / ``destination_mac`` (lower-case colon form,
+    "fa:16:3e:00:00:01"; None: any MAC) add a MAC qualifier, ANDed with
+    the IP one: a port group's shared filter names the sending port by its
+    source MAC (forged transmits rejected) and the receiving port by its
+    destination MAC.
     """
 
     direction: str                       # INCOMING, OUTGOING
@@ -323,6 +357,8 @@ class TrafficRule:
     source_ports: tuple[int, int] | None = None
     destination_ports: tuple[int, int] | None = None
     description: str = ""
+    source_mac: str | None = None
+    destination_mac: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

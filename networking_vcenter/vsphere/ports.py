@@ -40,6 +40,11 @@ Conventions (one place, so that reads and writes agree):
 * a rule's IP part is always one ``DvsIpNetworkRuleQualifier``, even when it
   says nothing (any protocol, any address): it then matches every IP packet
   and nothing else, so a final "drop all" never drops ARP;
+* a rule with ``source_mac`` or ``destination_mac`` also gets one
+  ``DvsMacNetworkRuleQualifier`` (``SingleMac`` addresses, nothing else):
+  vSphere ANDs the qualifiers of a rule.  Read back, only that shape is
+  understood (a MAC range, a negated MAC, a MAC qualifier with a protocol
+  or VLAN: ValueError, as any other unknown shape);
 * ``rules=()`` is a filter set on the port with an empty, disabled ruleset
   (no filtering, whatever the group says); None leaves the group's, which
   for our groups is :data:`CLOSED_RULES` (all IP dropped);
@@ -144,6 +149,15 @@ def rule_spec(rule: TrafficRule, sequence: int) -> vim.dvs.TrafficRule:
         qualifier.sourceIpPort = _port_range(rule.source_ports)
     if rule.destination_ports is not None:
         qualifier.destinationIpPort = _port_range(rule.destination_ports)
+    qualifiers = [qualifier]
+    if rule.source_mac is not None or rule.destination_mac is not None:
+        mac = Rule.MacQualifier()
+        if rule.source_mac is not None:
+            mac.sourceAddress = vim.SingleMac(address=rule.source_mac)
+        if rule.destination_mac is not None:
+            mac.destinationAddress = vim.SingleMac(
+                address=rule.destination_mac)
+        qualifiers.append(mac)
     try:
         action = _ACTIONS[rule.action]()
     except KeyError:
@@ -152,7 +166,7 @@ def rule_spec(rule: TrafficRule, sequence: int) -> vim.dvs.TrafficRule:
     return immutable_rule(Rule(
         sequence=sequence, direction=rule.direction,
         description=rule.description or None, action=action,
-        qualifier=[qualifier]))
+        qualifier=qualifiers))
 
 
 def _filter(rules: tuple[TrafficRule, ...] | None) -> Any:
@@ -165,6 +179,12 @@ def _filter(rules: tuple[TrafficRule, ...] | None) -> Any:
     return DVPort.FilterPolicy(inherited=False, filterConfig=[
         DVPort.TrafficFilterConfig(agentName=FILTER_AGENT, inherited=False,
                                    trafficRuleset=ruleset)])
+
+
+def filter_policy(rules: tuple[TrafficRule, ...]) -> Any:
+    """A filter policy holding ``rules``, set (not inherited): a port
+    group's default (``switches.group_defaults_spec``)."""
+    return _filter(tuple(rules))
 
 
 # What every port of our groups carries until the driver gives it settings
@@ -312,19 +332,55 @@ def _ports(expr: Any) -> tuple[int, int] | None:
     raise ValueError(f"unknown port qualifier {type(expr).__name__}")
 
 
+def _mac(expr: Any) -> str | None:
+    """A MAC qualifier's address as lower-case colon text (None: any);
+    only a single, not negated MAC can be read."""
+    if expr is None:
+        return None
+    if not isinstance(expr, vim.SingleMac):
+        raise ValueError(f"unknown MAC qualifier {type(expr).__name__}")
+    if expr.negate:
+        raise ValueError(f"negated MAC qualifier {expr.address!r}")
+    digits = "".join(c for c in (expr.address or "").lower()
+                     if c in "0123456789abcdef")
+    if len(digits) != 12:
+        raise ValueError(f"MAC qualifier address {expr.address!r}")
+    return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+
+
+def _mac_qualifier(rule: vim.dvs.TrafficRule) -> tuple[str | None,
+                                                         str | None]:
+    """(source MAC, destination MAC) of a rule's MAC qualifier, if any;
+    a MAC qualifier that says more (protocol, VLAN) cannot be read."""
+    macs = [q for q in rule.qualifier or []
+            if isinstance(q, Rule.MacQualifier)]
+    if not macs:
+        return None, None
+    if len(macs) > 1:
+        raise ValueError("more than one MAC qualifier")
+    (q,) = macs
+    if q.protocol is not None or q.vlanId is not None:
+        raise ValueError("MAC qualifier with a protocol or VLAN")
+    return _mac(q.sourceAddress), _mac(q.destinationAddress)
+
+
 def rule_of(rule: vim.dvs.TrafficRule) -> TrafficRule:
-    """The plain form of a ``DvsTrafficRule`` (its IP qualifier, if any)."""
+    """The plain form of a ``DvsTrafficRule`` (its IP qualifier and its MAC
+    qualifier, if any)."""
     if isinstance(rule.action, Rule.AcceptAction):
         action = "accept"
     elif isinstance(rule.action, Rule.DropAction):
         action = "drop"
     else:
         action = type(rule.action).__name__
+    source_mac, destination_mac = _mac_qualifier(rule)
     ip = next((q for q in rule.qualifier or []
                if isinstance(q, Rule.IpQualifier)), None)
     if ip is None:
         return TrafficRule(direction=rule.direction, action=action,
-                           description=rule.description or "")
+                           description=rule.description or "",
+                           source_mac=source_mac,
+                           destination_mac=destination_mac)
     source, source_negated = _cidr(ip.sourceAddress)
     destination, destination_negated = _cidr(ip.destinationAddress)
     return TrafficRule(
@@ -334,7 +390,8 @@ def rule_of(rule: vim.dvs.TrafficRule) -> TrafficRule:
         destination=destination, destination_negated=destination_negated,
         source_ports=_ports(ip.sourceIpPort),
         destination_ports=_ports(ip.destinationIpPort),
-        description=rule.description or "")
+        description=rule.description or "",
+        source_mac=source_mac, destination_mac=destination_mac)
 
 
 def _rules_of(policy: Any) -> tuple[TrafficRule, ...] | None:

@@ -26,6 +26,7 @@ so that the pure modules (desired, plan, portsettings) load without it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from pyVmomi import vim, vmodl
@@ -33,8 +34,8 @@ from pyVmomi import vim, vmodl
 from networking_vcenter.vsphere import ports
 from networking_vcenter.vsphere.inventory import (
     OWNER_FIELD, Dvs, DvPort, DvsPortGroup, Host, HostPortGroup, Inventory,
-    StdNetwork, Vlan, mark_from_description, mark_of, merge_ranges, owner,
-    ports_ready_of, security_of)
+    StdNetwork, Vlan, defaults_token_of, mark_from_description, mark_of,
+    merge_ranges, owner, ports_ready_of, security_of)
 from networking_vcenter.vsphere.session import Session
 
 
@@ -106,6 +107,12 @@ def find_children(session: Session, folders: list[Any], names: set[str],
                     vimtype is not vim.Network or type(ref) is vim.Network):
                 found[name] = ref
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class _Vlan:
+    """A default port config read as its VLAN alone."""
+    vlan: Any
 
 
 def _vlan_of(spec: Any) -> Vlan | None:
@@ -181,7 +188,9 @@ def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
         dvpgs_out.append(DvsPortGroup(
             moid=ref._moId, name=p["name"], key=p.get("key"),
             dvs_moid=switch._moId,
-            vlan=_vlan_of(p.get("config.defaultPortConfig")),
+            vlan=_vlan_of(p.get("config.defaultPortConfig")) if
+            "config.defaultPortConfig" in p else _vlan_of(_Vlan(
+                p.get("config.defaultPortConfig.vlan"))),
             description=description, owner=owner(mark, deployment),
             vm_count=len(p.get("vm") or []), ref=ref, mark=mark,
             ports_ready=ports_ready_of(p.get("config.type"),
@@ -191,8 +200,11 @@ def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
             mac_override=bool(getattr(p.get("config.policy"),
                                       "macManagementOverrideAllowed", False)),
             port_keys=tuple(p.get("portKeys") or ()),
-            default_closed=default_closed_of(
-                p.get("config.defaultPortConfig"))))
+            # The filter is not read where it is shared (the replica
+            # narrows its paths): its token in the description says.
+            default_closed="config.defaultPortConfig" not in p or
+            default_closed_of(p.get("config.defaultPortConfig")),
+            defaults_token=defaults_token_of(description)))
 
     clusters: dict[str, list[list[str]]] = {}
     for ref, p in compute:

@@ -108,6 +108,12 @@ DVPG_PATHS = ["key", "config.distributedVirtualSwitch",
               "config.defaultPortConfig", "config.description",
               "config.type", "config.policy", "config.numPorts",
               "config.configVersion", "portKeys"]
+# With ``shared_security_filter`` a group's default filter holds the rules
+# of all its sharing ports: it is not watched (every process would parse
+# it on every join); the token in the description says what it holds.
+SHARED_DVPG_PATHS = [p for p in DVPG_PATHS
+                     if p != "config.defaultPortConfig"] + [
+    "config.defaultPortConfig.vlan", "config.defaultPortConfig.blocked"]
 DVS_PATHS = ["name", "uuid", "summary.hostMember", "parent",
              "config.productInfo"]
 # Of VMware's own switches only (a path other switch types do not have).
@@ -120,7 +126,8 @@ PORT_PATHS = ("portKeys", "vm", "config")
 # change with portKeys (the group grew or shrank) and on edits of the
 # group's unwatched config, none of which changes a port.
 NARROW_PATHS = frozenset({"portKeys", "vm", "config.numPorts",
-                          "config.configVersion"})
+                          "config.configVersion", "config.description",
+                          "config.defaultPortConfig.blocked"})
 CR_PATHS = ["name", "host"]
 DC_PATHS = ["networkFolder"]
 HOST_PATHS = ["name", "configManager.networkSystem",
@@ -653,7 +660,9 @@ class Replica:
                              type=vim.view.ContainerView)])
             for v in self._views]
         types = [(vim.Network, NETWORK_PATHS),
-                 (vim.dvs.DistributedVirtualPortgroup, DVPG_PATHS),
+                 (vim.dvs.DistributedVirtualPortgroup,
+                  SHARED_DVPG_PATHS if self._settings.shared_security_filter
+                  else DVPG_PATHS),
                  (vim.DistributedVirtualSwitch, DVS_PATHS),
                  (vim.dvs.VmwareDistributedVirtualSwitch, VMWARE_DVS_PATHS),
                  (vim.ComputeResource, CR_PATHS),

@@ -132,6 +132,20 @@ def closed_default() -> VmwareDVS.VmwarePortConfigPolicy:
         filterPolicy=ports.closed_filter())
 
 
+def group_defaults_spec(config_version: str | None, description: str,
+                        blocked: bool, rules: tuple[inventory.TrafficRule, ...]
+                        ) -> vim.dvs.DistributedVirtualPortgroup.ConfigSpec:
+    """The spec giving a group of ours new defaults for ``blocked`` and the
+    traffic filter (``shared_security_filter``), and the description that
+    names them; everything else is merged unchanged (vCenter merges a
+    reconfigure spec, ``defaultPortConfig`` policy by policy)."""
+    return vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+        configVersion=config_version, description=description,
+        defaultPortConfig=VmwareDVS.VmwarePortConfigPolicy(
+            blocked=vim.BoolPolicy(inherited=False, value=bool(blocked)),
+            filterPolicy=ports.filter_policy(rules)))
+
+
 def convert_port_group_spec(config_version: str | None, num_ports: int
                             ) -> vim.dvs.DistributedVirtualPortgroup.ConfigSpec:
     """The smallest spec turning a group made by an earlier version into

@@ -21,12 +21,13 @@ as Nova or an operator would see it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ssl
 import threading
 import uuid
 
 import pytest
-from pyVmomi import SoapAdapter, vim
+from pyVmomi import SoapAdapter, VmomiSupport, vim
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions
@@ -310,6 +311,106 @@ def test_settings_round_trip_many_ports_in_one_task(session, reader):
         assert {p.name for p in again} == {f"port-{n}" for n in SHAPES} | {""}
     finally:
         _destroy(reader, pg)
+
+
+# A shared filter's per-port rules: MAC and IP qualifiers, ANDed.
+MAC_RULES = (
+    TrafficRule(INCOMING, "drop", protocol=17, source="0.0.0.0/0",
+                source_ports=(67, 67), destination_ports=(68, 68)),
+    TrafficRule(INCOMING, "accept", source="10.0.0.5/32",
+                destination="0.0.0.0/0", description="sg-a rule r1",
+                source_mac="fa:16:3e:00:00:05"),
+    TrafficRule(INCOMING, "accept", protocol=58,
+                source="fe80::f816:3eff:fe00:5/128",
+                source_mac="fa:16:3e:00:00:05"),
+    TrafficRule(OUTGOING, "accept", source="0.0.0.0/0",
+                destination="10.0.0.5/32",
+                destination_mac="fa:16:3e:00:00:05"),
+    TrafficRule(OUTGOING, "accept", protocol=6, source="10.0.0.0/24",
+                destination_ports=(22, 22), source_mac="fa:16:3e:00:00:07",
+                destination_mac="fa:16:3e:00:00:05"),
+    TrafficRule(INCOMING, "drop", source="0.0.0.0/0"),
+    TrafficRule(OUTGOING, "drop", source="::/0"),
+)
+
+
+def test_mac_qualified_rules_round_trip_on_the_wire():
+    """What the simulator cannot check (below): a filter with MAC-qualified
+    rules, serialised as pyVmomi sends it and parsed back as pyVmomi reads
+    an answer, is the same rules (one IP and one SingleMac qualifier per
+    such rule)."""
+    # As a session speaking vim 6.7.1 (session.API_NAMESPACE) sends it.
+    version = VmomiSupport.GetVersionFromVersionUri(
+        session_mod.API_NAMESPACE.replace("vim25/", "urn:vim25/"))
+    sent = SoapAdapter.Serialize(ports._filter(MAC_RULES), version=version)
+    assert sent.count(b'xsi:type="DvsMacNetworkRuleQualifier"') == 4
+    assert sent.count(b'xsi:type="SingleMac"') == 5
+    back = SoapAdapter.Deserialize(sent)
+    assert ports._rules_of(back) == MAC_RULES
+    default = SoapAdapter.Deserialize(SoapAdapter.Serialize(
+        VmwareDVS.VmwarePortConfigPolicy(
+            filterPolicy=ports._filter(MAC_RULES)), version=version))
+    assert ports._rules_of(default.filterPolicy) == MAC_RULES
+
+
+@pytest.mark.xfail(
+    strict=True, raises=exceptions.TransientFault,
+    reason="the simulator's govmomi cannot decode a DvsMacNetworkRule"
+           "Qualifier: its BaseDvsNetworkRuleQualifier interface also asks "
+           "for GetDvsIpNetworkRuleQualifier, so the request handler panics "
+           "and closes the connection (govmomi issue 2196, fixed upstream; "
+           "the fix is in vim25/types, which tools/vcsim/build.sh does not "
+           "overlay)")
+def test_mac_qualified_rules_round_trip(sim, reader):
+    """Rules with a MAC qualifier on a port, written and read back equal
+    through the driver's session.  Strict xfail: once the simulator can
+    hold them this passes and the marker must go."""
+    settings = dataclasses.replace(_settings(sim), api_retry_count=0)
+    session = session_mod.Session(settings)
+    pg = _our_group(session, reader, 406)
+    try:
+        dvs = _as(session, reader.dvs("DVS0"))
+        (p, *_) = ports.fetch_ports(session, dvs, [pg["key"]])[pg["key"]]
+        ports.reconfigure_ports(session, dvs, [
+            (p.key, p.config_version, "shared", PortSettings(
+                rules=MAC_RULES))], "MAC-qualified rules")
+        got = {q.key: q for q in ports.fetch_ports(
+            session, dvs, [pg["key"]])[pg["key"]]}[p.key]
+        assert got.settings == PortSettings(rules=MAC_RULES)
+        raw = _raw_ports(reader, pg)[p.key].config.setting
+        (fc,) = raw.filterPolicy.filterConfig
+        rules = sorted(fc.trafficRuleset.rules, key=lambda r: r.sequence)
+        ip, mac = rules[4].qualifier
+        assert isinstance(mac, vim.dvs.TrafficRule.MacQualifier)
+        assert (mac.sourceAddress.address, mac.destinationAddress.address) \
+            == ("fa:16:3e:00:00:07", "fa:16:3e:00:00:05")
+    finally:
+        session.close()
+        _destroy(reader, pg)
+
+
+def test_mac_qualifier_shapes_not_ours_are_not_read():
+    """A MAC range, a negated MAC, a MAC qualifier with a protocol: the
+    module cannot say them, so reading them fails as for any unknown
+    shape (and is_closed says no)."""
+    R = vim.dvs.TrafficRule
+    good = ports.rule_spec(MAC_RULES[1], 10)
+    assert ports.rule_of(good) == MAC_RULES[1]
+    upper = R(sequence=10, direction=INCOMING, action=R.AcceptAction(),
+              qualifier=[R.IpQualifier(), R.MacQualifier(
+                  sourceAddress=vim.SingleMac(address="FA-16-3E-00-00-05"))])
+    assert ports.rule_of(upper).source_mac == "fa:16:3e:00:00:05"
+    for mac in (R.MacQualifier(sourceAddress=vim.MacRange(
+                    address="fa:16:3e:00:00:00", mask="ff:ff:ff:00:00:00")),
+                R.MacQualifier(destinationAddress=vim.SingleMac(
+                    address="fa:16:3e:00:00:05", negate=True)),
+                R.MacQualifier(sourceAddress=vim.SingleMac(
+                    address="fa:16:3e:00:00:05"),
+                    protocol=vim.IntExpression(value=0x0800))):
+        bad = R(sequence=10, direction=INCOMING, action=R.AcceptAction(),
+                qualifier=[R.IpQualifier(), mac])
+        with pytest.raises(ValueError):
+            ports.rule_of(bad)
 
 
 def test_mac_learning_round_trip_on_a_6_6_switch(sim, session, reader,

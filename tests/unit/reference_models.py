@@ -19,8 +19,10 @@ sharing no code with it (only the plain data types and the direction names):
   VMware documents the rule set: rules in sequence order, the first rule
   whose qualifiers all match decides; an unset qualifier matches anything;
   an address qualifier matches only packets of its family (negated or not);
-  port qualifiers match only protocols that have ports; a packet no rule
-  matches passes (the filter only acts on the packets it matches).
+  port qualifiers match only protocols that have ports; a MAC qualifier
+  (source or destination, one MAC) matches only frames with that MAC; a
+  packet no rule matches passes (the filter only acts on the packets it
+  matches).
 * :class:`NeutronPort`: which packets Neutron's firewall (iptables hybrid
   and OVS drivers, as read from Neutron 29) lets to and from one port: the
   implicit DHCP / ICMPv6 rules, anti-spoofing, the security group rules,
@@ -58,13 +60,18 @@ class Packet:
     proto: int
     sport: int | None = None
     dport: int | None = None
+    src_mac: str | None = None      # None: a frame whose MAC no rule names
+    dst_mac: str | None = None
 
     def mirror(self, other_direction: str) -> "Packet":
         if self.proto == ICMP_OF[self.family]:
             return dataclasses.replace(self, direction=other_direction,
-                                       src=self.dst, dst=self.src)
+                                       src=self.dst, dst=self.src,
+                                       src_mac=self.dst_mac,
+                                       dst_mac=self.src_mac)
         return Packet(other_direction, self.family, self.dst, self.src,
-                      self.proto, self.dport, self.sport)
+                      self.proto, self.dport, self.sport, self.dst_mac,
+                      self.src_mac)
 
 
 # -- the DVS filter -------------------------------------------------------
@@ -86,8 +93,17 @@ def _port_ok(qual, pkt: Packet, port) -> bool:
     return qual[0] <= port <= qual[1]
 
 
+def _mac_ok(qual: str | None, mac: str | None) -> bool:
+    """A MAC qualifier (a single MAC) matches only frames with that MAC."""
+    if qual is None:
+        return True
+    return mac is not None and netaddr.EUI(qual) == netaddr.EUI(mac)
+
+
 def dvs_matches(rule, pkt: Packet) -> bool:
     return (rule.direction == pkt.direction
+            and _mac_ok(rule.source_mac, pkt.src_mac)
+            and _mac_ok(rule.destination_mac, pkt.dst_mac)
             and (rule.protocol is None or rule.protocol == pkt.proto)
             and _addr_ok(rule.source, rule.source_negated, pkt.family,
                          pkt.src)

@@ -25,13 +25,19 @@ say() { echo "build.sh: $*" >&2; }
 patches=()
 shopt -s nullglob
 for p in "$here"/patches/*.patch; do patches+=("$p"); done
+# Patches of govmomi outside the simulator package (vim25/types), relative
+# to govmomi's root: the top-level directories they touch are copied into
+# the overlay instead of linked.
+root_patches=()
+for p in "$here"/patches-govmomi/*.patch; do root_patches+=("$p"); done
 shopt -u nullglob
 
 # Up to date? (Directories count too: removing a patch changes the patches
 # directory, upgrading the Debian package the simulator directory.)
 if [[ -x $bin ]]; then
     stale=0
-    for f in "$here/main.go" "$here/build.sh" "$here/patches" "${patches[@]}" "$src"; do
+    for f in "$here/main.go" "$here/build.sh" "$here/patches" "${patches[@]}" \
+             "$here/patches-govmomi" "${root_patches[@]}" "$src"; do
         if [[ $f -nt $bin ]]; then stale=1; break; fi
     done
     if [[ $stale == 0 ]]; then
@@ -58,6 +64,22 @@ chmod -R u+w "$dst"
 # package too: link them to the installed ones.
 for e in "$(dirname "$src")"/*; do
     [[ $(basename "$e") == simulator ]] || ln -s "$e" "$(dirname "$dst")/"
+done
+
+root=$(dirname "$dst")
+for p in "${root_patches[@]}"; do
+    for top in $(sed -n 's|^+++ b/\([^/]*\)/.*|\1|p' "$p" | sort -u); do
+        if [[ -L $root/$top ]]; then
+            rm "$root/$top"
+            cp -r "$(dirname "$src")/$top" "$root/$top"
+            chmod -R u+w "$root/$top"
+        fi
+    done
+    say "applying $(basename "$p") (govmomi)"
+    if ! out=$(patch -p1 --forward --batch --no-backup-if-mismatch -d "$root" <"$p" 2>&1); then
+        echo "$out" >&2
+        die "patch $(basename "$p") does not apply to $(dirname "$src")"
+    fi
 done
 
 for p in "${patches[@]}"; do

@@ -1,0 +1,138 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""One shared filter per port group (``shared_security_filter``, issue 15),
+through Neutron's real ML2 plugin and the simulator.
+
+The ports of a network's default security group inherit one filter in
+their port group's defaults.  What a join costs vCenter is counted request
+by request: the bind's reservation and one reconfigure of the port group,
+two tasks, whatever the number of members.  A port leaving the group gets a
+filter of its own; a group whose shared filter would pass its budget shares
+nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+from neutron_lib.api.definitions import portbindings
+
+from networking_vcenter.vsphere import ports as ports_mod
+from tests.functional.test_ports import PortsTestCase
+
+
+class TestSharedFilter(PortsTestCase):
+
+    extra_ml2_vcenter = {"shared_security_filter": "true"}
+
+    def group(self, port):
+        key = port[portbindings.VIF_DETAILS]["pg_id"]
+        (pg,) = [pg for pg in self.vsphere.dvs("DVS0").portgroup
+                 if pg.key == key]
+        return pg
+
+    def shared(self, port):
+        """The port group's default rules, read back from vCenter."""
+        policy = self.group(port).config.defaultPortConfig.filterPolicy
+        return [ports_mod.rule_of(r) for c in policy.filterConfig or []
+                for r in c.trafficRuleset.rules or []]
+
+    @staticmethod
+    def admits(rules, port):
+        """Whether the shared rules carry ``port``: its MAC-qualified rule
+        from its address and its address as a member source."""
+        ip = port["fixed_ips"][0]["ip_address"] + "/32"
+        mac = port["mac_address"]
+        return any(r.source_mac == mac and r.source == ip for r in rules) \
+            and any(r.source == ip and r.source_mac is None and
+                    r.destination_mac is None for r in rules)
+
+    def own_rules(self, port):
+        setting = self.dv_port(port).config.setting
+        return ports_mod.settings_of(setting).rules
+
+    def test_a_join_is_one_reservation_and_one_group_write(self):
+        net = self.make_net(301)
+        members = [self.port_on(net["id"]) for _ in range(3)]
+        rules = self.eventually(lambda: (lambda r: all(
+            self.admits(r, p) for p in members) and r)(
+            self.shared(members[0])))
+        self.assertTrue(rules, "the shared filter lacks a member")
+        for p in members:
+            self.assertIsNone(self.own_rules(p), "a member has its own")
+            self.assertFalse(self.dv_port(p).config.setting.blocked.value)
+        self.assertTrue(
+            self.group(members[0]).config.defaultPortConfig.blocked.value)
+        self.replica_caught_up()
+        before = {p["id"]: self.dv_port(p).config.configVersion
+                  for p in members}
+
+        with self.soap_calls() as calls:
+            new = self.port_on(net["id"])
+            self.settled()
+        tasks = collections.Counter(c for c in calls if c.endswith("_Task"))
+        self.assertEqual({"ReconfigureDVPort_Task": 1,
+                          "ReconfigureDVPortgroup_Task": 1}, dict(tasks),
+                         calls)
+        self.assertTrue(all(self.admits(self.shared(new), p)
+                            for p in members + [new]))
+        self.assertEqual(before, {p["id"]: self.dv_port(p).config.configVersion
+                                  for p in members})
+
+    def test_a_port_leaving_the_group_gets_its_own_filter(self):
+        net = self.make_net(302)
+        stay, leave = self.port_on(net["id"]), self.port_on(net["id"])
+        self.assertTrue(self.eventually(
+            lambda: self.admits(self.shared(stay), leave)))
+        sg = self.make_sg("shared-leave")
+        self.add_rule(sg["id"], direction="ingress", ethertype="IPv4",
+                      protocol="tcp", port_range_min=22, port_range_max=22,
+                      remote_ip_prefix="192.0.2.0/24")
+        res = self._update("ports", leave["id"], {"port": {
+            "security_groups": [sg["id"]]}}, as_admin=True)
+        self.assertIn("port", res)
+        own = self.eventually(lambda: self.own_rules(leave))
+        self.assertTrue(own, "the port that left has no filter of its own")
+        self.assertIn(((22, 22), "192.0.2.0/24"),
+                      [(r.destination_ports, r.source) for r in own])
+        shared = self.eventually(lambda: (lambda r: not any(
+            leave["mac_address"] in (x.source_mac, x.destination_mac)
+            for x in r) and r)(self.shared(stay)))
+        self.assertTrue(shared, "the shared filter still names the port")
+        self.assertTrue(self.admits(shared, stay))
+        self.assertIsNone(self.own_rules(stay))
+
+
+
+class TestSharedFilterBudget(TestSharedFilter):
+    """A budget of 16 rules: no shared filter fits."""
+
+    extra_ml2_vcenter = {"shared_security_filter": "true",
+                         "max_rules_per_port_group": 16}
+
+    test_a_join_is_one_reservation_and_one_group_write = None
+    test_a_port_leaving_the_group_gets_its_own_filter = None
+
+    def test_over_its_budget_a_group_shares_nothing(self):
+        net = self.make_net(303)
+        ports = [self.port_on(net["id"]) for _ in range(2)]
+        for p in ports:
+            own = self.eventually(lambda p=p: self.own_rules(p))
+            self.assertTrue(own, "over the budget a port has no filter")
+        closed = [dataclasses.replace(r, description="")
+                  for r in ports_mod.CLOSED_RULES]
+        self.assertTrue(self.eventually(lambda: [
+            dataclasses.replace(r, description="")
+            for r in self.shared(ports[0])] == closed),
+            "over its budget the group's default is not the drop-all")
