@@ -35,8 +35,9 @@ DVPort = vim.dvs.DistributedVirtualPort
 Rule = vim.dvs.TrafficRule
 
 # Every shape rule_spec builds: protocols or none, IPv4/IPv6 hosts and
-# prefixes, negated addresses, single ports and ranges on both ends, no
-# qualifier field at all, descriptions that need escaping.
+# prefixes, negated addresses, single ports and ranges on both ends, MAC
+# qualifiers (source or destination), no qualifier field at all,
+# descriptions that need escaping.
 SHAPES = (
     TrafficRule(I.INCOMING, "accept", protocol=6, source="10.0.0.0/8",
                 destination_ports=(22, 22), description="ssh <&> \"'"),
@@ -50,6 +51,10 @@ SHAPES = (
     TrafficRule(I.INCOMING, "drop", source="::/0"),
     TrafficRule(I.INCOMING, "drop"),
     TrafficRule(I.OUTGOING, "drop", protocol=6, destination_ports=(0, 65535)),
+    TrafficRule(I.OUTGOING, "accept", source="192.0.2.9/32",
+                source_mac="fa:16:3e:00:00:09", description="anti-spoofing"),
+    TrafficRule(I.INCOMING, "accept", protocol=6, destination_ports=(80, 80),
+                destination_mac="fa:16:3e:00:00:0a"),
 )
 
 
@@ -67,6 +72,8 @@ def _many(n):
             destination_negated=shape.destination_negated,
             source_ports=shape.source_ports,
             destination_ports=shape.destination_ports,
+            source_mac=shape.source_mac,
+            destination_mac=shape.destination_mac,
             description=f"{shape.description} {i}"))
     return tuple(out)
 
@@ -156,11 +163,11 @@ def test_port_request_is_stock_pyvmomis_first_and_second_time(
     rules = {id(r): r for s in specs
              for r in s.setting.filterPolicy.filterConfig[0]
              .trafficRuleset.rules}
-    # 210 distinct + the 8 SHAPES, each on many ports.
-    assert len(rules) == 218
+    # 210 distinct + the SHAPES, each on many ports.
+    assert len(rules) == 210 + len(SHAPES)
 
     expected = _request(stock, "ReconfigureDVPort_Task", specs)
-    assert expected.count(b"<rules>") == 30 * (21 + 8)
+    assert expected.count(b"<rules>") == 30 * (21 + len(SHAPES))
     pyvmomi_rule_writes.clear()
     first = _request(ours, "ReconfigureDVPort_Task", specs)
     assert first == expected
@@ -173,7 +180,7 @@ def test_port_request_is_stock_pyvmomis_first_and_second_time(
     assert pyvmomi_rule_writes == []
     # The stock stub still writes every rule itself.
     assert _request(stock, "ReconfigureDVPort_Task", specs) == expected
-    assert len(pyvmomi_rule_writes) == 30 * (21 + 8)
+    assert len(pyvmomi_rule_writes) == 30 * (21 + len(SHAPES))
 
 
 def test_group_request_with_a_big_shared_filter(pyvmomi_rule_writes):
@@ -186,6 +193,7 @@ def test_group_request_with_a_big_shared_filter(pyvmomi_rule_writes):
     assert b"DvsMacNetworkRuleQualifier" in expected
     assert b"01:00:5e:00:00:00" in expected
     assert b"ssh &lt;&amp;&gt;" in expected
+    assert b"fa:16:3e:00:00:0a" in expected      # rule_spec's MAC qualifier
 
     assert _request(ours, "ReconfigureDVPortgroup_Task", spec) == expected
     pyvmomi_rule_writes.clear()
