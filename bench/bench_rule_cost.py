@@ -69,7 +69,7 @@ def _cached_str(policy, info) -> str:
 
 
 def one_round(n: int) -> tuple[float, ...]:
-    ports.rule_spec.cache_clear()
+    ports.clear_rule_caches()
     todo = rules(n)
     t0 = time.process_time()
     policies = [ports._filter(tuple(todo[k:k + PER_PORT]))
@@ -106,7 +106,7 @@ def one_round(n: int) -> tuple[float, ...]:
 def shared_round(n: int) -> tuple[float, float, float]:
     """One ReconfigureDVPortgroup_Task of n distinct rules: stock pyVmomi's
     stub, the session's stub cold, the session's stub warm."""
-    ports.rule_spec.cache_clear()
+    ports.clear_rule_caches()
     spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
         configVersion="1",
         defaultPortConfig=vim.dvs.VmwareDistributedVirtualSwitch

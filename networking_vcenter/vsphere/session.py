@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import http.client
 import io
 import socket
@@ -186,22 +187,25 @@ class _BudgetSpent(Exception):
 #
 # A port group's shared filter holds thousands of ``vim.dvs.TrafficRule``
 # objects, and each write sends all of them although nearly all were in the
-# previous write too: ``ports.rule_spec`` hands out the same (cached) pyVmomi
-# object for the same rule, and pyVmomi would serialise it again each time
-# (~0.23 ms a rule).  A rule registered by :func:`immutable_rule` is
-# serialised once per serialisation context and its XML text reused: the
-# text written is the one pyVmomi wrote for that object the first time,
+# previous write too -- but for their sequence, which is their position, and
+# shifts for every rule after one inserted.  ``ports.rule_spec`` builds each
+# rule once (a template, :func:`immutable_rule`) and hands out copies of it
+# at each sequence (:func:`rule_at`); pyVmomi would serialise every copy
+# again each time (~0.23 ms a rule).  Here a declared rule's XML text is
+# made once per template and serialisation context, around its sequence,
+# and reused: the text written is the one pyVmomi writes for that object,
 # byte for byte.
 
 _TRAFFIC_RULE = vim.dvs.TrafficRule
 
-# rule object -> {serialisation context: its XML text}.  Weak keys: an entry
-# lives exactly as long as its rule object (held by rule_spec's lru_cache or
-# a spec being sent), so the cache is bounded by them, and a dead object's
-# entry is gone before its id could be reused (the key is the object, not its
-# id: DataObjects hash and compare by identity).
-_RULE_TEXTS: "weakref.WeakKeyDictionary[Any, dict[tuple, str]]" = \
-    weakref.WeakKeyDictionary()
+# rule object -> {serialisation context: (text before the sequence's value,
+# text after it)}, one dict shared by a template and its copies.  Weak keys:
+# an entry lives exactly as long as its rule object (held by rule_spec's
+# caches or a spec being sent), so the cache is bounded by them, and a dead
+# object's entry is gone before its id could be reused (the key is the
+# object, not its id: DataObjects hash and compare by identity).
+_RULE_TEXTS: "weakref.WeakKeyDictionary[Any, dict[tuple, tuple[str, str]]]" \
+    = weakref.WeakKeyDictionary()
 # Contexts kept per rule: one in practice (a ruleset's ``rules`` item at the
 # session's version); more means something unusual, then keep the latest.
 _CONTEXTS_PER_RULE = 4
@@ -221,6 +225,20 @@ def immutable_rule(rule: Any) -> Any:
     return rule
 
 
+def rule_at(template: Any, sequence: int) -> Any:
+    """A copy of a rule declared :func:`immutable_rule` at ``sequence``:
+    it shares everything else the template holds, and is declared
+    immutable with it, so that its text is the template's cached text
+    around its own sequence."""
+    texts = _RULE_TEXTS.get(template)
+    if texts is None:
+        raise ValueError("rule_at: the template is not an immutable_rule")
+    rule = copy.copy(template)
+    rule.sequence = sequence
+    _RULE_TEXTS[rule] = texts
+    return rule
+
+
 class _RuleCachingSerializer(SoapAdapter.SoapSerializer):
     """pyVmomi's SoapSerializer, except that a traffic rule declared
     :func:`immutable_rule` is written from its cached text.
@@ -230,6 +248,9 @@ class _RuleCachingSerializer(SoapAdapter.SoapSerializer):
     handed down by the parent (``attr``, ``currDefNS``) and the serializer's
     own state (version, namespace map, xsi/xsd prefixes): all of them are in
     the key, so a rule written in another context is serialised afresh.
+    The sequence is the one value written from the object itself: pyVmomi
+    writes an int as ``str(value)``, between the ``<sequence>`` tags (the
+    only ``<sequence`` in a rule's text: every string is escaped).
     """
 
     def __init__(self, writer: Any, version: str, nsMap: dict[str, str]):
@@ -241,23 +262,31 @@ class _RuleCachingSerializer(SoapAdapter.SoapSerializer):
         texts = _RULE_TEXTS.get(val) \
             if type(val) is _TRAFFIC_RULE and not self.outermostAttrs \
             else None
-        if texts is None:
+        sequence = val.sequence if texts is not None else None
+        if type(sequence) is not int:
             super()._SerializeDataObject(val, info, attr, currDefNS)
             return
         key = (info.name, info.type, info.flags, info.version, attr,
                currDefNS, self._context)
-        text = texts.get(key)
-        if text is None:
+        around = texts.get(key)
+        if around is None:
             writer, self.writer = self.writer, io.StringIO()
             try:
                 super()._SerializeDataObject(val, info, attr, currDefNS)
                 text = self.writer.getvalue()
             finally:
                 self.writer = writer
+            self.writer.write(text)
+            start = text.find("<sequence")
+            start = text.find(">", start) + 1 if start >= 0 else -1
+            end = text.find("</sequence>", start)
+            if start <= 0 or text[start:end] != str(sequence):
+                return          # not the text expected: never cached
             if len(texts) >= _CONTEXTS_PER_RULE:
                 texts.clear()
-            texts[key] = text
-        self.writer.write(text)
+            texts[key] = (text[:start], text[end:])
+            return
+        self.writer.write(f"{around[0]}{sequence}{around[1]}")
 
 
 class _RuleCachingStub(SoapStubAdapter):

@@ -875,7 +875,7 @@ def test_big_port_filter_written_twice_from_cached_rules(session, reader,
     try:
         dvs = _as(session, reader.dvs("DVS0"))
         p = ports.fetch_ports(session, dvs, [pg["key"]])[pg["key"]][0]
-        ports.rule_spec.cache_clear()
+        ports.clear_rule_caches()
         rule_writes["requests"].clear()
         rule_writes["rules"].clear()
         ports.reconfigure_ports(session, dvs, [(p.key, p.config_version,
@@ -921,7 +921,7 @@ def test_big_shared_group_filter_written_twice_from_cached_rules(
     pg = _our_group(session, reader, 408)
     try:
         ref = _as(session, pg["ref"])
-        ports.rule_spec.cache_clear()
+        ports.clear_rule_caches()
         rule_writes["requests"].clear()
         # Rules pyVmomi serialises in each write: all, none, the new one.
         for n, serialised in ((5000, 5000), (5000, 0), (5001, 1)):

@@ -157,7 +157,7 @@ def pyvmomi_rule_writes(monkeypatch):
 
 def test_port_request_is_stock_pyvmomis_first_and_second_time(
         pyvmomi_rule_writes):
-    ports.rule_spec.cache_clear()
+    ports.clear_rule_caches()
     ours, stock = _stubs()
     specs = _port_specs(_many(210))
     rules = {id(r): r for s in specs
@@ -184,7 +184,7 @@ def test_port_request_is_stock_pyvmomis_first_and_second_time(
 
 
 def test_group_request_with_a_big_shared_filter(pyvmomi_rule_writes):
-    ports.rule_spec.cache_clear()
+    ports.clear_rule_caches()
     ours, stock = _stubs()
     mac = _mac_rule()
     spec = _group_spec(_many(2000), extra=(mac, mac))
@@ -233,7 +233,7 @@ def test_same_rules_at_another_version_are_serialised_for_it(
         pyvmomi_rule_writes):
     """The cached text is per context: a stub of another API version (the
     namespace and versionId differ) gets its own, equal to pyVmomi's."""
-    ports.rule_spec.cache_clear()
+    ports.clear_rule_caches()
     spec = _group_spec(_many(50), extra=(_mac_rule(),))
     for ns in (S.API_NAMESPACE, "vim25/8.0.0.0", S.API_NAMESPACE,
                "vim25/6.5", "vim25/8.0.0.0"):
@@ -247,7 +247,7 @@ def test_same_rules_at_another_version_are_serialised_for_it(
 def test_a_rule_alone_as_the_argument_and_in_an_any_field():
     """Where the parent hands down other attributes: a rule typed as
     ``xsd:anyType`` (xsi:type attribute, outermost attributes)."""
-    ports.rule_spec.cache_clear()
+    ports.clear_rule_caches()
     rule = ports.rule_spec(SHAPES[0], 10)
     for ns in (S.API_NAMESPACE, "vim25/8.0.0.0"):
         ours, stock = _stubs(ns)
@@ -300,7 +300,7 @@ def test_a_request_without_rules_is_stock_pyvmomis():
 def test_threads_serialising_the_same_rules_at_once():
     """Requests serialised by several threads at once, sharing rules first
     seen by all of them together: each is stock pyVmomi's bytes."""
-    ports.rule_spec.cache_clear()
+    ports.clear_rule_caches()
     ours, stock = _stubs()
     specs = [_group_spec(_many(300 + k)) for k in range(8)]
     want = [_request(stock, "ReconfigureDVPortgroup_Task", s) for s in specs]
@@ -309,3 +309,35 @@ def test_threads_serialising_the_same_rules_at_once():
             got = list(pool.map(lambda s: _request(
                 ours, "ReconfigureDVPortgroup_Task", s), specs))
             assert got == want
+
+
+def test_a_rule_inserted_shifts_the_sequences_and_only_it_is_serialised(
+        pyvmomi_rule_writes):
+    """One VM joins: its rule lands in the middle of the shared filter and
+    every rule after it moves to the next sequence (new rule_spec objects,
+    copies of the same templates): pyVmomi serialises the new rule only,
+    and the request is stock pyVmomi's bytes."""
+    ports.clear_rule_caches()
+    ours, stock = _stubs()
+    rules = _many(3001)
+    joiner = rules[1500]
+    before = rules[:1500] + rules[1501:]
+    _request(ours, "ReconfigureDVPortgroup_Task", _group_spec(before))
+    spec = _group_spec(rules)
+    shifted = spec.defaultPortConfig.filterPolicy.filterConfig[0] \
+        .trafficRuleset.rules
+    assert [r.sequence for r in shifted[1499:1502]] == [15000, 15010, 15020]
+    pyvmomi_rule_writes.clear()
+    got = _request(ours, "ReconfigureDVPortgroup_Task", spec)
+    assert pyvmomi_rule_writes == [ports.rule_spec(joiner, 15010)]
+    assert got == _request(stock, "ReconfigureDVPortgroup_Task", spec)
+    # The same rule at two sequences: two objects, one template's text.
+    assert ports.rule_spec(rules[-1], 30010) is not \
+        ports.rule_spec(rules[-1], 30000)
+    assert S._RULE_TEXTS[ports.rule_spec(rules[-1], 30010)] is \
+        S._RULE_TEXTS[ports.rule_spec(rules[-1], 30000)]
+
+
+def test_rule_at_needs_a_declared_template():
+    with pytest.raises(ValueError):
+        S.rule_at(Rule(direction=I.INCOMING), 10)
