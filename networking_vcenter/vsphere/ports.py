@@ -82,7 +82,8 @@ from pyVmomi import SoapAdapter, vim
 from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere.inventory import (
     DvPort, PortSettings, Shaping, TrafficRule)
-from networking_vcenter.vsphere.session import Session
+from networking_vcenter.vsphere.session import (
+    Session, immutable_rule, rule_at)
 
 VmwareDVS = vim.dvs.VmwareDistributedVirtualSwitch
 DVPort = vim.dvs.DistributedVirtualPort
@@ -135,10 +136,21 @@ def _port_range(ports: tuple[int, int]) -> Any:
 
 @functools.lru_cache(maxsize=16384)
 def rule_spec(rule: TrafficRule, sequence: int) -> vim.dvs.TrafficRule:
-    """One ``DvsTrafficRule`` with its IP qualifier.  Cached: ports that
-    share security groups share most rules, and building pyVmomi objects
-    is most of the cost of a spec (the objects are only serialized, never
-    changed)."""
+    """One ``DvsTrafficRule`` with its IP qualifier (and MAC qualifier).
+    Cached: ports that share security groups share most rules, and
+    building pyVmomi objects is most of the cost of a spec.  The objects
+    are only serialized, never changed: a copy at ``sequence`` of the
+    rule's one template (:func:`_rule_template`), declared immutable with
+    it (:func:`session.rule_at
+    <networking_vcenter.vsphere.session.rule_at>`), so that the session
+    writes the rule's XML text once, not once per request nor per
+    sequence (a rule inserted shifts the sequences of all after it)."""
+    return rule_at(_rule_template(rule), sequence)
+
+
+@functools.lru_cache(maxsize=16384)
+def _rule_template(rule: TrafficRule) -> vim.dvs.TrafficRule:
+    """The pyVmomi objects of ``rule``, at no sequence."""
     qualifier = Rule.IpQualifier()
     if rule.protocol is not None:
         qualifier.protocol = vim.IntExpression(value=int(rule.protocol))
@@ -165,9 +177,15 @@ def rule_spec(rule: TrafficRule, sequence: int) -> vim.dvs.TrafficRule:
     except KeyError:
         raise ValueError(f"traffic rule action {rule.action!r}: only "
                          f"{sorted(_ACTIONS)}") from None
-    return Rule(sequence=sequence, direction=rule.direction,
-                description=rule.description or None, action=action,
-                qualifier=qualifiers)
+    return immutable_rule(Rule(
+        direction=rule.direction, description=rule.description or None,
+        action=action, qualifier=qualifiers))
+
+
+def clear_rule_caches() -> None:
+    """Forget every rule built (tests and benchmarks: a cold start)."""
+    rule_spec.cache_clear()
+    _rule_template.cache_clear()
 
 
 def _filter(rules: tuple[TrafficRule, ...] | None) -> Any:

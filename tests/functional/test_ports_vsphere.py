@@ -808,3 +808,130 @@ def test_version_parsing():
     assert not inventory.mac_management_supported(dvs("6.5.0"))
     assert not inventory.mac_management_supported(dvs(None))
     assert not inventory.mac_management_supported(dvs("unknown"))
+
+
+# -- big filters, written from the session's cached rule text ---------------
+
+def _big_rules(n):
+    """n distinct rules of every shape rule_spec builds: IPv4 and IPv6
+    hosts, negated sources, single ports and ranges, TCP/UDP/any."""
+    out = []
+    for i in range(n):
+        proto = (6, 17, None)[i % 3]
+        dports = None if proto is None else \
+            (1 + i % 1000, 1 + i % 1000 + i % 2 * 99)
+        source = f"2001:db8::{i + 1:x}/128" if i % 5 == 0 else \
+            f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}/32"
+        out.append(TrafficRule(
+            INCOMING if i % 2 else OUTGOING, "accept", protocol=proto,
+            source=source, source_negated=i % 7 == 0,
+            source_ports=(1024, 65535) if proto == 17 else None,
+            destination_ports=dports, description=f"sg big rule {i}"))
+    return tuple(out)
+
+
+@pytest.fixture
+def rule_writes(monkeypatch):
+    """The SOAP requests our stubs send ((method, their bytes, stock
+    pyVmomi's bytes for the same arguments)) and the traffic rules
+    pyVmomi's own serializer writes, in the block."""
+    real_request = session_mod._RuleCachingStub.SerializeRequest
+    real_object = SoapAdapter.SoapSerializer._SerializeDataObject
+    seen = {"requests": [], "rules": []}
+
+    def request(stub, mo, info, args):
+        sent = real_request(stub, mo, info, args)
+        if info.wsdlName.startswith("Reconfigure"):
+            stock = SoapAdapter.SoapStubAdapterBase.SerializeRequest(
+                stub, mo, info, args)
+            seen["requests"].append((info.wsdlName, sent, stock))
+        return sent
+
+    def data_object(ser, val, info, attr, ns):
+        if type(val) is vim.dvs.TrafficRule and \
+                type(ser) is session_mod._RuleCachingSerializer:
+            seen["rules"].append(val)
+        return real_object(ser, val, info, attr, ns)
+
+    monkeypatch.setattr(session_mod._RuleCachingStub, "SerializeRequest",
+                        request)
+    monkeypatch.setattr(SoapAdapter.SoapSerializer, "_SerializeDataObject",
+                        data_object)
+    return seen
+
+
+def test_big_port_filter_written_twice_from_cached_rules(session, reader,
+                                                         rule_writes):
+    big = PortSettings(rules=_big_rules(1000))
+    pg = _our_group(session, reader, 407)
+    try:
+        dvs = _as(session, reader.dvs("DVS0"))
+        p = ports.fetch_ports(session, dvs, [pg["key"]])[pg["key"]][0]
+        ports.clear_rule_caches()
+        rule_writes["requests"].clear()
+        rule_writes["rules"].clear()
+        ports.reconfigure_ports(session, dvs, [(p.key, p.config_version,
+                                                "big", big)], "big filter")
+        # Each rule serialised by pyVmomi once.
+        assert len(rule_writes["rules"]) == 1000
+        (got,) = [x for x in ports.fetch_ports(session, dvs, [pg["key"]])[
+            pg["key"]] if x.key == p.key]
+        assert got.settings == big
+
+        rule_writes["rules"].clear()
+        ports.reconfigure_ports(session, dvs, [(p.key, got.config_version,
+                                                "big", big)], "big again")
+        # The same rule_spec objects: none serialised again...
+        assert rule_writes["rules"] == []
+        # ... and both requests are byte for byte stock pyVmomi's.
+        assert [m for m, _, _ in rule_writes["requests"]] == \
+            ["ReconfigureDVPort_Task"] * 2
+        for _, sent, stock in rule_writes["requests"]:
+            assert sent == stock
+            assert sent.count(b"<rules>") == 1000
+
+        (again,) = [x for x in ports.fetch_ports(session, dvs, [pg["key"]])[
+            pg["key"]] if x.key == p.key]
+        assert again.settings == big
+        assert int(again.config_version) == int(got.config_version) + 1
+        # The independent read agrees, rule by rule, in order.
+        raw = _raw_ports(reader, pg)[p.key].config.setting
+        assert ports.settings_of(raw).rules == big.rules
+        (fc,) = raw.filterPolicy.filterConfig
+        assert [r.sequence for r in fc.trafficRuleset.rules] == \
+            [10 * (i + 1) for i in range(1000)]
+    finally:
+        _destroy(reader, pg)
+
+
+def test_big_shared_group_filter_written_twice_from_cached_rules(
+        session, reader, rule_writes):
+    """The shared-filter design: 5,000 rules in the group's default port
+    config, written twice through the session; one rule more the third
+    time, when only that rule is serialised."""
+    rules = _big_rules(5001)
+    pg = _our_group(session, reader, 408)
+    try:
+        ref = _as(session, pg["ref"])
+        ports.clear_rule_caches()
+        rule_writes["requests"].clear()
+        # Rules pyVmomi serialises in each write: all, none, the new one.
+        for n, serialised in ((5000, 5000), (5000, 0), (5001, 1)):
+            rule_writes["rules"].clear()
+            version = pg["ref"].config.configVersion
+            session.run_task(
+                "shared filter", ref.ReconfigureDVPortgroup_Task,
+                vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+                    configVersion=version,
+                    defaultPortConfig=VmwareDVS.VmwarePortConfigPolicy(
+                        filterPolicy=ports._filter(rules[:n]))))
+            assert len(rule_writes["rules"]) == serialised
+            config = pg["ref"].config
+            assert int(config.configVersion) == int(version) + 1
+            assert ports._rules_of(config.defaultPortConfig.filterPolicy) \
+                == rules[:n]
+        assert len(rule_writes["requests"]) == 3
+        for _, sent, stock in rule_writes["requests"]:
+            assert sent == stock
+    finally:
+        _destroy(reader, pg)
