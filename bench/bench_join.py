@@ -173,12 +173,12 @@ def effective(rec: Reconciler, pg_key: str, shared: bool) -> dict:
         rules = tuple(ports_mod.rule_of(r) for c in policy.filterConfig
                       for r in c.trafficRuleset.rules or [])
     out = {}
-    for p in dvs.ref.FetchDVPorts(ports_mod.vim.dvs.PortCriteria(
-            portgroupKey=[pg_key], inside=True)):
-        if not p.config.name or p.config.name == "free":
+    # The driver's own read: inherited filters are passed over, not built.
+    for p in ports_mod.fetch_ports(rec.session, dvs.ref, [pg_key])[pg_key]:
+        if not p.name or p.name == "free":
             continue
-        own = ports_mod.settings_of(p.config.setting).rules
-        out[p.config.name] = rules if own is None and shared else own
+        own = p.settings.rules
+        out[p.name] = rules if own is None and shared else own
     return out
 
 

@@ -180,9 +180,10 @@ port_opts = [
                      "instead of on each DV port: one VM joining or "
                      "leaving the group then rewrites one port group, not "
                      "every member's port. The group's other ports are "
-                     "blocked until configured. See "
-                     "docs/security-groups.md, 'One shared filter per "
-                     "port group'."),
+                     "blocked until configured. Off by default until "
+                     "its assumptions are checked on real ESXi: see "
+                     "docs/security-groups.md, 'Scale: one shared filter "
+                     "per port group'."),
     cfg.IntOpt("max_rules_per_port_group", default=16384, min=16,
                max=1048576,
                help="Budget of traffic filter rules in one port group's "

@@ -556,18 +556,24 @@ class Reconciler:
         shared filter would pass ``max_rules_per_port_group`` shares
         nothing: its ports get filters of their own (warned once)."""
         members: list[desired_mod.PortSpec] | None = None
-        if net_ids is None:
+        full = net_ids is None
+        if full:
             members = bound
             ours = {pg.owner for pg in inv.dvs_portgroups if pg.owner}
             net_ids = ours | {p.network_id for p in bound}
+        busy: set[str] = set()
         for net_id in sorted(net_ids):
             if not held.enter_context(self.locks.hold(
                     f"group-filter-{net_id}", timeout=wait)):
-                raise exceptions.TransientFault(
-                    f"the shared filter of network {net_id}",
-                    f"another worker still holds it after {wait}s")
+                if not full:
+                    raise exceptions.TransientFault(
+                        f"the shared filter of network {net_id}",
+                        f"another worker still holds it after {wait}s")
+                busy.add(net_id)    # that worker's sync sets it
+        net_ids = set(net_ids) - busy
         if members is None:
-            members = list(port_source(None, network_ids=set(net_ids)))
+            members = list(port_source(None, network_ids=set(net_ids))) \
+                if net_ids else []
         missing = ({p.network_id for p in members} | net_ids) - set(nets)
         if missing:
             nets = {**nets, **{n.id: n for n in source(missing)}}
