@@ -183,6 +183,17 @@ def effective(rec: Reconciler, pg_key: str, shared: bool) -> dict:
 
 
 def admits(rules, ip: str, port: int | None = None) -> bool:
+    """Memoised per rules object: sharing members hold the same one."""
+    key = (id(rules), ip, port)
+    if key not in _ADMITS:
+        _ADMITS[key] = (rules, _admits(rules, ip, port))
+    return _ADMITS[key][1]
+
+
+_ADMITS: dict = {}
+
+
+def _admits(rules, ip: str, port: int | None = None) -> bool:
     """A to-the-VM accept from ``ip`` (to any port, or to ``port``) that
     names no MAC and no destination: what a member admits of another."""
     addr = ipaddress.ip_address(ip)

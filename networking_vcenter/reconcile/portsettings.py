@@ -482,25 +482,8 @@ def traffic_rules(port: desired.PortSpec) -> tuple[inventory.TrafficRule, ...]:
     (:func:`trunk_members`) rules too, each member's accept rules naming
     its own addresses on both sides (from the VM as source, to the VM as
     destination), so that one member's groups do not open another's."""
-    head_out: list[inventory.TrafficRule] = []
-    head_in: list[inventory.TrafficRule] = []
+    head_out, head_in = _common_heads()
     accepts: list[inventory.TrafficRule] = []
-    for fam in (4, 6):
-        client, server = _DHCP_CLIENT[fam]
-        head_out.append(_rule(FROM_VM, DROP, UDP, sports=(server, server),
-                              dports=(client, client), fam=fam,
-                              why="DHCP server reply from the VM"))
-        head_in.append(_rule(TO_VM, ACCEPT, UDP, src=_ANY[fam],
-                             sports=(server, server),
-                             dports=(client, client),
-                             why="DHCP reply to the VM"))
-    head_out.append(_rule(FROM_VM, ACCEPT, UDP, src="0.0.0.0/32",
-                          dst="255.255.255.255/32", sports=(68, 68),
-                          dports=(67, 67), why="DHCP discovery"))
-    head_out.append(_rule(FROM_VM, ACCEPT, ICMPV6, src="::/128",
-                          dst="ff02::/16", why="ICMPv6 DAD/MLD from ::"))
-    head_in.append(_rule(TO_VM, ACCEPT, ICMPV6, src="::/0",
-                         why="ICMPv6 (neighbour discovery, RA, MLD)"))
     pin = port.trunk is not None
     for member in [port, *trunk_members(port)]:
         own = own_addresses(member)
