@@ -36,6 +36,7 @@ from networking_vcenter import conf  # noqa: E402
 from networking_vcenter.reconcile.locks import Locks  # noqa: E402
 from networking_vcenter.reconcile.reconciler import Reconciler  # noqa: E402
 from vcsim_launcher import Vcsim  # noqa: E402
+import vsphere_reader  # noqa: E402
 
 PHYSNET = "physnet1"
 DVS_NAME = "DVS0"
@@ -102,13 +103,7 @@ class SoapCounter:
 def find_named(si, vimtype, name: str):
     """The managed object of that type and name, through a container view
     of the whole inventory (a separate client's, not the driver's)."""
-    content = si.RetrieveContent()
-    view = content.viewManager.CreateContainerView(
-        content.rootFolder, [vimtype], True)
-    try:
-        return next(o for o in view.view if o.name == name)
-    finally:
-        view.DestroyView()
+    return vsphere_reader.find_named(si.RetrieveContent(), vimtype, name)
 
 
 def settings(sim: Vcsim, compute_host: str = "bench") -> conf.Settings:

@@ -29,6 +29,19 @@ from pyVmomi import vim
 from pyVmomi import vmodl
 
 
+def find_named(content, vimtype, name: str):
+    """The managed object of that type and name, through a container view
+    of the whole inventory of ``content`` (a ServiceInstanceContent: the
+    client's own, or a driver session's when the object must be bound to
+    that session)."""
+    view = content.viewManager.CreateContainerView(
+        content.rootFolder, [vimtype], True)
+    try:
+        return next(o for o in view.view if o.name == name)
+    finally:
+        view.DestroyView()
+
+
 class Reader:
     def __init__(self, si):
         self.si = si

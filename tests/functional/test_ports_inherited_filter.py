@@ -36,6 +36,7 @@ from networking_vcenter.vsphere import switches
 from networking_vcenter.vsphere.inventory import (
     INCOMING, OUTGOING, PortSettings, TrafficRule)
 from tests.fixtures.vcsim import Vcsim
+from tests.fixtures.vsphere_reader import find_named
 
 DEPLOYMENT = "default"
 # The group's filter: big enough that parsing it shows, small enough that
@@ -90,21 +91,12 @@ def session(sim):
     s.close()
 
 
-def _find(session, vimtype, name):
-    content = session.content
-    view = content.viewManager.CreateContainerView(
-        content.rootFolder, [vimtype], True)
-    try:
-        return next(o for o in view.view if o.name == name)
-    finally:
-        view.DestroyView()
-
-
 @pytest.fixture(scope="module")
 def group(session):
     """(switch, port group key, ports in key order): a group of ours whose
     default filter holds GROUP_RULES, its first ports with OWN settings."""
-    dvs = _find(session, vim.DistributedVirtualSwitch, "DVS0")
+    dvs = find_named(session.content, vim.DistributedVirtualSwitch,
+                     "DVS0")
     net = str(uuid.uuid4())
     name = f"neutron-physnet1-{net}"
     spec = switches.dvs_port_group_spec(
@@ -113,7 +105,8 @@ def group(session):
         num_ports=NUM_PORTS)
     spec.defaultPortConfig.filterPolicy = ports._filter(GROUP_RULES)
     switches.create_dvs_port_groups(session, dvs, [spec], "DVS0")
-    pg = _find(session, vim.dvs.DistributedVirtualPortgroup, name)
+    pg = find_named(session.content, vim.dvs.DistributedVirtualPortgroup,
+                    name)
     before = ports.fetch_ports(session, dvs, [pg.key])[pg.key]
     assert len(before) == NUM_PORTS
     ports.reconfigure_ports(session, dvs, [
