@@ -482,9 +482,10 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 continue
             if p.get(portbindings.HOST_ID) in hosts:
                 ids.add(p["id"])
-                if self.settings.shared_security_filter:
-                    # Its port group's shared filter follows its ports
-                    # (one deleted is no longer read with them).
+                if self.settings.shared_security_filter and port is None:
+                    # Its port group's shared filter follows its ports: a
+                    # port deleted is no longer read with them, so its
+                    # network is named (the others' come with their ports).
                     std_nets.add(p["network_id"])
                 if p.get(portbindings.VIF_TYPE) == VIF_TYPE_DVS and \
                         "dvs_id" not in (p.get(portbindings.VIF_DETAILS)

@@ -32,6 +32,7 @@ Ownership rules, applied here once:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterable
 
@@ -696,8 +697,9 @@ class GroupDefaults:
     rules: tuple[inv_mod.TrafficRule, ...] = dataclasses.field(repr=False)
     sharing: int = 0
 
-    @property
+    @functools.cached_property
     def token(self) -> str:
+        """The digest of what is wanted (thousands of rules: made once)."""
         return inv_mod.defaults_token(self.blocked, self.rules)
 
 
