@@ -719,18 +719,21 @@ class SetGroupDefaults:
                 f"{len(self.want.rules)} rules")
 
 
-def plan_group_defaults(wanted: dict[str, GroupDefaults], inv: Inventory
+def plan_group_defaults(wanted: dict[str, GroupDefaults], inv: Inventory,
+                        untrue: frozenset[str] | set[str] = frozenset()
                         ) -> list[SetGroupDefaults]:
     """Steps giving our port groups (by key) ``wanted`` defaults: those
-    whose description does not name the token of what is wanted.  A group
-    not (yet) in ``inv``, or not ours, is left alone."""
+    whose description does not name the token of what is wanted, and those
+    of ``untrue``, whose defaults were found not to be what their
+    description names (edited by hand).  A group not (yet) in ``inv``, or
+    not ours, is left alone."""
     steps = []
     for pg in inv.dvs_portgroups:
         want = wanted.get(pg.key)
         if want is None or pg.owner != want.network_id:
             continue
         token = want.token
-        if pg.defaults_token == token:
+        if pg.defaults_token == token and pg.key not in untrue:
             continue
         dvs = inv.dvs_by_moid(pg.dvs_moid)
         steps.append(SetGroupDefaults(

@@ -136,6 +136,15 @@ class Reconciler:
         self.replica = Replica(self.session, settings) if watch else None
         self._topology: tuple[inventory.Inventory, desired_mod.Topology] | None = None
         self._warned: set[tuple[str, tuple[str, ...]]] = set()
+        # Shared filters: {port group key: (digest its description names,
+        # configVersion)} last found true -- read whole, or the digest
+        # moved (a write of ours, in some process).  A group whose
+        # configVersion moved under the same digest may have been edited
+        # by hand (:meth:`_untrue_defaults`).
+        self._defaults_seen: dict[str, tuple[str, str | None]] = {}
+        self._defaults_doubted: set[str] = set()
+        # ... and of those, the ones read whole and found true as they are.
+        self._defaults_read: dict[str, tuple[str, str | None]] = {}
 
     # -- life cycle -------------------------------------------------------
 
@@ -514,7 +523,8 @@ class Reconciler:
                         port_ids, pending)
                     break
             if defaults:
-                total.tasks += self._apply_defaults(defaults)
+                total.tasks += self._apply_defaults(
+                    defaults, every=port_ids is None and refresh)
         self._warn_unenforced(unenforced)
         trunks = self._trunk_status(want, the_plan, total)
         if port_ids is not None and not dry_run:
@@ -625,14 +635,18 @@ class Reconciler:
         return (lambda port: port.id not in closed and may(port),
                 defaults, nets)
 
-    def _apply_defaults(self, defaults: dict[str, plan_mod.GroupDefaults]
-                        ) -> int:
+    def _apply_defaults(self, defaults: dict[str, plan_mod.GroupDefaults],
+                        every: bool = False) -> int:
         """Write the port groups' defaults that differ (the replica's
-        view, read again once after a refusal); answers the tasks run."""
+        view, read again once after a refusal), or that are not what their
+        description says (:meth:`_untrue_defaults`; ``every``: the full
+        pass); answers the tasks run."""
         tasks = 0
+        untrue = self._untrue_defaults(self.inventory(), set(defaults),
+                                       every)
         for _ in range(2):
             inv = self.inventory()
-            steps = plan_mod.plan_group_defaults(defaults, inv)
+            steps = plan_mod.plan_group_defaults(defaults, inv, untrue)
             if not steps:
                 break
             out = apply_mod.Applier(self.session, self.settings
@@ -640,15 +654,91 @@ class Reconciler:
             tasks += out.tasks
             if self.replica is not None:
                 tokens = {s.portgroup_key: s.want.token for s in out.done}
+                before = {pg.key: pg.config_version
+                          for pg in inv.dvs_portgroups if pg.key in tokens}
                 left = self.session.time_left()
                 self.replica.wait_until(lambda fresh: all(
-                    pg.defaults_token == tokens[pg.key]
+                    pg.defaults_token == tokens[pg.key] and
+                    pg.config_version != before.get(pg.key)
                     for pg in fresh.dvs_portgroups if pg.key in tokens),
                     self.settings.task_timeout if left is None
                     else max(0.0, left))
+                for pg in self.inventory().dvs_portgroups:
+                    if tokens.get(pg.key) == pg.defaults_token and \
+                            pg.config_version != before.get(pg.key):
+                        # What we wrote, as vCenter answered it.
+                        self._defaults_seen[pg.key] = (pg.defaults_token,
+                                                       pg.config_version)
             if not out.stale:
                 break
         return tasks
+
+    def defaults_suspect(self, network_id: str) -> bool:
+        """Whether a port group of ``network_id`` holding a shared filter
+        may hold what its description's digest does not name: first seen
+        here, or changed (its configVersion) under the digest it already
+        named -- an edit that did not come from us, perhaps by hand.  Such
+        a group is read whole at the next port sync of its network
+        (:meth:`_untrue_defaults`).  A digest that moved is a write of
+        ours, taken as true.  No vCenter call."""
+        if not self.settings.shared_security_filter:
+            return False
+        suspect = False
+        for pg in self.inventory().dvs_portgroups:
+            if pg.owner != network_id or pg.defaults_token is None:
+                continue
+            seen = self._defaults_seen.get(pg.key)
+            state = (pg.defaults_token, pg.config_version)
+            if seen is None or (seen[0] == state[0] and seen != state):
+                self._defaults_doubted.add(pg.key)
+                suspect = True
+            elif seen != state:
+                self._defaults_seen[pg.key] = state
+        return suspect
+
+    def _untrue_defaults(self, inv: inventory.Inventory, keys: set[str],
+                         every: bool) -> set[str]:
+        """Of our port groups ``keys``, those whose defaults are not what
+        their description's digest names.  A group is read whole (its
+        filter parsed) when it is doubted (:meth:`defaults_suspect`: the
+        maintenance worker's), when its configVersion moved under the same
+        digest since it was last found true, or -- ``every`` (the full
+        pass) -- when it was not read whole as it is now (a write taken
+        for ours may have been followed by an edit before it was seen).
+        A group never found true here is neither read nor trusted (the
+        worker reads it).  The replica does not parse a shared filter
+        (``ports.GroupFiltersUnread``): without this a hand edit of it, or
+        of ``blocked``, would stand."""
+        untrue: set[str] = set()
+        for pg in inv.dvs_portgroups:
+            if pg.key not in keys or not pg.owner or \
+                    pg.defaults_token is None:
+                continue
+            state = (pg.defaults_token, pg.config_version)
+            seen = self._defaults_seen.get(pg.key)
+            doubted = pg.key in self._defaults_doubted or (
+                every and self._defaults_read.get(pg.key) != state)
+            if seen == state and not doubted:
+                continue
+            if not doubted:
+                if seen is None:
+                    continue    # not known here: the worker reads it
+                if seen[0] != state[0]:
+                    self._defaults_seen[pg.key] = state  # a write of ours
+                    continue
+            blocked, rules = ports_mod.group_defaults_of(
+                self.session, pg.ref, f"read the defaults of {pg.name}")
+            self._defaults_doubted.discard(pg.key)
+            if inventory.defaults_token(blocked, rules) == state[0]:
+                self._defaults_seen[pg.key] = state
+                self._defaults_read[pg.key] = state
+                continue
+            LOG.warning("network %s: the port defaults of %s are not those "
+                        "networking-vcenter wrote (edited outside it): "
+                        "written again", pg.owner, pg.name)
+            self._defaults_seen.pop(pg.key, None)
+            untrue.add(pg.key)
+        return untrue
 
     def _lock_ports(self, port_ids: set[str], locked: set[str],
                     held: contextlib.ExitStack, wait: float) -> None:

@@ -317,6 +317,19 @@ class Maintenance:
                 [str(e) for _, e in out.failed] +
                 [r for _, r in out.deferred]))
             return
+        if self._port_source is not None and \
+                self._rec.defaults_suspect(network_id):
+            # Its shared filter changed without a digest of ours: read it
+            # whole and write it again if it is not ours.
+            try:
+                self._rec.sync_ports(set(), self._source, self._port_source,
+                                     wait=LOCK_WAIT, networks={network_id})
+            except Exception as exc:  # noqa: BLE001 - keep the loop alive
+                if not isinstance(exc, exceptions.VCenterError):
+                    LOG.exception("vcenter maintenance: the shared filter "
+                                  "of network %s", network_id)
+                self._retry(network_id, str(exc))
+                return
         self._attempts.pop(network_id, None)
 
     def _full_pass(self) -> None:

@@ -184,3 +184,61 @@ def test_default_group_shares_one_filter(api, vsphere):
             shared_rules(group(vsphere, key))), timeout=PROMPT)
     assert left, f"the deleted member is still admitted after {took:.1f}s"
     assert all(carries(left, p) for p in (members[0], members[2], joined))
+
+
+def test_a_hand_edit_of_the_shared_filter_is_undone_promptly(api, vsphere):
+    """The replica does not parse a shared filter (its description names a
+    digest of what was written): a change of the group under the same
+    digest makes the maintenance worker read it whole and write it again.
+    The embedded server runs no periodic pass (resync_interval = 0): the
+    repair comes from the replica's event."""
+    net = vlan_network(api, "e2e-shared-edit", 181, "10.81.0.0/24")
+    member = api.cli("port", "create", "--network", net["id"], "--host",
+                     HOST, "e2e-shared-edit-0")
+    key = member["binding_vif_details"]["pg_id"]
+    want, _ = eventually(lambda: (lambda h: carries(h, member) and h)(
+        shared_rules(group(vsphere, key))))
+    assert want, "the shared filter does not hold the member"
+
+    def edit(pg, blocked=None, rules=None):
+        """By hand, as an operator in the vSphere client: the description
+        (with its digest) left as it was."""
+        default = vim.dvs.VmwareDistributedVirtualSwitch \
+            .VmwarePortConfigPolicy()
+        if blocked is not None:
+            default.blocked = vim.BoolPolicy(inherited=False, value=blocked)
+        if rules is not None:
+            policy = pg.config.defaultPortConfig.filterPolicy
+            policy.filterConfig[0].trafficRuleset.rules = rules
+            default.filterPolicy = policy
+        vsphere.wait(pg.ReconfigureDVPortgroup_Task(
+            vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+                configVersion=pg.config.configVersion,
+                defaultPortConfig=default)))
+        edited = group(vsphere, key)
+        assert edited.config.description == pg.config.description
+        return edited
+
+    def repaired():
+        pg = group(vsphere, key)
+        return shared_rules(pg) == want and \
+            pg.config.defaultPortConfig.blocked.value is True
+
+    # Accept all IP to and from the VMs, first: only the filter changed.
+    pg = group(vsphere, key)
+    R = vim.dvs.TrafficRule
+    rules = pg.config.defaultPortConfig.filterPolicy.filterConfig[0] \
+        .trafficRuleset.rules
+    edited = edit(pg, rules=[R(
+        description="by hand", sequence=1, direction="both",
+        action=R.AcceptAction(), qualifier=[R.IpQualifier(protocol=None)])]
+        + list(rules))
+    assert len(shared_rules(edited)) == len(want) + 1
+    ok, took = eventually(repaired, timeout=PROMPT)
+    assert ok, f"the rule added by hand still stands after {took:.1f}s"
+
+    # The defaults unblocked.
+    edited = edit(group(vsphere, key), blocked=False)
+    assert edited.config.defaultPortConfig.blocked.value is False
+    ok, took = eventually(repaired, timeout=PROMPT)
+    assert ok, f"the defaults are still unblocked after {took:.1f}s"

@@ -381,6 +381,34 @@ def test_mac_qualified_rules_round_trip(sim, reader):
         _destroy(reader, pg)
 
 
+def test_group_defaults_read_whole_name_their_digest(sim, reader):
+    """A port group's defaults written with the driver's spec (the shared
+    filter) and read back whole (``ports.group_defaults_of``) give the
+    digest the description names: what a full pass checks, so that a
+    group holding what we wrote is never written again."""
+    settings = dataclasses.replace(_settings(sim), api_retry_count=0)
+    session = session_mod.Session(settings)
+    pg = _our_group(session, reader, 407)
+    try:
+        ref = _as(session, pg["ref"])
+        for blocked, rules in ((True, MAC_RULES), (True, ports.CLOSED_RULES),
+                               (False, MAC_RULES[:2])):
+            token = inventory.defaults_token(blocked, rules)
+            config = pg["ref"].config
+            switches.reconfigure_dvs_port_group(
+                session, ref, switches.group_defaults_spec(
+                    config.configVersion, inventory.with_defaults_token(
+                        config.description, token), blocked, rules),
+                "defaults")
+            got = ports.group_defaults_of(session, ref, "read")
+            assert got == (blocked, rules)
+            assert inventory.defaults_token(*got) == \
+                inventory.defaults_token_of(pg["ref"].config.description)
+    finally:
+        session.close()
+        _destroy(reader, pg)
+
+
 def test_mac_qualifier_shapes_not_ours_are_not_read():
     """A MAC range, a negated MAC, a MAC qualifier with a protocol: the
     module cannot say them, so reading them fails as for any unknown

@@ -28,6 +28,7 @@ import dataclasses
 import ipaddress
 
 from neutron_lib.api.definitions import portbindings
+from pyVmomi import vim
 
 from networking_vcenter.reconcile import portsettings
 from networking_vcenter.vsphere import ports as ports_mod
@@ -120,6 +121,49 @@ class TestSharedFilter(PortsTestCase):
         self.assertTrue(self.admits(shared, stay))
         self.assertIsNone(self.own_rules(stay))
 
+    def test_a_hand_edit_of_the_shared_filter_is_undone(self):
+        # The replica does not parse a shared filter: what the group's
+        # description names is checked against what vCenter holds.
+        net = self.make_net(204)
+        members = [self.port_on(net["id"]) for _ in range(2)]
+        want = self.eventually(lambda: (lambda r: all(
+            self.admits(r, p) for p in members) and r)(
+            self.shared(members[0])))
+        self.assertTrue(want, "the shared filter lacks a member")
+
+        # A full pass reads the filter whole and finds it true: no write.
+        with self.soap_calls() as calls:
+            self.resync()
+        self.assertNotIn("ReconfigureDVPortgroup_Task", calls)
+
+        # By hand: an accept-all first, and the defaults unblocked; the
+        # description (with its digest) left as it was.
+        pg = self.group(members[0])
+        policy = pg.config.defaultPortConfig.filterPolicy
+        ruleset = policy.filterConfig[0].trafficRuleset
+        ruleset.rules = [ports_mod.rule_spec(dataclasses.replace(
+            ports_mod.CLOSED_RULES[0], action="accept",
+            description="by hand"), 1)] + list(ruleset.rules)
+        self.vsphere.wait(pg.ReconfigureDVPortgroup_Task(
+            vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+                configVersion=pg.config.configVersion,
+                defaultPortConfig=vim.dvs.VmwareDistributedVirtualSwitch
+                .VmwarePortConfigPolicy(
+                    blocked=vim.BoolPolicy(inherited=False, value=False),
+                    filterPolicy=policy))))
+        edited = self.group(members[0])
+        self.assertIn("by hand", [r.description for r in self.shared(
+            members[0])])
+        self.assertFalse(edited.config.defaultPortConfig.blocked.value)
+        self.assertEqual(pg.config.description, edited.config.description)
+
+        with self.soap_calls() as calls:
+            self.resync()
+        self.assertEqual(1, calls.count("ReconfigureDVPortgroup_Task"),
+                         calls)
+        self.assertEqual(want, self.shared(members[0]))
+        self.assertTrue(
+            self.group(members[0]).config.defaultPortConfig.blocked.value)
 
 
 class TestSharedFilterBudget(TestSharedFilter):
@@ -130,6 +174,7 @@ class TestSharedFilterBudget(TestSharedFilter):
 
     test_a_join_is_one_reservation_and_one_group_write = None
     test_a_port_leaving_the_group_gets_its_own_filter = None
+    test_a_hand_edit_of_the_shared_filter_is_undone = None
 
     def test_over_its_budget_a_group_shares_nothing(self):
         net = self.make_net(203)
