@@ -74,6 +74,7 @@ import dataclasses
 import functools
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -530,6 +531,13 @@ class _OwnFiltersOnly(SoapAdapter.SoapDeserializer):
     faults included.
     """
 
+    # Cut out of the answer's bytes before expat (session.Stripped): an
+    # inherited filter policy's content after its ``inherited``, as
+    # vSphere writes it.
+    passed_over = (re.compile(
+        rb'<filterPolicy(?: [^<>]{0,200}[^<>/])?>\s{0,40}'
+        rb'<inherited>true</inherited>'), b"</filterPolicy>", 300)
+
     def StartElementHandler(self, tag: str, attr: dict) -> None:  # noqa: N802
         stack = self.stack
         if stack and type(stack[-1]) is DVPort.FilterPolicy and \
@@ -568,6 +576,10 @@ class GroupFiltersUnread(_OwnFiltersOnly):
     reads back empty; the group's description names the digest of what
     was written (``inventory.defaults_token_of``).  Nothing
     else the replica watches holds a filter policy."""
+
+    # Every filter policy's content (session.Stripped).
+    passed_over = (re.compile(rb'<filterPolicy(?: [^<>]{0,200}[^<>/])?>'),
+                   b"</filterPolicy>", 220)
 
     def StartElementHandler(self, tag: str, attr: dict) -> None:  # noqa: N802
         stack = self.stack

@@ -17,6 +17,7 @@ tests/functional/test_ports_inherited_filter.py)."""
 from __future__ import annotations
 
 import datetime
+import io
 from xml.parsers.expat import ParserCreate
 
 from pyVmomi import SoapAdapter, vim
@@ -149,3 +150,64 @@ def test_several_ports_in_one_soap_answer():
     assert [p.key for p in got] == ["1", "2", "3"]
     assert [p.settings.rules for p in got] == [None, RULES[:1], None]
     assert got == [ports.port_of(p) for p in result["stock"]]
+
+
+def _answer(*ports_):
+    body = "".join(
+        _wire(p).replace("<obj ", "<returnval ").replace(
+            "</obj>", "</returnval>") for p in ports_)
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<soapenv:Envelope xmlns:soapenv='
+        '"http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>'
+        '<FetchDVPortsResponse xmlns="urn:vim25">' + body +
+        '</FetchDVPortsResponse></soapenv:Body></soapenv:Envelope>').encode()
+
+
+def _cut_whole(data, start, end):
+    """What session.Stripped should give, on the whole text at once."""
+    out, pos = [], 0
+    while (m := start.search(data, pos)) is not None:
+        stop = data.find(end, m.end())
+        out.append(data[pos:m.end()])
+        pos = stop
+    return b"".join(out) + data[pos:]
+
+
+def test_inherited_filters_are_cut_before_expat_at_any_block_size(
+        monkeypatch):
+    """session.Stripped over a body read in blocks of every size from 1
+    byte: the same bytes as cutting the whole text at once, and the same
+    ports as pyVmomi's own parse."""
+    data = _answer(_port(_inherited(), "1"), _port(ports._filter(RULES[:2]),
+                                                   "2"),
+                   _port(_inherited(configs=2), "3"))
+    start, end, longest = ports._OwnFiltersOnly.passed_over
+    want = _cut_whole(data, start, end)
+    assert len(want) < len(data) - 1000
+    assert want.count(b"<inherited>true</inherited></filterPolicy>") == 2
+    for block in (1, 2, 3, 7, 15, 64, 299, 300, 301, 1000, len(data)):
+        monkeypatch.setattr(session.Stripped, "BLOCK", block)
+        s = session.Stripped(io.BytesIO(data), start, end, longest)
+        got = b"".join(iter(lambda: s.read(2048), b""))
+        assert got == want, block
+        assert s.cut == len(data) - len(want)
+    monkeypatch.setattr(session.Stripped, "BLOCK", 5)
+    ours = SoapAdapter.SoapResponseDeserializer(
+        _Stub(ports._OwnFiltersOnly)).Deserialize(io.BytesIO(data),
+                                                  DVPort.Array)
+    stock = SoapAdapter.SoapResponseDeserializer(_Stub(None)).Deserialize(
+        io.BytesIO(data), DVPort.Array)
+    assert [ports.port_of(p) for p in ours] == \
+        [ports.port_of(p) for p in stock]
+    assert [p.settings.rules for p in map(ports.port_of, ours)] == \
+        [None, RULES[:2], None]
+
+
+def test_a_self_closed_policy_is_not_cut_to_the_next_one():
+    start, end, longest = ports.GroupFiltersUnread.passed_over
+    data = (b'<a><filterPolicy xsi:type="DvsFilterPolicy"/><b>keep</b>'
+            b'<filterPolicy><x>cut</x></filterPolicy></a>')
+    s = session.Stripped(io.BytesIO(data), start, end, longest)
+    assert s.read(-1) == (b'<a><filterPolicy xsi:type="DvsFilterPolicy"/>'
+                          b'<b>keep</b><filterPolicy></filterPolicy></a>')
