@@ -116,13 +116,15 @@ behaviour_opts = [
                     "edits, a restart, a host joining a cluster) and work "
                     "an API call could not finish are handled within "
                     "seconds regardless. 0 disables the periodic pass."),
-    cfg.BoolOpt("start_without_vcenter", default=False,
-                help="Start even when vCenter cannot be reached (Neutron "
-                     "keeps serving; port groups are made once vCenter "
-                     "answers, ports cannot be bound until then). By "
-                     "default an unreachable vCenter stops the driver from "
-                     "starting, with a message saying so. Other problems "
-                     "(credentials, TLS, mappings) always stop it."),
+    cfg.BoolOpt("start_without_vcenter", default=True,
+                help="Start even when vCenter cannot be reached or does not "
+                     "answer within api_call_budget (Neutron keeps serving; "
+                     "port groups are made once vCenter answers, ports "
+                     "cannot be bound until then, the agent row shows it "
+                     "down). False: an unreachable vCenter stops the driver "
+                     "-- and neutron-server -- from starting, with a message "
+                     "saying so. Other problems (credentials, TLS, "
+                     "mappings) always stop it."),
     cfg.IntOpt("resync_grace_period", default=30, min=0,
                help="A full resync leaves alone networks changed less than "
                     "this many seconds ago: their own API call is still "
@@ -254,7 +256,7 @@ class Settings:
     resync_grace_period: int = 30
     coordination_backend_url: str | None = None
     deployment_name: str = "default"
-    start_without_vcenter: bool = False
+    start_without_vcenter: bool = True
     max_rules_per_port: int = 1024
     shared_security_filter: bool = False
     max_rules_per_port_group: int = 16384

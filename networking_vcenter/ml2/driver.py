@@ -146,15 +146,23 @@ class VCenterMechanismDriver(api.MechanismDriver):
             _network_ports, set(self.settings.compute_hosts))
         atexit.register(self._close, self._pid)
         try:
-            self.reconciler.start(background=background)
-            if not background:
+            if background:
+                self.reconciler.start(background=True)
+            else:
+                # Neutron's start waits for vCenter no longer than one API
+                # call would: a vCenter black-holed answers no faster.
+                with self.reconciler.session.budget(
+                        self.settings.api_call_budget or
+                        self.settings.api_timeout):
+                    self.reconciler.start()
                 topology = self.reconciler.validate()
                 LOG.info("vcenter driver ready: %s; locks: %s", ", ".join(
                     f"{t.physnet} -> {t.kind} {t.switch}"
                     for t in topology.targets.values()),
                     self.reconciler.locks.backend_url)     # masked
                 self._warn_mtu(topology)
-        except exceptions.ConnectionFailed as exc:
+        except exceptions.TransientFault as exc:
+            # Unreachable, timed out, busy: not a configuration error.
             if not self.settings.start_without_vcenter:
                 LOG.critical("vcenter mechanism driver cannot start: %s "
                              "(set [ml2_vcenter] start_without_vcenter = true "

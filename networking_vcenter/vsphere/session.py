@@ -118,6 +118,8 @@ TRANSPORT_ERRORS: tuple[type, ...] = (
 
 # Transient, but retrying the same call at once cannot help: the caller's
 # budget is spent, a task overran, VMs still use the port group.
+# Seconds a close waits for a login under way (vCenter not answering).
+CLOSE_WAIT = 2.0
 NOT_RETRIED = (exceptions.OutOfTime, exceptions.TaskTimeout, exceptions.InUse)
 
 
@@ -509,6 +511,7 @@ class Session:
     def __init__(self, settings: conf.Settings):
         self._settings = settings
         self._lock = threading.RLock()
+        self._closed = False
         self._task_slots = threading.BoundedSemaphore(
             settings.max_parallel_tasks)
         self._host_write_slots = threading.BoundedSemaphore(
@@ -674,11 +677,29 @@ class Session:
             raise exceptions.ConnectionFailed(
                 f"vCenter {self.endpoint} ([{conf.GROUP}] host_ip/host_port) "
                 f"is unreachable", str(exc) or type(exc).__name__)
+        if self._closed:
+            # Closed while this login waited for vCenter: leave no session.
+            self._closed = False
+            self._logout(content)
+            raise exceptions.ConnectionFailed(
+                f"vCenter {self.endpoint}", "the session was closed")
         self._content = content
         self._generation += 1
         self._unreachable_at = None
         LOG.info("Logged in to vCenter %s as %s (%s)", self.endpoint,
                  s.host_username, content.about.fullName)
+
+    def _logout(self, content: Any) -> None:
+        """Best effort, and briefly: a stop must not wait for a vCenter
+        that does not answer."""
+        previous = getattr(self._local, "timeout", None)
+        self._local.timeout = min(self._settings.api_timeout, 10)
+        try:
+            content.sessionManager.Logout()
+        except Exception:  # noqa: BLE001 - best effort on shutdown
+            pass
+        finally:
+            self._local.timeout = previous
 
     def connect(self) -> None:
         """Log in now (start-up), raising the typed error on failure."""
@@ -708,22 +729,22 @@ class Session:
                 self._login()
 
     def close(self) -> None:
-        with self._lock:
+        # A login under way holds the lock until vCenter answers or
+        # api_timeout passes; told so, it logs out itself.
+        if not self._lock.acquire(timeout=CLOSE_WAIT):
+            self._closed = True
+            LOG.debug("vCenter %s: a login is under way; not waiting for it",
+                      self.endpoint)
+            return
+        try:
             if self._content is not None:
-                # Best effort, and briefly: a stop must not wait for a
-                # vCenter that does not answer.
-                previous = getattr(self._local, "timeout", None)
-                self._local.timeout = min(self._settings.api_timeout, 10)
-                try:
-                    self._content.sessionManager.Logout()
-                except Exception:  # noqa: BLE001 - best effort on shutdown
-                    pass
-                finally:
-                    self._local.timeout = previous
+                self._logout(self._content)
             if self._stub is not None:
                 self._stub.DropConnections()
             self._content = self._stub = None
             pool, self._pool = self._pool, None
+        finally:
+            self._lock.release()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 

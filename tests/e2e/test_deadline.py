@@ -164,3 +164,53 @@ def test_every_hook_within_the_budget(server, proxy, vsphere, mode):
         status, body = api.http("DELETE", f"/v2.0/networks/{net['id']}")
         assert status == 204, (status, body)
     converged(vsphere, {kept["id"]: 0, new["id"]: 0}, CONVERGE)
+
+
+def backend_agents(api):
+    status, body = api.http("GET", "/v2.0/agents?agent_type=vCenter+backend")
+    assert status == 200, body
+    return body["agents"]
+
+
+def test_a_black_holed_vcenter_does_not_stop_neutron(vcsim, vsphere):
+    """Issue 13: whatever vCenter does at start, neutron-server starts and
+    serves -- default settings, vCenter black-holed from the first moment.
+    Networks are accepted and binds fail within the budget, the backend's
+    agent row is not alive; once vCenter answers the worker makes the port
+    group and binds the port whose binding failed."""
+    hole = faultproxy.FaultProxy(vcsim.host, vcsim.port).start()
+    hole.mode = "drop"
+
+    class ViaHole:
+        host, port = hole.host, hole.port
+        username, password = vcsim.username, vcsim.password
+
+    try:
+        s, started = timed(start_server, ViaHole, "embedded",
+                           neutron_server.free_port())
+        print(f"\nstarted with vCenter black-holed in {started:.1f}s")
+        try:
+            api = Api(s.url)
+            net, took_create = timed(make_net, api, "while-away", 431)
+            port, took_bind = timed(bind, api, net["id"])
+            assert took_create <= BOUND and took_bind <= BOUND, \
+                (took_create, took_bind)
+            assert port["binding:vif_type"] == "binding_failed", port
+            assert not any(a["alive"] for a in backend_agents(api))
+
+            hole.mode = "pass"
+            converged(vsphere, {net["id"]: 1}, CONVERGE)
+            t0 = time.monotonic()
+            while True:
+                got = api.http("GET", f"/v2.0/ports/{port['id']}")[1]["port"]
+                if got["binding:vif_type"] == "dvs" or \
+                        time.monotonic() - t0 > CONVERGE:
+                    break
+                time.sleep(1)
+            assert got["binding:vif_type"] == "dvs", got
+            assert "dvs_port_key" in got["binding:vif_details"]
+            assert any(a["alive"] for a in backend_agents(api))
+        finally:
+            stop_server(s)
+    finally:
+        hole.stop()

@@ -23,6 +23,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from importlib.metadata import entry_points
 
 import pytest
@@ -99,14 +100,61 @@ def test_good_configuration_starts(config):
     driver.reconciler.close()
 
 
-def test_unreachable_vcenter(config, caplog):
+def test_unreachable_vcenter_refused_when_asked(config, caplog):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    config(host_port=closed)
+    config(host_port=closed, start_without_vcenter=False)
     text = refused(caplog, exceptions.ConnectionFailed)
     assert f"127.0.0.1:{closed}" in text and "unreachable" in text
     assert "host_ip/host_port" in text
+
+
+def started_degraded(caplog) -> tuple[object, float]:
+    """The driver started as ML2 starts it, without vCenter; the seconds
+    its start took."""
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        driver = start_driver()
+    took = time.monotonic() - t0
+    assert "starts without vCenter" in caplog.text
+    assert PASSWORD not in caplog.text
+    assert not driver.reconciler.replica.synced
+    return driver, took
+
+
+def test_unreachable_vcenter_does_not_stop_neutron(config, caplog):
+    """By default (issue 13: vCenter never stops Neutron), with the
+    default retries and timeouts."""
+    assert cfg.CONF.ml2_vcenter.start_without_vcenter is True
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    config(host_port=closed, api_retry_count=10, api_timeout=30.0)
+    driver, took = started_degraded(caplog)
+    driver.reconciler.close()
+    assert took < 10, took
+
+
+def test_black_holed_vcenter_does_not_stop_neutron(config, caplog):
+    """A vCenter that takes connections and never answers (a black hole):
+    the start waits no longer than one API call's budget
+    (``api_call_budget``, 20 s by default), with the default retries and
+    timeouts, then goes on without vCenter."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)     # the kernel accepts; nobody answers
+        config(host_port=hole.getsockname()[1], api_retry_count=10,
+               api_timeout=30.0)
+        budget = cfg.CONF.ml2_vcenter.api_call_budget
+        assert budget == 20.0
+        driver, took = started_degraded(caplog)
+        # Nor does its stop wait for the login under way (api_timeout).
+        t0 = time.monotonic()
+        driver.reconciler.close()
+        stopped = time.monotonic() - t0
+    assert took < budget + 5, took
+    assert stopped < 10, stopped
 
 
 def test_bad_credentials(config, caplog):
