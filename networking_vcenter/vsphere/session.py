@@ -681,6 +681,7 @@ class Session:
             # Closed while this login waited for vCenter: leave no session.
             self._closed = False
             self._logout(content)
+            self._stub.DropConnections()
             raise exceptions.ConnectionFailed(
                 f"vCenter {self.endpoint}", "the session was closed")
         self._content = content
