@@ -75,7 +75,7 @@ import functools
 
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pyVmomi import SoapAdapter, vim
@@ -599,24 +599,61 @@ def _fetch(session: Session, what: str, dvs_ref: Any,
         _OwnFiltersOnly, dvs_ref.FetchDVPorts), criteria) or []
 
 
+# Ports read by one FetchDVPorts at most, where their number is known: a
+# switch's ports are read in several calls rather than one answer that no
+# timeout fits (50,000 ports) and that is held whole in memory.
+READ_BATCH = 1000
+
+
 def fetch_ports(session: Session, dvs_ref: Any,
-                portgroup_keys: Iterable[str]
+                portgroup_keys: Iterable[str],
+                port_keys: Mapping[str, Sequence[str]] | None = None
                 ) -> dict[str, tuple[DvPort, ...]]:
     """The ports of these port groups of one switch, by group key (every
-    key given is in the answer, with () if it has none): one round trip."""
+    key given is in the answer, with () if it has none).  Without
+    ``port_keys`` one round trip; with ``port_keys`` ({group key: its port
+    keys}, as the replica knows them) one per READ_BATCH ports: whole
+    groups together, a bigger group by its port keys."""
     keys = sorted(set(portgroup_keys))
     if not keys:
         return {}
-    criteria = vim.dvs.PortCriteria(portgroupKey=keys, inside=True)
-    found = _fetch(
-        session,
-        f"read the ports of {len(keys)} port group(s) on {dvs_ref._moId}",
-        dvs_ref, criteria)
     out: dict[str, list[DvPort]] = {k: [] for k in keys}
-    for p in found:
-        if p.portgroupKey in out:
-            out[p.portgroupKey].append(port_of(p))
+    for criteria in _batches(keys, port_keys):
+        what = (f"read the ports of {len(criteria.portgroupKey)} port "
+                f"group(s) on {dvs_ref._moId}")
+        if criteria.portKey:
+            what += f" ({len(criteria.portKey)} ports)"
+        for p in _fetch(session, what, dvs_ref, criteria):
+            if p.portgroupKey in out:
+                out[p.portgroupKey].append(port_of(p))
     return {k: tuple(sorted(v, key=key_order)) for k, v in out.items()}
+
+
+def _batches(keys: list[str],
+             port_keys: Mapping[str, Sequence[str]] | None
+             ) -> Iterable[vim.dvs.PortCriteria]:
+    """The criteria reading the ports of groups ``keys``: one, or one per
+    READ_BATCH ports."""
+    if port_keys is None:
+        yield vim.dvs.PortCriteria(portgroupKey=keys, inside=True)
+        return
+    batch: list[str] = []
+    size = 0
+    for key in keys:
+        members = sorted(port_keys.get(key) or ())
+        if len(members) > READ_BATCH:
+            for i in range(0, len(members), READ_BATCH):
+                yield vim.dvs.PortCriteria(
+                    portgroupKey=[key], inside=True,
+                    portKey=members[i:i + READ_BATCH])
+            continue
+        if batch and size + len(members) > READ_BATCH:
+            yield vim.dvs.PortCriteria(portgroupKey=batch, inside=True)
+            batch, size = [], 0
+        batch.append(key)
+        size += len(members)
+    if batch:
+        yield vim.dvs.PortCriteria(portgroupKey=batch, inside=True)
 
 
 def fetch_port_keys(session: Session, dvs_ref: Any, port_keys: Iterable[str],

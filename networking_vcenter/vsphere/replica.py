@@ -37,8 +37,8 @@ vCenter came back empty) -- and handed to the listeners, which only enqueue.
 The ports of our distributed port groups (those marked by this deployment)
 are kept too, in :attr:`Inventory.dv_ports`: a port is no managed object and
 a port reconfigure changes no property, so they are read with
-``FetchDVPorts`` -- one call per switch for all its groups -- after each full
-read; in the replica thread, batched per update, again where an update says
+``FetchDVPorts`` -- one call per switch for all its groups, or per
+``ports.READ_BATCH`` ports of them -- after each full read; in the replica thread, batched per update, again where an update says
 they may have changed: ports added to a group's ``portKeys`` are read by key
 and those taken out dropped; a change of its ``vm`` (a NIC connected or
 gone), or of the ``config.changeVersion`` of a VM on it (a VM already on
@@ -680,7 +680,7 @@ class Replica:
             self._apply(self._inventory_part(update), fresh, None)
             if not update.truncated:
                 break
-        read, ports = self._fetch(self._our_groups(fresh))
+        read, ports = self._fetch(self._our_groups(fresh), fresh)
         with self._cond:
             self._ports = ports
             self._port_reads = {k: read for k in ports}
@@ -771,7 +771,7 @@ class Replica:
         ours = self._our_groups(objects)
         groups = {moid: (ref, keys & touched) for moid, (ref, keys)
                   in ours.items() if keys & touched}
-        read, found = self._fetch(groups)
+        read, found = self._fetch(groups, objects)
         read_narrow, found_narrow, whole = self._fetch_narrow(
             ours, narrow, held)
         # VMs are not kept: an update of VMs alone changes the inventory
@@ -816,17 +816,26 @@ class Replica:
             out.setdefault(switch._moId, (switch, set()))[1].add(p["key"])
         return out
 
-    def _fetch(self, groups: dict[str, tuple[Any, set[str]]]
+    def _fetch(self, groups: dict[str, tuple[Any, set[str]]],
+               objects: dict[str, _Obj] | None = None
                ) -> tuple[int, dict[str, tuple[inventory.DvPort, ...]]]:
-        """Read the ports of ``groups``: one FetchDVPorts per switch.
-        Answers the read's number (its order among all reads) too."""
+        """Read the ports of ``groups``: FetchDVPorts per switch, one per
+        ``ports.READ_BATCH`` ports of the groups' ``portKeys`` (in
+        ``objects``, else the replica's).  Answers the read's number (its
+        order among all reads) too."""
         with self._read_lock:
             self._reads += 1
             read = self._reads
+        if objects is None:
+            objects = self._objects     # replaced whole, never changed
+        port_keys = {obj.props["key"]: obj.props.get("portKeys") or ()
+                     for obj in objects.values()
+                     if _kind(obj.ref) == "dvpg" and obj.props.get("key")}
         found: dict[str, tuple[inventory.DvPort, ...]] = {}
         for moid in sorted(groups):
             ref, keys = groups[moid]
-            found.update(ports_mod.fetch_ports(self._session, ref, keys))
+            found.update(ports_mod.fetch_ports(self._session, ref, keys,
+                                               port_keys))
         return read, found
 
     def _store_ports(self, read: int,

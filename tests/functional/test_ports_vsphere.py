@@ -577,6 +577,40 @@ def test_grow_port_group(sim, session, reader):
         _destroy(reader, pg)
 
 
+def test_ports_read_in_bounded_batches(sim, session, reader, monkeypatch):
+    """Given the groups' port keys, no FetchDVPorts reads more than
+    READ_BATCH ports (whole groups together, a bigger one by its keys), and
+    the ports read are those one unbounded call reads; the replica reads
+    its groups that way."""
+    groups = [_our_group(session, reader, 409, num_ports=n)
+              for n in (12, 8, 8)]
+    try:
+        dvs = _as(session, reader.dvs("DVS0"))
+        keys = [g["key"] for g in groups]
+        whole = ports.fetch_ports(session, dvs, keys)
+        assert [len(whole[k]) for k in keys] == [12, 8, 8]
+        monkeypatch.setattr(ports, "READ_BATCH", 10)
+        port_keys = {k: [p.key for p in whole[k]] for k in keys}
+        with soap_calls() as calls:
+            batched = ports.fetch_ports(session, dvs, keys, port_keys)
+        assert batched == whole
+        # 12 ports by key (10 + 2), then 8 and 8 (16 > 10): a call each.
+        assert calls.count("FetchDVPorts") == 4, calls
+
+        replica = Replica(session, _settings(sim))
+        with soap_calls() as calls:
+            replica.start()
+        try:
+            inv = replica.snapshot()
+            assert {k: inv.dv_ports[k] for k in keys} == whole
+            assert calls.count("FetchDVPorts") >= 4, calls
+        finally:
+            replica.stop()
+    finally:
+        for g in groups:
+            _destroy(reader, g)
+
+
 def test_replica_keeps_the_ports_of_our_groups(sim, session, reader, vm0):
     settings = _settings(sim)
     replica = Replica(session, settings)
