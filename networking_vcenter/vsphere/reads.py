@@ -37,6 +37,9 @@ from networking_vcenter.vsphere.inventory import (
     merge_ranges, owner, ports_ready_of, security_of)
 from networking_vcenter.vsphere.session import Session
 
+# Objects per answer of a read; vCenter pages the rest (a token).
+READ_PAGE = 1000
+
 
 def retrieve(session: Session, vimtype: type, paths: list[str],
              what: str, refs: list[Any] | None = None
@@ -67,7 +70,8 @@ def retrieve(session: Session, vimtype: type, paths: list[str],
             objectSet=object_set,
             propSet=[vmodl.query.PropertyCollector.PropertySpec(
                 type=vimtype, pathSet=paths)])
-        options = vmodl.query.PropertyCollector.RetrieveOptions()
+        options = vmodl.query.PropertyCollector.RetrieveOptions(
+            maxObjects=READ_PAGE)
         result = session.call(f"read {vimtype.__name__} ({what})",
                               pc.RetrievePropertiesEx, [spec], options)
         objects = []

@@ -98,6 +98,8 @@ PC = vmodl.query.PropertyCollector
 
 # Seconds one WaitForUpdatesEx may wait on vCenter for changes.
 LONG_POLL = 20
+# Objects per answer of the first full read (the rest follows, "truncated").
+READ_PAGE = 1000
 # Seconds between attempts while vCenter does not answer.
 RETRY_DELAY = (1.0, 5.0)
 
@@ -673,7 +675,9 @@ class Replica:
         while True:   # the first answer may come in several parts
             update = session.call("read the inventory",
                                   self._parsed(collector.WaitForUpdatesEx),
-                                  version, PC.WaitOptions(maxWaitSeconds=0))
+                                  version, PC.WaitOptions(
+                                      maxWaitSeconds=0,
+                                      maxObjectUpdates=READ_PAGE))
             if update is None:
                 break
             version = update.version
