@@ -704,6 +704,14 @@ def test_replica_sees_a_second_nic_of_a_vm_already_on_the_group(
 
         assert replica.wait_until(lambda inv: connected(inv) == {first_key},
                                   10)
+        # Every change so far handled (vm0's may come after the port read
+        # that showed its NIC): a group made after them is read.
+        sentinel = _our_group(session, reader, 413)
+        assert replica.wait_until(
+            lambda inv: sentinel["key"] in inv.dv_ports, 10)
+        _destroy(reader, sentinel)
+        assert replica.wait_until(
+            lambda inv: sentinel["key"] not in inv.dv_ports, 10)
 
         # A VM on none of our groups reconfigured: no port read for it (the
         # one read is the whole read of a group made after it, by which the
