@@ -73,6 +73,7 @@ from collections.abc import Callable
 from typing import Any
 
 from oslo_config import cfg
+from oslo_log import log as oslo_log
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions
@@ -135,6 +136,23 @@ def log_out(rec: Reconciler) -> None:
 
 
 # -- Neutron's side ------------------------------------------------------------
+
+def setup_logging(debug: bool) -> None:
+    """oslo.log, as every OpenStack tool, to stderr with ``--debug`` and
+    silent otherwise (the output is the command's own).  Not where the
+    configuration sends Neutron's logs: set before it is read, these
+    overrides keep a ``log_file`` or syslog of neutron.conf for the
+    server."""
+    oslo_log.register_options(cfg.CONF)
+    for name, value in (("log_file", None), ("log_dir", None),
+                        ("use_stderr", True), ("use_syslog", False),
+                        ("use_journal", False), ("use_json", False),
+                        ("debug", debug)):
+        cfg.CONF.set_override(name, value)
+    oslo_log.setup(cfg.CONF, "networking-vcenter")
+    if not debug:
+        logging.getLogger().setLevel(logging.CRITICAL + 1)
+
 
 def load_config(config_args: list[str]) -> conf.Settings:
     """Neutron's configuration from ``config_args``: ``--config-file`` and
@@ -898,8 +916,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else
-                        logging.CRITICAL + 1, stream=sys.stderr)
+    setup_logging(args.debug)
     try:
         if args.command == "check":
             return cmd_check(args.config, args.format, args.column)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import types
 import unittest
 
@@ -166,3 +167,46 @@ class TestPassRunningElsewhere(unittest.TestCase):
                       "within 5 s", err)
         self.assertNotIn("s3cret", out + err)
         self.assertEqual("", out)
+
+
+class TestLogging(unittest.TestCase):
+    """The CLI logs with oslo.log: to stderr with --debug, nothing
+    otherwise, never to the log_file neutron.conf names for the server,
+    never a secret."""
+
+    def test_debug_to_stderr_only(self):
+        import os
+        import subprocess
+        import sys
+        import tempfile
+        secret = "Sup3r-S3cret-4711"
+        with tempfile.TemporaryDirectory() as tmp:
+            server_log = os.path.join(tmp, "server.log")
+            ini = os.path.join(tmp, "ml2.ini")
+            with open(ini, "w") as f:
+                f.write("[DEFAULT]\nlog_file = " + server_log + "\n"
+                        "[ml2_vcenter]\nhost_ip = 127.0.0.1\nhost_port = 1\n"
+                        "host_username = user\nhost_password = " + secret +
+                        "\ninsecure = true\napi_retry_count = 0\n"
+                        "switch_mappings = physnet1:DVS0\n"
+                        "compute_hosts = vc-compute-1:DC0_C1\n")
+            cli_bin = os.path.join(os.path.dirname(sys.executable),
+                                   "networking-vcenter")
+            runs = {debug: subprocess.run(
+                [cli_bin, "--config-file", ini] + (["--debug"] if debug
+                                                   else []) + ["check"],
+                capture_output=True, text=True, timeout=120)
+                for debug in (False, True)}
+            self.assertFalse(os.path.exists(server_log))
+        for proc in runs.values():
+            self.assertEqual(cli.EXIT_ERROR, proc.returncode, proc.stdout)
+            self.assertIn("vCenter login", proc.stdout)
+            self.assertNotIn(secret, proc.stdout + proc.stderr)
+            self.assertNotIn(" DEBUG ", proc.stdout)
+        # oslo.log's format: "<date> <time> <pid> <LEVEL> <logger> [...".
+        line = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \d+ "
+                          r"(DEBUG|INFO|WARNING|ERROR) \S+ \[", re.M)
+        self.assertTrue(line.search(runs[True].stderr),
+                        runs[True].stderr[-2000:])
+        self.assertIsNone(line.search(runs[False].stderr),
+                          runs[False].stderr[-2000:])
