@@ -476,6 +476,7 @@ class Reconciler:
                     sharing = self._may_share(nets)
             locked: set[str] = set()
             checked: set[str] = set()   # read fresh under their lock
+            keys_read: set[str] = set()  # their bound DV port read by key
             for _ in range(PORT_ROUNDS):
                 topo = self.topology(inv)
                 want, unenforced = portsettings.desired_ports(
@@ -500,7 +501,17 @@ class Reconciler:
                     checked |= releasing
                     continue
                 if reserving and fresh and not reserving <= checked:
-                    # Another worker may have reserved it meanwhile.
+                    # Another worker may have reserved it meanwhile (a
+                    # rename, which no property the replica watches shows).
+                    keyed = self._bound_keys(the_plan, bound, reserving -
+                                             checked - keys_read, inv)
+                    if keyed:
+                        # Where Neutron's committed binding names the DV
+                        # port, that port read alone: a group's ports may
+                        # each bring a shared filter of thousands of rules.
+                        keys_read |= set(keyed)
+                        inv = self._read_keys(inv, keyed.values())
+                        continue
                     checked |= reserving
                     inv = self._refresh_ports(inv, {
                         s.portgroup_key for s in the_plan.steps
@@ -849,6 +860,45 @@ class Reconciler:
                 self.session, dvs.ref,
                 [pg.key for pg in groups if pg.dvs_moid == dvs_moid]))
         return dataclasses.replace(inv, dv_ports=fresh)
+
+    def _bound_keys(self, the_plan: plan_mod.PortPlan,
+                    bound: list[desired_mod.PortSpec], port_ids: set[str],
+                    inv: inventory.Inventory
+                    ) -> dict[str, tuple[str, str]]:
+        """{port id: (switch moid, DV port key)} of the ports ``port_ids``
+        to reserve whose committed binding names a DV port (on the
+        switch of their step)."""
+        named = {p.id: p.bound_key for p in bound
+                 if p.id in port_ids and p.bound_key}
+        out: dict[str, tuple[str, str]] = {}
+        for step in the_plan.steps:
+            dvs = inv.dvs(step.switch)
+            if isinstance(step, plan_mod.ReservePort) and \
+                    step.port_id in named and dvs is not None:
+                out[step.port_id] = (dvs.moid, named[step.port_id])
+        return out
+
+    def _read_keys(self, inv: inventory.Inventory,
+                   keys: Iterable[tuple[str, str]]) -> inventory.Inventory:
+        """The inventory with these DV ports ((switch moid, key)) read
+        fresh from vCenter: one small FetchDVPorts per switch."""
+        by_switch: dict[str, set[str]] = {}
+        for moid, key in keys:
+            by_switch.setdefault(moid, set()).add(key)
+        if self.replica is not None:
+            for moid, wanted in sorted(by_switch.items()):
+                self.replica.refresh_port_keys(moid, wanted)
+            return self.replica.snapshot()
+        fresh = {k: list(v) for k, v in inv.dv_ports.items()}
+        for moid, wanted in sorted(by_switch.items()):
+            dvs = inv.dvs_by_moid(moid)
+            for p in ports_mod.fetch_port_keys(self.session, dvs.ref, wanted):
+                group = [q for q in fresh.setdefault(p.portgroup_key, [])
+                         if q.key != p.key]
+                fresh[p.portgroup_key] = sorted(group + [p],
+                                                key=ports_mod.key_order)
+        return dataclasses.replace(inv, dv_ports={
+            k: tuple(v) for k, v in fresh.items()})
 
     def _read_back(self, inv: inventory.Inventory,
                    out: apply_mod.PortOutcome) -> inventory.Inventory:

@@ -25,12 +25,18 @@ simulator; vCenter is read back with the test's own pyVmomi calls.
 
 from __future__ import annotations
 
+from unittest import mock
+
 from neutron_lib.api.definitions import portbindings
 from pyVmomi import vim
 
 from networking_vcenter.reconcile import plan as plan_mod
+from networking_vcenter.vsphere import ports as ports_mod
 from tests.fixtures.vsphere_reader import dv_port_rules
 from tests.functional import test_ports
+
+real_fetch_ports = ports_mod.fetch_ports
+real_fetch_port_keys = ports_mod.fetch_port_keys
 
 
 class PortRaceTestCase(test_ports.PortsTestCase):
@@ -139,6 +145,43 @@ class TestReleaseRaces(PortRaceTestCase):
         self.vcenter_driver.resync(grace=0)
         self.assert_reserved_for(second)
         self.assertEqual(plan_mod.FREE, self.port_by_key(low).config.name)
+
+
+class TestReservedElsewhere(PortRaceTestCase):
+
+    def test_a_reservation_made_elsewhere_is_read_by_its_key(self):
+        """Another server reserved the port's DV port (the key in the
+        committed binding) after this server's replica last read it: a
+        rename no watched property shows.  The sync about to reserve one
+        reads that DV port alone, finds it the port's and writes nothing;
+        it never reads the whole group (whose ports may each bring a
+        shared filter of thousands of rules)."""
+        net = self.make_net(85)
+        port = self.port_on(net["id"])
+        key = port[portbindings.VIF_DETAILS]["dvs_port_key"]
+        pg_key = port[portbindings.VIF_DETAILS]["pg_id"]
+        rec = self.vcenter_driver.reconciler
+        # This server's replica last saw the DV port free...
+        self.rename(key, plan_mod.FREE)
+        rec.replica.refresh_ports({pg_key})
+        self.assertNotIn(port["id"], [p.name for p in
+                                      rec.replica.snapshot().dv_ports[pg_key]])
+        # ... and another server has reserved it for the port since.
+        self.rename(key, port["id"])
+        whole, by_key = [], []
+        with mock.patch.object(ports_mod, "fetch_ports", side_effect=lambda
+                               *a, **kw: whole.append(a) or
+                               real_fetch_ports(*a, **kw)), \
+                mock.patch.object(ports_mod, "fetch_port_keys",
+                                  side_effect=lambda *a, **kw: by_key.append(
+                                      a) or real_fetch_port_keys(*a, **kw)), \
+                self.soap_calls() as calls:
+            rec.sync_ports({port["id"]}, self.vcenter_driver.source,
+                           self.vcenter_driver.port_source)
+        self.assertEqual([], whole)
+        self.assertEqual([{key}], [set(a[2]) for a in by_key])
+        self.assertNotIn("ReconfigureDVPort_Task", calls)
+        self.assert_reserved_for(port)
 
 
 class TestKeyHandedToNova(PortRaceTestCase):
