@@ -526,7 +526,8 @@ class Reconciler:
                 # Read back what was written (and, whole, the port groups
                 # of what was refused or grew): the next plan, here or in
                 # the next call, starts from it.
-                inv = self._read_back(inv, out)
+                inv = self._read_back(inv, out, {
+                    p.id: p.bound_key for p in bound if p.bound_key})
                 if not out.stale:
                     # Same desired ports (Neutron was not read again).
                     the_plan = plan_mod.plan_ports(
@@ -901,11 +902,17 @@ class Reconciler:
             k: tuple(v) for k, v in fresh.items()})
 
     def _read_back(self, inv: inventory.Inventory,
-                   out: apply_mod.PortOutcome) -> inventory.Inventory:
+                   out: apply_mod.PortOutcome,
+                   bound_keys: dict[str, str] | None = None
+                   ) -> inventory.Inventory:
         """The inventory once this process's replica shows what ``out``
         wrote: the ports written, read by key (a small read however big
-        their groups), and whole groups where steps were refused or ports
-        added.
+        their groups), and where steps were refused for a port changed
+        meanwhile, those ports by key too -- with, for a reservation, the
+        DV port the port's committed binding names (``bound_keys``: {port
+        id: key}), where another process may have reserved it; whole groups
+        where a reservation without one, or another step, was refused, or
+        ports were added.
 
         The ports written are read by the replica itself, in its thread,
         when it sees their task end -- before the task's wait returns
@@ -914,13 +921,27 @@ class Reconciler:
         replica's snapshot already has their new configVersion.  Only
         without that (no replica, or one not watching this session's
         tasks) are they read here."""
-        whole = {s.portgroup_key for s in out.stale
-                 if s.portgroup_key not in out.grown} | \
-            {s.portgroup_key for s, _ in out.failed}
+        bound_keys = bound_keys or {}
+        whole = {s.portgroup_key for s, _ in out.failed}
+        by_switch: dict[str, set[str]] = {}
+        for s in out.stale:
+            if s.portgroup_key in out.grown:
+                continue
+            dvs = inv.dvs(s.switch)
+            reserving = isinstance(s, plan_mod.ReservePort)
+            if dvs is None or not s.key or (
+                    reserving and s.port_id not in bound_keys):
+                whole.add(s.portgroup_key)
+                continue
+            keys = by_switch.setdefault(dvs.moid, set())
+            keys.add(s.key)
+            if reserving:
+                keys.add(bound_keys[s.port_id])
         if self.replica is None:
             done = {s.portgroup_key for s in out.done}
-            return self._refresh_ports(inv, whole | done)
-        by_switch: dict[str, set[str]] = {}
+            stale = {s.portgroup_key for s in out.stale
+                     if s.portgroup_key not in out.grown}
+            return self._refresh_ports(inv, whole | stale | done)
         if self.session.watcher is not self.replica:
             for s in out.done:
                 if s.portgroup_key not in whole:

@@ -184,6 +184,43 @@ class TestReservedElsewhere(PortRaceTestCase):
         self.assert_reserved_for(port)
 
 
+    def test_a_write_refused_for_a_port_changed_elsewhere_reads_it_alone(
+            self):
+        """Another server wrote the port's DV port (its configVersion
+        moved, which the replica does not see): this server's write of a
+        rule change is refused, that DV port is read again by key -- not
+        its whole group -- and the write made with its configVersion."""
+        net = self.make_net(86)
+        sg = self.make_sg("elsewhere")
+        port = self.port_on(net["id"], security_groups=[sg["id"]])
+        key = port[portbindings.VIF_DETAILS]["dvs_port_key"]
+        self.settled()
+        before = self.port_by_key(key).config.configVersion
+        self.rename(key, port["id"])            # the other server's write
+        whole, by_key = [], []
+        with mock.patch.object(ports_mod, "fetch_ports", side_effect=lambda
+                               *a, **kw: whole.append(a) or
+                               real_fetch_ports(*a, **kw)), \
+                mock.patch.object(ports_mod, "fetch_port_keys",
+                                  side_effect=lambda *a, **kw: by_key.append(
+                                      a) or real_fetch_port_keys(*a, **kw)), \
+                self.soap_calls() as calls:
+            self.add_rule(sg["id"], protocol="tcp", port_range_min=2222,
+                          port_range_max=2222,
+                          remote_ip_prefix="192.0.2.0/24")
+            self.settled()
+        self.assertIn(2222, [r.destination_ports[0] for r in
+                             ports_mod.settings_of(self.port_by_key(
+                                 key).config.setting).rules or ()
+                             if r.destination_ports])
+        self.assertEqual([], whole)
+        self.assertIn({key}, [set(a[2]) for a in by_key])
+        # Refused once, then written.
+        self.assertEqual(2, calls.count("ReconfigureDVPort_Task"), calls)
+        self.assertGreater(int(self.port_by_key(key).config.configVersion),
+                           int(before) + 1)
+
+
 class TestKeyHandedToNova(PortRaceTestCase):
 
     def test_key_released_and_taken_by_another_process(self):
