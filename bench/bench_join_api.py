@@ -805,20 +805,24 @@ def run(shared: bool, args) -> Bench:
     return b
 
 
-def row(b: Bench) -> str:
-    cells = [str(b.n), b.variant, str(b.rules_count)]
+def rows(b: Bench) -> list[str]:
+    out = []
     for name in ("join", "rule added", "rule removed", "member deleted"):
         s = b.steps[name]
         med = statistics.median
-        cells.append(
-            f"{med([x.cpu_seen for x in s]):.2f} / "
-            f"{max(x.cpu_seen for x in s):.2f} s; "
-            f"{med([x.cpu_idle for x in s]):.2f} / "
-            f"{max(x.cpu_idle for x in s):.2f} s; "
-            f"{med([x.wall for x in s]):.2f} / "
-            f"{max(x.wall for x in s):.2f} s; "
-            f"{max(x.tasks for x in s)}")
-    return "| " + " | ".join(cells) + " |"
+
+        def cell(xs):
+            return f"{med(xs):.2f} / {max(xs):.2f} s"
+        failed = sum(n for x in s for k, n in x.names.items()
+                     if k.endswith(")"))
+        out.append(
+            f"| {b.n:,} | {b.variant} | {b.rules_count:,} | {name} | "
+            f"{cell([x.cpu_seen for x in s])} | "
+            f"{cell([x.cpu_idle for x in s])} | "
+            f"{cell([x.wall for x in s])} | "
+            f"{', '.join(str(x.tasks) for x in s)}"
+            f"{f' ({failed} failed)' if failed else ''} |")
+    return out
 
 
 def main() -> None:
@@ -844,14 +848,13 @@ def main() -> None:
                   f"{[s.tasks for s in steps]}, names "
                   f"{[s.names for s in steps]}, API call "
                   f"{[round(s.api, 2) for s in steps]} s")
-    print("\nEach step: server CPU to the effect seen (median / max); "
-          "server CPU to idle (median / max); wall to the effect seen "
-          "(median / max); vCenter tasks (max).\n")
-    print("| N | variant | rules per filter | join | rule added | "
-          "rule removed | member deleted |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n{args.rounds} rounds a step: median / max; tasks: each "
+          f"round's.\n")
+    print("| N | variant | rules per filter | step | server CPU to seen | "
+          "server CPU to idle | wall to seen | vCenter tasks |")
+    print("|---|---|---|---|---|---|---|---|")
     for b in benches:
-        print(row(b))
+        print("\n".join(rows(b)))
 
 
 if __name__ == "__main__":
