@@ -40,8 +40,9 @@ Per step:
   server (``NeutronServer.pids()``: uWSGI master and worker, the periodic
   workers' master and workers), by psutil, from just before the API call
   to the moment the effect is seen, and to the moment the server is idle
-  again (no vCenter task and under 5% of a core for 1 s: the work a step
-  leaves behind, e.g. the replica's reading of its own writes);
+  again (no vCenter task and under 5% of a core for 3 s: the work a step
+  leaves behind, e.g. the maintenance worker's sync of the ports whose
+  Neutron fingerprint the step changed, every 2 s a poll);
 * wall time until vSphere shows the effect, read by this process with
   plain pyVmomi (its own session, none of the driver's code): with the
   shared filter, the port group's ``config.configVersion`` is polled and,
@@ -684,9 +685,12 @@ class Bench:
                 return
             time.sleep(0.1)
 
-    def idle(self, limit: float = 300, window: float = 1.0) -> float:
+    def idle(self, limit: float = 600, window: float = 3.0) -> float:
         """Until the server has made no task and used under 5% of a core
-        for ``window`` seconds; the monotonic time it became so."""
+        for ``window`` seconds (longer than the maintenance worker's poll
+        of Neutron, every 2 s: worker.py ``POLL``, so that the work it
+        starts on what a step changed is counted); the monotonic time it
+        became so."""
         end = time.monotonic() + limit
         while time.monotonic() < end:
             mark, c0, t0 = self.tasks.mark(), self.cpu.sample(), \
