@@ -453,6 +453,16 @@ class ServerCpu:
         """A process gone meanwhile loses its share (none expected)."""
         return sum(v - before.get(k, 0.0) for k, v in after.items())
 
+    def by_service(self, before: dict, after: dict) -> dict[str, float]:
+        """The delta per service: uwsgi (the API) and
+        neutron-periodic-workers (the maintenance worker among them)."""
+        names = {m.pid: p.name for p in self.server.procs
+                 for m in p.members()}
+        out: dict[str, float] = collections.defaultdict(float)
+        for (pid, t0), v in after.items():
+            out[names.get(pid, "?")] += v - before.get((pid, t0), 0.0)
+        return dict(out)
+
 
 # -- one variant --------------------------------------------------------------
 
@@ -732,8 +742,11 @@ class Bench:
         step = Step(self.cpu.delta(c0, c_seen), self.cpu.delta(c0, c_idle),
                     wall, len(made), dict(names), api)
         self.steps[name].append(step)
+        split = ", ".join(f"{k} {v:.2f}" for k, v in
+                          self.cpu.by_service(c0, c_idle).items())
         self.say(f"{name}: CPU {step.cpu_seen:.2f} s to seen, "
-                 f"{step.cpu_idle:.2f} s to idle ({t_idle - t0:.1f} s); "
+                 f"{step.cpu_idle:.2f} s to idle ({t_idle - t0:.1f} s; "
+                 f"{split}); "
                  f"wall {wall:.2f} s (API call {api:.2f} s); "
                  f"tasks {len(made)} {dict(names)}")
         return result
