@@ -57,7 +57,8 @@ Per step:
   with ``WaitForUpdatesEx`` (the simulator keeps the last 200: a step
   making more would be flagged); their names are printed.  The counter is
   checked at start on a known case (a folder renamed three times and
-  destroyed: four tasks) and the first join's tasks are printed by name.
+  destroyed: four tasks); every step's tasks are printed by name and
+  state (a task that ended in error is shown as such).
 
 ``--compare``: the same at the same N with ``shared_security_filter =
 False`` (a filter of its own on each member's DV port: the path until
@@ -68,7 +69,7 @@ on each join (bench_join.py, bench_sg.py), ~30 min of set-up and steps.
     VCSIM_BUILD_DIR=... .venv/bin/python bench/bench_join_api.py \\
         [--members 1000] [--rounds 3] [--delay-ms 2] [--compare]
 
-Not measured: Nova (no VM NIC is connected: ports stay DOWN, as in
+Not measured: Nova (no VM NIC is connected to any port, as in
 bench_join.py), Keystone (``auth_strategy = noauth``), a real database
 (sqlite, one API worker); the simulator finishes a task inside the call
 that starts it, whatever the task does.
