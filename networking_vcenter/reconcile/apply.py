@@ -157,6 +157,12 @@ class Applier:
                 out.grown[pg_key] = ports_mod.grow_port_group(
                     self._session, pg, add)
                 out.tasks += 1
+            except exceptions.ConcurrentModification:
+                # The group changed meanwhile (its shared filter written by
+                # another worker): planned again once the replica shows it.
+                out.tasks += 1
+                out.stale.extend(steps)
+                continue
             except exceptions.VCenterError as exc:
                 LOG.error("port group %s: cannot add ports: %s", pg.name, exc)
                 out.failed.extend((s, exc) for s in steps)

@@ -922,10 +922,17 @@ class Reconciler:
         without that (no replica, or one not watching this session's
         tasks) are they read here."""
         bound_keys = bound_keys or {}
-        whole = {s.portgroup_key for s, _ in out.failed}
+        # A step without a key failed growing its group: the replica reads
+        # the ports a group gains (its portKeys), nothing to read here.
+        whole = {s.portgroup_key for s, _ in out.failed if s.key}
         by_switch: dict[str, set[str]] = {}
+        changed: dict[str, str | None] = {}     # refused growing
+        versions = {pg.key: pg.config_version for pg in inv.dvs_portgroups}
         for s in out.stale:
             if s.portgroup_key in out.grown:
+                continue
+            if not s.key and self.replica is not None:
+                changed[s.portgroup_key] = versions.get(s.portgroup_key)
                 continue
             dvs = inv.dvs(s.switch)
             reserving = isinstance(s, plan_mod.ReservePort)
@@ -950,12 +957,15 @@ class Reconciler:
                         by_switch.setdefault(dvs.moid, set()).add(s.key)
         for dvs_moid, keys in by_switch.items():
             self.replica.refresh_port_keys(dvs_moid, keys)
-        if out.grown:
-            # The replica reads a group's ports when its port list changes.
+        if out.grown or changed:
+            # The replica reads a group's ports when its port list changes,
+            # and shows a group changed by another worker.
             left = self.session.time_left()
             self.replica.wait_until(lambda fresh: all(
                 len(fresh.dv_ports.get(key, ())) >= size
-                for key, size in out.grown.items()),
+                for key, size in out.grown.items()) and all(
+                pg.config_version != changed[pg.key]
+                for pg in fresh.dvs_portgroups if pg.key in changed),
                 self.settings.task_timeout if left is None
                 else max(0.0, left))
         return self._refresh_ports(inv, whole) if whole else \

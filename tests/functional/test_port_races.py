@@ -30,6 +30,7 @@ from unittest import mock
 from neutron_lib.api.definitions import portbindings
 from pyVmomi import vim
 
+from networking_vcenter.reconcile import apply as apply_mod
 from networking_vcenter.reconcile import plan as plan_mod
 from networking_vcenter.vsphere import ports as ports_mod
 from tests.fixtures.vsphere_reader import dv_port_rules
@@ -37,6 +38,7 @@ from tests.functional import test_ports
 
 real_fetch_ports = ports_mod.fetch_ports
 real_fetch_port_keys = ports_mod.fetch_port_keys
+real_grow = ports_mod.grow_port_group
 
 
 class PortRaceTestCase(test_ports.PortsTestCase):
@@ -219,6 +221,46 @@ class TestReservedElsewhere(PortRaceTestCase):
         self.assertEqual(2, calls.count("ReconfigureDVPort_Task"), calls)
         self.assertGreater(int(self.port_by_key(key).config.configVersion),
                            int(before) + 1)
+
+
+    def test_a_group_changed_while_growing_is_grown_once_seen(self):
+        """Another worker changes the port group (its shared filter, say)
+        just before this one grows it for a bind: vCenter refuses the grow
+        (configVersion), and the bind grows it again once the replica
+        shows the change -- bound, not failed."""
+        net = self.make_net(87)
+        first = self.port_on(net["id"])
+        pg_key = first[portbindings.VIF_DETAILS]["pg_id"]
+        mine = first[portbindings.VIF_DETAILS]["dvs_port_key"]
+        free = [p for p in self.dv_ports(pg_key) if p.key != mine]
+        self.assertTrue(free)
+        for p in free:                   # taken elsewhere: none free here
+            self.rename(p.key, "0e0e0e0e-0000-4000-8000-0000000000%02d"
+                        % int(p.key))
+        self.vcenter_driver.reconciler.replica.refresh_ports({pg_key})
+        grows = []
+
+        def raced(session, pg, *args, **kw):
+            grows.append(pg.config_version)
+            if len(grows) == 1:
+                (ref,) = [g for g in self.vsphere.dvs("DVS0").portgroup
+                          if g.key == pg_key]
+                self.vsphere.wait(ref.ReconfigureDVPortgroup_Task(
+                    vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+                        configVersion=ref.config.configVersion,
+                        description=ref.config.description)))
+            return real_grow(session, pg, *args, **kw)
+
+        with mock.patch.object(ports_mod, "grow_port_group",
+                               side_effect=raced), \
+                mock.patch.object(apply_mod.LOG, "error") as error:
+            port = self.port_on(net["id"])
+        self.assertEqual("dvs", port[portbindings.VIF_TYPE])
+        # Not a failure (a failed binding that ML2 happens to try again).
+        self.assertEqual([], error.call_args_list)
+        self.assertEqual(2, len(grows))
+        self.assertNotEqual(grows[0], grows[1])
+        self.assert_reserved_for(port)
 
 
 class TestKeyHandedToNova(PortRaceTestCase):
