@@ -738,12 +738,16 @@ class Reconciler:
                 if seen[0] != state[0]:
                     self._defaults_seen[pg.key] = state  # a write of ours
                     continue
-            blocked, rules = ports_mod.group_defaults_of(
+            blocked, rules, description = ports_mod.group_defaults_of(
                 self.session, pg.ref, f"read the defaults of {pg.name}")
             self._defaults_doubted.discard(pg.key)
-            if inventory.defaults_token(blocked, rules) == state[0]:
-                self._defaults_seen[pg.key] = state
-                self._defaults_read[pg.key] = state
+            # Against the digest read with them: a write of ours may have
+            # landed since the replica's view.
+            named = inventory.defaults_token_of(description)
+            if inventory.defaults_token(blocked, rules) == named:
+                if named == state[0]:
+                    self._defaults_seen[pg.key] = state
+                    self._defaults_read[pg.key] = state
                 continue
             LOG.warning("network %s: the port defaults of %s are not those "
                         "networking-vcenter wrote (edited outside it): "

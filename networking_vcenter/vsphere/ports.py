@@ -451,17 +451,19 @@ def _vlan_of(policy: Any) -> tuple[tuple[int, int], ...] | None:
 
 
 def group_defaults_of(session: Session, pg_ref: Any, what: str
-                      ) -> tuple[bool, tuple[TrafficRule, ...]]:
+                      ) -> tuple[bool, tuple[TrafficRule, ...], str]:
     """A distributed port group's defaults as vCenter holds them now:
-    (blocked, the rules of its traffic filter), read and parsed whole --
-    thousands of rules where a shared filter lives (~0.5 ms each): only
-    where its description's digest may not tell the truth (a change of the
-    group that did not come with a digest of ours)."""
+    (blocked, the rules of its traffic filter, its description), read
+    together and parsed whole -- thousands of rules where a shared filter
+    lives (~0.5 ms each): only where its description's digest may not tell
+    the truth (a change of the group that did not come with a digest of
+    ours)."""
     config = session.call(what, getattr, pg_ref, "config")
     default = getattr(config, "defaultPortConfig", None)
     blocked = getattr(getattr(default, "blocked", None), "value", None)
     rules = _rules_of(getattr(default, "filterPolicy", None))
-    return bool(blocked), rules or ()
+    return bool(blocked), rules or (), getattr(config, "description",
+                                               None) or ""
 
 
 def settings_of(setting: Any) -> PortSettings:

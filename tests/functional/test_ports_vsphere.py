@@ -401,9 +401,10 @@ def test_group_defaults_read_whole_name_their_digest(sim, reader):
                         config.description, token), blocked, rules),
                 "defaults")
             got = ports.group_defaults_of(session, ref, "read")
-            assert got == (blocked, rules)
-            assert inventory.defaults_token(*got) == \
-                inventory.defaults_token_of(pg["ref"].config.description)
+            assert got[:2] == (blocked, rules)
+            assert got[2] == pg["ref"].config.description
+            assert inventory.defaults_token(*got[:2]) == \
+                inventory.defaults_token_of(got[2])
     finally:
         session.close()
         _destroy(reader, pg)
