@@ -163,14 +163,6 @@ def _net(address):
         f"{address.addressPrefix}/{address.prefixLength or 0}", strict=False)
 
 
-def _ports(p):
-    if p is None:
-        return None
-    if isinstance(p, vim.dvs.TrafficRule.IpPortRange):
-        return (p.startPortNumber, p.endPortNumber)
-    return (p.portNumber, p.portNumber)
-
-
 def rules_of(policy) -> list[Rule] | None:
     """A traffic filter policy's rules as tuples (addresses as networks);
     None: no filter."""
@@ -194,7 +186,7 @@ def rules_of(policy) -> list[Rule] | None:
             _net(ip.sourceAddress) if ip else None,
             _net(ip.destinationAddress) if ip else None,
             ip.protocol.value if ip and ip.protocol else None,
-            _ports(ip.destinationIpPort) if ip else None))
+            vsphere_reader.port_range(ip.destinationIpPort) if ip else None))
     return out
 
 

@@ -319,7 +319,8 @@ def _addr(a):
                                      strict=False)), bool(a.negate))
 
 
-def _ports(p):
+def port_range(p):
+    """A qualifier's port (range) as (first, last); None: any."""
     if p is None:
         return None
     if isinstance(p, vim.dvs.TrafficRule.IpPortRange):
@@ -378,8 +379,8 @@ def filter_rules(fp):
             "source": _addr(q.sourceAddress) if q is not None else None,
             "destination": (_addr(q.destinationAddress)
                             if q is not None else None),
-            "dports": _ports(q.destinationIpPort) if q is not None else None,
-            "sports": _ports(q.sourceIpPort) if q is not None else None,
+            "dports": port_range(q.destinationIpPort) if q is not None else None,
+            "sports": port_range(q.sourceIpPort) if q is not None else None,
             "ip": isinstance(q, vim.dvs.TrafficRule.IpQualifier)})
     return out
 

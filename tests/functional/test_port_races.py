@@ -25,6 +25,7 @@ simulator; vCenter is read back with the test's own pyVmomi calls.
 
 from __future__ import annotations
 
+import contextlib
 from unittest import mock
 
 from neutron_lib.api.definitions import portbindings
@@ -56,6 +57,19 @@ class PortRaceTestCase(test_ports.PortsTestCase):
             port=[vim.dvs.DistributedVirtualPort.ConfigSpec(
                 key=key, operation="edit", name=name,
                 configVersion=port.config.configVersion)]))
+
+    @contextlib.contextmanager
+    def port_reads(self):
+        """([args of each whole-group read], [args of each read by key]):
+        the DV port reads made in the block (any thread)."""
+        whole, by_key = [], []
+        with mock.patch.object(ports_mod, "fetch_ports", side_effect=lambda
+                               *a, **kw: whole.append(a) or
+                               real_fetch_ports(*a, **kw)), \
+                mock.patch.object(ports_mod, "fetch_port_keys",
+                                  side_effect=lambda *a, **kw: by_key.append(
+                                      a) or real_fetch_port_keys(*a, **kw)):
+            yield whole, by_key
 
     def assert_reserved_for(self, port):
         """The DV port in the port's binding is named for it and carries
@@ -170,13 +184,7 @@ class TestReservedElsewhere(PortRaceTestCase):
                                       rec.replica.snapshot().dv_ports[pg_key]])
         # ... and another server has reserved it for the port since.
         self.rename(key, port["id"])
-        whole, by_key = [], []
-        with mock.patch.object(ports_mod, "fetch_ports", side_effect=lambda
-                               *a, **kw: whole.append(a) or
-                               real_fetch_ports(*a, **kw)), \
-                mock.patch.object(ports_mod, "fetch_port_keys",
-                                  side_effect=lambda *a, **kw: by_key.append(
-                                      a) or real_fetch_port_keys(*a, **kw)), \
+        with self.port_reads() as (whole, by_key), \
                 self.soap_calls() as calls:
             rec.sync_ports({port["id"]}, self.vcenter_driver.source,
                            self.vcenter_driver.port_source)
@@ -199,13 +207,7 @@ class TestReservedElsewhere(PortRaceTestCase):
         self.settled()
         before = self.port_by_key(key).config.configVersion
         self.rename(key, port["id"])            # the other server's write
-        whole, by_key = [], []
-        with mock.patch.object(ports_mod, "fetch_ports", side_effect=lambda
-                               *a, **kw: whole.append(a) or
-                               real_fetch_ports(*a, **kw)), \
-                mock.patch.object(ports_mod, "fetch_port_keys",
-                                  side_effect=lambda *a, **kw: by_key.append(
-                                      a) or real_fetch_port_keys(*a, **kw)), \
+        with self.port_reads() as (whole, by_key), \
                 self.soap_calls() as calls:
             self.add_rule(sg["id"], protocol="tcp", port_range_min=2222,
                           port_range_max=2222,
