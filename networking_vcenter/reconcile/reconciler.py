@@ -505,12 +505,15 @@ class Reconciler:
                     # rename, which no property the replica watches shows).
                     keyed = self._bound_keys(the_plan, bound, reserving -
                                              checked - keys_read, inv)
-                    if keyed:
+                    if keyed and self.replica is not None:
                         # Where Neutron's committed binding names the DV
                         # port, that port read alone: a group's ports may
                         # each bring a shared filter of thousands of rules.
                         keys_read |= set(keyed)
-                        inv = self._read_keys(inv, keyed.values())
+                        by_switch: dict[str, set[str]] = {}
+                        for moid, key in keyed.values():
+                            by_switch.setdefault(moid, set()).add(key)
+                        inv = self._read_keys(by_switch)
                         continue
                     checked |= reserving
                     inv = self._refresh_ports(inv, {
@@ -685,27 +688,39 @@ class Reconciler:
                 break
         return tasks
 
+    def _defaults_change(self, pg: inventory.DvsPortGroup) -> str | None:
+        """How a group's (digest, configVersion) stands against what was
+        last found true here: None unchanged; "unknown" never found true
+        here; "ours" the digest moved -- a write of ours, in some process,
+        taken as true from now on; "moved" its configVersion moved under
+        the same digest (an edit that did not come from us)."""
+        state = (pg.defaults_token, pg.config_version)
+        seen = self._defaults_seen.get(pg.key)
+        if seen == state:
+            return None
+        if seen is None:
+            return "unknown"
+        if seen[0] != state[0]:
+            self._defaults_seen[pg.key] = state
+            return "ours"
+        return "moved"
+
     def defaults_suspect(self, network_id: str) -> bool:
         """Whether a port group of ``network_id`` holding a shared filter
         may hold what its description's digest does not name: first seen
-        here, or changed (its configVersion) under the digest it already
-        named -- an edit that did not come from us, perhaps by hand.  Such
-        a group is read whole at the next port sync of its network
-        (:meth:`_untrue_defaults`).  A digest that moved is a write of
-        ours, taken as true.  No vCenter call."""
+        here, or changed under the digest it already named
+        (:meth:`_defaults_change`).  Such a group is read whole at the next
+        port sync of its network (:meth:`_untrue_defaults`).  No vCenter
+        call."""
         if not self.settings.shared_security_filter:
             return False
         suspect = False
         for pg in self.inventory().dvs_portgroups:
             if pg.owner != network_id or pg.defaults_token is None:
                 continue
-            seen = self._defaults_seen.get(pg.key)
-            state = (pg.defaults_token, pg.config_version)
-            if seen is None or (seen[0] == state[0] and seen != state):
+            if self._defaults_change(pg) in ("unknown", "moved"):
                 self._defaults_doubted.add(pg.key)
                 suspect = True
-            elif seen != state:
-                self._defaults_seen[pg.key] = state
         return suspect
 
     def _untrue_defaults(self, inv: inventory.Inventory, keys: set[str],
@@ -727,17 +742,11 @@ class Reconciler:
                     pg.defaults_token is None:
                 continue
             state = (pg.defaults_token, pg.config_version)
-            seen = self._defaults_seen.get(pg.key)
-            doubted = pg.key in self._defaults_doubted or (
-                every and self._defaults_read.get(pg.key) != state)
-            if seen == state and not doubted:
-                continue
-            if not doubted:
-                if seen is None:
-                    continue    # not known here: the worker reads it
-                if seen[0] != state[0]:
-                    self._defaults_seen[pg.key] = state  # a write of ours
-                    continue
+            change = self._defaults_change(pg)
+            if change != "moved" and pg.key not in self._defaults_doubted \
+                    and not (every and self._defaults_read.get(pg.key)
+                             != state):
+                continue    # unknown here is left to the worker
             blocked, rules, description = ports_mod.group_defaults_of(
                 self.session, pg.ref, f"read the defaults of {pg.name}")
             self._defaults_doubted.discard(pg.key)
@@ -883,27 +892,14 @@ class Reconciler:
                 out[step.port_id] = (dvs.moid, named[step.port_id])
         return out
 
-    def _read_keys(self, inv: inventory.Inventory,
-                   keys: Iterable[tuple[str, str]]) -> inventory.Inventory:
-        """The inventory with these DV ports ((switch moid, key)) read
-        fresh from vCenter: one small FetchDVPorts per switch."""
-        by_switch: dict[str, set[str]] = {}
-        for moid, key in keys:
-            by_switch.setdefault(moid, set()).add(key)
-        if self.replica is not None:
-            for moid, wanted in sorted(by_switch.items()):
-                self.replica.refresh_port_keys(moid, wanted)
-            return self.replica.snapshot()
-        fresh = {k: list(v) for k, v in inv.dv_ports.items()}
-        for moid, wanted in sorted(by_switch.items()):
-            dvs = inv.dvs_by_moid(moid)
-            for p in ports_mod.fetch_port_keys(self.session, dvs.ref, wanted):
-                group = [q for q in fresh.setdefault(p.portgroup_key, [])
-                         if q.key != p.key]
-                fresh[p.portgroup_key] = sorted(group + [p],
-                                                key=ports_mod.key_order)
-        return dataclasses.replace(inv, dv_ports={
-            k: tuple(v) for k, v in fresh.items()})
+    def _read_keys(self, by_switch: dict[str, set[str]]
+                   ) -> inventory.Inventory:
+        """The replica's inventory with these DV ports ({switch moid: their
+        keys}) read fresh from vCenter: one small FetchDVPorts per
+        switch, however big their groups."""
+        for moid, keys in sorted(by_switch.items()):
+            self.replica.refresh_port_keys(moid, keys)
+        return self.replica.snapshot()
 
     def _read_back(self, inv: inventory.Inventory,
                    out: apply_mod.PortOutcome,
@@ -930,13 +926,12 @@ class Reconciler:
         # the ports a group gains (its portKeys), nothing to read here.
         whole = {s.portgroup_key for s, _ in out.failed if s.key}
         by_switch: dict[str, set[str]] = {}
-        changed: dict[str, str | None] = {}     # refused growing
-        versions = {pg.key: pg.config_version for pg in inv.dvs_portgroups}
+        changed: set[str] = set()       # refused growing
         for s in out.stale:
             if s.portgroup_key in out.grown:
                 continue
             if not s.key and self.replica is not None:
-                changed[s.portgroup_key] = versions.get(s.portgroup_key)
+                changed.add(s.portgroup_key)
                 continue
             dvs = inv.dvs(s.switch)
             reserving = isinstance(s, plan_mod.ReservePort)
@@ -959,16 +954,17 @@ class Reconciler:
                     dvs = inv.dvs(s.switch)
                     if dvs is not None:
                         by_switch.setdefault(dvs.moid, set()).add(s.key)
-        for dvs_moid, keys in by_switch.items():
-            self.replica.refresh_port_keys(dvs_moid, keys)
+        self._read_keys(by_switch)
         if out.grown or changed:
             # The replica reads a group's ports when its port list changes,
             # and shows a group changed by another worker.
+            was = {pg.key: pg.config_version for pg in inv.dvs_portgroups
+                   if pg.key in changed}
             left = self.session.time_left()
             self.replica.wait_until(lambda fresh: all(
                 len(fresh.dv_ports.get(key, ())) >= size
                 for key, size in out.grown.items()) and all(
-                pg.config_version != changed[pg.key]
+                pg.config_version != was.get(pg.key)
                 for pg in fresh.dvs_portgroups if pg.key in changed),
                 self.settings.task_timeout if left is None
                 else max(0.0, left))

@@ -37,7 +37,8 @@ from networking_vcenter.vsphere.inventory import (
     merge_ranges, owner, ports_ready_of, security_of)
 from networking_vcenter.vsphere.session import Session
 
-# Objects per answer of a read; vCenter pages the rest (a token).
+# Objects per answer of a read (here, and the replica's first full read);
+# vCenter pages the rest (a token, or "truncated").
 READ_PAGE = 1000
 
 

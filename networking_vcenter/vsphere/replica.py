@@ -38,8 +38,9 @@ The ports of our distributed port groups (those marked by this deployment)
 are kept too, in :attr:`Inventory.dv_ports`: a port is no managed object and
 a port reconfigure changes no property, so they are read with
 ``FetchDVPorts`` -- one call per switch for all its groups, or per
-``ports.READ_BATCH`` ports of them -- after each full read; in the replica thread, batched per update, again where an update says
-they may have changed: ports added to a group's ``portKeys`` are read by key
+``ports.READ_BATCH`` ports of them -- after each full read; in the replica
+thread, batched per update, again where an update says they may have
+changed: ports added to a group's ``portKeys`` are read by key
 and those taken out dropped; a change of its ``vm`` (a NIC connected or
 gone), or of the ``config.changeVersion`` of a VM on it (a VM already on
 the group that got or lost another NIC there changes nothing of the
@@ -98,8 +99,6 @@ PC = vmodl.query.PropertyCollector
 
 # Seconds one WaitForUpdatesEx may wait on vCenter for changes.
 LONG_POLL = 20
-# Objects per answer of the first full read (the rest follows, "truncated").
-READ_PAGE = 1000
 # Seconds between attempts while vCenter does not answer.
 RETRY_DELAY = (1.0, 5.0)
 
@@ -677,7 +676,7 @@ class Replica:
                                   self._parsed(collector.WaitForUpdatesEx),
                                   version, PC.WaitOptions(
                                       maxWaitSeconds=0,
-                                      maxObjectUpdates=READ_PAGE))
+                                      maxObjectUpdates=reads.READ_PAGE))
             if update is None:
                 break
             version = update.version

@@ -118,9 +118,9 @@ TRANSPORT_ERRORS: tuple[type, ...] = (
 
 # Transient, but retrying the same call at once cannot help: the caller's
 # budget is spent, a task overran, VMs still use the port group.
+NOT_RETRIED = (exceptions.OutOfTime, exceptions.TaskTimeout, exceptions.InUse)
 # Seconds a close waits for a login under way (vCenter not answering).
 CLOSE_WAIT = 2.0
-NOT_RETRIED = (exceptions.OutOfTime, exceptions.TaskTimeout, exceptions.InUse)
 
 
 def fault_text(exc: BaseException) -> str:
