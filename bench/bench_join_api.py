@@ -31,6 +31,10 @@ Timed, each ``--rounds`` times (median and max printed):
   ``binding:host_id``), until the group's filter admits its address;
 * **rule added** / **rule removed**: ingress tcp 443 from 0.0.0.0/0 added
   to the default group, until the filter has it; deleted, until gone;
+* **groups changed**: one member moved from the default group to another
+  (one ingress rule, tcp 8080 from 198.51.100.0/24), until no member
+  admits it (with the shared filter: its MAC and address gone from the
+  filter) and its DV port holds that rule (read by key);
 * **member deleted**: one member port deleted, until its MAC and address
   are gone from the filter.
 
@@ -326,6 +330,12 @@ class Reader:
             out[p.key] = None if fp is None or fp.inherited else \
                 rules_of(fp)
         return out
+
+    def port_rules(self, key: str) -> list[Rule] | None:
+        """One DV port's own filter (None: inherited or none)."""
+        (p,) = self.dvs.FetchDVPorts(vim.dvs.PortCriteria(portKey=[key]))
+        fp = p.config.setting.filterPolicy
+        return None if fp is None or fp.inherited else rules_of(fp)
 
     def tasks(self, values: list[str]) -> list[dict]:
         """Name, state and times of these tasks, in the order given."""
@@ -779,6 +789,35 @@ class Bench:
                     None, 204),
                 lambda view, _: not any(https(view)))
 
+        # A member moved from the default group to another group: the
+        # members no longer admit it (the shared filter no longer names
+        # it), and its DV port holds its new group's rule.
+        web = self.api.call("POST", "/v2.0/security-groups", {
+            "security_group": {"name": "bench-web"}}, 201)["security_group"]
+        self.api.call("POST", "/v2.0/security-group-rules", {
+            "security_group_rule": {
+                "security_group_id": web["id"], "direction": "ingress",
+                "ethertype": "IPv4", "protocol": "tcp",
+                "port_range_min": 8080, "port_range_max": 8080,
+                "remote_ip_prefix": "198.51.100.0/24"}}, 201)
+        for i in range(self.rounds):
+            mover = self.members.pop(sorted(self.members)[-1 - i])
+            ip, mac = ip_of(mover), mover["mac_address"]
+            key = mover["binding:vif_details"]["dvs_port_key"]
+
+            def moved(view, _, ip=ip, mac=mac, key=key) -> bool:
+                if any(mentions(r, ip, mac) if self.shared else admits(r, ip)
+                       for r in view):
+                    return False
+                return any(r.dports == (8080, 8080) and r.src ==
+                           ipaddress.ip_network("198.51.100.0/24")
+                           for r in self.reader.port_rules(key) or ())
+            self.measured(
+                "groups changed", lambda mover=mover: self.api.call(
+                    "PUT", f"/v2.0/ports/{mover['id']}", {"port": {
+                        "security_groups": [web["id"]]}}, 200),
+                moved, timeout=60)
+
         for i in range(self.rounds):
             gone = self.members.pop(sorted(self.members)[i])
             ip, mac = ip_of(gone), gone["mac_address"]
@@ -857,7 +896,8 @@ def run(shared: bool, args) -> Bench:
 
 def rows(b: Bench) -> list[str]:
     out = []
-    for name in ("join", "rule added", "rule removed", "member deleted"):
+    for name in ("join", "rule added", "rule removed", "groups changed",
+                 "member deleted"):
         s = b.steps[name]
         med = statistics.median
 

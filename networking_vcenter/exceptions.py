@@ -82,6 +82,12 @@ class TransientFault(VSphereFault):
     transient = True
 
 
+class LockBusy(TransientFault):
+    """Another worker holds a lock this work needs (it is doing the same
+    work, or other work on the same objects): trying again once it is
+    released is expected to succeed."""
+
+
 class ConnectionFailed(TransientFault):
     """vCenter could not be reached at all."""
 

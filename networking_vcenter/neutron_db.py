@@ -40,6 +40,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import typing
 from typing import Any
 
 from networking_vcenter.reconcile import desired
@@ -382,6 +383,12 @@ def ports(ids: set[str] | None = None,
                     direction, kbps or 0, burst or 0))
         trunks = _trunks(m, s, trunk_of_sel)
 
+    # Each group's members sorted once, the same tuple in every spec that
+    # names it (sorting them per port made a read quadratic in a big
+    # default group).
+    member_tuples = {g: tuple(sorted(a)) for g, a in members.items()}
+    cidr_tuples = {a: tuple(sorted(c)) for a, c in ag_cidrs.items()}
+
     def spec(pid: str, host: str, physnet: str | None) -> desired.PortSpec:
         net_id, mac, status, owner, psec, nsec, bound_key = base[pid]
         own = [groups[g] for g in sorted(port_sgs.get(pid, ()))
@@ -401,9 +408,9 @@ def ports(ids: set[str] | None = None,
             port_security=bool(psec if psec is not None else
                                nsec if nsec is not None else True),
             security_groups=tuple(own),
-            remote_groups={g: tuple(sorted(members.get(g, ())))
+            remote_groups={g: member_tuples.get(g, ())
                            for g in sorted(remote)},
-            address_groups={a: tuple(sorted(ag_cidrs.get(a, ())))
+            address_groups={a: cidr_tuples.get(a, ())
                             for a in sorted(ags)},
             qos=tuple(sorted(limits.get(policy, ()),
                              key=lambda b: b.direction)) if policy else (),
@@ -545,8 +552,15 @@ def port_change_token() -> tuple:
         return tuple(ctx.session.execute(sa.select(*cols)).one())
 
 
+class PortPrint(typing.NamedTuple):
+    """A port's fingerprint, with its network (which never changes)."""
+
+    network_id: str
+    value: tuple
+
+
 def port_fingerprints(host_filter: set[str] | None = None
-                      ) -> dict[str, tuple]:
+                      ) -> dict[str, PortPrint]:
     """Port id -> a fingerprint, for every port bound by this driver (on a
     host in ``host_filter``): two reads differ for a port exactly when
     something its :class:`desired.PortSpec` derives from may have changed.
@@ -675,25 +689,26 @@ def port_fingerprints(host_filter: set[str] | None = None
 
     prints = {}
     for pid, (host, net, physnet, rev) in ports_.items():
-        prints[pid] = (host, physnet, *own(pid, rev, net))
+        value = (host, physnet, *own(pid, rev, net))
         if pid in trunks:
-            prints[pid] += (trunks[pid], tuple(
+            value += (trunks[pid], tuple(
                 (sub_id, seg_type, seg_id, own(sub_id, sub_rev, sub_net))
                 for sub_id, seg_type, seg_id, sub_net, sub_rev
                 in sorted(subports[pid], key=lambda x: x[0])))
         elif pid in parent_of:
-            prints[pid] += (("parent", parent_of[pid]),)
+            value += (("parent", parent_of[pid]),)
+        prints[pid] = PortPrint(net, value)
     return prints
 
 
 def ports_referencing(security_group_ids=(), address_group_ids=(),
-                      qos_policy_ids=(), network_ids=()) -> set[str]:
+                      qos_policy_ids=(), network_ids=()) -> dict[str, str]:
     """The ports bound by this driver whose :class:`desired.PortSpec` a
-    change of these objects may change: members of the security groups,
-    ports whose groups have rules referring to them (remote group) or to
-    the address groups, ports with one of the QoS policies, ports without
-    their own policy on a network with one, and ports on the networks (a
-    network's QoS policy changed).  One query."""
+    change of these objects may change, each with its network id: members
+    of the security groups, ports whose groups have rules referring to them
+    (remote group) or to the address groups, ports with one of the QoS
+    policies, ports without their own policy on a network with one, and
+    ports on the networks (a network's QoS policy changed).  One query."""
     import sqlalchemy as sa
     m = _m()
     sgs, ags = sorted(security_group_ids), sorted(address_group_ids)
@@ -716,11 +731,11 @@ def ports_referencing(security_group_ids=(), address_group_ids=(),
     if nets:
         conds.append(m.Port.network_id.in_(nets))
     if not conds:
-        return set()
+        return {}
     ctx, reader = _reader()
     with reader:
-        return {pid for pid, *_ in _bound_here(m, ctx.session, None).filter(
-            sa.or_(*conds))}
+        return {pid: net for pid, _host, net, _physnet in _bound_here(
+            m, ctx.session, None).filter(sa.or_(*conds))}
 
 
 def failed_bindings(host_filter: set[str]) -> list[tuple[str, str]]:

@@ -45,7 +45,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from neutron_lib import constants as n_const
@@ -485,11 +485,13 @@ class VCenterMechanismDriver(api.MechanismDriver):
         ids: set[str] = set()
         groups: set[str] = set()
         std_nets: set[str] = set()
+        network_of: dict[str, str] = {}
         for p in (port, before):
             if p is None:
                 continue
             if p.get(portbindings.HOST_ID) in hosts:
                 ids.add(p["id"])
+                network_of[p["id"]] = p["network_id"]
                 if self.settings.shared_security_filter and port is None:
                     # Its port group's shared filter follows its ports: a
                     # port deleted is no longer read with them, so its
@@ -507,9 +509,10 @@ class VCenterMechanismDriver(api.MechanismDriver):
             # groups as remote group.
             ids_of = functools.partial(neutron_db.ports_referencing,
                                        security_group_ids=groups)
-            self._sync_ports_soon(ids, ids_of, std_nets)
+            self._sync_ports_soon(ids, ids_of, std_nets, network_of)
         elif ids:
-            self._sync_ports_soon(ids, networks=std_nets)
+            self._sync_ports_soon(ids, networks=std_nets,
+                                  network_of=network_of)
 
     def _subscribe(self) -> None:
         """Security group, rule and address group changes: the ports whose
@@ -580,7 +583,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
             ids = self._sg_deleting.pop(getattr(payload, "resource_id", None),
                                         None)
         if ids:
-            self._sync_ports_soon(ids)
+            self._sync_ports_soon(set(ids), network_of=ids)
 
     def _on_policy(self, query, resource, event, trigger, payload=None):
         try:
@@ -598,12 +601,16 @@ class VCenterMechanismDriver(api.MechanismDriver):
             neutron_db.ports_referencing, qos_policy_ids=[policy_id]))
 
     def _sync_ports_soon(self, ids: set[str], ids_of=None,
-                         networks: set[str] = frozenset()) -> None:
-        """Sync these ports (and those ``ids_of()`` answers, and the
-        standard port groups of ``networks``) in a hook thread, coalescing
-        what arrives meanwhile; never waits."""
+                         networks: set[str] = frozenset(),
+                         network_of: Mapping[str, str] | None = None
+                         ) -> None:
+        """Sync these ports (and those ``ids_of()`` answers, a mapping of
+        port ids to their networks, and the standard port groups of
+        ``networks``) in a hook thread, coalescing what arrives meanwhile;
+        never waits.  ``network_of``: the networks of ports, where known
+        (see ``Reconciler.sync_ports``)."""
         with self._lock:
-            self._soon.append((ids, ids_of, networks,
+            self._soon.append((ids, ids_of, networks, network_of or {},
                                o_context.get_current()))
             if self._draining:
                 return
@@ -638,12 +645,16 @@ class VCenterMechanismDriver(api.MechanismDriver):
     def _drain(self, todo: list) -> None:
         ids: set[str] = set()
         nets: set[str] = set()
+        network_of: dict[str, str] = {}
         try:
-            for some, ids_of, networks, _ in todo:
+            for some, ids_of, networks, known, _ in todo:
                 ids |= some
                 nets |= networks
+                network_of.update(known)
                 if ids_of is not None:
-                    ids |= set(ids_of())
+                    found = ids_of()
+                    ids |= set(found)
+                    network_of.update(found)
             if not ids and not nets:
                 return
             rec = self._here()
@@ -652,7 +663,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
             with rec.session.budget(self.settings.api_call_budget):
                 rec.sync_ports(ids, self.source, self.port_source,
                                wait=self.settings.api_call_budget,
-                               networks=nets)
+                               networks=nets, network_of=network_of)
         except exceptions.VCenterError as exc:
             LOG.warning("ports %s: %s; the maintenance worker will "
                         "finish the work", sorted(ids), exc)

@@ -40,7 +40,7 @@ import collections
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from oslo_log import log as logging
 
@@ -75,7 +75,7 @@ FULL_PASS_LOCK = "full-pass"
 LOCK_WAIT = 1.0
 # Plan-apply rounds of one port sync: a round refused for a port changed
 # meanwhile, or waiting for a port group to grow, is planned again.
-PORT_ROUNDS = 6
+PORT_ROUNDS = 8
 
 
 @dataclasses.dataclass
@@ -235,7 +235,7 @@ class Reconciler:
         written (so that a bind right after answers from memory)."""
         with self.locks.hold(f"network-{network_id}", timeout=wait) as got:
             if not got:
-                raise exceptions.TransientFault(
+                raise exceptions.LockBusy(
                     f"reconcile network {network_id}",
                     f"another worker still holds it after {wait}s")
             inv = self.inventory()
@@ -416,7 +416,8 @@ class Reconciler:
                    networks: Iterable[str] = (),
                    specs: list[desired_mod.PortSpec] | None = None,
                    confirm: set[str] | frozenset[str] = frozenset(),
-                   group_filters: bool = True
+                   group_filters: bool = True,
+                   network_of: Mapping[str, str] | None = None
                    ) -> PortPass:
         """Give ports (``port_ids``, or all with None) their DV ports.
 
@@ -451,9 +452,20 @@ class Reconciler:
         only reserves), the networks of these ports (and ``networks``) get
         theirs, from all their ports read under the network's lock, after
         the ports (a port leaving the shared filter has its own first).
+        ``network_of``: the networks of (some of) ``port_ids``, when the
+        caller knows them: such ports are then read with their network's
+        other ports for its shared filter, not once more on their own (a
+        VM joining a default group of N members syncs them all).
         """
+        known: dict[str, str] = {}
+        if self.settings.shared_security_filter and group_filters and \
+                not dry_run and port_ids is not None and specs is None:
+            known = {i: network_of[i] for i in port_ids
+                     if i in (network_of or {})}
         if specs is None:
-            specs = list(port_source(port_ids))
+            alone = None if port_ids is None else set(port_ids) - set(known)
+            specs = list(port_source(alone)) if alone is None or alone \
+                else []
         bound = [p for p in specs if p.physnet]
         pending = self._pending(specs)
         net_ids = {p.network_id for p in bound}
@@ -468,15 +480,32 @@ class Reconciler:
             if self.settings.shared_security_filter:
                 if group_filters and not dry_run:
                     shared_nets = {p.network_id for p in specs} | \
-                        set(networks) if port_ids is not None else None
-                    sharing, defaults, nets = self._group_defaults(
+                        set(networks) | set(known.values()) \
+                        if port_ids is not None else None
+                    sharing, defaults, nets, members = self._group_defaults(
                         inv, shared_nets, bound, nets, source, port_source,
                         held, wait)
+                    if known:
+                        # Those ports as read with their networks' (under
+                        # the networks' locks); those not among them (not
+                        # bound here: deleted, unbound) read on their own.
+                        got = [p for p in members if p.id in known]
+                        alone = set(known) - {p.id for p in got}
+                        more = got + (list(port_source(alone)) if alone
+                                      else [])
+                        specs = specs + more
+                        bound = bound + [p for p in more if p.physnet]
+                        pending |= self._pending(more)
+                        missing = {p.network_id for p in bound} - set(nets)
+                        if missing:
+                            nets = {**nets, **{n.id: n for n in
+                                               source(missing)}}
                 else:
                     sharing = self._may_share(nets)
             locked: set[str] = set()
             checked: set[str] = set()   # read fresh under their lock
             keys_read: set[str] = set()  # their bound DV port read by key
+            released_read: set[str] = set()  # their DV port read by key
             for _ in range(PORT_ROUNDS):
                 topo = self.topology(inv)
                 want, unenforced = portsettings.desired_ports(
@@ -500,6 +529,24 @@ class Reconciler:
                         pending, nets)
                     checked |= releasing
                     continue
+                unread = {s for s in the_plan.steps
+                          if isinstance(s, plan_mod.ReleasePort) and s.key
+                          and s.port_id not in released_read}
+                if unread and fresh and self.replica is not None:
+                    # Another process may have released it already (the
+                    # API hook and the worker both see a port deleted): a
+                    # rename is not in the replica.  Read by key rather
+                    # than have vCenter refuse a task.
+                    released_read |= {s.port_id for s in unread}
+                    by_switch = {}
+                    for step in unread:
+                        dvs = inv.dvs(step.switch)
+                        if dvs is not None:
+                            by_switch.setdefault(dvs.moid, set()).add(
+                                step.key)
+                    if by_switch:
+                        inv = self._read_keys(by_switch)
+                        continue
                 if reserving and fresh and not reserving <= checked:
                     # Another worker may have reserved it meanwhile (a
                     # rename, which no property the replica watches shows).
@@ -573,12 +620,12 @@ class Reconciler:
                         nets: dict[str, desired_mod.NetworkSpec],
                         source: NetworkSource, port_source: PortSource,
                         held: contextlib.ExitStack, wait: float):
-        """(who shares, {port group key: its defaults}, networks) for the
-        networks ``net_ids`` (None: every network, ``bound`` being all
-        ports): under each network's lock (held until ``held`` closes),
-        all their ports bound here read from Neutron, so that of two
-        workers the last to write read Neutron last.  A network whose
-        shared filter would pass ``max_rules_per_port_group`` shares
+        """(who shares, {port group key: its defaults}, networks, the
+        ports read) for the networks ``net_ids`` (None: every network,
+        ``bound`` being all ports): under each network's lock (held until
+        ``held`` closes), all their ports bound here read from Neutron, so
+        that of two workers the last to write read Neutron last.  A network
+        whose shared filter would pass ``max_rules_per_port_group`` shares
         nothing: its ports get filters of their own (warned once)."""
         members: list[desired_mod.PortSpec] | None = None
         full = net_ids is None
@@ -591,7 +638,7 @@ class Reconciler:
             if not held.enter_context(self.locks.hold(
                     f"group-filter-{net_id}", timeout=wait)):
                 if not full:
-                    raise exceptions.TransientFault(
+                    raise exceptions.LockBusy(
                         f"the shared filter of network {net_id}",
                         f"another worker still holds it after {wait}s")
                 busy.add(net_id)    # that worker's sync sets it
@@ -648,7 +695,7 @@ class Reconciler:
                 owner.get(key) or "", True,
                 tuple(rules) or ports_mod.CLOSED_RULES, len(ports))
         return (lambda port: port.id not in closed and may(port),
-                defaults, nets)
+                defaults, nets, members)
 
     def _apply_defaults(self, defaults: dict[str, plan_mod.GroupDefaults],
                         every: bool = False) -> int:
@@ -772,7 +819,7 @@ class Reconciler:
         for port_id in sorted(port_ids):
             if not held.enter_context(self.locks.hold(f"port-{port_id}",
                                                       timeout=wait)):
-                raise exceptions.TransientFault(
+                raise exceptions.LockBusy(
                     f"reserve or release a DV port for port {port_id}",
                     f"another worker still holds it after {wait}s")
             locked.add(port_id)

@@ -68,6 +68,11 @@ BACKOFF = (1.0, 2.0, 60.0)
 DEBOUNCE = 0.5
 # Seconds the worker waits for a network's lock before retrying later.
 LOCK_WAIT = 1.0
+# A key whose lock another worker holds is tried again every LOCK_WAIT
+# seconds, quietly (that worker is busy with the same objects, e.g. an API
+# hook's sync of a bulk create); said once it has been busy this many times
+# in a row.
+BUSY_WARN = 30
 
 FULL = "*"
 PORT = "port:"          # key prefix of a Neutron port (others: networks)
@@ -97,6 +102,8 @@ class Maintenance:
         self._cond = threading.Condition()
         self._due: dict[str, float] = {}      # key -> monotonic due time
         self._attempts: dict[str, int] = {}
+        self._busy: dict[str, int] = {}       # key -> busy tries in a row
+        self._port_nets: dict[str, str] = {}  # queued port -> its network
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_token: object = None
@@ -267,18 +274,26 @@ class Maintenance:
         if changed:
             LOG.debug("vcenter maintenance: Neutron changed %d port(s)",
                       len(changed))
+            # Their networks, where the prints say (a port's never
+            # changes): read with their network's ports when it shares a
+            # filter (Reconciler.sync_ports).
+            for i in changed:
+                net = getattr(prints.get(i, last.get(i)), "network_id", None)
+                if net:
+                    self._port_nets[i] = net
             self.enqueue(PORT + i for i in changed)
 
     def _ports(self, port_ids: set[str]) -> None:
         try:
-            result = self._rec.sync_ports(port_ids, self._source,
-                                          self._port_source, wait=LOCK_WAIT)
+            result = self._rec.sync_ports(
+                port_ids, self._source, self._port_source, wait=LOCK_WAIT,
+                network_of={i: self._port_nets[i] for i in port_ids
+                            if i in self._port_nets})
         except Exception as exc:  # noqa: BLE001 - keep the loop alive
             if not isinstance(exc, exceptions.VCenterError):
                 LOG.exception("vcenter maintenance: ports %s",
                               sorted(port_ids))
-            for port_id in port_ids:
-                self._retry(PORT + port_id, str(exc))
+            self._retry_all([PORT + i for i in sorted(port_ids)], exc)
             return
         out = result.outcome
         again = {s.port_id for s, _ in out.failed} | \
@@ -287,6 +302,31 @@ class Maintenance:
             self._retry(PORT + port_id, "DV port not updated")
         for port_id in port_ids - again:
             self._attempts.pop(PORT + port_id, None)
+            self._busy.pop(PORT + port_id, None)
+            self._port_nets.pop(port_id, None)
+
+    def _retry_all(self, keys: list[str], exc: Exception) -> None:
+        """Retry these keys after ``exc``: with backoff and a warning each,
+        or -- another worker holding a lock they need -- every LOCK_WAIT
+        seconds, one line for them all (a warning once they have been busy
+        BUSY_WARN times in a row)."""
+        if not isinstance(exc, exceptions.LockBusy):
+            for key in keys:
+                self._retry(key, str(exc))
+            return
+        counts = [self._busy.get(key, 0) + 1 for key in keys]
+        for key, n in zip(keys, counts):
+            self._busy[key] = n
+        log = LOG.warning if max(counts) == BUSY_WARN else LOG.debug
+        log("vcenter maintenance: %d key(s) (%s): %s; retry in %.0fs",
+            len(keys), self._name(keys[0]), exc, LOCK_WAIT)
+        self.enqueue(keys, LOCK_WAIT)
+
+    @staticmethod
+    def _name(key: str) -> str:
+        return "full pass" if key == FULL else \
+            f"port {key[len(PORT):]}" if key.startswith(PORT) else \
+            f"network {key}"
 
     def _retry(self, key: str, why: str) -> None:
         n = self._attempts.get(key, 0)
@@ -294,10 +334,7 @@ class Maintenance:
         first, factor, cap = BACKOFF
         delay = min(cap, first * factor ** n)
         LOG.warning("vcenter maintenance: %s: %s; retry in %.0fs",
-                    "full pass" if key == FULL else
-                    f"port {key[len(PORT):]}" if key.startswith(PORT) else
-                    f"network {key}", why,
-                    delay)
+                    self._name(key), why, delay)
         self.enqueue([key], delay)
 
     def _network(self, network_id: str) -> None:
@@ -305,7 +342,7 @@ class Maintenance:
             result = self._rec.sync_network(network_id, self._source,
                                             wait=LOCK_WAIT)
         except exceptions.VCenterError as exc:
-            self._retry(network_id, str(exc))
+            self._retry_all([network_id], exc)
             return
         except Exception as exc:  # noqa: BLE001 - keep the loop alive
             LOG.exception("vcenter maintenance: network %s", network_id)
@@ -328,9 +365,10 @@ class Maintenance:
                 if not isinstance(exc, exceptions.VCenterError):
                     LOG.exception("vcenter maintenance: the shared filter "
                                   "of network %s", network_id)
-                self._retry(network_id, str(exc))
+                self._retry_all([network_id], exc)
                 return
         self._attempts.pop(network_id, None)
+        self._busy.pop(network_id, None)
 
     def _full_pass(self) -> None:
         try:

@@ -364,11 +364,11 @@ class TestChanges(PortReadsTestCase):
         gone = self.sg("gone")
         self.rule(self.web["id"], remote_group_id=gone["id"])
         self.assertEqual({self.a["id"], self.c["id"]},
-                         neutron_db.ports_referencing(
-                             security_group_ids=[gone["id"]]))
+                         set(neutron_db.ports_referencing(
+                             security_group_ids=[gone["id"]])))
         self.assertEqual({"a", "c"}, self.changed(lambda: self._delete(
             "security-groups", gone["id"])))
-        self.assertEqual(set(), neutron_db.ports_referencing(
+        self.assertEqual({}, neutron_db.ports_referencing(
             security_group_ids=[gone["id"]]))
 
     def test_address_group_addresses(self):
@@ -412,7 +412,12 @@ class TestChanges(PortReadsTestCase):
 
     def test_ports_referencing(self):
         a, b, c = self.a["id"], self.b["id"], self.c["id"]
-        ref = neutron_db.ports_referencing
+        def ref(**kw):
+            found = neutron_db.ports_referencing(**kw)
+            # Each with its network.
+            self.assertEqual({self.net["id"]}, set(found.values()) or
+                             {self.net["id"]})
+            return set(found)
         self.assertEqual({a, b}, ref(security_group_ids=[self.default_sg()]))
         self.assertEqual({a, c}, ref(security_group_ids=[self.web["id"]]))
         self.assertEqual({a, c}, ref(address_group_ids=[self.ag["id"]]))
@@ -559,8 +564,8 @@ class TestQosDriver(PortReadsTestCase):
         hook = qos.DRIVER.on_policy_change
         self.addCleanup(setattr, qos.DRIVER, "on_policy_change", hook)
         qos.register(lambda ctx, policy_id: calls.append(
-            (policy_id, neutron_db.ports_referencing(
-                qos_policy_ids=[policy_id]))))
+            (policy_id, set(neutron_db.ports_referencing(
+                qos_policy_ids=[policy_id])))))
         p = self.port()
         pol = self.policy()
         self.update_port(p["id"], qos_policy_id=pol["id"])

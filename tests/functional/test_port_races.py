@@ -194,6 +194,33 @@ class TestReservedElsewhere(PortRaceTestCase):
         self.assert_reserved_for(port)
 
 
+    def test_a_release_made_elsewhere_is_read_by_its_key(self):
+        """The API hook of another server released a deleted port's DV
+        port after this server's replica last read it (the maintenance
+        worker, following the same delete): the sync about to release it
+        reads that DV port alone, finds it released and writes nothing --
+        no task that vCenter refuses, no read of the whole group."""
+        net = self.make_net(87)
+        port = self.port_on(net["id"])
+        key = port[portbindings.VIF_DETAILS]["dvs_port_key"]
+        pg_key = port[portbindings.VIF_DETAILS]["pg_id"]
+        drv = self.vcenter_driver
+        rec = drv.reconciler
+        self.settled()
+        self.assertIn(port["id"], [p.name for p in
+                                   rec.replica.snapshot().dv_ports[pg_key]])
+        # The port deleted, its hook run by the other server, not here.
+        with mock.patch.object(drv, "_sync_ports_soon"):
+            self._delete("ports", port["id"])
+        self.rename(key, plan_mod.FREE)
+        with self.port_reads() as (whole, by_key), \
+                self.soap_calls() as calls:
+            rec.sync_ports({port["id"]}, drv.source, drv.port_source)
+        self.assertEqual([], whole)
+        self.assertEqual([{key}], [set(a[2]) for a in by_key])
+        self.assertNotIn("ReconfigureDVPort_Task", calls)
+        self.assertEqual(plan_mod.FREE, self.port_by_key(key).config.name)
+
     def test_a_write_refused_for_a_port_changed_elsewhere_reads_it_alone(
             self):
         """Another server wrote the port's DV port (its configVersion

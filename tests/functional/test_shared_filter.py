@@ -98,6 +98,34 @@ class TestSharedFilter(PortsTestCase):
         self.assertEqual(before, {p["id"]: self.dv_port(p).config.configVersion
                                   for p in members})
 
+    def test_a_join_reads_the_networks_ports_once(self):
+        """The hook's sync after a join covers every member (their
+        remote group changed): they are read once, with the network's
+        ports for its shared filter, not once more by id."""
+        net = self.make_net(203)
+        members = [self.port_on(net["id"]) for _ in range(3)]
+        self.assertTrue(self.eventually(lambda: all(
+            self.admits(self.shared(members[0]), p) for p in members)))
+        self.settled()
+        drv = self.vcenter_driver
+        real = drv.port_source
+        reads = []
+
+        def spy(ids, **kw):
+            found = list(real(ids, **kw))
+            reads.append((None if ids is None else set(ids), kw,
+                          {p.id for p in found}))
+            return found
+        drv.port_source = spy
+        self.addCleanup(setattr, drv, "port_source", real)
+        new = self.port_on(net["id"])
+        self.assertTrue(self.eventually(
+            lambda: self.admits(self.shared(new), new)))
+        self.settled()
+        everyone = {p["id"] for p in members + [new]}
+        self.assertEqual([(None, {"network_ids": {net["id"]}}, everyone)],
+                         reads)
+
     def test_a_port_leaving_the_group_gets_its_own_filter(self):
         net = self.make_net(202)
         stay, leave = self.port_on(net["id"]), self.port_on(net["id"])
@@ -173,6 +201,7 @@ class TestSharedFilterBudget(TestSharedFilter):
                          "max_rules_per_port_group": 16}
 
     test_a_join_is_one_reservation_and_one_group_write = None
+    test_a_join_reads_the_networks_ports_once = None
     test_a_port_leaving_the_group_gets_its_own_filter = None
     test_a_hand_edit_of_the_shared_filter_is_undone = None
 

@@ -34,6 +34,7 @@ except backend.exceptions.BackendAlreadySelected:
     pass
 
 from networking_vcenter import exceptions  # noqa: E402
+from networking_vcenter.neutron_db import PortPrint  # noqa: E402
 from networking_vcenter.reconcile import apply as apply_mod  # noqa: E402
 from networking_vcenter.reconcile import desired  # noqa: E402
 from networking_vcenter.reconcile import worker as worker_mod  # noqa: E402
@@ -41,6 +42,8 @@ from networking_vcenter.vsphere.replica import Event  # noqa: E402
 
 NET = "0f9d2a1c-5b7e-4c1a-9e0b-3c4d5e6f7a8b"
 OTHER = "1a2b3c4d-5e6f-4a1b-8c9d-0e1f2a3b4c5d"
+PORT_A = "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e"
+PORT_B = "3c4d5e6f-7a8b-4c9d-8e1f-2a3b4c5d6e7f"
 
 
 class Rec:
@@ -67,9 +70,11 @@ class Rec:
         return types.SimpleNamespace(outcome=apply_mod.Outcome(),
                                      networks=[], skipped=set(), ports=None)
 
-    def sync_ports(self, port_ids, source, port_source, wait=-1):
+    def sync_ports(self, port_ids, source, port_source, wait=-1,
+                   network_of=None):
         with self.lock:
             self.calls.append((frozenset(port_ids), time.monotonic()))
+            self.network_of = network_of
         return types.SimpleNamespace(outcome=apply_mod.PortOutcome(),
                                      kept=set())
 
@@ -101,6 +106,39 @@ def test_failed_network_retried_with_capped_exponential_backoff(fast):
     for gap, want in zip(gaps, (0.05, 0.1, 0.2, 0.2, 0.2)):
         assert want * 0.9 <= gap < want + 0.15, gaps
     assert rec.full == 1          # only the start's pass: no full pass waited
+
+
+def test_busy_lock_retried_every_lock_wait_quietly(fast, monkeypatch,
+                                                  caplog):
+    """Another worker holding the lock (LockBusy) is no failure: the ports
+    are tried again together every LOCK_WAIT seconds, without backoff and
+    without a warning each (a bulk create made thousands), until the lock
+    has been busy BUSY_WARN times in a row."""
+    monkeypatch.setattr(worker_mod, "LOCK_WAIT", 0.05)
+    monkeypatch.setattr(worker_mod, "BUSY_WARN", 4)
+    rec = Rec()
+    busy = [5]
+
+    def sync_ports(port_ids, source, port_source, wait=-1, network_of=None):
+        with rec.lock:
+            rec.calls.append((frozenset(port_ids), time.monotonic()))
+            if busy[0] > 0:
+                busy[0] -= 1
+                raise exceptions.LockBusy("the shared filter", "held")
+        return types.SimpleNamespace(outcome=apply_mod.PortOutcome())
+    rec.sync_ports = sync_ports
+    m = worker_mod.Maintenance(rec, lambda ids: [], None, 0, 0,
+                               port_source=lambda ids: [])
+    m.enqueue([worker_mod.PORT + PORT_A, worker_mod.PORT + PORT_B])
+    with caplog.at_level("DEBUG", logger=worker_mod.__name__):
+        run(m, lambda: len(rec.calls) == 6)
+    assert all(c == frozenset({PORT_A, PORT_B}) for c, _ in rec.calls)
+    gaps = [b[1] - a[1] for a, b in zip(rec.calls, rec.calls[1:])]
+    assert all(0.045 <= g < 0.2 for g in gaps), gaps     # no backoff
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1
+    assert "2 key(s)" in warned[0].getMessage()
+    assert m._busy == {}           # done: the count starts again
 
 
 def test_replica_events_only_enqueue(fast):
@@ -146,15 +184,11 @@ def test_unchanged_token_reads_nothing(fast):
     assert reads == [None]        # the baseline read, then only the token
 
 
-PORT_A = "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e"
-PORT_B = "3c4d5e6f-7a8b-4c9d-8e1f-2a3b4c5d6e7f"
-
-
 def test_changed_port_fingerprints_synced_in_one_batch(fast):
     """Ports whose Neutron fingerprint changed (or that came or went) are
     reconciled together, in one sync_ports call."""
     rec = Rec()
-    prints = [{PORT_A: 1, PORT_B: 1}]
+    prints = [{PORT_A: PortPrint(NET, (1,)), PORT_B: PortPrint(OTHER, (1,))}]
     m = worker_mod.Maintenance(rec, lambda ids: [], lambda: object(), 0, 0,
                                port_source=lambda ids: [],
                                port_prints=lambda: prints[0])
@@ -162,13 +196,15 @@ def test_changed_port_fingerprints_synced_in_one_batch(fast):
     try:
         time.sleep(0.1)            # the first poll only learns the prints
         assert [c for c, _ in rec.calls] == []
-        prints[0] = {PORT_A: 2}    # A changed, B deleted
+        prints[0] = {PORT_A: PortPrint(NET, (2,))}    # A changed, B gone
         t0 = time.monotonic()
         while not rec.calls and time.monotonic() - t0 < 5:
             time.sleep(0.01)
     finally:
         m.stop()
     assert [c for c, _ in rec.calls] == [frozenset({PORT_A, PORT_B})]
+    # With their networks (the deleted port's from the print before).
+    assert rec.network_of == {PORT_A: NET, PORT_B: OTHER}
 
 
 def test_replica_port_group_event_enqueues_its_reserved_ports():
