@@ -472,7 +472,7 @@ class Reconciler:
         nets = {n.id: n for n in source(net_ids)} if net_ids else {}
         inv = self.inventory()
         if refresh:
-            inv = self._refresh_ports(inv, None)
+            inv = self._refresh_ports(inv, None, "a full pass")
         total = apply_mod.PortOutcome()
         with contextlib.ExitStack() as held:
             sharing = None
@@ -565,7 +565,9 @@ class Reconciler:
                     checked |= reserving
                     inv = self._refresh_ports(inv, {
                         s.portgroup_key for s in the_plan.steps
-                        if s.port_id in reserving})
+                        if s.port_id in reserving},
+                        f"to reserve {len(reserving)} port(s) (e.g. "
+                        f"{min(reserving)}) with no DV port read by key")
                     continue
                 out = apply_mod.Applier(self.session, self.settings
                                         ).apply_ports(the_plan, inv)
@@ -906,9 +908,15 @@ class Reconciler:
                         " and ".join(sorted(what)), conf.GROUP)
 
     def _refresh_ports(self, inv: inventory.Inventory,
-                       pg_keys: set[str] | None) -> inventory.Inventory:
+                       pg_keys: set[str] | None,
+                       why: str) -> inventory.Inventory:
         """The inventory with the ports of ``pg_keys`` (None: all of ours)
-        read fresh from vCenter."""
+        read fresh from vCenter (``why``: said in the debug log; a whole
+        group's ports may each bring a shared filter of thousands of
+        rules)."""
+        LOG.debug("reading the ports of %s whole: %s",
+                  "every port group" if pg_keys is None else
+                  ", ".join(sorted(pg_keys)), why)
         if self.replica is not None:
             self.replica.refresh_ports(pg_keys)
             return self.replica.snapshot()
@@ -994,7 +1002,8 @@ class Reconciler:
             done = {s.portgroup_key for s in out.done}
             stale = {s.portgroup_key for s in out.stale
                      if s.portgroup_key not in out.grown}
-            return self._refresh_ports(inv, whole | stale | done)
+            return self._refresh_ports(inv, whole | stale | done,
+                                       "read back without a replica")
         if self.session.watcher is not self.replica:
             for s in out.done:
                 if s.portgroup_key not in whole:
@@ -1015,8 +1024,8 @@ class Reconciler:
                 for pg in fresh.dvs_portgroups if pg.key in changed),
                 self.settings.task_timeout if left is None
                 else max(0.0, left))
-        return self._refresh_ports(inv, whole) if whole else \
-            self.replica.snapshot()
+        return self._refresh_ports(inv, whole, "steps refused or failed") \
+            if whole else self.replica.snapshot()
 
     def port_for(self, spec: desired_mod.PortSpec, source: NetworkSource,
                  deadline: float) -> inventory.DvPort:

@@ -75,9 +75,11 @@ import functools
 
 import ipaddress
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from oslo_log import log as logging
 from pyVmomi import SoapAdapter, vim
 
 from networking_vcenter.vsphere import inventory
@@ -85,6 +87,8 @@ from networking_vcenter.vsphere.inventory import (
     DvPort, PortSettings, Shaping, TrafficRule)
 from networking_vcenter.vsphere.session import (
     Session, immutable_rule, rule_at)
+
+LOG = logging.getLogger(__name__)
 
 VmwareDVS = vim.dvs.VmwareDistributedVirtualSwitch
 DVPort = vim.dvs.DistributedVirtualPort
@@ -620,6 +624,7 @@ def fetch_ports(session: Session, dvs_ref: Any,
     if not keys:
         return {}
     out: dict[str, list[DvPort]] = {k: [] for k in keys}
+    started = time.monotonic()
     for criteria in _batches(keys, port_keys):
         what = (f"read the ports of {len(criteria.portgroupKey)} port "
                 f"group(s) on {dvs_ref._moId}")
@@ -628,6 +633,9 @@ def fetch_ports(session: Session, dvs_ref: Any,
         for p in _fetch(session, what, dvs_ref, criteria):
             if p.portgroupKey in out:
                 out[p.portgroupKey].append(port_of(p))
+    LOG.debug("read the ports of port group(s) %s on %s: %d in %.2fs",
+              ", ".join(keys), dvs_ref._moId,
+              sum(len(v) for v in out.values()), time.monotonic() - started)
     return {k: tuple(sorted(v, key=key_order)) for k, v in out.items()}
 
 
