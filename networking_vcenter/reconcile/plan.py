@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import zlib
 from collections.abc import Callable, Iterable
 
 from networking_vcenter.reconcile.desired import DVS, DesiredPort, \
@@ -648,17 +649,26 @@ def plan_ports(desired: Iterable[DesiredPort], inv: Inventory,
                                          released(p.connected), FREE,
                                          port_id=name))
 
-    # New reservations take free ports: no name (or FREE), no NIC, lowest
-    # key first.
+    # New reservations take free ports: no name (or FREE), no NIC.  Which
+    # one is spread by the Neutron port's id: a replica does not see
+    # another server's reservations, and two servers taking the lowest
+    # free key would each other's (refused by vCenter, read again).
     for pg_key, wants in reserve.items():
         free = [p for p in inv.dv_ports.get(pg_key, ())
                 if p.name in ("", FREE) and not p.connected
                 and (pg_key, p.key) not in taken]
         free.sort(key=lambda p: _key_order(p.key))
-        for (d, pg), port in zip(wants, free + [None] * len(wants)):
+        for d, pg in wants:
+            port = free.pop(_spread(d.port_id, len(free))) if free else None
             result.steps.append(step_for(ReservePort, port, d, pg,
                                          d.settings, d.port_id))
     return result
+
+
+def _spread(port_id: str, n: int) -> int:
+    """An index in ``range(n)`` drawn from a Neutron port's id, the same in
+    every process."""
+    return zlib.crc32(port_id.encode()) % n
 
 
 def _trunk_status(d: DesiredPort, have: inv_mod.DvPort, status: str,

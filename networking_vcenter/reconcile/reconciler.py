@@ -962,12 +962,13 @@ class Reconciler:
                    ) -> inventory.Inventory:
         """The inventory once this process's replica shows what ``out``
         wrote: the ports written, read by key (a small read however big
-        their groups), and where steps were refused for a port changed
-        meanwhile, those ports by key too -- with, for a reservation, the
-        DV port the port's committed binding names (``bound_keys``: {port
-        id: key}), where another process may have reserved it; whole groups
-        where a reservation without one, or another step, was refused, or
-        ports were added.
+        their groups: each port of a group may bring a shared filter of
+        thousands of rules), and the ports of steps refused (changed
+        meanwhile: a free port another server took) or failed, by key too
+        -- with, for a reservation, the DV port the port's committed
+        binding names (``bound_keys``: {port id: key}), where another
+        process may have reserved it; a group that gained ports once the
+        replica shows them.  Without a replica, whole groups.
 
         The ports written are read by the replica itself, in its thread,
         when it sees their task end -- before the task's wait returns
@@ -979,8 +980,16 @@ class Reconciler:
         bound_keys = bound_keys or {}
         # A step without a key failed growing its group: the replica reads
         # the ports a group gains (its portKeys), nothing to read here.
-        whole = {s.portgroup_key for s, _ in out.failed if s.key}
+        # One with a key (its task failed or timed out: done or not) is
+        # read by that key.
+        whole: set[str] = set()
         by_switch: dict[str, set[str]] = {}
+        for s, _ in out.failed:
+            dvs = inv.dvs(s.switch)
+            if s.key and dvs is not None and self.replica is not None:
+                by_switch.setdefault(dvs.moid, set()).add(s.key)
+            elif s.key:
+                whole.add(s.portgroup_key)
         changed: set[str] = set()       # refused growing
         for s in out.stale:
             if s.portgroup_key in out.grown:
@@ -989,14 +998,15 @@ class Reconciler:
                 changed.add(s.portgroup_key)
                 continue
             dvs = inv.dvs(s.switch)
-            reserving = isinstance(s, plan_mod.ReservePort)
-            if dvs is None or not s.key or (
-                    reserving and s.port_id not in bound_keys):
+            if dvs is None or not s.key:
                 whole.add(s.portgroup_key)
                 continue
+            # The port refused, by key: a free one another server took
+            # shows so, and the next plan takes another.
             keys = by_switch.setdefault(dvs.moid, set())
             keys.add(s.key)
-            if reserving:
+            if isinstance(s, plan_mod.ReservePort) and \
+                    s.port_id in bound_keys:
                 keys.add(bound_keys[s.port_id])
         if self.replica is None:
             done = {s.portgroup_key for s in out.done}

@@ -680,7 +680,10 @@ def fetch_port_keys(session: Session, dvs_ref: Any, port_keys: Iterable[str],
     if connected is not None:
         criteria.connected = connected
         what += " if now " + ("connected" if connected else "free")
+    started = time.monotonic()
     found = _fetch(session, what, dvs_ref, criteria)
+    LOG.debug("%s: %d in %.2fs", what, len(found),
+              time.monotonic() - started)
     return tuple(sorted((port_of(p) for p in found), key=key_order))
 
 

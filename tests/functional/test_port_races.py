@@ -71,6 +71,13 @@ class PortRaceTestCase(test_ports.PortsTestCase):
                                       a) or real_fetch_port_keys(*a, **kw)):
             yield whole, by_key
 
+    def make_port_unbound(self, net_id):
+        res = self._create_port(self.fmt, net_id, is_admin=True)
+        body = self.deserialize(self.fmt, res)
+        self.assertEqual(201, res.status_int, body)
+        self.settled()
+        return body["port"]
+
     def assert_reserved_for(self, port):
         """The DV port in the port's binding is named for it and carries
         its own filter (not released, not inherited)."""
@@ -138,19 +145,15 @@ class TestReleaseRaces(PortRaceTestCase):
             "committed the binding")
         self.assert_reserved_for(port)
 
-    def make_port_unbound(self, net_id):
-        res = self._create_port(self.fmt, net_id, is_admin=True)
-        body = self.deserialize(self.fmt, res)
-        self.assertEqual(201, res.status_int, body)
-        self.settled()
-        return body["port"]
-
     def test_two_reservations_keep_the_key_nova_was_given(self):
         """Another server reserved a second DV port for the port (a lower
         key, no NIC): the one in the committed binding is kept."""
         net = self.make_net(83)
-        first = self.port_on(net["id"])
-        second = self.port_on(net["id"])
+        # Of two ports, the one with the lower key goes; its DV port is
+        # then named for the other.
+        first, second = sorted(
+            (self.port_on(net["id"]) for _ in range(2)),
+            key=lambda p: int(p[portbindings.VIF_DETAILS]["dvs_port_key"]))
         low = first[portbindings.VIF_DETAILS]["dvs_port_key"]
         given = second[portbindings.VIF_DETAILS]["dvs_port_key"]
         self.assertLess(int(low), int(given))
@@ -316,6 +319,39 @@ class TestKeyHandedToNova(PortRaceTestCase):
                             ["dvs_port_key"])
         self.assert_reserved_for(port)
         self.assertEqual(other, self.port_by_key(key).config.name)
+
+
+    def test_a_free_port_taken_elsewhere_is_read_by_its_key(self):
+        """Another server took the free DV port this server's bind picks
+        (its replica still shows it free): vCenter refuses the write, that
+        DV port alone is read again -- not its group, whose ports may each
+        bring a shared filter of thousands of rules -- and another is
+        taken, within the one bind."""
+        net = self.make_net(88)
+        self.port_on(net["id"])
+        port = self.make_port_unbound(net["id"])
+        rec = self.vcenter_driver.reconciler
+        (pg_key,) = {pg.key for pg in rec.replica.snapshot().dvs_portgroups
+                     if pg.owner == net["id"]}
+        free = sorted((p.key for p in rec.replica.snapshot().dv_ports[pg_key]
+                       if p.name in ("", plan_mod.FREE) and not p.connected),
+                      key=int)
+        picked = free[plan_mod._spread(port["id"], len(free))]
+        other = "0e0e0e0e-0000-4000-8000-00000000beef"
+        self.rename(picked, other)              # the other server's
+        with self.port_reads() as (whole, by_key), \
+                self.soap_calls() as calls:
+            port = self.driver.update_port(self.context, port["id"], {
+                "port": {portbindings.HOST_ID:
+                         test_ports.base.COMPUTE_HOST}})
+        self.assertEqual("dvs", port[portbindings.VIF_TYPE])
+        self.assertEqual([], whole)
+        self.assertIn({picked}, [set(a[2]) for a in by_key])
+        self.assertEqual(2, calls.count("ReconfigureDVPort_Task"), calls)
+        self.assertNotEqual(picked, port[portbindings.VIF_DETAILS]
+                            ["dvs_port_key"])
+        self.assert_reserved_for(port)
+        self.assertEqual(other, self.port_by_key(picked).config.name)
 
 
 class TestOverBudget(PortRaceTestCase):

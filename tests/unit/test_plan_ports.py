@@ -53,14 +53,31 @@ def want(port_id, settings=WANT, status="DOWN"):
     return D.DesiredPort(port_id, NET_A, pg, settings, status=status)
 
 
-def test_reserve_takes_the_lowest_free_port_with_its_settings():
+def test_reserve_takes_a_free_port_with_its_settings():
     inv = setup([port("10", "x-hand-named"), port("9", connected=True),
                  port("12"), port("11", P.FREE)])
     plan = P.plan_ports([want(PORT_1)], inv, released)
     (step,) = plan.steps
     assert isinstance(step, P.ReservePort)
     assert (step.key, step.name, step.settings, step.config_version) == \
-        ("11", PORT_1, WANT, "1")
+        (["11", "12"][P._spread(PORT_1, 2)], PORT_1, WANT, "1")
+
+
+def test_free_ports_taken_spread_by_port_id_the_same_everywhere():
+    """Another server's reservations are not in this replica: taking the
+    lowest free key, two servers would take the same one.  The choice is
+    spread by the Neutron port's id, distinct within a plan and the same
+    in every process."""
+    inv = setup([port(str(k)) for k in range(100)])
+    ids = [f"{i:08x}-0000-4000-8000-{i:012x}" for i in range(40)]
+    plan = P.plan_ports([want(i) for i in ids], inv, released)
+    keys = [s.key for s in plan.steps]
+    assert len(set(keys)) == 40 and None not in keys
+    # Not the lowest keys in order: most of the 40 are above 39.
+    assert sum(int(k) >= 40 for k in keys) > 10, keys
+    again = P.plan_ports([want(ids[7])], inv, released)
+    assert again.steps[0].key == \
+        [str(k) for k in range(100)][P._spread(ids[7], 100)]
 
 
 def test_in_sync_reservation_plans_nothing_and_reports_status():
