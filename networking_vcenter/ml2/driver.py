@@ -38,6 +38,7 @@ which reads N afresh from Neutron and vCenter from the live replica;
 from __future__ import annotations
 
 import atexit
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -92,6 +93,8 @@ def _network_ports(hosts: set[str], network_ids: set[str] | None):
 # Seconds after vCenter was found unreachable during which API hooks do not
 # try it again (the maintenance worker does).
 UNREACHABLE_HOLD_OFF = 30.0
+# Ports created whose sync waits for their binding, remembered at most.
+CREATED_KEPT = 4096
 # Threads that run API hooks' vCenter work, per process.
 HOOK_THREADS = 8
 # Seconds between an API call handing ports to the hook thread and their sync.
@@ -135,6 +138,9 @@ class VCenterMechanismDriver(api.MechanismDriver):
         self._binds: dict[str, float] = {}   # port id -> binding deadline
         self._soon: list = []                 # ports (or queries) to sync
         self._sg_deleting: dict[str, set[str]] = {}
+        # Ports created on our hosts whose sync waits for their binding.
+        self._created: collections.OrderedDict[str, None] = \
+            collections.OrderedDict()
         # Port id -> (failed tries, monotonic time of the next): bindings
         # that failed again when tried by the heartbeat (rebind_failed).
         self._rebind_backoff: dict[str, tuple[int, float]] = {}
@@ -472,15 +478,42 @@ class VCenterMechanismDriver(api.MechanismDriver):
     # poll catches whatever that could not do.
 
     def create_port_postcommit(self, context: api.PortContext) -> None:
-        self._port_changed(context.current, None)
+        port = context.current
+        if port.get(portbindings.HOST_ID) in self.settings.compute_hosts \
+                and port.get(portbindings.VIF_TYPE) == \
+                portbindings.VIF_TYPE_UNBOUND:
+            # ML2 binds it next and calls update_port_postcommit with the
+            # binding (bound or failed): that one syncs it and the ports
+            # naming its groups.  Now its address would be written into
+            # their filters (the shared one: a port group write) before its
+            # own MAC is: two writes for one VM joining.
+            LOG.debug("port %s: synced once its binding is committed",
+                      port["id"])
+            with self._lock:
+                self._created[port["id"]] = None
+                while len(self._created) > CREATED_KEPT:
+                    self._created.popitem(last=False)
+            return
+        self._port_changed(port, None)
 
     def update_port_postcommit(self, context: api.PortContext) -> None:
-        self._port_changed(context.current, context.original)
+        port = context.current
+        joined = False
+        if port.get(portbindings.VIF_TYPE) != portbindings.VIF_TYPE_UNBOUND:
+            with self._lock:
+                # Its creation's sync was left to this, its binding.
+                joined = self._created.pop(port["id"], False) is None
+        self._port_changed(port, context.original, joined)
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:
+        with self._lock:
+            self._created.pop(context.current["id"], None)
         self._port_changed(None, context.current)
 
-    def _port_changed(self, port: dict | None, before: dict | None) -> None:
+    def _port_changed(self, port: dict | None, before: dict | None,
+                      joined: bool = False) -> None:
+        """``joined``: the port is new to the ports naming its groups as
+        remote group (its creation's sync was left to its binding)."""
         hosts = self.settings.compute_hosts
         ids: set[str] = set()
         groups: set[str] = set()
@@ -504,7 +537,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
                     # follows its ports.
                     std_nets.add(p["network_id"])
             groups.update(p.get("security_groups") or ())
-        if _membership(port) != _membership(before) and groups:
+        if (joined or _membership(port) != _membership(before)) and groups:
             # Its addresses are in the rules of ports that name one of its
             # groups as remote group.
             ids_of = functools.partial(neutron_db.ports_referencing,

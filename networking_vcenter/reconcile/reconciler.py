@@ -417,7 +417,8 @@ class Reconciler:
                    specs: list[desired_mod.PortSpec] | None = None,
                    confirm: set[str] | frozenset[str] = frozenset(),
                    group_filters: bool = True,
-                   network_of: Mapping[str, str] | None = None
+                   network_of: Mapping[str, str] | None = None,
+                   read_first: bool = False
                    ) -> PortPass:
         """Give ports (``port_ids``, or all with None) their DV ports.
 
@@ -456,6 +457,12 @@ class Reconciler:
         caller knows them: such ports are then read with their network's
         other ports for its shared filter, not once more on their own (a
         VM joining a default group of N members syncs them all).
+        ``read_first`` (the maintenance worker's syncs, which follow the
+        API hooks of other processes): the DV ports about to be configured
+        or released are read by key first, and only those still needing
+        it written -- a write planned from this replica, which does not see
+        other processes' writes of DV ports, would be refused by vCenter
+        (a failed task in its task list).
         """
         known: dict[str, str] = {}
         if self.settings.shared_security_filter and group_filters and \
@@ -505,7 +512,7 @@ class Reconciler:
             locked: set[str] = set()
             checked: set[str] = set()   # read fresh under their lock
             keys_read: set[str] = set()  # their bound DV port read by key
-            released_read: set[str] = set()  # their DV port read by key
+            released_read: set[str] = set()  # read by key before a write
             for _ in range(PORT_ROUNDS):
                 topo = self.topology(inv)
                 want, unenforced = portsettings.desired_ports(
@@ -530,13 +537,14 @@ class Reconciler:
                     checked |= releasing
                     continue
                 unread = {s for s in the_plan.steps
-                          if isinstance(s, plan_mod.ReleasePort) and s.key
-                          and s.port_id not in released_read}
-                if unread and fresh and self.replica is not None:
-                    # Another process may have released it already (the
-                    # API hook and the worker both see a port deleted): a
-                    # rename is not in the replica.  Read by key rather
-                    # than have vCenter refuse a task.
+                          if isinstance(s, (plan_mod.ReleasePort,
+                                            plan_mod.ConfigurePort))
+                          and s.key and s.port_id not in released_read}
+                if unread and read_first and self.replica is not None:
+                    # The API hook of another process has most likely
+                    # written them already (a port deleted, its groups
+                    # changed): its writes are not in this replica.  Read
+                    # by key rather than have vCenter refuse a task.
                     released_read |= {s.port_id for s in unread}
                     by_switch = {}
                     for step in unread:

@@ -288,7 +288,7 @@ class Maintenance:
             result = self._rec.sync_ports(
                 port_ids, self._source, self._port_source, wait=LOCK_WAIT,
                 network_of={i: self._port_nets[i] for i in port_ids
-                            if i in self._port_nets})
+                            if i in self._port_nets}, read_first=True)
         except Exception as exc:  # noqa: BLE001 - keep the loop alive
             if not isinstance(exc, exceptions.VCenterError):
                 LOG.exception("vcenter maintenance: ports %s",

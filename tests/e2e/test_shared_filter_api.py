@@ -26,6 +26,7 @@ vSphere is read back with plain pyVmomi.
 from __future__ import annotations
 
 import ipaddress
+import types
 
 import pytest
 from pyVmomi import vim
@@ -211,34 +212,42 @@ def test_a_hand_edit_of_the_shared_filter_is_undone_promptly(api, vsphere):
             policy = pg.config.defaultPortConfig.filterPolicy
             policy.filterConfig[0].trafficRuleset.rules = rules
             default.filterPolicy = policy
+        # With the configVersion read: refused (and raised here) if the
+        # driver wrote the group meanwhile.
+        config = pg.config          # one read (each access reads again)
         vsphere.wait(pg.ReconfigureDVPortgroup_Task(
             vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
-                configVersion=pg.config.configVersion,
+                configVersion=config.configVersion,
                 defaultPortConfig=default)))
-        edited = group(vsphere, key)
-        assert edited.config.description == pg.config.description
+        edited = group(vsphere, key).config
+        assert edited.description == config.description
+        # Edited (and perhaps repaired already: the worker may be quicker
+        # than this read).
+        assert int(edited.configVersion) > int(config.configVersion)
+        edits.append(int(config.configVersion) + 1)
         return edited
 
+    edits = []
+
     def repaired():
-        pg = group(vsphere, key)
-        return shared_rules(pg) == want and \
-            pg.config.defaultPortConfig.blocked.value is True
+        config = group(vsphere, key).config      # one read
+        return int(config.configVersion) > edits[-1] and \
+            shared_rules(types.SimpleNamespace(config=config)) == want and \
+            config.defaultPortConfig.blocked.value is True
 
     # Accept all IP to and from the VMs, first: only the filter changed.
     pg = group(vsphere, key)
     R = vim.dvs.TrafficRule
     rules = pg.config.defaultPortConfig.filterPolicy.filterConfig[0] \
         .trafficRuleset.rules
-    edited = edit(pg, rules=[R(
+    edit(pg, rules=[R(
         description="by hand", sequence=1, direction="both",
         action=R.AcceptAction(), qualifier=[R.IpQualifier(protocol=None)])]
         + list(rules))
-    assert len(shared_rules(edited)) == len(want) + 1
     ok, took = eventually(repaired, timeout=PROMPT)
     assert ok, f"the rule added by hand still stands after {took:.1f}s"
 
     # The defaults unblocked.
-    edited = edit(group(vsphere, key), blocked=False)
-    assert edited.config.defaultPortConfig.blocked.value is False
+    edit(group(vsphere, key), blocked=False)
     ok, took = eventually(repaired, timeout=PROMPT)
     assert ok, f"the defaults are still unblocked after {took:.1f}s"

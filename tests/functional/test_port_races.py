@@ -33,6 +33,7 @@ from pyVmomi import vim
 
 from networking_vcenter.reconcile import apply as apply_mod
 from networking_vcenter.reconcile import plan as plan_mod
+from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere import ports as ports_mod
 from tests.fixtures.vsphere_reader import dv_port_rules
 from tests.functional import test_ports
@@ -218,11 +219,53 @@ class TestReservedElsewhere(PortRaceTestCase):
         self.rename(key, plan_mod.FREE)
         with self.port_reads() as (whole, by_key), \
                 self.soap_calls() as calls:
-            rec.sync_ports({port["id"]}, drv.source, drv.port_source)
+            rec.sync_ports({port["id"]}, drv.source, drv.port_source,
+                           read_first=True)    # as the worker syncs
         self.assertEqual([], whole)
         self.assertEqual([{key}], [set(a[2]) for a in by_key])
         self.assertNotIn("ReconfigureDVPort_Task", calls)
         self.assertEqual(plan_mod.FREE, self.port_by_key(key).config.name)
+
+    def test_the_workers_follow_up_of_a_write_made_elsewhere_reads_first(
+            self):
+        """The maintenance worker follows an API hook of another process
+        that already gave a port its new rules: its replica still shows
+        the old ones.  It reads that DV port by key first and writes
+        nothing (no task refused by vCenter)."""
+        net = self.make_net(89)
+        sg = self.make_sg("first-elsewhere")
+        port = self.port_on(net["id"], security_groups=[sg["id"]])
+        key = port[portbindings.VIF_DETAILS]["dvs_port_key"]
+        drv = self.vcenter_driver
+        rec = drv.reconciler
+        self.settled()
+        # The rule and its write by the other server's hook, not here.
+        with mock.patch.object(drv, "_sync_ports_soon"):
+            self.add_rule(sg["id"], protocol="tcp", port_range_min=2223,
+                          port_range_max=2223,
+                          remote_ip_prefix="192.0.2.0/24")
+        planned = rec.sync_ports({port["id"]}, drv.source, drv.port_source,
+                                 dry_run=True).plan.steps
+        (step,) = [s for s in planned
+                   if isinstance(s, plan_mod.ConfigurePort)]
+        # ... written by the other server (its own session).
+        dvs = rec.inventory().dvs(step.switch)
+        self.vsphere.wait(self.vsphere.dvs("DVS0").ReconfigureDVPort_Task(
+            port=[ports_mod.port_spec(
+                (key, self.port_by_key(key).config.configVersion, None,
+                 step.settings),
+                inventory.mac_management_supported(dvs))]))
+        with self.port_reads() as (whole, by_key), \
+                self.soap_calls() as calls:
+            rec.sync_ports({port["id"]}, drv.source, drv.port_source,
+                           read_first=True)
+        self.assertEqual([], whole)
+        self.assertIn({key}, [set(a[2]) for a in by_key])
+        self.assertNotIn("ReconfigureDVPort_Task", calls)
+        self.assertIn(2223, [r.destination_ports[0] for r in
+                             ports_mod.settings_of(self.port_by_key(
+                                 key).config.setting).rules or ()
+                             if r.destination_ports])
 
     def test_a_write_refused_for_a_port_changed_elsewhere_reads_it_alone(
             self):

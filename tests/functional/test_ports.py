@@ -232,6 +232,29 @@ class TestPolicy(PortsTestCase):
         theirs = f"{second['fixed_ips'][0]['ip_address']}/32"
         self.assertTrue(self.eventually(lambda: theirs in db_sources()))
 
+    def test_a_port_created_bound_is_synced_once_with_its_binding(self):
+        """ML2 calls create_port_postcommit before it binds: that sync
+        would write the port's address into the filters naming its group
+        before the port is bound (a shared filter: one port group write
+        more per VM).  The port and the fan-out are synced once, from
+        update_port_postcommit with the committed binding."""
+        net = self.make_net(96)
+        sg = self.make_sg("once")
+        self.add_rule(sg["id"], protocol="tcp", port_range_min=5432,
+                      port_range_max=5432, remote_group_id=sg["id"])
+        drv = self.vcenter_driver
+        real = drv._sync_ports_soon
+        calls = []
+
+        def spy(ids, ids_of=None, *args, **kw):
+            calls.append((set(ids), ids_of is not None))
+            return real(ids, ids_of, *args, **kw)
+        drv._sync_ports_soon = spy
+        self.addCleanup(setattr, drv, "_sync_ports_soon", real)
+        port = self.port_on(net["id"], security_groups=[sg["id"]])
+        self.assertEqual("dvs", port[portbindings.VIF_TYPE])
+        self.assertEqual([({port["id"]}, True)], calls)
+
     def test_port_security_off_and_on(self):
         net = self.make_net(96)
         port = self.port_on(net["id"])

@@ -71,7 +71,7 @@ class Rec:
                                      networks=[], skipped=set(), ports=None)
 
     def sync_ports(self, port_ids, source, port_source, wait=-1,
-                   network_of=None):
+                   network_of=None, read_first=False):
         with self.lock:
             self.calls.append((frozenset(port_ids), time.monotonic()))
             self.network_of = network_of
@@ -119,7 +119,8 @@ def test_busy_lock_retried_every_lock_wait_quietly(fast, monkeypatch,
     rec = Rec()
     busy = [5]
 
-    def sync_ports(port_ids, source, port_source, wait=-1, network_of=None):
+    def sync_ports(port_ids, source, port_source, wait=-1, network_of=None,
+                   read_first=False):
         with rec.lock:
             rec.calls.append((frozenset(port_ids), time.monotonic()))
             if busy[0] > 0:
