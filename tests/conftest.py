@@ -11,7 +11,7 @@
 #    under the License.
 
 """The whole suite's set-up for running it in parallel (pytest-xdist,
-``make test`` runs ``-n 2 --dist loadgroup``); without xdist it changes
+``make test`` runs ``-n 2 --dist loadscope``); without xdist it changes
 nothing.
 
 Per worker: a temporary directory of its own (``TMPDIR``, so
@@ -21,9 +21,11 @@ work directories), all under one directory of the run, removed at its end
 when every test passed (kept, and named, otherwise).  Ports are never fixed:
 every server listens on a port the kernel gave it.
 
-Work units: one test module each (``xdist_group``), so a module's fixtures
-(a simulator, a Neutron server) are made once and its tests run in their
-order, on one worker.
+Work units (``--dist loadscope``): a module's test functions, or one test
+class, so that a module's fixtures (a simulator, a Neutron server) are made
+once and its tests run in their order, on one worker.  (Not ``loadgroup``:
+pytest-xdist 3.8 marks a group in ``item._nodeid``, which pytest 9 no longer
+reads, so every test would be a unit of its own.)
 
 Tests marked ``serial`` (those asserting wall-clock bounds of a second or
 so) run with no test of another worker running: every other test holds a
@@ -93,13 +95,45 @@ def pytest_terminal_summary(terminalreporter, config):
             f"the workers' temporary files are kept in {kept}")
 
 
+# The modules that take a minute or more (make test's durations), handed
+# out first so that no long one is left for the end of the run.
+LONGEST_FIRST = (
+    "tests/functional/test_maintenance.py",
+    "tests/e2e/test_ports_api.py",
+    "tests/e2e/test_race.py",
+    "tests/e2e/test_cli.py",
+    "tests/functional/test_outage.py",
+    "tests/e2e/test_api.py",
+)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """One work unit per module (xdist's loadgroup reads ``xdist_group``)."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            module = item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(module))
+    """On an xdist worker: the modules with a ``serial`` test first (the
+    other worker waits while a serial test runs: no wait at the end), with
+    the unit tests (short: a serial test waits little for one to end), then
+    the longest modules, then the rest in file order; xdist's ``loadscope``
+    hands them out in this order (``--no-loadscope-reorder``).  The tests
+    of a module keep their order."""
+    if not WORKER:
+        return
+
+    def module(item):
+        return item.nodeid.split("::")[0]
+
+    serial = {module(i) for i in items if i.get_closest_marker("serial")}
+
+    def rank(item):
+        name = module(item)
+        if name in serial:
+            return 0
+        if name.startswith("tests/unit/"):
+            return 1
+        if name in LONGEST_FIRST:
+            return 2 + LONGEST_FIRST.index(name)
+        return 2 + len(LONGEST_FIRST)
+
+    items.sort(key=rank)        # stable: file order otherwise
 
 
 # -- serial tests ----------------------------------------------------------
