@@ -11,6 +11,8 @@ BUILD := $(CURDIR)/tools/vcsim/build
 WSDL := $(BUILD)/wsdl
 MODE ?= embedded
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 APT_PACKAGES := python3-venv python3-dev build-essential golang-go golang-github-vmware-govmomi-dev patch mariadb-server rabbitmq-server
 
 export NOVA_VENV
@@ -69,8 +71,11 @@ functional: deps
 e2e: deps
 	$(PY) -m pytest tests/e2e -q -p no:warnings $(PYTEST_ARGS)
 
+# Two pytest-xdist workers, a module's test functions or a test class per work
+# unit, in the order tests/conftest.py gives them; tests marked serial run
+# while no other worker runs a test.  TEST_WORKERS=0: one process.
 test: deps check-sample
-	$(PY) -m pytest tests -q -p no:warnings -p no:cacheprovider --durations=30 $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -p no:warnings -p no:cacheprovider --durations=30 $(XDIST) $(PYTEST_ARGS)
 
 demo: deps
 	$(PY) tools/demo.py --mode $(MODE)

@@ -133,6 +133,11 @@ print(f"seeded {len(migration.default_template_rules)} security group "
 """
 
 
+# An embedded server's fresh database as the first one of this process got
+# it (built, seeded and stamped; see _init_sqlite), copied for the next ones.
+_sqlite_template: str | None = None
+
+
 class ServerError(RuntimeError):
     """Start or stop failed; the message is safe to print (no passwords)."""
 
@@ -634,6 +639,15 @@ class NeutronServer:
         db = self.path("data", "neutron.sqlite")
         if os.path.exists(db):
             return
+        global _sqlite_template
+        if _sqlite_template is not None and os.path.exists(_sqlite_template):
+            # The schema this process built for its first embedded server:
+            # the same file the commands below would make again.
+            shutil.copyfile(_sqlite_template, db + ".part")
+            os.replace(db + ".part", db)
+            with open(self.path("log", "setup.log"), "a") as f:
+                f.write(f"--- sqlite schema: a copy of {_sqlite_template}\n")
+            return
         # The migrations do not run on sqlite: build the schema from the
         # models, seed the rows a migration would have, then stamp it as
         # being at the heads.
@@ -648,6 +662,12 @@ class NeutronServer:
             if os.path.exists(db):
                 os.unlink(db)
             raise
+        # Kept (before any server opened it) for this process's next
+        # embedded servers: building it takes seconds, a copy milliseconds.
+        keep = tempfile.mkdtemp(prefix="nvc-sqlite-")
+        shutil.copyfile(db, os.path.join(keep, "neutron.sqlite"))
+        atexit.register(shutil.rmtree, keep, True)
+        _sqlite_template = os.path.join(keep, "neutron.sqlite")
 
     # real mode --------------------------------------------------------------
 

@@ -71,9 +71,12 @@ def _build_dir():
 
 
 def _lock_path(target):
-    """A lock file outside the tree for this target path."""
+    """A lock file outside the tree for this target path, in the machine's
+    temporary directory even on a pytest-xdist worker (whose TMPDIR is its
+    own: tests/conftest.py), so that the workers share it."""
     digest = hashlib.sha1(os.path.abspath(target).encode()).hexdigest()[:12]
-    return os.path.join(tempfile.gettempdir(), "networking-vcenter-%s.lock" % digest)
+    base = os.environ.get("NVC_SHARED_TMPDIR") or tempfile.gettempdir()
+    return os.path.join(base, "networking-vcenter-%s.lock" % digest)
 
 
 def _run_locked(target, cmd, env=None, timeout=900):

@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
 import faultproxy  # noqa: E402
 import neutron_server  # noqa: E402
 
-pytestmark = pytest.mark.e2e
+# Wall-clock bounds: run while no other xdist worker runs (tests/conftest.py).
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 BUDGET = 20.0          # api_call_budget's default
 BOUND = BUDGET + 1.0   # the bound for every hook

@@ -28,6 +28,7 @@ import time
 import unittest
 
 from oslo_config import cfg
+import pytest
 from pyVmomi import vim, vmodl
 
 from networking_vcenter import conf
@@ -39,6 +40,9 @@ from tests.fixtures.vcsim import Vcsim
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
                                 "tools"))
 import faultproxy  # noqa: E402
+
+# Wall-clock bounds: run while no other xdist worker runs (tests/conftest.py).
+pytestmark = pytest.mark.serial
 
 BUDGET = 3.0
 SLACK = 1.0

@@ -207,6 +207,7 @@ def test_a_reload_after_the_task_ended_answers_from_its_full_read(
         _raw_ports(reader, pg)[key].config.configVersion)
 
 
+@pytest.mark.serial     # wall-clock bounds of a second: no other worker runs
 def test_deadlines_hold_on_the_replica(running, reader):
     """A task whose end the replica never sees: OutOfTime at the caller's
     budget, TaskTimeout at task_timeout (5 s here) -- as on an own

@@ -19,6 +19,7 @@ changed, as a second client (Nova) would.
 
 import time
 
+import pytest
 from pyVmomi import vim
 
 from tests.simulator.helpers import (
@@ -49,6 +50,7 @@ def test_host_portgroup_changes_are_reported(si):
         watch.close()
 
 
+@pytest.mark.serial     # a 0.2 s wall-clock bound: no other worker runs
 def test_dvportgroup_reconfigure_and_rename_are_reported(si):
     dvs = [d for d in _dc(si).networkFolder.childEntity
            if isinstance(d, vim.DistributedVirtualSwitch)][0]
