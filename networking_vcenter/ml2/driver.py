@@ -502,7 +502,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
         if port.get(portbindings.VIF_TYPE) != portbindings.VIF_TYPE_UNBOUND:
             with self._lock:
                 # Its creation's sync was left to this, its binding.
-                joined = self._created.pop(port["id"], False) is None
+                joined = port["id"] in self._created
+                self._created.pop(port["id"], None)
         self._port_changed(port, context.original, joined)
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:

@@ -500,13 +500,11 @@ class Reconciler:
                         alone = set(known) - {p.id for p in got}
                         more = got + (list(port_source(alone)) if alone
                                       else [])
+                        # (Their networks are among those read with
+                        # them.)
                         specs = specs + more
                         bound = bound + [p for p in more if p.physnet]
                         pending |= self._pending(more)
-                        missing = {p.network_id for p in bound} - set(nets)
-                        if missing:
-                            nets = {**nets, **{n.id: n for n in
-                                               source(missing)}}
                 else:
                     sharing = self._may_share(nets)
             locked: set[str] = set()
@@ -546,14 +544,9 @@ class Reconciler:
                     # changed): its writes are not in this replica.  Read
                     # by key rather than have vCenter refuse a task.
                     released_read |= {s.port_id for s in unread}
-                    by_switch = {}
-                    for step in unread:
-                        dvs = inv.dvs(step.switch)
-                        if dvs is not None:
-                            by_switch.setdefault(dvs.moid, set()).add(
-                                step.key)
-                    if by_switch:
-                        inv = self._read_keys(by_switch)
+                    keys = _step_keys(inv, unread)
+                    if keys:
+                        inv = self._read_keys(keys)
                         continue
                 if reserving and fresh and not reserving <= checked:
                     # Another worker may have reserved it meanwhile (a
@@ -565,10 +558,7 @@ class Reconciler:
                         # port, that port read alone: a group's ports may
                         # each bring a shared filter of thousands of rules.
                         keys_read |= set(keyed)
-                        by_switch: dict[str, set[str]] = {}
-                        for moid, key in keyed.values():
-                            by_switch.setdefault(moid, set()).add(key)
-                        inv = self._read_keys(by_switch)
+                        inv = self._read_keys(keyed.values())
                         continue
                     checked |= reserving
                     inv = self._refresh_ports(inv, {
@@ -656,9 +646,8 @@ class Reconciler:
         if members is None:
             members = list(port_source(None, network_ids=set(net_ids))) \
                 if net_ids else []
-        missing = ({p.network_id for p in members} | net_ids) - set(nets)
-        if missing:
-            nets = {**nets, **{n.id: n for n in source(missing)}}
+        nets = _with_networks(
+            nets, {p.network_id for p in members} | net_ids, source)
         may = self._may_share(nets)
         topo = self.topology(inv)
         by_pg: dict[str, list[desired_mod.PortSpec]] = {}
@@ -855,10 +844,8 @@ class Reconciler:
         keep = pending | (self._pending(fresh.values()) & port_ids)
         bound = [p for p in bound if p.id not in port_ids] + \
             [p for p in fresh.values() if p.physnet and p.id in port_ids]
-        missing = {p.network_id for p in bound} - set(nets)
-        if missing:
-            nets = {**nets, **{n.id: n for n in source(missing)}}
-        return bound, keep, nets
+        return bound, keep, _with_networks(
+            nets, {p.network_id for p in bound}, source)
 
     def _warn_mtu(self, inv: inventory.Inventory,
                   topo: desired_mod.Topology,
@@ -955,11 +942,14 @@ class Reconciler:
                 out[step.port_id] = (dvs.moid, named[step.port_id])
         return out
 
-    def _read_keys(self, by_switch: dict[str, set[str]]
+    def _read_keys(self, keys: Iterable[tuple[str, str]]
                    ) -> inventory.Inventory:
-        """The replica's inventory with these DV ports ({switch moid: their
-        keys}) read fresh from vCenter: one small FetchDVPorts per
-        switch, however big their groups."""
+        """The replica's inventory with these DV ports ((switch moid, key))
+        read fresh from vCenter: one small FetchDVPorts per switch, however
+        big their groups."""
+        by_switch: dict[str, set[str]] = {}
+        for moid, key in keys:
+            by_switch.setdefault(moid, set()).add(key)
         for moid, keys in sorted(by_switch.items()):
             self.replica.refresh_port_keys(moid, keys)
         return self.replica.snapshot()
@@ -991,11 +981,11 @@ class Reconciler:
         # One with a key (its task failed or timed out: done or not) is
         # read by that key.
         whole: set[str] = set()
-        by_switch: dict[str, set[str]] = {}
+        keys: list[tuple[str, str]] = []        # (switch moid, key)
         for s, _ in out.failed:
             dvs = inv.dvs(s.switch)
             if s.key and dvs is not None and self.replica is not None:
-                by_switch.setdefault(dvs.moid, set()).add(s.key)
+                keys.append((dvs.moid, s.key))
             elif s.key:
                 whole.add(s.portgroup_key)
         changed: set[str] = set()       # refused growing
@@ -1011,11 +1001,10 @@ class Reconciler:
                 continue
             # The port refused, by key: a free one another server took
             # shows so, and the next plan takes another.
-            keys = by_switch.setdefault(dvs.moid, set())
-            keys.add(s.key)
+            keys.append((dvs.moid, s.key))
             if isinstance(s, plan_mod.ReservePort) and \
                     s.port_id in bound_keys:
-                keys.add(bound_keys[s.port_id])
+                keys.append((dvs.moid, bound_keys[s.port_id]))
         if self.replica is None:
             done = {s.portgroup_key for s in out.done}
             stale = {s.portgroup_key for s in out.stale
@@ -1023,12 +1012,9 @@ class Reconciler:
             return self._refresh_ports(inv, whole | stale | done,
                                        "read back without a replica")
         if self.session.watcher is not self.replica:
-            for s in out.done:
-                if s.portgroup_key not in whole:
-                    dvs = inv.dvs(s.switch)
-                    if dvs is not None:
-                        by_switch.setdefault(dvs.moid, set()).add(s.key)
-        self._read_keys(by_switch)
+            keys += _step_keys(inv, [s for s in out.done
+                                     if s.portgroup_key not in whole])
+        self._read_keys(keys)
         if out.grown or changed:
             # The replica reads a group's ports when its port list changes,
             # and shows a group changed by another worker.
@@ -1083,6 +1069,24 @@ class Reconciler:
                  the_plan: plan_mod.Plan) -> bool:
         return any(s.name == pg.name for s in the_plan.steps) or \
             any(c.name == pg.name for c in the_plan.conflicts)
+
+
+def _with_networks(nets: dict[str, desired_mod.NetworkSpec],
+                   wanted: set[str], source: NetworkSource
+                   ) -> dict[str, desired_mod.NetworkSpec]:
+    """``nets`` with the networks of ``wanted`` it lacks read from
+    Neutron (one read, none when it has them all)."""
+    missing = wanted - set(nets)
+    if not missing:
+        return nets
+    return {**nets, **{n.id: n for n in source(missing)}}
+
+
+def _step_keys(inv: inventory.Inventory, steps: Iterable[plan_mod.PortStep]
+               ) -> list[tuple[str, str]]:
+    """(switch moid, DV port key) of these steps, where both are known."""
+    return [(dvs.moid, s.key) for s in steps
+            if s.key and (dvs := inv.dvs(s.switch)) is not None]
 
 
 def _find(pg: desired_mod.DesiredPortGroup, inv: inventory.Inventory
