@@ -749,5 +749,6 @@ def plan_group_defaults(wanted: dict[str, GroupDefaults], inv: Inventory,
         steps.append(SetGroupDefaults(
             want.network_id, dvs.name if dvs else pg.dvs_moid, pg.name,
             pg.key, pg.config_version,
-            inv_mod.with_defaults_token(pg.description, token), want))
+            inv_mod.with_defaults_token(pg.description, token,
+                                        pg.config_version), want))
     return sorted(steps, key=lambda s: s.portgroup_key)

@@ -726,8 +726,9 @@ class Reconciler:
                     else max(0.0, left))
                 for pg in self.inventory().dvs_portgroups:
                     if tokens.get(pg.key) == pg.defaults_token and \
-                            pg.config_version != before.get(pg.key):
-                        # What we wrote, as vCenter answered it.
+                            pg.defaults_written_last:
+                        # What we wrote, as vCenter answered it (and
+                        # nothing since: see _defaults_change).
                         self._defaults_seen[pg.key] = (pg.defaults_token,
                                                        pg.config_version)
             if not out.stale:
@@ -737,16 +738,19 @@ class Reconciler:
     def _defaults_change(self, pg: inventory.DvsPortGroup) -> str | None:
         """How a group's (digest, configVersion) stands against what was
         last found true here: None unchanged; "unknown" never found true
-        here; "ours" the digest moved -- a write of ours, in some process,
-        taken as true from now on; "moved" its configVersion moved under
-        the same digest (an edit that did not come from us)."""
+        here; "ours" the digest moved and the write naming it is the
+        group's last change -- a write of ours, in some process, taken as
+        true from now on; "moved" its configVersion moved under the same
+        digest, or past the write naming a new one (an edit that did not
+        come from us, perhaps right behind our write: the replica may
+        show both as one change)."""
         state = (pg.defaults_token, pg.config_version)
         seen = self._defaults_seen.get(pg.key)
         if seen == state:
             return None
         if seen is None:
             return "unknown"
-        if seen[0] != state[0]:
+        if seen[0] != state[0] and pg.defaults_written_last:
             self._defaults_seen[pg.key] = state
             return "ours"
         return "moved"

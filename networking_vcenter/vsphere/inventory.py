@@ -83,8 +83,14 @@ def owner_description(deployment: str, network_id: str, physnet: str,
 # What a port group's defaults (blocked, traffic filter) were last written
 # with by the shared filter (``shared_security_filter``), as a digest in
 # its description: the replica then need not read (parse) the filter
-# itself, which holds the rules of every sharing port.
-_DEFAULTS_RE = re.compile(r" Port defaults (?P<token>[0-9a-f]{20})\.")
+# itself, which holds the rules of every sharing port.  The digest comes
+# with the configVersion the write was made on ("<digest>@<version>"):
+# vCenter raises configVersion by one per change, so a group seen at any
+# other version than the next one was changed again after that write (a
+# hand edit right behind it, say) and its digest alone no longer tells
+# what it holds.
+_DEFAULTS_RE = re.compile(
+    r" Port defaults (?P<token>[0-9a-f]{20})(?:@(?P<base>[0-9]+))?\.")
 
 
 def defaults_token(blocked: bool, rules: tuple[TrafficRule, ...]) -> str:
@@ -98,10 +104,27 @@ def defaults_token_of(description: str | None) -> str | None:
     return m.group("token") if m else None
 
 
-def with_defaults_token(description: str, token: str) -> str:
-    """``description`` naming ``token`` (in place of any other)."""
+def defaults_base_of(description: str | None) -> str | None:
+    """The configVersion the defaults its description names were written
+    on; None: not said (written by an earlier version, or never)."""
+    m = _DEFAULTS_RE.search(description or "")
+    return m.group("base") if m else None
+
+
+def with_defaults_token(description: str, token: str,
+                        base: str | None = None) -> str:
+    """``description`` naming ``token`` (in place of any other), written
+    on configVersion ``base``."""
+    on = f"@{base}" if base is not None and base.isdigit() else ""
     return _DEFAULTS_RE.sub("", description or "") + \
-        f" Port defaults {token}."
+        f" Port defaults {token}{on}."
+
+
+def written_last(base: str | None, config_version: str | None) -> bool:
+    """Whether a group at ``config_version`` holds the write made on
+    configVersion ``base`` and nothing since (one change: that write)."""
+    return base is not None and (config_version or "").isdigit() and \
+        int(config_version) == int(base) + 1
 
 
 def mark_from_description(description: str | None) -> Mark | None:
@@ -186,6 +209,14 @@ class DvsPortGroup:
     # shared_security_filter: the digest of the defaults last written
     # (:func:`defaults_token`), from the description; None: never written.
     defaults_token: str | None = None
+    # ... and the configVersion that write was made on.
+    defaults_base: str | None = None
+
+    @property
+    def defaults_written_last(self) -> bool:
+        """Whether the write naming ``defaults_token`` is the group's last
+        change (:func:`written_last`)."""
+        return written_last(self.defaults_base, self.config_version)
 
 
 # The port overrides a group must allow for the settings the driver puts on

@@ -33,8 +33,9 @@ from pyVmomi import vim, vmodl
 from networking_vcenter.vsphere import ports
 from networking_vcenter.vsphere.inventory import (
     OWNER_FIELD, Dvs, DvPort, DvsPortGroup, Host, HostPortGroup, Inventory,
-    StdNetwork, Vlan, defaults_token_of, mark_from_description, mark_of,
-    merge_ranges, owner, ports_ready_of, security_of)
+    StdNetwork, Vlan, defaults_base_of, defaults_token_of,
+    mark_from_description, mark_of, merge_ranges, owner, ports_ready_of,
+    security_of)
 from networking_vcenter.vsphere.session import Session
 
 # Objects per answer of a read (here, and the replica's first full read);
@@ -198,7 +199,8 @@ def from_objects(*, dvss: Objects, dvpgs: Objects, networks: Objects,
             port_keys=tuple(p.get("portKeys") or ()),
             default_closed=default_closed_of(
                 p.get("config.defaultPortConfig")),
-            defaults_token=defaults_token_of(description)))
+            defaults_token=defaults_token_of(description),
+            defaults_base=defaults_base_of(description)))
 
     clusters: dict[str, list[list[str]]] = {}
     for ref, p in compute:

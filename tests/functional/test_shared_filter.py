@@ -31,7 +31,9 @@ from neutron_lib.api.definitions import portbindings
 from pyVmomi import vim
 
 from networking_vcenter.reconcile import portsettings
+from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere import ports as ports_mod
+from networking_vcenter.vsphere import switches
 from tests.functional.test_ports import PortsTestCase
 
 TO_VM = portsettings.TO_VM
@@ -193,6 +195,71 @@ class TestSharedFilter(PortsTestCase):
         self.assertTrue(
             self.group(members[0]).config.defaultPortConfig.blocked.value)
 
+    def test_a_hand_edit_right_behind_a_write_made_elsewhere_is_undone(
+            self):
+        """Another server writes the shared filter (a new digest) and an
+        operator edits the group right behind it, before this process's
+        replica showed that write: the replica shows both as one change.
+        The group's configVersion is past the one the digest was written
+        on, so the digest is not trusted: the group is read whole and
+        written again."""
+        net = self.make_net(205)
+        members = [self.port_on(net["id"]) for _ in range(2)]
+        want = self.eventually(lambda: (lambda r: all(
+            self.admits(r, p) for p in members) and r)(
+            self.shared(members[0])))
+        self.assertTrue(want, "the shared filter lacks a member")
+        self.settled()
+        drv = self.vcenter_driver
+        rec = drv.reconciler
+        self.replica_caught_up()
+        self.assertFalse(rec.defaults_suspect(net["id"]))
+
+        def elsewhere(port="2224"):
+            """The other server's write: a filter with one rule more, its
+            digest and the configVersion it was written on."""
+            pg = self.group(members[0])
+            config = pg.config
+            rules = (dataclasses.replace(
+                ports_mod.CLOSED_RULES[0], action="accept",
+                description=f"elsewhere {port}"),) + tuple(want)
+            self.vsphere.wait(pg.ReconfigureDVPortgroup_Task(
+                switches.group_defaults_spec(
+                    config.configVersion, inventory.with_defaults_token(
+                        config.description,
+                        inventory.defaults_token(True, rules),
+                        config.configVersion), True, rules)))
+            return pg
+
+        # A write of ours elsewhere, alone: taken for ours, nothing read.
+        elsewhere()
+        self.replica_caught_up()
+        self.assertFalse(rec.defaults_suspect(net["id"]),
+                         "a write made elsewhere was doubted")
+
+        # ... and one with a hand edit right behind it.
+        pg = elsewhere("2225")
+        self.vsphere.wait(pg.ReconfigureDVPortgroup_Task(
+            vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
+                configVersion=pg.config.configVersion,
+                defaultPortConfig=vim.dvs.VmwareDistributedVirtualSwitch
+                .VmwarePortConfigPolicy(
+                    blocked=vim.BoolPolicy(inherited=False, value=False)))))
+        self.assertFalse(self.group(members[0]).config.defaultPortConfig
+                         .blocked.value)
+        self.replica_caught_up()
+        self.assertTrue(rec.defaults_suspect(net["id"]),
+                        "an edit right behind a write made elsewhere was "
+                        "taken for ours")
+        with self.soap_calls() as calls:
+            rec.sync_ports(set(), drv.source, drv.port_source,
+                           networks={net["id"]})
+        self.assertEqual(1, calls.count("ReconfigureDVPortgroup_Task"),
+                         calls)
+        self.assertEqual(want, self.shared(members[0]))
+        self.assertTrue(
+            self.group(members[0]).config.defaultPortConfig.blocked.value)
+
 
 class TestSharedFilterBudget(TestSharedFilter):
     """A budget of 16 rules: no shared filter fits."""
@@ -204,6 +271,7 @@ class TestSharedFilterBudget(TestSharedFilter):
     test_a_join_reads_the_networks_ports_once = None
     test_a_port_leaving_the_group_gets_its_own_filter = None
     test_a_hand_edit_of_the_shared_filter_is_undone = None
+    test_a_hand_edit_right_behind_a_write_made_elsewhere_is_undone = None
 
     def test_over_its_budget_a_group_shares_nothing(self):
         net = self.make_net(203)

@@ -424,3 +424,25 @@ def test_integer_collapse_is_ipaddress_collapse():
                 for _ in range(rnd.randint(0, 30))]
         assert ps._collapse(nets) == tuple(
             ipaddress.collapse_addresses(nets)), nets
+
+
+def test_defaults_digest_names_the_version_it_was_written_on():
+    described = inv.with_defaults_token("Owned. Port defaults "
+                                        + "a" * 20 + ".", "b" * 20, "7")
+    assert described == "Owned. Port defaults " + "b" * 20 + "@7."
+    assert inv.defaults_token_of(described) == "b" * 20
+    assert inv.defaults_base_of(described) == "7"
+    # Its next version holds that write and nothing since; any other
+    # version (an edit behind it) or no version said is not trusted.
+    assert inv.written_last("7", "8")
+    assert not inv.written_last("7", "9")
+    assert not inv.written_last("7", "7")
+    assert not inv.written_last(None, "8")
+    assert not inv.written_last("7", None)
+    assert not inv.written_last("7", "8.0")
+    # A description written by an earlier version: digest, no base.
+    old = "Owned. Port defaults " + "c" * 20 + "."
+    assert inv.defaults_token_of(old) == "c" * 20
+    assert inv.defaults_base_of(old) is None
+    assert inv.with_defaults_token(old, "d" * 20) == \
+        "Owned. Port defaults " + "d" * 20 + "."
