@@ -344,7 +344,8 @@ class Applier:
 
     def _dvs_spec(self, step: plan_mod.CreateDvsPortGroup):
         return switches.dvs_port_group_spec(
-            step.name, step.vlan, self._description(step))
+            step.name, step.vlan,
+            switches.closed_description(self._description(step)))
 
     def _description(self, step) -> str:
         return inventory.owner_description(
@@ -370,7 +371,8 @@ class Applier:
                                  f"{_made_by(mark)} now; it is left "
                                  f"untouched")
         spec = switches.dvs_port_group_spec(
-            step.name, step.vlan, self._description(step),
+            step.name, step.vlan, switches.closed_description(
+                self._description(step), props.get("config.configVersion")),
             props.get("config.configVersion"),
             num_ports=props.get("config.numPorts"))
         switches.reconfigure_dvs_port_group(self._session, pg.ref, spec,

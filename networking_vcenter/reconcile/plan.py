@@ -255,7 +255,7 @@ def _unmarked_but_ours(d: DesiredPortGroup, inv: Inventory) -> bool:
 def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
          scope: set[str] | None = None,
          skip: set[str] | frozenset[str] = frozenset(),
-         defaults_closed: bool = True) -> Plan:
+         closed_by_token: bool = False) -> Plan:
     """Steps that make vCenter hold ``desired``.
 
     ``scope`` is the set of network ids this pass is about; port groups owned
@@ -265,9 +265,13 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
     ``desired`` must hold every desired port group of the networks in scope.
     Port groups of networks in ``skip`` are left alone whatever they look like
     (networks changed too recently for a full pass to judge).
-    ``defaults_closed``: a group of ours whose default filter is not the
-    drop-all is converted (False: the shared filters' port syncs give the
-    groups their defaults, :func:`plan_group_defaults`).
+    A group of ours whose defaults are not known closed is converted
+    first: its default filter, parsed, is not the drop-all; or, with
+    ``closed_by_token`` (shared filters, whose reads pass over the group
+    filters), its description names no digest of defaults written by us
+    (a group of an earlier version: each of our writes of a group's
+    defaults, closed or shared, names one; hand edits under a digest are
+    the shared filters' to find, :func:`plan_group_defaults`).
     """
     desired = list(desired)
     result = Plan()
@@ -317,9 +321,9 @@ def plan(desired: Iterable[DesiredPortGroup], inv: Inventory,
                 result.steps.append(UpdateDvsPortGroup(
                     d.network_id, d.name, d.switch, have.moid, d.switch_vlan,
                     have.vlan, d.physnet))
-            elif not getattr(have, "ports_ready", True) or (
-                    defaults_closed and
-                    not getattr(have, "default_closed", True)):
+            elif not getattr(have, "ports_ready", True) or not (
+                    have.defaults_token is not None if closed_by_token
+                    else getattr(have, "default_closed", True)):
                 result.steps.append(ConvertDvsPortGroup(
                     d.network_id, d.name, d.switch, have.moid, d.switch_vlan,
                     have.vlan, d.physnet))

@@ -316,11 +316,9 @@ class Reconciler:
               skip: set[str], std: dict | None = None):
         topo = self.topology(inv)
         want, refused = self.desired(nets, topo, std)
-        # With shared filters a group's default filter is its port syncs'
-        # (the token in its description), not a conversion's.
         the_plan = plan_mod.plan(
             want, inv, scope, skip,
-            defaults_closed=not self.settings.shared_security_filter)
+            closed_by_token=self.settings.shared_security_filter)
         the_plan.conflicts.extend(refused)
         if self.settings.raise_switch_mtu:
             the_plan.steps[:0] = plan_mod.plan_mtu(
@@ -507,6 +505,8 @@ class Reconciler:
                         pending |= self._pending(more)
                 else:
                     sharing = self._may_share(nets)
+            every = port_ids is None and refresh    # the full pass
+            defaults_first = False
             locked: set[str] = set()
             checked: set[str] = set()   # read fresh under their lock
             keys_read: set[str] = set()  # their bound DV port read by key
@@ -567,6 +567,15 @@ class Reconciler:
                         f"to reserve {len(reserving)} port(s) (e.g. "
                         f"{min(reserving)}) with no DV port read by key")
                     continue
+                if defaults and not defaults_first and \
+                        _joining(the_plan.steps, inv):
+                    # Ports about to drop their own filters for their
+                    # group's: the group's names them first, so that no
+                    # moment has them under a filter not naming them (all
+                    # their traffic dropped; a port leaving has its own
+                    # first, below).
+                    defaults_first = True
+                    total.tasks += self._apply_defaults(defaults, every)
                 out = apply_mod.Applier(self.session, self.settings
                                         ).apply_ports(the_plan, inv)
                 total.done += out.done
@@ -584,9 +593,8 @@ class Reconciler:
                         want, inv, portsettings.released_settings,
                         port_ids, pending)
                     break
-            if defaults:
-                total.tasks += self._apply_defaults(
-                    defaults, every=port_ids is None and refresh)
+            if defaults and not defaults_first:
+                total.tasks += self._apply_defaults(defaults, every)
         self._warn_unenforced(unenforced)
         trunks = self._trunk_status(want, the_plan, total)
         if port_ids is not None and not dry_run:
@@ -1091,6 +1099,20 @@ def _step_keys(inv: inventory.Inventory, steps: Iterable[plan_mod.PortStep]
     """(switch moid, DV port key) of these steps, where both are known."""
     return [(dvs.moid, s.key) for s in steps
             if s.key and (dvs := inv.dvs(s.switch)) is not None]
+
+
+def _joining(steps: Iterable[plan_mod.PortStep], inv: inventory.Inventory
+             ) -> bool:
+    """Whether one of these steps has a DV port drop its own filter for
+    the one its port group holds (it joins a shared filter)."""
+    for s in steps:
+        if isinstance(s, plan_mod.ConfigurePort) and s.key and \
+                s.settings.rules is None:
+            have = next((p for p in inv.dv_ports.get(s.portgroup_key, ())
+                         if p.key == s.key), None)
+            if have is not None and have.settings.rules is not None:
+                return True
+    return False
 
 
 def _find(pg: desired_mod.DesiredPortGroup, inv: inventory.Inventory

@@ -124,6 +124,22 @@ def default_port_config(vlan: inventory.Vlan
         filterPolicy=closed_default().filterPolicy)
 
 
+# The digest of the defaults :func:`default_port_config` writes (not
+# blocked, the drop-all filter), named in the description of a group made or
+# retagged with them: with ``shared_security_filter`` the replica does not
+# parse group filters and knows a group's defaults are ours, closed or
+# shared, by such a digest (``inventory.defaults_token_of``).
+CLOSED_TOKEN = inventory.defaults_token(False, ports.CLOSED_RULES)
+
+
+def closed_description(description: str,
+                       config_version: str | None = None) -> str:
+    """``description`` naming the digest of :func:`default_port_config`'s
+    defaults, written on ``config_version`` (None: a group made now)."""
+    return inventory.with_defaults_token(description, CLOSED_TOKEN,
+                                         config_version)
+
+
 def closed_default() -> VmwareDVS.VmwarePortConfigPolicy:
     """A default port config that sets only the closed traffic filter
     (:data:`ports.CLOSED_RULES`, built as a port's rules are): merged

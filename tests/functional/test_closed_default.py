@@ -26,6 +26,8 @@ settings as set and its group's for the rest, marked inherited.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from neutron_lib.api.definitions import portbindings
 from pyVmomi import vim
@@ -63,7 +65,11 @@ def vm0(reader):
 
 
 def _group(session, sim, key):
-    inv = Replica.read_once(session, _settings(sim))
+    """The group as a replica reads it with filters per port: its default
+    filter parsed (with ``shared_security_filter`` a replica passes over
+    group filters and goes by the digest in the description)."""
+    inv = Replica.read_once(session, dataclasses.replace(
+        _settings(sim), shared_security_filter=False))
     (pg,) = [p for p in inv.dvs_portgroups if p.key == key]
     return pg
 
@@ -189,7 +195,11 @@ def test_convert_spec_closes_an_open_group_in_place(sim, session, reader,
 
 
 class TestOpenGroupConverted(test_ports.PortsTestCase):
+    """With a filter per port (``shared_security_filter = False``): the
+    groups' defaults hold the drop-all; see TestOpenGroupConvertedShared
+    for the default."""
     vcsim_kwargs = {**test_ports.PortsTestCase.vcsim_kwargs, "vms": 1}
+    extra_ml2_vcenter = {"shared_security_filter": "false"}
 
     VM = "DC0_C0_RP0_VM0"
 
@@ -335,3 +345,67 @@ class TestOpenGroupConverted(test_ports.PortsTestCase):
         rules, inherited = effective_rules(mine.config.setting)
         self.assertFalse(inherited)
         self.assertTrue(rules and rules != DROP_ALL_IP)
+
+
+class TestOpenGroupConvertedShared(TestOpenGroupConverted):
+    """With the shared filter (the default) a replica does not parse group
+    filters: a group of ours whose description names no digest of defaults
+    we wrote (made by an earlier version) is converted before a bind
+    reserves a port in it, and the port syncs then give it the shared
+    filter, blocked for every port not configured."""
+
+    extra_ml2_vcenter = {}
+
+    test_open_group_converted_in_place_by_the_full_pass = None
+    test_group_made_the_old_way_converted_before_a_bind = None
+
+    def test_old_group_closed_before_the_first_bind_reserves(self):
+        net = self.make_net(87)
+        name = self.dvs_name(net["id"])
+        (made,) = self.vsphere.dv_portgroups(name)
+        self.vsphere.destroy_dv_portgroup(name)
+        # As the version before the closed defaults made it: ready for
+        # per-port settings, no filter in its defaults, no digest.
+        spec = switches.dvs_port_group_spec(name, 87, inventory
+                                            .owner_description(
+                                                "test", net["id"],
+                                                "physnet1", 87))
+        spec.description = made["description"].split(" Port defaults")[0]
+        spec.defaultPortConfig.filterPolicy = None
+        self.vsphere.wait(self.vsphere.dvs("DVS0").AddDVPortgroup_Task(
+            [spec]))
+        (old,) = self.vsphere.dv_portgroups(name)
+        self.assertIsNone(filter_rules(
+            old["ref"].config.defaultPortConfig.filterPolicy))
+        self.assertIsNone(inventory.defaults_token_of(old["description"]))
+        stranger = self.free_keys(old["key"])[2]
+        self.attach("00:50:56:00:00:87", {
+            "dvs_id": old["switch_uuid"], "pg_id": old["key"],
+            "dvs_port_key": stranger})
+        self.replica_caught_up()
+
+        with self.soap_calls() as calls:
+            port = self.port_on(net["id"])
+        writes = [c for c in calls if c in ("ReconfigureDVPortgroup_Task",
+                                            "ReconfigureDVPort_Task")]
+        self.assertIn("ReconfigureDVPort_Task", writes)
+        self.assertEqual("ReconfigureDVPortgroup_Task", writes[0],
+                         f"a port was reserved in the open group before "
+                         f"it was closed: {writes}")
+
+        (pg,) = self.vsphere.dv_portgroups(name)
+        self.assertEqual(old["key"], pg["key"])
+        after = {p.key: p for p in self.dv_ports(pg["key"])}
+        # The stranger's NIC: closed (blocked, or all IP dropped).
+        setting = after[stranger].config.setting
+        self.assertTrue(setting.blocked.value or effective_rules(setting)
+                        == (DROP_ALL_IP, True))
+        # The port: configured, filtered.
+        mine = after[port[portbindings.VIF_DETAILS]["dvs_port_key"]]
+        self.assertEqual(port["id"], mine.config.name)
+        self.assertFalse(mine.config.setting.blocked.value)
+        self.assertTrue(effective_rules(mine.config.setting)[0])
+        # Converted once: a digest of ours named, nothing left to do.
+        self.assertIsNotNone(inventory.defaults_token_of(
+            self.vsphere.dv_portgroups(name)[0]["description"]))
+        self.assertEqual([], self.resync().plan.for_network(net["id"]).steps)

@@ -35,7 +35,7 @@ from networking_vcenter.reconcile import apply as apply_mod
 from networking_vcenter.reconcile import plan as plan_mod
 from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere import ports as ports_mod
-from tests.fixtures.vsphere_reader import dv_port_rules
+from tests.fixtures.vsphere_reader import dv_port_rules, effective_rules
 from tests.functional import test_ports
 
 real_fetch_ports = ports_mod.fetch_ports
@@ -80,14 +80,25 @@ class PortRaceTestCase(test_ports.PortsTestCase):
         return body["port"]
 
     def assert_reserved_for(self, port):
-        """The DV port in the port's binding is named for it and carries
-        its own filter (not released, not inherited)."""
+        """The DV port in the port's binding is named for it (not
+        released) and configured for it: not blocked, with a filter -- its
+        own, or its group's shared filter (``shared_security_filter``, the
+        default, for a port of its network's default group)."""
         key = port[portbindings.VIF_DETAILS]["dvs_port_key"]
         dvp = self.port_by_key(key)
         self.assertEqual(port["id"], dvp.config.name,
                          f"DV port {key}, handed to Nova, is not the port's")
-        rules = dv_port_rules(dvp.config.setting)
-        self.assertTrue(rules, f"DV port {key} has no filter of its own")
+        self.assertFalse(dvp.config.setting.blocked.value,
+                         f"DV port {key} is blocked: not configured")
+        rules, inherited = effective_rules(dvp.config.setting)
+        self.assertTrue(rules, f"DV port {key} has no filter")
+        # Whatever admits, the rest is dropped both ways (a port that just
+        # joined a shared filter not naming it yet passes less, not more).
+        drops = {r["direction"] for r in rules if r["action"] == "drop"
+                 and r["protocol"] is None and r["dports"] is None}
+        self.assertEqual({"incomingPackets", "outgoingPackets"}, drops,
+                         f"DV port {key} (filter inherited: {inherited}) "
+                         f"does not drop the rest")
         return dvp
 
 

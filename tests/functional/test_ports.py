@@ -32,7 +32,7 @@ from pyVmomi import vim
 
 from networking_vcenter.reconcile.reconciler import Reconciler
 from tests.functional import base
-from tests.fixtures.vsphere_reader import dv_port_rules
+from tests.fixtures.vsphere_reader import dv_port_rules, effective_rules
 
 
 class PortsTestCase(base.VCenterMl2TestCase):
@@ -123,8 +123,12 @@ class TestReservation(PortsTestCase):
         # Named after the port: the reservation, found again by name.
         self.assertEqual(port["id"], dvp.config.name)
         self.assertIsNone(dvp.connectee)
-        rules = dv_port_rules(dvp.config.setting)
+        # Its own filter, or (shared_security_filter, the default: a port
+        # of its network's default group) its group's, which it inherits;
+        # configured, so not blocked.
+        rules, _ = effective_rules(dvp.config.setting)
         self.assertTrue(rules, "the port has no traffic filter")
+        self.assertFalse(dvp.config.setting.blocked.value)
         # Ends with drops for IPv4 and IPv6 in both directions.
         drops = {(r["direction"], r["source"] or r["destination"])
                  for r in rules if r["action"] == "drop"}
@@ -283,7 +287,7 @@ class TestPolicy(PortsTestCase):
 
         def sources():
             return {r["source"][0] for r in
-                    dv_port_rules(self.dv_port(port).config.setting)
+                    effective_rules(self.dv_port(port).config.setting)[0]
                     if r["action"] == "accept" and r["source"]
                     and r["direction"] == "incomingPackets"}
 
@@ -314,8 +318,13 @@ class TestPolicy(PortsTestCase):
                          .outShapingPolicy.enabled.value)
 
     def test_rule_removed_by_hand_is_restored_by_the_full_pass(self):
+        # A port with a filter of its own (not its network's default group,
+        # whose ports share one: test_shared_filter.py).
         net = self.make_net(99)
-        port = self.port_on(net["id"])
+        sg = self.make_sg("by-hand")
+        self.add_rule(sg["id"], protocol="tcp", port_range_min=22,
+                      port_range_max=22, remote_ip_prefix="192.0.2.0/24")
+        port = self.port_on(net["id"], security_groups=[sg["id"]])
         dvp = self.dv_port(port)
         want = dv_port_rules(dvp.config.setting)
         setting = dvp.config.setting

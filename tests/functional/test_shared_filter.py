@@ -151,6 +151,35 @@ class TestSharedFilter(PortsTestCase):
         self.assertTrue(self.admits(shared, stay))
         self.assertIsNone(self.own_rules(stay))
 
+    def test_a_port_joining_the_group_is_named_before_it_drops_its_own(
+            self):
+        """A port with a filter of its own moved into the default group:
+        the group's filter names it before its DV port drops its own, so
+        that it is never under a filter that does not name it (all its
+        traffic dropped)."""
+        net = self.make_net(206)
+        stay = self.port_on(net["id"])
+        sg = self.make_sg("shared-join")
+        join = self.port_on(net["id"], security_groups=[sg["id"]])
+        self.assertTrue(self.eventually(lambda: self.own_rules(join)))
+        self.assertFalse(self.admits(self.shared(stay), join))
+        with self.soap_calls() as calls:
+            res = self._update("ports", join["id"], {"port": {
+                "security_groups": stay["security_groups"]}},
+                as_admin=True)
+            self.assertIn("port", res)
+            self.settled()
+            joined = self.eventually(lambda: self.own_rules(join) is None
+                                     and self.admits(self.shared(stay),
+                                                     join))
+        self.assertTrue(joined, "the port did not join the shared filter")
+        writes = [c for c in calls if c in ("ReconfigureDVPortgroup_Task",
+                                            "ReconfigureDVPort_Task")]
+        self.assertIn("ReconfigureDVPort_Task", writes)
+        self.assertEqual("ReconfigureDVPortgroup_Task", writes[0],
+                         f"the port dropped its own filter before its "
+                         f"group's named it: {writes}")
+
     def test_a_hand_edit_of_the_shared_filter_is_undone(self):
         # The replica does not parse a shared filter: what the group's
         # description names is checked against what vCenter holds.
@@ -272,6 +301,7 @@ class TestSharedFilterBudget(TestSharedFilter):
     test_a_port_leaving_the_group_gets_its_own_filter = None
     test_a_hand_edit_of_the_shared_filter_is_undone = None
     test_a_hand_edit_right_behind_a_write_made_elsewhere_is_undone = None
+    test_a_port_joining_the_group_is_named_before_it_drops_its_own = None
 
     def test_over_its_budget_a_group_shares_nothing(self):
         net = self.make_net(203)
