@@ -209,18 +209,31 @@ def _bound_here(m: _M, session, host_filter: set[str] | None,
     return q
 
 
-def _addresses_of_groups(m: _M, session, group_ids) -> dict[str, set[str]]:
+def _addresses_of_groups(m: _M, session, group_ids,
+                         unbound_on: set[str] | None = None
+                         ) -> dict[str, set[str]]:
     """Security group id -> the fixed IPs and allowed address pair
-    addresses of every port in it (two queries)."""
+    addresses of every port in it (two queries); with ``unbound_on``,
+    not of the ports whose ACTIVE binding names one of those hosts and is
+    not bound yet (a binding under way)."""
+    import sqlalchemy as sa
+    from neutron_lib.api.definitions import portbindings
     found: dict[str, set[str]] = collections.defaultdict(set)
     if not group_ids:
         return found
     groups = sorted(group_ids)
     for model in (m.IP, m.Pair):
-        for sg_id, address in session.query(
-                m.SGBinding.security_group_id, model.ip_address).join(
-                model, model.port_id == m.SGBinding.port_id).filter(
-                m.SGBinding.security_group_id.in_(groups)):
+        q = session.query(
+            m.SGBinding.security_group_id, model.ip_address).join(
+            model, model.port_id == m.SGBinding.port_id).filter(
+            m.SGBinding.security_group_id.in_(groups))
+        if unbound_on:
+            q = q.filter(m.SGBinding.port_id.notin_(
+                sa.select(m.Binding.port_id).filter(
+                    m.Binding.status == ACTIVE,
+                    m.Binding.host.in_(sorted(unbound_on)),
+                    m.Binding.vif_type == portbindings.VIF_TYPE_UNBOUND)))
+        for sg_id, address in q:
             found[sg_id].add(address)
     return found
 
@@ -635,8 +648,12 @@ def port_fingerprints(host_filter: set[str] | None = None
                 refs[sg_id].add(("ag", ag))
         remote = {r for rs in refs.values() for k, r in rs if k == "sg"}
         ags = {r for rs in refs.values() for k, r in rs if k == "ag"}
+        # A port created on one of our hosts changes its groups' members
+        # once its binding commits, not before: the API hook of that bind
+        # syncs them (a join), and a fan-out here between the port's create
+        # and its bind wrote the filter once more, without its MAC.
         members = {g: _digest(a) for g, a in
-                   _addresses_of_groups(m, s, remote).items()}
+                   _addresses_of_groups(m, s, remote, host_filter).items()}
         ag_rev = {}
         if ags:
             ag_rev = dict(s.query(m.AG.id, m.Attrs.revision_number).join(
