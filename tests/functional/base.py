@@ -149,6 +149,16 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
         self.assertEqual(201, res.status_int, body)
         return body["port"]
 
+    def assert_group_written_first(self, calls: list[str], why: str):
+        """Of ``calls`` (:meth:`soap_calls`), the first write is of a port
+        group, and a DV port write follows; ``why`` says what it would
+        mean otherwise."""
+        writes = [c for c in calls if c in ("ReconfigureDVPortgroup_Task",
+                                            "ReconfigureDVPort_Task")]
+        self.assertIn("ReconfigureDVPort_Task", writes)
+        self.assertEqual("ReconfigureDVPortgroup_Task", writes[0],
+                         f"{why}: {writes}")
+
     @contextlib.contextmanager
     def soap_calls(self):
         """Collect the names of the SOAP calls made inside the block, by any

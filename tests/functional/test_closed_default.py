@@ -386,12 +386,9 @@ class TestOpenGroupConvertedShared(TestOpenGroupConverted):
 
         with self.soap_calls() as calls:
             port = self.port_on(net["id"])
-        writes = [c for c in calls if c in ("ReconfigureDVPortgroup_Task",
-                                            "ReconfigureDVPort_Task")]
-        self.assertIn("ReconfigureDVPort_Task", writes)
-        self.assertEqual("ReconfigureDVPortgroup_Task", writes[0],
-                         f"a port was reserved in the open group before "
-                         f"it was closed: {writes}")
+        self.assert_group_written_first(
+            calls, "a port was reserved in the open group before it was "
+                   "closed")
 
         (pg,) = self.vsphere.dv_portgroups(name)
         self.assertEqual(old["key"], pg["key"])

@@ -173,12 +173,9 @@ class TestSharedFilter(PortsTestCase):
                                      and self.admits(self.shared(stay),
                                                      join))
         self.assertTrue(joined, "the port did not join the shared filter")
-        writes = [c for c in calls if c in ("ReconfigureDVPortgroup_Task",
-                                            "ReconfigureDVPort_Task")]
-        self.assertIn("ReconfigureDVPort_Task", writes)
-        self.assertEqual("ReconfigureDVPortgroup_Task", writes[0],
-                         f"the port dropped its own filter before its "
-                         f"group's named it: {writes}")
+        self.assert_group_written_first(
+            calls, "the port dropped its own filter before its group's "
+                   "named it")
 
     def test_a_hand_edit_of_the_shared_filter_is_undone(self):
         # The replica does not parse a shared filter: what the group's
