@@ -72,6 +72,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from networking_vcenter import quiet_imports  # noqa: F401 (first)
 from oslo_config import cfg
 from oslo_log import log as oslo_log
 

@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import re
+import sys
 import types
 import unittest
 
@@ -210,3 +211,21 @@ class TestLogging(unittest.TestCase):
                         runs[True].stderr[-2000:])
         self.assertIsNone(line.search(runs[False].stderr),
                           runs[False].stderr[-2000:])
+
+
+def test_the_cli_prints_no_eventlet_warning_on_import():
+    """futurist imports eventlet (installed with Neutron), which warns on
+    import; the CLI's process silences that warning, and only that one."""
+    import subprocess
+
+    def stderr_of(code):
+        return subprocess.run([sys.executable, "-c", code],
+                              capture_output=True, text=True, timeout=120,
+                              check=True).stderr
+
+    assert "Eventlet is deprecated" in stderr_of("import futurist._utils")
+    assert "Eventlet is deprecated" not in stderr_of(
+        "import networking_vcenter.cli")
+    assert "a warning of its own" in stderr_of(
+        "import networking_vcenter.cli, warnings; "
+        "warnings.warn('a warning of its own')")
