@@ -758,7 +758,11 @@ class Reconciler:
             return None
         if seen is None:
             return "unknown"
-        if seen[0] != state[0] and pg.defaults_written_last:
+        if pg.defaults_written_last and (
+                seen[0] != state[0] or seen[1] != pg.config_version and
+                _base_after(pg.defaults_base, seen[1])):
+            # A new digest, or the same one named again on a later
+            # configVersion (a grow of ours): the group's last change.
             self._defaults_seen[pg.key] = state
             return "ours"
         return "moved"
@@ -1099,6 +1103,13 @@ def _step_keys(inv: inventory.Inventory, steps: Iterable[plan_mod.PortStep]
     """(switch moid, DV port key) of these steps, where both are known."""
     return [(dvs.moid, s.key) for s in steps
             if s.key and (dvs := inv.dvs(s.switch)) is not None]
+
+
+def _base_after(base: str | None, version: str | None) -> bool:
+    """Whether a digest named on configVersion ``base`` was named at or
+    after ``version`` (the one last found true here)."""
+    return base is not None and (version or "").isdigit() and \
+        int(base) >= int(version)
 
 
 def _joining(steps: Iterable[plan_mod.PortStep], inv: inventory.Inventory

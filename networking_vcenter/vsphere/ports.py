@@ -730,12 +730,21 @@ def grow_port_group(session: Session, pg: inventory.DvsPortGroup,
     ``pg.config_version``): one ``ReconfigureDVPortgroup_Task`` whose spec
     sets only configVersion and numPorts (vCenter merges a port group spec:
     the rest stays; the simulator does too since patch 0008).  A group
-    changed meanwhile raises ConcurrentModification.  Answers the new
-    number of ports."""
+    changed meanwhile raises ConcurrentModification.  A group whose
+    description names the digest of its defaults
+    (``shared_security_filter``) has it named again on this configVersion:
+    the grow is a write of ours, not a change that may hide a hand edit
+    (which every process would read the group whole for).  Answers the
+    new number of ports."""
     add = add or GROW_BY
     total = pg.num_ports + add
     spec = vim.dvs.DistributedVirtualPortgroup.ConfigSpec(
         configVersion=pg.config_version, numPorts=total)
+    if pg.defaults_token is not None and pg.defaults_written_last:
+        # Only while the digest is known true to this write's knowledge
+        # (nothing followed the write naming it).
+        spec.description = inventory.with_defaults_token(
+            pg.description, pg.defaults_token, pg.config_version)
     session.run_task(what or f"add {add} ports to port group {pg.name} "
                              f"({pg.moid})",
                      pg.ref.ReconfigureDVPortgroup_Task, spec)
