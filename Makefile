@@ -41,7 +41,8 @@ $(VENV)/.stamp: pyproject.toml upper-constraints.txt | apt
 	@# (uwsgi compiles from source: build-essential and python3-dev above)
 	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -c upper-constraints.txt -e '.[test]' 2>&1 \
 	  | { grep -v '^WARNING: Location' || true; }
-	$(PY) -c 'import neutron, networking_vcenter, pyVmomi, tooz'
+	@# (redis, etcd3gw: the clients of tooz's backends that the race runs on)
+	$(PY) -c 'import neutron, networking_vcenter, pyVmomi, tooz, redis, etcd3gw'
 	test -x $(VENV)/bin/uwsgi
 	@touch $@
 
