@@ -13,7 +13,8 @@ MODE ?= embedded
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
-APT_PACKAGES := python3-venv python3-dev build-essential golang-go golang-github-vmware-govmomi-dev patch mariadb-server rabbitmq-server
+APT_PACKAGES := python3-venv python3-dev build-essential golang-go golang-github-vmware-govmomi-dev patch mariadb-server rabbitmq-server \
+  redis-server etcd-server
 
 export NOVA_VENV
 
@@ -22,7 +23,9 @@ export NOVA_VENV
 all: test
 
 apt: .stamp-apt
-.stamp-apt:
+# Again after a change of APT_PACKAGES (the recipe installs only what is
+# missing).
+.stamp-apt: Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "apt: installing $$missing"; \
@@ -38,7 +41,8 @@ $(VENV)/.stamp: pyproject.toml upper-constraints.txt | apt
 	@# (uwsgi compiles from source: build-essential and python3-dev above)
 	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -c upper-constraints.txt -e '.[test]' 2>&1 \
 	  | { grep -v '^WARNING: Location' || true; }
-	$(PY) -c 'import neutron, networking_vcenter, pyVmomi, tooz'
+	@# (redis, etcd3gw: the clients of tooz's backends that the race runs on)
+	$(PY) -c 'import neutron, networking_vcenter, pyVmomi, tooz, redis, etcd3gw'
 	test -x $(VENV)/bin/uwsgi
 	@touch $@
 

@@ -68,6 +68,7 @@ import functools
 import json
 import logging
 import sys
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -743,15 +744,46 @@ def check_locks(rec: Reconciler,
                 wait: float = CHECK_LOCK_WAIT) -> None:
     """Join the lock backend, take a test lock and release it: what the
     full pass and every port's lock need.  The backend's URL is shown
-    masked, as its errors are."""
+    masked, as its errors are.
+
+    A backend that does not answer fails the check after about ``wait``
+    seconds: tooz's Redis client (redis-py's retries, nested) tries a
+    refused connection for about a minute before it gives up.  The attempt
+    is left to finish in a daemon thread; the command goes on."""
     where = rec.locks.backend_url
-    try:
-        with rec.locks.hold(CHECK_LOCK, timeout=wait) as got:
-            pass
-    except Exception as exc:  # noqa: BLE001 - any backend error fails it
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        record("coordination backend", False, f"{where}: {text}")
+    outcome: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            with rec.locks.hold(CHECK_LOCK, timeout=wait) as got:
+                outcome["got"] = got
+        except Exception as exc:  # noqa: BLE001 - any backend error fails it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=attempt, name="check-lock",
+                              daemon=True)
+    thread.start()
+    # A little past the lock's own wait: a lock held elsewhere is told
+    # apart from a backend that does not answer.
+    thread.join(wait + 2)
+    if not outcome:
+        record("coordination backend", False,
+               f"{locks_mod.OPTION} '{where}': no answer within "
+               f"{wait + 2:g} s (is the backend down?)")
         return
+    if "error" in outcome:
+        exc = outcome["error"]
+        if isinstance(exc, exceptions.ConfigError):
+            # Its first line is a heading: the problems say what and why.
+            text = "; ".join(exc.problems)
+        else:
+            text = str(exc).splitlines()[0] if str(exc) else \
+                type(exc).__name__
+        if locks_mod.OPTION not in text:
+            text = f"{locks_mod.OPTION} '{where}': {text}"
+        record("coordination backend", False, text)
+        return
+    got = outcome["got"]
     record("coordination backend", got,
            f"{where}: a test lock taken and released" if got else
            f"{where}: the test lock '{CHECK_LOCK}' was not had within "

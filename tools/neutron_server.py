@@ -27,6 +27,10 @@ next to ``sys.executable``)::
                            port=free_port(), backend_of=first).start()
     second.stop()      # before first.stop()
 
+    # Neutron's processes again, on other [ml2_vcenter] options (the
+    # database and the message queue stay):
+    srv.restart({"coordination_backend_url": "redis://:PW@127.0.0.1:6379"})
+
 Modes:
 
 embedded
@@ -58,6 +62,8 @@ the vCenter or database password.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import contextlib
 import os
 import re
 import secrets
@@ -70,17 +76,24 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 import psutil
 
 from networking_vcenter import conf
 from networking_vcenter import exceptions
+from networking_vcenter.reconcile import locks
 
 MODES = ("embedded", "real")
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 # Stopped in this order (the reverse of their start).
 STOP_ORDER = ("uwsgi", "neutron-periodic-workers", "neutron-rpc-server",
               "rabbitmq", "epmd", "mariadb")
+# Neutron's own processes: each loads the ML2 plugin, so the driver, and
+# reads the configuration once, at its start (restart() starts them again).
+NEUTRON_PROCS = STOP_ORDER[:3]
+# Seconds each has to stop gracefully in restart() before SIGKILL.
+RESTART_GRACE = 2.0
 
 DEFAULT_SWITCH_MAPPINGS = "physnet1:DVS0,physnet2:vSwitch1"
 DEFAULT_COMPUTE_HOSTS = "vc-compute-1:DC0_C0"
@@ -333,6 +346,22 @@ class Proc:
                               f"SIGKILL")
 
 
+def spawn(name: str, cmd: list[str], out: str, *, cwd: str,
+          env: dict | None = None, log: str | None = None) -> Proc:
+    """Start ``cmd`` in a session of its own, its output appended to
+    ``out`` (``log``: where it writes its own log, if elsewhere)."""
+    with open(out, "ab") as f:
+        f.write(f"--- {time.strftime('%F %T')}: {' '.join(cmd)}\n".encode())
+        f.flush()
+        try:
+            popen = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f, env=env,
+                cwd=cwd, close_fds=True, start_new_session=True)
+        except OSError as exc:
+            raise ServerError(f"cannot run {cmd[0]}: {exc}") from None
+    return Proc(name, popen.pid, popen, log or out)
+
+
 # -- the server ------------------------------------------------------------------
 
 
@@ -372,19 +401,25 @@ class NeutronServer:
         self.compute_hosts = compute_hosts
         self.port = int(port)
         self.workers = int(workers)
-        self.extra_ml2_opts = dict(extra_ml2_opts or {})
-        for k in self.extra_ml2_opts:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
-                raise ServerError(f"invalid [ml2_vcenter] option {k!r}")
         self.timeout = timeout
         self.stop_grace = stop_grace
         self.quiet = quiet
         self.backend_of = backend_of
         self.venv_bin = os.path.dirname(sys.executable)
         self._secrets = {vcenter_password} if vcenter_password else set()
+        self._set_ml2_opts(extra_ml2_opts or {})
         self.procs: list[Proc] = []
         self._offsets: dict[str, int] = {}
         self.state: dict = {}
+
+    def _set_ml2_opts(self, opts: dict[str, object]) -> None:
+        for k in opts:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+                raise ServerError(f"invalid [ml2_vcenter] option {k!r}")
+        self.extra_ml2_opts = dict(opts)
+        # A lock backend's URL may hold a password (redis://:PW@host:port).
+        self._secrets.update(locks.url_secrets(str(opts.get(
+            "coordination_backend_url", ""))))
 
     # -- paths ------------------------------------------------------------
 
@@ -444,19 +479,8 @@ class NeutronServer:
 
     def _spawn(self, name: str, cmd: list[str], env: dict | None = None,
                log: str | None = None) -> Proc:
-        out = self.path("log", name + ".out")
-        with open(out, "ab") as f:
-            f.write(f"--- {time.strftime('%F %T')}: {' '.join(cmd)}\n"
-                    .encode())
-            f.flush()
-            try:
-                popen = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f,
-                    env=env, cwd=self.workdir, close_fds=True,
-                    start_new_session=True)
-            except OSError as exc:
-                raise ServerError(f"cannot run {cmd[0]}: {exc}") from None
-        proc = Proc(name, popen.pid, popen, log or out)
+        proc = spawn(name, cmd, self.path("log", name + ".out"),
+                     cwd=self.workdir, env=env, log=log)
         self.procs.append(proc)
         return proc
 
@@ -593,13 +617,11 @@ class NeutronServer:
             raise ServerError(f"port 127.0.0.1:{api_port} is already in use")
         for d in ("etc", "log", "data", "run"):
             os.makedirs(self.path(d), exist_ok=True)
-        self._offsets = {os.path.join(self.path("log"), n): os.path.getsize(
-            os.path.join(self.path("log"), n))
-            for n in os.listdir(self.path("log"))}
+        self._mark_logs()
         self.state = {"mode": self.mode, "url": f"http://127.0.0.1:{api_port}",
                       "ports": {"api": api_port}}
         atexit.register(self.stop)
-        try:
+        with self._stop_on_failure("start"):
             if self.backend_of is not None:
                 self._use_backends_of(self.backend_of)
                 self.write_config()
@@ -608,22 +630,68 @@ class NeutronServer:
             else:
                 self.write_config()
                 self._init_sqlite()
-            api = self._spawn_api()
-            if self.mode == "embedded":
-                # Both processes load the ML2 plugin, which writes the VLAN
-                # allocation table at start: on sqlite one at a time, or
-                # the second fails with "database is locked".
-                self._wait_api(api)
-            periodic = self._spawn("neutron-periodic-workers",
-                                   self._periodic_cmd(),
-                                   env=self._neutron_env(),
-                                   log=self.periodic_log)
-            self._wait_api(api)
-            self._wait_periodic_workers(periodic)
-            if self.mode == "real" and self.backend_of is None:
-                self._wait_rpc_server()
+            self._start_neutron()
+        self._say(f"neutron ({self.mode}) ready at {self.url} in "
+                  f"{time.monotonic() - t0:.1f}s; logs in {self.path('log')}")
+        return self
+
+    def restart(self, extra_ml2_opts: dict[str, object] | None = None
+                ) -> NeutronServer:
+        """Stop Neutron's own processes (:data:`NEUTRON_PROCS`), write the
+        configuration again (with ``extra_ml2_opts`` instead of the
+        [ml2_vcenter] options given so far) and start them again; MariaDB
+        and RabbitMQ stay up, with the database as it is.
+
+        Why: the same servers on another setting (tests/e2e/test_race.py:
+        another lock backend) in the seconds a start of Neutron takes,
+        rather than the half minute of a new database and its migrations.
+        """
+        t0 = time.monotonic()
+        neutron = [p for p in self.procs if p.name in NEUTRON_PROCS]
+        if not neutron:
+            raise ServerError(f"{self.workdir}: not started")
+        if extra_ml2_opts is not None:
+            self._set_ml2_opts(extra_ml2_opts)
+        for p in neutron:           # remember every tree before it changes
+            p.members()
+
+        def stop(p: Proc) -> str:
+            t1 = time.monotonic()
+            p.stop(min(self.stop_grace, RESTART_GRACE))
+            return f"{p.name} {time.monotonic() - t1:.1f}s"
+
+        # All at once, with a short grace: the caller sends nothing to the
+        # API meanwhile, so there is no order to keep and nothing in flight
+        # worth waiting seconds for (each takes 2-8 s to stop gracefully).
+        problems, timings = [], []
+        with concurrent.futures.ThreadPoolExecutor(len(neutron)) as pool:
+            for future in [pool.submit(stop, p) for p in neutron]:
+                try:
+                    timings.append(future.result())
+                except ServerError as exc:
+                    problems.append(str(exc))
+        if problems:
+            raise ServerError(self.redact("; ".join(problems)))
+        self.procs = [p for p in self.procs if p not in neutron]
+        stopped = time.monotonic() - t0
+        self._mark_logs()
+        with self._stop_on_failure("restart"):
+            self.write_config()
+            if any(p.name == "neutron-rpc-server" for p in neutron):
+                self._spawn_rpc_server()
+            self._start_neutron()
+        self._say(f"neutron ({self.mode}) restarted at {self.url} in "
+                  f"{time.monotonic() - t0:.1f}s (stopped in {stopped:.1f}s: "
+                  f"{', '.join(timings)})")
+        return self
+
+    @contextlib.contextmanager
+    def _stop_on_failure(self, what: str) -> Iterator[None]:
+        """Whatever fails inside: stop everything started, then raise."""
+        try:
+            yield
         except BaseException as exc:
-            self._say("start failed; stopping what was started...")
+            self._say(f"{what} failed; stopping what was started...")
             try:
                 self.stop()
             except ServerError as stop_exc:
@@ -631,9 +699,29 @@ class NeutronServer:
                     raise ServerError(f"{exc}\nCLEANUP INCOMPLETE: "
                                       f"{stop_exc}") from None
             raise
-        self._say(f"neutron ({self.mode}) ready at {self.url} in "
-                  f"{time.monotonic() - t0:.1f}s; logs in {self.path('log')}")
-        return self
+
+    def _mark_logs(self) -> None:
+        """From here on, ``_since`` reads what the logs get next."""
+        self._offsets = {os.path.join(self.path("log"), n): os.path.getsize(
+            os.path.join(self.path("log"), n))
+            for n in os.listdir(self.path("log"))}
+
+    def _start_neutron(self) -> None:
+        """The API and the periodic workers, until both serve (and, in real
+        mode, until neutron-rpc-server, started before, consumes)."""
+        api = self._spawn_api()
+        if self.mode == "embedded":
+            # Both processes load the ML2 plugin, which writes the VLAN
+            # allocation table at start: on sqlite one at a time, or the
+            # second fails with "database is locked".
+            self._wait_api(api)
+        periodic = self._spawn("neutron-periodic-workers",
+                               self._periodic_cmd(), env=self._neutron_env(),
+                               log=self.periodic_log)
+        self._wait_api(api)
+        self._wait_periodic_workers(periodic)
+        if any(p.name == "neutron-rpc-server" for p in self.procs):
+            self._wait_rpc_server()
 
     def _init_sqlite(self) -> None:
         db = self.path("data", "neutron.sqlite")
@@ -721,11 +809,13 @@ class NeutronServer:
         self._say(f"neutron database migrated "
                   f"({time.monotonic() - t0:.1f}s since start)")
         self._wait_rabbitmq(rabbit)
-        self._spawn("neutron-rpc-server", self._neutron_cmd(
-            "neutron-rpc-server", "--log-file",
-            self.path("log", "neutron-rpc-server.log")),
-            env=self._neutron_env(),
-            log=self.path("log", "neutron-rpc-server.log"))
+        self._spawn_rpc_server()
+
+    def _spawn_rpc_server(self) -> Proc:
+        log = self.path("log", "neutron-rpc-server.log")
+        return self._spawn("neutron-rpc-server", self._neutron_cmd(
+            "neutron-rpc-server", "--log-file", log),
+            env=self._neutron_env(), log=log)
 
     def _mariadb_socket(self) -> str:
         sock = self.path("run", "mariadb.sock")
@@ -978,18 +1068,7 @@ class NeutronServer:
         for p in sorted(reversed(self.procs), key=lambda p: rank[p.name]):
             t1 = time.monotonic()
             try:
-                if p.name == "neutron-rpc-server":
-                    # A graceful stop waits seconds for oslo.messaging's
-                    # consumers; it has nothing to finish that matters here.
-                    p.stop(min(self.stop_grace, 5))
-                elif p.name == "rabbitmq":
-                    # The shell script, beam.smp and its helpers (some in
-                    # sessions of their own) all get the SIGTERM.
-                    p.stop(self.stop_grace, everyone=True)
-                elif p.name == "mariadb":
-                    p.stop(30)
-                else:
-                    p.stop(self.stop_grace)
+                self._stop_proc(p)
             except ServerError as exc:
                 problems.append(str(exc))
             timings.append(f"{p.name} {time.monotonic() - t1:.1f}s")
@@ -1009,3 +1088,17 @@ class NeutronServer:
             shutil.rmtree(self.state["short_run_dir"], ignore_errors=True)
         self._say(f"stopped in {time.monotonic() - t0:.1f}s "
                   f"({', '.join(timings)})")
+
+    def _stop_proc(self, p: Proc) -> None:
+        if p.name == "neutron-rpc-server":
+            # A graceful stop waits seconds for oslo.messaging's consumers;
+            # it has nothing to finish that matters here.
+            p.stop(min(self.stop_grace, 5))
+        elif p.name == "rabbitmq":
+            # The shell script, beam.smp and its helpers (some in sessions
+            # of their own) all get the SIGTERM.
+            p.stop(self.stop_grace, everyone=True)
+        elif p.name == "mariadb":
+            p.stop(30)
+        else:
+            p.stop(self.stop_grace)

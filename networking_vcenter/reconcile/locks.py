@@ -154,6 +154,21 @@ def mask_exception(exc: BaseException, *urls: str) -> BaseException:
     return exc
 
 
+def _reason(exc: BaseException) -> str:
+    """The text of ``exc``; if it has none (etcd3gw's
+    ConnectionFailedError), its type and the text of the first exception
+    it was raised from that has one (requests' "Connection refused")."""
+    if str(exc):
+        return str(exc)
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if str(e):
+            return f"{type(exc).__name__}: {e}"
+        e = e.__cause__ or e.__context__
+    return type(exc).__name__
+
+
 def configured_lock_path() -> str | None:
     """Neutron's ``[oslo_concurrency] lock_path``, if registered and set."""
     from oslo_config import cfg
@@ -186,7 +201,7 @@ class Locks:
         mask_exception(exc, self._url)
         return exceptions.ConfigError(
             [f"{OPTION} '{self.backend_url}' cannot be used: "
-             f"{mask_text(exc, self._url) or type(exc).__name__}"])
+             f"{self.mask(_reason(exc))}"])
 
     @contextlib.contextmanager
     def _masked(self) -> Iterator[None]:
@@ -214,7 +229,9 @@ class Locks:
             self._pid = os.getpid()
         try:
             self._coordinator.start(start_heart=True)
-        except coordination.ToozError as exc:
+        except Exception as exc:  # noqa: BLE001 - tooz's, or the client
+            # library's own when the driver does not wrap it (etcd3gw's
+            # ConnectionFailedError while etcd is down)
             raise self._unusable(exc) from exc
         self._started = True
 

@@ -17,21 +17,43 @@ on one MariaDB database and one RabbitMQ, with the driver's locks in tooz
 over that database.  They race on the same 50 networks (each created on one
 server and renamed on the other at once) and with each other's full passes
 (every second, no grace period): no port group lost, none duplicated, and
-concurrent deletes spread over both servers leave none behind."""
+concurrent deletes spread over both servers leave none behind.
+
+Then the same two servers, restarted with their locks in Redis and then in
+etcd (private servers of ``tools/lock_backends.py``), run a shorter race:
+MySQL's named locks are per database node (Galera does not replicate them),
+so a deployment on Galera needs one of those.  The backend's own records
+(Redis's slow log, etcd's history) must show the locks of the race's
+networks and of the full passes, which no file or MySQL lock would leave
+there; ``networking-vcenter check`` takes its test lock there, and names
+the option when the backend is down, its password masked."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
 
+from networking_vcenter.reconcile import locks
+from networking_vcenter.reconcile.reconciler import FULL_PASS_LOCK
 from tests.e2e import conftest
 from tests.fixtures.vcsim import Vcsim
 from tests.fixtures.vsphere_reader import Reader
 
+import lock_backends  # noqa: E402 - tools/, on sys.path by conftest
+
 pytestmark = pytest.mark.e2e
+CLI = os.path.join(os.path.dirname(sys.executable), "networking-vcenter")
+# The race on Redis and on etcd: fewer networks than on MySQL (the same
+# assertions; the servers' start and the full passes take the time).
+SHORT_RACE = 10
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +71,32 @@ ML2_OPTS = {"deployment_name": "race", "resync_interval": "1",
 
 
 @pytest.fixture(scope="module")
-def servers(sim):
+def lock_servers():
+    """``get(kind)``: the module's Redis or etcd, started at the first call.
+    The servers depend on this fixture, so they stop before these do."""
+    workdir = tempfile.mkdtemp(prefix="lock-backends-")
+    started: dict[str, lock_backends.LockBackend] = {}
+
+    def get(kind: str) -> lock_backends.LockBackend:
+        if kind not in started:
+            started[kind] = lock_backends.start_backend(
+                kind, os.path.join(workdir, kind))
+        return started[kind]
+
+    yield get
+    problems = []
+    for backend in started.values():
+        try:
+            backend.stop()
+        except lock_backends.ServerError as exc:
+            problems.append(str(exc))
+    if not os.environ.get("E2E_KEEP_LOGS"):
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert not problems, problems
+
+
+@pytest.fixture(scope="module")
+def servers(sim, lock_servers):
     first = conftest.start_server(
         sim, "real", conftest.neutron_server.free_port(), workers=1,
         extra_ml2_opts=ML2_OPTS)
@@ -126,7 +173,9 @@ def test_racing_servers_keep_exactly_one_port_group_each(servers, sim):
         reader.close()
 
 
-def race(apis: list[conftest.Api], reader: Reader) -> None:
+def race(apis: list[conftest.Api], reader: Reader,
+         count: int = 50) -> list[dict]:
+    """``count`` networks raced on and deleted; they are returned."""
     def create(i):
         # Created on one server, renamed on the other at once: both
         # reconcile the same network concurrently.
@@ -143,7 +192,7 @@ def race(apis: list[conftest.Api], reader: Reader) -> None:
         return net
 
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
-        nets = list(pool.map(create, range(50)))
+        nets = list(pool.map(create, range(count)))
     time.sleep(3)          # several full passes by both servers
     dvs = [n for n in nets if n["provider:physical_network"] == "physnet1"]
     std = [n for n in nets if n["provider:physical_network"] == "physnet2"]
@@ -156,7 +205,7 @@ def race(apis: list[conftest.Api], reader: Reader) -> None:
         assert reader.host_portgroups(n["id"]) == {
             h: ("vSwitch1", n["provider:segmentation_id"]) for h in hosts}
         assert len(reader.networks_named(n["id"])) == 1
-    assert len(dvs) + len(std) == 50
+    assert len(dvs) + len(std) == count
 
     # Each server deletes half of the networks (not those it created).
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
@@ -167,6 +216,20 @@ def race(apis: list[conftest.Api], reader: Reader) -> None:
     time.sleep(2)
     assert managed(reader) == {}
     assert all(reader.host_portgroups(n["id"]) == {} for n in std)
+    return nets
+
+
+def files_holding(servers, secret: str) -> list[str]:
+    """The log files of the servers that hold ``secret``."""
+    found = []
+    for srv in servers:
+        for root, _, files in os.walk(srv.path("log")):
+            for name in files:
+                with open(os.path.join(root, name), encoding="utf-8",
+                          errors="replace") as f:
+                    if secret in f.read():
+                        found.append(os.path.join(root, name))
+    return found
 
 
 def test_no_secret_in_any_log(servers):
@@ -181,13 +244,111 @@ def test_no_secret_in_any_log(servers):
     # something).
     with open(servers[0].api_log, encoding="utf-8", errors="replace") as f:
         assert "; locks: mysql://" in f.read()
-    leaks = []
-    for srv in servers:
-        for root, _, files in os.walk(srv.path("log")):
-            for name in files:
-                with open(os.path.join(root, name), encoding="utf-8",
-                          errors="replace") as f:
-                    if password in f.read():
-                        leaks.append(os.path.join(root, name))
+    leaks = files_holding(servers, password)
     # Only file names go into the message: a failure must not print it.
     assert not leaks, f"the database password is in {leaks}"
+
+
+def last_lock_line(log: str) -> str:
+    """The backend named by the driver's last start line in ``log``."""
+    with open(log, encoding="utf-8", errors="replace") as f:
+        lines = [ln for ln in f if "vcenter driver ready:" in ln]
+    return lines[-1].rsplit("; locks: ", 1)[-1].strip() if lines else ""
+
+
+def config_of(server) -> list[str]:
+    """The server's configuration files, in order."""
+    return [server.neutron_conf, server.ml2_conf]
+
+
+def copy_config(server, name: str) -> list[str]:
+    """A copy of the server's configuration files, in its ``etc/NAME``."""
+    copies = []
+    for i, path in enumerate(config_of(server)):
+        with open(path) as f:
+            text = f.read()
+        copies.append(server.path("etc", name, f"{i}-"
+                                  f"{os.path.basename(path)}"))
+        conftest.neutron_server._write_private(copies[-1], text)
+    return copies
+
+
+def check(config: list[str], extra: str = "") -> tuple[int, dict, str]:
+    """``networking-vcenter check`` on these configuration files (and
+    ``extra``, one more after them): its exit status, its checks by name,
+    and everything it printed."""
+    files = list(config)
+    if extra:
+        files.append(os.path.join(os.path.dirname(files[-1]),
+                                  "check-extra.ini"))
+        conftest.neutron_server._write_private(files[-1], extra)
+    proc = subprocess.run([CLI, *(a for f in files
+                                  for a in ("--config-file", f)),
+                           "--format", "json", "check"],
+                          capture_output=True, text=True, timeout=120)
+    checks = {c["check"]: c for c in json.loads(proc.stdout)["checks"]} \
+        if proc.stdout.strip() else {}
+    return proc.returncode, checks, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["redis", "etcd"])
+def test_race_with_the_locks_in(kind, servers, sim, lock_servers):
+    backend = lock_servers(kind)
+    shown = locks.mask_url(backend.url)
+    opts = {**ML2_OPTS, "coordination_backend_url": backend.url}
+    # The operator's check with the backend down (nothing listening on
+    # its port) fails, naming the option, with the password masked.  It
+    # waits seconds for an answer: it runs while the servers restart, on
+    # a copy of their configuration as it is now (the restart rewrites it).
+    down = backend.url.replace(f":{backend.client_port}",
+                               f":{conftest.neutron_server.free_port()}")
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        down_run = pool.submit(
+            check, copy_config(servers[1], f"check-{kind}-down"),
+            f"[ml2_vcenter]\ncoordination_backend_url = {down}\n")
+        # Both servers at once (each waits for its own processes).
+        list(pool.map(lambda srv: srv.restart(opts), servers))
+        # Every process that loads the driver started on the backend.
+        for srv in servers:
+            logs = [srv.api_log, srv.periodic_log]
+            if srv.backend_of is None:
+                logs.append(srv.path("log", "neutron-rpc-server.log"))
+            assert {last_lock_line(log) for log in logs} == {shown}, \
+                srv.workdir
+
+        # The operator's check takes its test lock there, during the race.
+        up_run = pool.submit(check, config_of(servers[0]))
+        apis = [conftest.Api(srv.url) for srv in servers]
+        reader = Reader(sim.connect())
+        try:
+            nets = race(apis, reader, count=SHORT_RACE)
+        finally:
+            reader.close()
+        (code, checks, out), (down_code, down_checks, down_out) = \
+            up_run.result(), down_run.result()
+
+    # The backend's own records: the locks were taken there.
+    taken = backend.lock_names()
+    prefix = "networking-vcenter-"
+    assert prefix + FULL_PASS_LOCK in taken
+    missing = [n["id"] for n in nets
+               if f"{prefix}network-{n['id']}" not in taken]
+    assert not missing, f"networks not locked in {kind}: {missing}"
+
+    assert code == 0, out
+    assert checks["coordination backend"] == {
+        "check": "coordination backend", "result": "ok",
+        "detail": f"{shown}: a test lock taken and released"}
+    assert prefix + "check" in taken
+    assert down_code == 2, down_out
+    detail = down_checks["coordination backend"]["detail"]
+    assert down_checks["coordination backend"]["result"] == "FAIL"
+    assert "coordination_backend_url" in detail, detail
+    assert locks.mask_url(down) in detail, detail
+
+    secret = getattr(backend, "password", "")
+    if secret:
+        assert secret not in out + down_out, "the password is shown"
+        # Only file names go into the message: a failure must not print it.
+        leaks = files_holding(servers, secret)
+        assert not leaks, f"the {kind} password is in {leaks}"

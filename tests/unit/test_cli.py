@@ -21,6 +21,8 @@ import io
 import json
 import re
 import sys
+import threading
+import time
 import types
 import unittest
 
@@ -168,6 +170,66 @@ class TestPassRunningElsewhere(unittest.TestCase):
                       "within 5 s", err)
         self.assertNotIn("s3cret", out + err)
         self.assertEqual("", out)
+
+
+class TestCheckLocks(unittest.TestCase):
+    """``check``'s coordination backend row: every failure names the
+    option and the URL (masked), and a backend that does not answer fails
+    the check within the wait, not after the client's own retries."""
+
+    URL = "redis://:s3cret@redis-host:6379"
+
+    def row(self, hold, wait=0.2):
+        rows = []
+        rec = types.SimpleNamespace(locks=types.SimpleNamespace(
+            backend_url=locks_mod.mask_url(self.URL), hold=hold))
+        cli.check_locks(rec, lambda name, ok, detail: rows.append(
+            (name, ok, detail)), wait=wait)
+        (row,) = rows
+        self.assertNotIn("s3cret", row[2])
+        return row
+
+    def test_taken_and_released(self):
+        self.assertEqual(("coordination backend", True,
+                          "redis://:***@redis-host:6379: a test lock taken "
+                          "and released"),
+                         self.row(lambda name, timeout: contextlib
+                                  .nullcontext(True)))
+
+    def test_backend_error_names_the_option(self):
+        def hold(name, timeout):
+            raise ConnectionError("refused")
+        self.assertEqual(("coordination backend", False,
+                          "[ml2_vcenter] coordination_backend_url "
+                          "'redis://:***@redis-host:6379': refused"),
+                         self.row(hold))
+
+    def test_unusable_backend_says_why(self):
+        problem = ("[ml2_vcenter] coordination_backend_url "
+                   "'redis://:***@redis-host:6379' cannot be used: refused")
+
+        def hold(name, timeout):
+            raise cli.exceptions.ConfigError([problem])
+        # The problem itself, not the error's heading line.
+        self.assertEqual(("coordination backend", False, problem),
+                         self.row(hold))
+
+    def test_no_answer_fails_within_the_wait(self):
+        release = threading.Event()
+
+        def hold(name, timeout):
+            release.wait(30)        # a client retrying a refused connection
+            return contextlib.nullcontext(True)
+        t0 = time.monotonic()
+        try:
+            name, ok, detail = self.row(hold, wait=0.1)
+        finally:
+            release.set()
+        self.assertLess(time.monotonic() - t0, 10)
+        self.assertFalse(ok)
+        self.assertEqual("[ml2_vcenter] coordination_backend_url "
+                         "'redis://:***@redis-host:6379': no answer within "
+                         "2.1 s (is the backend down?)", detail)
 
 
 class TestLogging(unittest.TestCase):

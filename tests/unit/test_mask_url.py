@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from unittest import mock
 
 import pytest
 from tooz import coordination
@@ -139,21 +138,25 @@ def test_unreachable_backend_error_and_logs_masked(caplog):
     assert SECRET not in locks.backend_url
 
 
-@pytest.mark.parametrize("url, host", [
+@pytest.mark.parametrize("url, host, modules", [
     # The scheme's client library is not installed (or not known at all):
     # an error naming the option, not a bare ImportError with no context.
-    (f"redis://:{SECRET}@127.0.0.1:1", "127.0.0.1:1"),
-    (f"etcd3+http://user:{SECRET}@127.0.0.1:1", "127.0.0.1:1"),
-    (f"nosuchbackend://user:{SECRET}@db.example.org/x", "db.example.org"),
+    (f"redis://:{SECRET}@127.0.0.1:1", "127.0.0.1:1",
+     ("redis", "tooz.drivers.redis")),
+    (f"etcd3+http://user:{SECRET}@127.0.0.1:1", "127.0.0.1:1",
+     ("etcd3gw", "tooz.drivers.etcd3gw")),
+    (f"nosuchbackend://user:{SECRET}@db.example.org/x", "db.example.org",
+     ()),
 ])
-def test_backend_that_cannot_load_error_masked(caplog, url, host):
+def test_backend_that_cannot_load_error_masked(caplog, monkeypatch, url,
+                                               host, modules):
     caplog.set_level(logging.DEBUG)
-    # The client library and tooz's driver module made unimportable, as
-    # where they are not installed (the test extra installs them).
-    hidden = {name: None for name in (
-        "redis", "etcd3gw", "tooz.drivers.redis", "tooz.drivers.etcd3gw")}
-    with mock.patch.dict(sys.modules, hidden), \
-            pytest.raises(exceptions.ConfigError) as err:
+    # The client library missing, as without its extra, whether this venv
+    # has it or not (the test extra installs redis and etcd3gw): an import
+    # of a name that is None in sys.modules fails.
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(exceptions.ConfigError) as err:
         locks_mod.Locks(url)
     _assert_masked(str(err.value), host)
     assert SECRET not in caplog.text
@@ -246,3 +249,27 @@ def test_cli_check_backend_that_cannot_load_masked(tmp_path):
                                 "/x?password=***")
     assert "Traceback" not in proc.stderr
     assert "vCenter" not in proc.stdout       # refused before any login
+
+
+class _Quiet(Exception):
+    """An error with no text of its own (as etcd3gw's
+    ConnectionFailedError), raised from one that has some."""
+
+
+def test_start_error_without_text_says_why(monkeypatch):
+    url = f"etcd3+http://user:{SECRET}@etcd.example.org:2379"
+
+    class Coordinator(_Coordinator):
+        def start(self, start_heart=False):
+            try:
+                raise ConnectionError(f"refused: {self.url}")
+            except ConnectionError as exc:
+                raise _Quiet() from exc
+
+    monkeypatch.setattr(coordination, "get_coordinator",
+                        lambda u, member: Coordinator(u))
+    with pytest.raises(exceptions.ConfigError) as err:
+        locks_mod.Locks(url).start()
+    _assert_masked(str(err.value), "etcd.example.org:2379")
+    assert ("cannot be used: _Quiet: refused: "
+            "etcd3+http://user:***@etcd.example.org:2379") in str(err.value)
