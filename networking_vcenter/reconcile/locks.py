@@ -34,6 +34,7 @@ import os
 import re
 import socket
 import tempfile
+import threading
 import urllib.parse
 from collections.abc import Iterator
 
@@ -184,6 +185,13 @@ def default_backend_url(lock_path: str | None) -> str:
     return "file://" + os.path.join(base, "networking-vcenter")
 
 
+# Seconds a lock waits at least for the backend to be joined (the join
+# goes on in the background past it): tooz's Redis client retries a refused
+# connection for about a minute, nested retries, before it gives up, and a
+# lock wait must not last that long (an API hook's deadline).
+JOIN_WAIT = 2.0
+
+
 class Locks:
     """The locks over the tooz backend at ``backend_url``.
 
@@ -196,6 +204,11 @@ class Locks:
         self._coordinator = self._new_coordinator()
         self._started = False
         self._pid = os.getpid()
+        # The join under way (or last done) and what it raised.
+        self._join_lock = threading.Lock()
+        self._join: threading.Thread | None = None
+        self._join_error: BaseException | None = None
+        self._stopped = False
 
     def _unusable(self, exc: BaseException) -> exceptions.ConfigError:
         mask_exception(exc, self._url)
@@ -220,20 +233,58 @@ class Locks:
             # (stevedore), the backend's client library missing (ImportError)
             raise self._unusable(exc) from exc
 
-    def _ensure_started(self) -> None:
-        # A forked worker must not reuse its parent's coordinator connection.
+    def _ensure_started(self, wait: float | None = None) -> None:
+        """Join the backend, waiting for at most ``wait`` seconds (None:
+        until the backend answers or fails).  A join not done in time
+        raises LockBusy and goes on in its own thread, for the next lock;
+        one that failed raises ConfigError (and the next lock tries
+        again)."""
         if self._started and self._pid == os.getpid():
             return
-        if self._pid != os.getpid():
-            self._coordinator = self._new_coordinator()
-            self._pid = os.getpid()
+        with self._join_lock:
+            if self._pid != os.getpid():
+                # A forked worker must not reuse its parent's connection.
+                self._coordinator = self._new_coordinator()
+                self._pid = os.getpid()
+                self._started, self._join = False, None
+            if self._started:
+                return
+            if self._join is None or not self._join.is_alive():
+                self._join_error, self._stopped = None, False
+                self._join = threading.Thread(
+                    target=self._joining, name="lock-backend-join",
+                    daemon=True)
+                self._join.start()
+            join = self._join
+        join.join(wait)
+        if join.is_alive():
+            raise exceptions.LockBusy(
+                f"join the lock backend {self.backend_url}",
+                f"{OPTION} did not answer within {wait:g} s (still trying)")
+        error = self._join_error
+        if error is not None:
+            raise self._unusable(error) from error
+        if not self._started:       # stopped meanwhile
+            raise exceptions.LockBusy(
+                f"join the lock backend {self.backend_url}",
+                "the locks were stopped while it joined")
+
+    def _joining(self) -> None:
+        coordinator = self._coordinator
         try:
-            self._coordinator.start(start_heart=True)
+            coordinator.start(start_heart=True)
         except Exception as exc:  # noqa: BLE001 - tooz's, or the client
             # library's own when the driver does not wrap it (etcd3gw's
             # ConnectionFailedError while etcd is down)
-            raise self._unusable(exc) from exc
-        self._started = True
+            self._join_error = exc
+            return
+        with self._join_lock:
+            if not self._stopped:
+                self._started = True
+                return
+        # Stopped while it was joining: leave at once.
+        with contextlib.suppress(Exception), self._masked():
+            coordinator.stop()
 
     def mask(self, text: object) -> str:
         """``text`` with the backend URL's secrets (and any URL's) masked."""
@@ -247,8 +298,12 @@ class Locks:
     @contextlib.contextmanager
     def hold(self, name: str, timeout: float = -1,
              blocking: bool = True) -> Iterator[bool]:
-        """Hold lock ``name``; yields False if not had in time (or at once)."""
-        self._ensure_started()
+        """Hold lock ``name``; yields False if not had in time (or at once).
+        Joining the backend first waits for :data:`JOIN_WAIT` seconds, or
+        ``timeout`` if longer (LockBusy past it)."""
+        self._ensure_started(None if blocking and (
+            timeout is None or timeout < 0) else max(JOIN_WAIT,
+                                                     timeout or 0))
         with self._masked():
             lock = self._coordinator.get_lock(f"networking-vcenter-{name}"
                                               .encode())
@@ -266,6 +321,8 @@ class Locks:
                     lock.release()
 
     def stop(self) -> None:
+        with self._join_lock:
+            self._stopped = True
         if self._started:
             try:
                 with self._masked():
