@@ -759,8 +759,8 @@ class Reconciler:
         if seen is None:
             return "unknown"
         if pg.defaults_written_last and (
-                seen[0] != state[0] or seen[1] != pg.config_version and
-                _base_after(pg.defaults_base, seen[1])):
+                seen[0] != state[0] or
+                inventory.named_since(pg.defaults_base, seen[1])):
             # A new digest, or the same one named again on a later
             # configVersion (a grow of ours): the group's last change.
             self._defaults_seen[pg.key] = state
@@ -1105,25 +1105,18 @@ def _step_keys(inv: inventory.Inventory, steps: Iterable[plan_mod.PortStep]
             if s.key and (dvs := inv.dvs(s.switch)) is not None]
 
 
-def _base_after(base: str | None, version: str | None) -> bool:
-    """Whether a digest named on configVersion ``base`` was named at or
-    after ``version`` (the one last found true here)."""
-    return base is not None and (version or "").isdigit() and \
-        int(base) >= int(version)
-
-
 def _joining(steps: Iterable[plan_mod.PortStep], inv: inventory.Inventory
              ) -> bool:
     """Whether one of these steps has a DV port drop its own filter for
-    the one its port group holds (it joins a shared filter)."""
-    for s in steps:
-        if isinstance(s, plan_mod.ConfigurePort) and s.key and \
-                s.settings.rules is None:
-            have = next((p for p in inv.dv_ports.get(s.portgroup_key, ())
-                         if p.key == s.key), None)
-            if have is not None and have.settings.rules is not None:
-                return True
-    return False
+    the one its port group holds (it joins a shared filter).  Each group
+    concerned is looked through once, not once per step."""
+    inheriting = {(s.portgroup_key, s.key) for s in steps
+                  if isinstance(s, plan_mod.ConfigurePort) and s.key and
+                  s.settings.rules is None}
+    return any((pg_key, p.key) in inheriting and
+               p.settings.rules is not None
+               for pg_key in {k for k, _ in inheriting}
+               for p in inv.dv_ports.get(pg_key, ()))
 
 
 def _find(pg: desired_mod.DesiredPortGroup, inv: inventory.Inventory

@@ -127,6 +127,13 @@ def written_last(base: str | None, config_version: str | None) -> bool:
         int(config_version) == int(base) + 1
 
 
+def named_since(base: str | None, config_version: str | None) -> bool:
+    """Whether a digest named on configVersion ``base`` was named at or
+    after ``config_version`` (the version it was last found true at)."""
+    return base is not None and (config_version or "").isdigit() and \
+        int(base) >= int(config_version)
+
+
 def mark_from_description(description: str | None) -> Mark | None:
     m = _OWNER_RE.search(description or "")
     return Mark(m.group("dep"), m.group("net")) if m else None

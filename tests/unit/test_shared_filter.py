@@ -440,6 +440,10 @@ def test_defaults_digest_names_the_version_it_was_written_on():
     assert not inv.written_last(None, "8")
     assert not inv.written_last("7", None)
     assert not inv.written_last("7", "8.0")
+    # Named again (a grow of ours) on or after the version found true.
+    assert inv.named_since("7", "7") and inv.named_since("8", "7")
+    assert not inv.named_since("6", "7")
+    assert not inv.named_since(None, "7") and not inv.named_since("7", None)
     # A description written by an earlier version: digest, no base.
     old = "Owned. Port defaults " + "c" * 20 + "."
     assert inv.defaults_token_of(old) == "c" * 20
