@@ -341,7 +341,7 @@ def api(args) -> int:
             if "vcenter" in self._mechanism_drivers:
                 obj = self.driver.mechanism_manager.mech_drivers[
                     "vcenter"].obj
-                self.addCleanup(obj.reconciler.close)
+                self.addCleanup(obj.backend.reconciler.close)
 
         def setup_config(self):
             fd, path = tempfile.mkstemp(prefix="bench-ml2_vcenter-",

@@ -10,13 +10,16 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""The ``vcenter`` ML2 mechanism driver: translate, trigger, bind.
+"""The ``vcenter`` ML2 mechanism driver: translate, route, bind.
 
-This module speaks ML2 and nothing else.  A network change becomes "reconcile
-network N" for :class:`~networking_vcenter.reconcile.reconciler.Reconciler`,
-which reads N afresh from Neutron and vCenter from the live replica;
+This module speaks ML2 and nothing else: it reaches into no session or
+replica.  A network change becomes "reconcile network N" for each vCenter
+backend (:class:`~networking_vcenter.backend.VCenterBackend`) that manages
+it, which reads N afresh from Neutron and vCenter from its live replica; a
+port change names the ports it touches and the backends sync them soon;
 ``bind_port`` answers for the nova-compute hosts of ``compute_hosts`` with
-``vif_type = dvs``.  What the API user sees:
+``vif_type = dvs``, through the backend of the host.  What the API user
+sees:
 
 * every hook returns within ``api_call_budget`` seconds whatever vCenter does
   (down, black-holed, slow): the work runs in a thread the hook waits for
@@ -37,39 +40,31 @@ which reads N afresh from Neutron and vCenter from the live replica;
 
 from __future__ import annotations
 
-import atexit
 import collections
-import concurrent.futures
-import contextlib
-import dataclasses
 import functools
-import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 from neutron_lib import constants as n_const
-from neutron_lib import context as n_context
 from neutron_lib.api.definitions import portbindings
-from neutron_lib.plugins import directory
 from neutron_lib.plugins.ml2 import api
 from neutron_lib.services.trunk import constants as trunk_consts
 from oslo_config import cfg
-from oslo_context import context as o_context
 from oslo_log import log as logging
 
-from networking_vcenter import agent
+from networking_vcenter import backend as backend_mod
 from networking_vcenter import conf
 from networking_vcenter.constants import VIF_TYPE_DVS
 from networking_vcenter import exceptions
+from networking_vcenter import neutron_api
 from networking_vcenter import neutron_db
 from networking_vcenter import qos
 from networking_vcenter import trunk as trunk_mod
 from networking_vcenter.reconcile import desired as desired_mod
 from networking_vcenter.reconcile import mtu as mtu_mod
 from networking_vcenter.reconcile import worker as worker_mod
-from networking_vcenter.reconcile.reconciler import Pass, Reconciler
+from networking_vcenter.reconcile.reconciler import Pass
 
 LOG = logging.getLogger(__name__)
 
@@ -86,23 +81,8 @@ def _membership(port: dict | None) -> tuple:
                          for p in port.get("allowed_address_pairs") or ())))
 
 
-def _network_ports(hosts: set[str], network_ids: set[str] | None):
-    return neutron_db.ports(host_filter=hosts, network_ids=network_ids)
-
-
-# Seconds after vCenter was found unreachable during which API hooks do not
-# try it again (the maintenance worker does).
-UNREACHABLE_HOLD_OFF = 30.0
 # Ports created whose sync waits for their binding, remembered at most.
 CREATED_KEPT = 4096
-# Threads that run API hooks' vCenter work, per process.
-HOOK_THREADS = 8
-# Seconds between an API call handing ports to the hook thread and their sync.
-DRAIN_DELAY = 0.3
-# Seconds before the heartbeat tries again a binding that failed when tried
-# with vCenter answering, doubled at each failure up to the maximum.
-REBIND_BACKOFF = 60.0
-REBIND_BACKOFF_MAX = 3600.0
 
 
 class VCenterMechanismDriver(api.MechanismDriver):
@@ -119,203 +99,36 @@ class VCenterMechanismDriver(api.MechanismDriver):
         except exceptions.ConfigError as exc:
             LOG.critical("vcenter mechanism driver cannot start: %s", exc)
             raise
-        self.source = neutron_db.networks
-        self.port_source = functools.partial(
-            neutron_db.ports, host_filter=set(self.settings.compute_hosts))
-        self._pid = None
-        self._start(background=False)
-        qos.register(self._on_qos_policy)
-        trunk_mod.register(self)
-        self._subscribe()
-
-    def _start(self, background: bool) -> None:
-        """This process's reconciler, replica and hook threads."""
-        self._pid = os.getpid()
-        self.reconciler = Reconciler.from_settings(self.settings)
-        self._hooks = concurrent.futures.ThreadPoolExecutor(
-            HOOK_THREADS, thread_name_prefix="vcenter-hook")
+        self.backend = backend_mod.VCenterBackend(self.settings)
+        self.backends = [self.backend]
         self._lock = threading.Lock()
         self._binds: dict[str, float] = {}   # port id -> binding deadline
-        self._soon: list = []                 # ports (or queries) to sync
         self._sg_deleting: dict[str, set[str]] = {}
         # Ports created on our hosts whose sync waits for their binding.
         self._created: collections.OrderedDict[str, None] = \
             collections.OrderedDict()
-        # Port id -> (failed tries, monotonic time of the next): bindings
-        # that failed again when tried by the heartbeat (rebind_failed).
-        self._rebind_backoff: dict[str, tuple[int, float]] = {}
-        self._health_down = False
-        self._draining = False
-        self.reconciler.status_sink = self._set_port_status
-        self.reconciler.trunk_status_sink = self._set_trunk_status
-        self.reconciler.network_ports = functools.partial(
-            _network_ports, set(self.settings.compute_hosts))
-        atexit.register(self._close, self._pid)
-        try:
-            if background:
-                self.reconciler.start(background=True)
-            else:
-                # Neutron's start waits for vCenter no longer than one API
-                # call would: a vCenter black-holed answers no faster.
-                with self.reconciler.session.budget(
-                        self.settings.api_call_budget or
-                        self.settings.api_timeout):
-                    self.reconciler.start()
-                topology = self.reconciler.validate()
-                LOG.info("vcenter driver ready: %s; locks: %s", ", ".join(
-                    f"{t.physnet} -> {t.kind} {t.switch}"
-                    for t in topology.targets.values()),
-                    self.reconciler.locks.backend_url)     # masked
-                self._warn_mtu(topology)
-        except exceptions.TransientFault as exc:
-            # Unreachable, timed out, busy: not a configuration error.
-            if not self.settings.start_without_vcenter:
-                LOG.critical("vcenter mechanism driver cannot start: %s "
-                             "(set [ml2_vcenter] start_without_vcenter = true "
-                             "to start anyway)", exc)
-                self._close(self._pid)
-                raise
-            LOG.warning("vcenter mechanism driver starts without vCenter: "
-                        "%s. Networks are accepted and their port groups "
-                        "made once vCenter answers; ports cannot be bound "
-                        "until then.", exc)
-            self.reconciler.start(background=True)
-        except exceptions.VCenterError as exc:
-            LOG.critical("vcenter mechanism driver cannot start: %s", exc)
-            self._close(self._pid)      # no watch or session left behind
-            raise
+        self.backend.start(background=False)
+        qos.register(self._on_qos_policy)
+        trunk_mod.register(self)
+        self._subscribe()
 
-    def _warn_mtu(self, topology: desired_mod.Topology) -> None:
-        """One warning per mapped physical network whose largest Neutron
-        MTU is above a switch's."""
-        try:
-            options = mtu_mod.neutron_options(cfg.CONF)
-        except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
-            return
-        for found in mtu_mod.mismatches(topology,
-                                        self.reconciler.inventory(),
-                                        *options,
-                                        self.settings.raise_switch_mtu):
-            LOG.warning("vcenter: %s", found.describe())
+    # -- routing ---------------------------------------------------------------
 
-    def _here(self) -> Reconciler:
-        """The reconciler of this process: a forked worker process makes
-        its own (its parent's session and replica thread stay behind)."""
-        if self._pid != os.getpid():
-            self._start(background=True)
-        return self.reconciler
+    def _backend_of(self, host: str | None
+                    ) -> backend_mod.VCenterBackend | None:
+        """The vCenter of a nova-compute host, if one of ours."""
+        return next((b for b in self.backends if b.serves(host)), None)
 
-    def _close(self, pid: int) -> None:
-        """Log out and stop watching when the process ends (atexit, or the
-        maintenance worker's stop); once."""
-        if pid == os.getpid() and self._pid == pid:
-            self._pid = None
-            self._hooks.shutdown(wait=False, cancel_futures=True)
-            self.reconciler.close()
+    def _managing(self, network_id: str, segments: list[dict]
+                  ) -> list[backend_mod.VCenterBackend]:
+        """The vCenters where a network may have a port group."""
+        return [b for b in self.backends if b.manages(network_id, segments)]
 
     # -- the maintenance worker ----------------------------------------------
 
     def get_workers(self):
         return [worker_mod.MaintenanceWorker(
-            self.start_maintenance, lambda: self._close(os.getpid()))]
-
-    def start_maintenance(self) -> worker_mod.Maintenance:
-        """Start the maintenance loop in this process (the worker's
-        start(); tests call it directly)."""
-        maintenance = worker_mod.Maintenance(
-            self._here(), self.source, neutron_db.change_token,
-            self.settings.resync_interval, self.settings.resync_grace_period,
-            heartbeat=self._report_health,
-            heartbeat_interval=self._agent_down_time() / 3,
-            port_source=self.port_source,
-            port_prints=functools.partial(
-                neutron_db.port_fingerprints,
-                host_filter=set(self.settings.compute_hosts)),
-            port_token=neutron_db.port_change_token)
-        maintenance.start()
-        return maintenance
-
-    @staticmethod
-    def _agent_down_time() -> float:
-        try:
-            return float(cfg.CONF.agent_down_time)
-        except cfg.NoSuchOptError:
-            return 75.0
-
-    def _report_health(self, maintenance: worker_mod.Maintenance) -> bool:
-        """Heartbeat the backend's agent row while vCenter answers."""
-        rec = self._here()
-        if rec.replica is None or not rec.replica.current:
-            self._health_down = True
-            return False
-        if self._health_down:
-            # vCenter is back: every failed binding is worth a try at once.
-            self._health_down = False
-            self._rebind_backoff.clear()
-        state = agent.state(self.settings, rec.replica.snapshot(),
-                            maintenance.last_pass, maintenance.last_pass_at,
-                            start=maintenance.beats == 0)
-        directory.get_plugin().create_or_update_agent(
-            n_context.get_admin_context(), state)
-        self.map_segments(rec)
-        self.rebind_failed()
-        return True
-
-    def map_segments(self, rec: Reconciler) -> None:
-        """Neutron's segment-to-host mappings for our compute hosts, as the
-        replica shows the switches reaching their clusters (what an L2
-        agent reports for its own host): routed provider networks and
-        Nova's placement aggregates follow from them.  Level-triggered with
-        the heartbeat; a new segment is mapped at once
-        (:meth:`_on_segment_create`)."""
-        from neutron.services.segments import db as segments_db
-        topology = rec.topology(rec.replica.snapshot())
-        mapping = desired_mod.segment_hosts(
-            neutron_db.segments(set(topology.targets)), topology)
-        ctx = n_context.get_admin_context()
-        for host, segment_ids in sorted(mapping.items()):
-            segments_db.update_segment_host_mapping(ctx, host, segment_ids)
-
-    def rebind_failed(self) -> int:
-        """Bind again the ports of our compute hosts whose binding failed
-        (vCenter was away, or a port group could not be had): ML2 binds a
-        failed binding again when asked for the port's bound context.  Run
-        with the heartbeat, i.e. while vCenter answers; a port that fails
-        again is tried after REBIND_BACKOFF seconds, doubling, until vCenter
-        next comes back.  Answers how many got bound."""
-        plugin = directory.get_plugin()
-        ctx = n_context.get_admin_context()
-        bound = 0
-        failed = neutron_db.failed_bindings(set(self.settings.compute_hosts))
-        backoff = self._rebind_backoff
-        for gone in set(backoff) - {port_id for port_id, _ in failed}:
-            del backoff[gone]
-        now = time.monotonic()
-        for port_id, host in failed:
-            tries, next_at = backoff.get(port_id, (0, 0.0))
-            if next_at > now:
-                continue
-            try:
-                result = plugin.get_bound_port_context(ctx, port_id, host)
-            except Exception as exc:  # noqa: BLE001 - the port may be gone
-                LOG.debug("port %s: not bound again: %s", port_id, exc)
-                result = None
-            if result is not None and result.vif_type != \
-                    portbindings.VIF_TYPE_BINDING_FAILED:
-                bound += 1
-                backoff.pop(port_id, None)
-                LOG.info("port %s on %s: bound again now that vCenter "
-                         "answers", port_id, host)
-                continue
-            # Failed again with vCenter answering: a cause vCenter's return
-            # does not cure (a policy refused, a name taken).  Tried less
-            # and less often, not every beat with ML2's ten tries logged.
-            delay = min(REBIND_BACKOFF_MAX, REBIND_BACKOFF * 2 ** tries)
-            backoff[port_id] = (tries + 1, now + delay)
-            LOG.warning("port %s on %s: still cannot be bound (see the "
-                        "errors above); next try in %.0fs", port_id, host,
-                        delay)
-        return bound
+            self.backend.start_maintenance, self.backend.close)]
 
     # -- networks ------------------------------------------------------------
 
@@ -352,20 +165,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
         if not mtu or not any(desired_mod.is_mapped(
                 seg, self.settings.switch_mappings) for seg in segments):
             return
-        rec = self._here()
-        if rec.replica is None or not rec.replica.synced:
-            LOG.warning("network %s: MTU %s not checked against the "
-                        "switches: vCenter is not read yet",
-                        context.current["id"], mtu)
-            return
-        try:
-            inv = rec.replica.snapshot()
-            small = mtu_mod.too_small(mtu, segments, rec.topology(inv), inv,
-                                      self.settings.raise_switch_mtu)
-        except exceptions.VCenterError as exc:
-            LOG.warning("network %s: MTU %s not checked against the "
-                        "switches: %s", context.current["id"], mtu, exc)
-            return
+        small = [s for b in self.backends for s in b.mtu_too_small(
+            context.current["id"], mtu, segments) or ()]
         if small:
             raise exceptions.MtuTooLarge(error_message=mtu_mod.refusal(
                 context.current["id"], mtu, small))
@@ -380,56 +181,12 @@ class VCenterMechanismDriver(api.MechanismDriver):
         before = getattr(context, "original", None) or {}
         if context.current.get("qos_policy_id") != \
                 before.get("qos_policy_id"):
-            self._sync_ports_soon(set(), functools.partial(
+            self._ports_changed(set(), functools.partial(
                 neutron_db.ports_referencing,
                 network_ids=[context.current["id"]]))
 
     def delete_network_postcommit(self, context: api.NetworkContext) -> None:
         self._sync(context, refuse=False)
-
-    def _unreachable(self, rec: Reconciler) -> float | None:
-        """Seconds since vCenter was found unreachable, if that is recent
-        enough for API calls not to try it again (the worker does)."""
-        down = rec.session.unreachable_for()
-        return down if down is not None and down < UNREACHABLE_HOLD_OFF \
-            else None
-
-    def _in_time(self, what: str, fn, *args, from_memory: bool = False,
-                 deadline: float | None = None):
-        """Run ``fn`` in a hook thread under the API deadline (now plus
-        ``api_call_budget``, or ``deadline``); raise TransientFault when the
-        deadline passes first (the thread finishes its current call and
-        stops: the session refuses calls past it).  While vCenter is known
-        unreachable, fail at once -- unless ``fn`` can answer
-        ``from_memory`` (the replica)."""
-        rec = self._here()
-        budget = self.settings.api_call_budget
-        down = self._unreachable(rec)
-        if down is not None and not from_memory:
-            raise exceptions.TransientFault(
-                what, f"vCenter was unreachable {down:.0f}s ago")
-        if deadline is None:
-            deadline = time.monotonic() + budget
-        if deadline <= time.monotonic():
-            # Spent (ML2 retrying a binding): answer from memory, here.
-            with rec.session.budget(0):
-                return fn(rec, deadline, *args)
-
-        request = o_context.get_current()
-
-        def job():
-            with _request(request), rec.session.budget(
-                    max(0.0, deadline - time.monotonic())):
-                return fn(rec, deadline, *args)
-
-        future = self._hooks.submit(job)
-        try:
-            return future.result(timeout=max(0.0,
-                                             deadline - time.monotonic()))
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise exceptions.TransientFault(
-                what, f"not done within api_call_budget ({budget:.0f}s)")
 
     def _sync(self, context: api.NetworkContext, refuse: bool) -> None:
         """Reconcile; refuse the API call only on a permanent no at create."""
@@ -439,30 +196,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
         segments += [{"network_type": original.get("provider:network_type"),
                       "physical_network":
                           original.get("provider:physical_network")}]
-        if not self._here().manages(network_id, segments):
-            return
-
-        def reconcile(rec: Reconciler, deadline: float) -> Pass:
-            return rec.sync_network(
-                network_id, self.source,
-                wait=max(0.0, deadline - time.monotonic()),
-                settle=max(0.0, deadline - time.monotonic()))
-
-        try:
-            result = self._in_time(f"reconcile network {network_id}",
-                                   reconcile)
-        except exceptions.VCenterError as exc:
-            LOG.warning("network %s: %s; the maintenance worker will finish "
-                        "the work", network_id, exc)
-            return
-        except Exception:  # noqa: BLE001 - a bug must not fail the API call
-            LOG.exception("network %s: unexpected error; the maintenance "
-                          "worker will retry", network_id)
-            return
-        outcome = result.outcome
-        problems = [c.reason for c in outcome.conflicts] + \
-            [str(exc) for _, exc in outcome.failed
-             if not isinstance(exc, exceptions.TransientFault)]
+        problems = [p for b in self._managing(network_id, segments)
+                    for p in b.network_changed(network_id)]
         if problems and refuse:
             raise exceptions.PortGroupConflict(
                 reason=f"vCenter cannot hold network {network_id}: "
@@ -472,14 +207,13 @@ class VCenterMechanismDriver(api.MechanismDriver):
     #
     # A port's DV port follows the port (bound, updated, unbound, deleted)
     # and everything its policy depends on (security groups and rules,
-    # address groups, QoS policies, the members of remote groups).  The API
-    # call never waits for it: the ports are synced by a hook thread right
-    # after, under the API deadline, and the maintenance worker's Neutron
-    # poll catches whatever that could not do.
+    # address groups, QoS policies, the members of remote groups): each
+    # change names the ports it touches, and the backends sync them soon
+    # (the API call never waits for it).
 
     def create_port_postcommit(self, context: api.PortContext) -> None:
         port = context.current
-        if port.get(portbindings.HOST_ID) in self.settings.compute_hosts \
+        if self._backend_of(port.get(portbindings.HOST_ID)) is not None \
                 and port.get(portbindings.VIF_TYPE) == \
                 portbindings.VIF_TYPE_UNBOUND:
             # ML2 binds it next and calls update_port_postcommit with the
@@ -515,7 +249,6 @@ class VCenterMechanismDriver(api.MechanismDriver):
                       joined: bool = False) -> None:
         """``joined``: the port is new to the ports naming its groups as
         remote group (its creation's sync was left to its binding)."""
-        hosts = self.settings.compute_hosts
         ids: set[str] = set()
         groups: set[str] = set()
         std_nets: set[str] = set()
@@ -523,7 +256,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
         for p in (port, before):
             if p is None:
                 continue
-            if p.get(portbindings.HOST_ID) in hosts:
+            if self._backend_of(p.get(portbindings.HOST_ID)) is not None:
                 ids.add(p["id"])
                 network_of[p["id"]] = p["network_id"]
                 if self.settings.shared_security_filter and port is None:
@@ -543,10 +276,18 @@ class VCenterMechanismDriver(api.MechanismDriver):
             # groups as remote group.
             ids_of = functools.partial(neutron_db.ports_referencing,
                                        security_group_ids=groups)
-            self._sync_ports_soon(ids, ids_of, std_nets, network_of)
+            self._ports_changed(ids, ids_of, std_nets, network_of)
         elif ids:
-            self._sync_ports_soon(ids, networks=std_nets,
-                                  network_of=network_of)
+            self._ports_changed(ids, networks=std_nets,
+                                network_of=network_of)
+
+    def _ports_changed(self, ids: set[str], ids_of=None,
+                       networks: set[str] = frozenset(),
+                       network_of: dict[str, str] | None = None) -> None:
+        """Every backend syncs those of these ports on its hosts (the
+        port sources read only theirs)."""
+        for b in self.backends:
+            b.ports_changed(ids, ids_of, networks, network_of)
 
     def _subscribe(self) -> None:
         """Security group, rule and address group changes: the ports whose
@@ -581,7 +322,6 @@ class VCenterMechanismDriver(api.MechanismDriver):
         """A new VLAN/flat segment is mapped to the compute hosts it
         reaches in the same transaction, from memory (the heartbeat keeps
         the mappings right afterwards)."""
-        from neutron.services.segments import db as segments_db
         segment = payload.latest_state
         as_dict = {"network_type": segment.network_type,
                    "physical_network": segment.physical_network}
@@ -596,7 +336,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
                           "maintenance worker will map them", segment.id)
             return
         if hosts:
-            segments_db.map_segment_to_hosts(payload.context, segment.id,
+            neutron_api.map_segment_to_hosts(payload.context, segment.id,
                                              sorted(hosts))
 
     def _before_sg_delete(self, resource, event, trigger, payload=None):
@@ -617,7 +357,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
             ids = self._sg_deleting.pop(getattr(payload, "resource_id", None),
                                         None)
         if ids:
-            self._sync_ports_soon(set(ids), network_of=ids)
+            self._ports_changed(set(ids), network_of=ids)
 
     def _on_policy(self, query, resource, event, trigger, payload=None):
         try:
@@ -627,99 +367,12 @@ class VCenterMechanismDriver(api.MechanismDriver):
                         "maintenance worker will find its ports", resource,
                         event)
             return
-        self._sync_ports_soon(set(), functools.partial(
+        self._ports_changed(set(), functools.partial(
             neutron_db.ports_referencing, **which))
 
     def _on_qos_policy(self, context, policy_id: str) -> None:
-        self._sync_ports_soon(set(), functools.partial(
+        self._ports_changed(set(), functools.partial(
             neutron_db.ports_referencing, qos_policy_ids=[policy_id]))
-
-    def _sync_ports_soon(self, ids: set[str], ids_of=None,
-                         networks: set[str] = frozenset(),
-                         network_of: Mapping[str, str] | None = None
-                         ) -> None:
-        """Sync these ports (and those ``ids_of()`` answers, a mapping of
-        port ids to their networks, and the standard port groups of
-        ``networks``) in a hook thread, coalescing what arrives meanwhile;
-        never waits.  ``network_of``: the networks of ports, where known
-        (see ``Reconciler.sync_ports``)."""
-        with self._lock:
-            self._soon.append((ids, ids_of, networks, network_of or {},
-                               o_context.get_current()))
-            if self._draining:
-                return
-            self._draining = True
-        self._kick()
-
-    def _kick(self) -> None:
-        # Started a moment later, once the API request that called the hook
-        # has finished with the database (on sqlite a read overlapping its
-        # last writes can make them time out).
-        timer = threading.Timer(DRAIN_DELAY, self._hooks.submit,
-                                (self._drain_ports,))
-        timer.daemon = True
-        timer.start()
-
-    def _drain_ports(self) -> None:
-        while True:
-            with self._lock:
-                todo, self._soon = self._soon, []
-                if not todo:
-                    self._draining = False
-                    return
-            # The lines of this sync carry the request id of the first API
-            # call it serves; the others are named once.
-            requests = [r for *_, r in todo if r is not None]
-            with _request(requests[0] if requests else None):
-                if len(requests) > 1:
-                    LOG.debug("ports also synced for requests %s",
-                              ", ".join(r.request_id for r in requests[1:]))
-                self._drain(todo)
-
-    def _drain(self, todo: list) -> None:
-        ids: set[str] = set()
-        nets: set[str] = set()
-        network_of: dict[str, str] = {}
-        try:
-            for some, ids_of, networks, known, _ in todo:
-                ids |= some
-                nets |= networks
-                network_of.update(known)
-                if ids_of is not None:
-                    found = ids_of()
-                    ids |= set(found)
-                    network_of.update(found)
-            if not ids and not nets:
-                return
-            rec = self._here()
-            if self._unreachable(rec) is not None:
-                return              # the worker's poll will do it
-            with rec.session.budget(self.settings.api_call_budget):
-                rec.sync_ports(ids, self.source, self.port_source,
-                               wait=self.settings.api_call_budget,
-                               networks=nets, network_of=network_of)
-        except exceptions.VCenterError as exc:
-            LOG.warning("ports %s: %s; the maintenance worker will "
-                        "finish the work", sorted(ids), exc)
-        except Exception:  # noqa: BLE001 - keep draining
-            LOG.exception("ports %s: unexpected error; the maintenance "
-                          "worker will retry", sorted(ids))
-
-    def _set_port_status(self, statuses: dict[str, str]) -> None:
-        """Neutron shows a port ACTIVE while a VM NIC is connected to its
-        DV port, DOWN otherwise."""
-        plugin = directory.get_plugin()
-        ctx = n_context.get_admin_context()
-        for port_id, status in sorted(statuses.items()):
-            try:
-                plugin.update_port_status(ctx, port_id, status)
-            except Exception as exc:  # noqa: BLE001 - the port may be gone
-                LOG.debug("port %s: status not set to %s: %s", port_id,
-                          status, exc)
-            else:
-                LOG.info("port %s is %s: a VM NIC is %s its DV port",
-                         port_id, status, "connected to" if status ==
-                         n_const.PORT_STATUS_ACTIVE else "not on")
 
     def check_vlan_transparency(self, context: api.NetworkContext
                                 ) -> bool | None:
@@ -759,49 +412,22 @@ class VCenterMechanismDriver(api.MechanismDriver):
     # -- trunks (networking_vcenter.trunk's backend) -------------------------
 
     def is_compute_host(self, host: str) -> bool:
-        return host in self.settings.compute_hosts
+        return self._backend_of(host) is not None
 
     def switch_kinds(self, segments: list[dict[str, Any]],
                      host: str | None) -> dict[str, str | None]:
-        """Physical network -> ``dvs`` / ``vswitch`` (None: not known, no
-        replica yet) of each mapped VLAN/flat segment of ``segments`` (that
-        reaches ``host``'s cluster, when given).  From memory."""
-        topology = self._topology_in_memory()
-        cluster = self.settings.compute_hosts.get(host) if host else None
+        """Physical network -> ``dvs`` / ``vswitch`` (None: not known yet)
+        of each mapped VLAN/flat segment of ``segments`` (that reaches
+        ``host``'s cluster, when given).  From memory."""
+        backends = [self._backend_of(host)] if host else self.backends
         kinds: dict[str, str | None] = {}
-        for seg in segments:
-            if not desired_mod.is_mapped(seg, self.settings.switch_mappings):
-                continue
-            physnet = seg["physical_network"]
-            if topology is None:
-                kinds[physnet] = None
-                continue
-            target = topology.target_reaching(seg, cluster) if cluster \
-                else topology.targets.get(physnet)
-            if target is not None:
-                kinds[physnet] = target.kind
-            elif not cluster:
-                kinds[physnet] = None
+        for b in backends:
+            if b is not None:
+                kinds.update(b.switch_kinds(segments, host))
         return kinds
 
     def trunk_changed(self, port_ids: set[str]) -> None:
-        self._sync_ports_soon(set(port_ids))
-
-    def _set_trunk_status(self, statuses: dict[str, str]) -> None:
-        """Through the trunk plugin, as it sets DOWN itself."""
-        plugin = directory.get_plugin("trunk")
-        if plugin is None:
-            return
-        ctx = n_context.get_admin_context()
-        for trunk_id, status in sorted(statuses.items()):
-            try:
-                plugin.update_trunk(ctx, trunk_id,
-                                    {"trunk": {"status": status}})
-            except Exception as exc:  # noqa: BLE001 - the trunk may be gone
-                LOG.debug("trunk %s: status not set to %s: %s", trunk_id,
-                          status, exc)
-            else:
-                LOG.info("trunk %s is %s", trunk_id, status)
+        self._ports_changed(set(port_ids))
 
     # -- host filtering (ML2's and the DHCP scheduler's) ------------------------
 
@@ -809,38 +435,20 @@ class VCenterMechanismDriver(api.MechanismDriver):
                                          candidate_hosts, agent_getter):
         """The compute hosts whose cluster a mapped VLAN/flat segment
         reaches.  From memory; with no replica yet, the mapping alone."""
-        topology = self._topology_in_memory()
         hosts = set()
-        for host in candidate_hosts:
-            cluster = self.settings.compute_hosts.get(host)
-            if cluster is None:
-                continue
-            if any(self._reaches(seg, cluster, topology) for seg in segments):
-                hosts.add(host)
+        for b in self.backends:
+            topology = b.topology()
+            hosts.update(host for host in candidate_hosts
+                         if any(b.reaches(seg, host, topology)
+                                for seg in segments))
         return hosts
-
-    def _topology_in_memory(self) -> desired_mod.Topology | None:
-        """The topology as the replica shows it; None before it is read."""
-        rec = self._here()
-        if rec.replica is None or not rec.replica.synced:
-            return None
-        try:
-            return rec.topology(rec.inventory())
-        except exceptions.VCenterError:
-            return None
-
-    def _reaches(self, segment, cluster: str, topology) -> bool:
-        if topology is None:
-            return desired_mod.is_mapped(segment,
-                                         self.settings.switch_mappings)
-        return topology.target_reaching(segment, cluster) is not None
 
     # -- port binding ----------------------------------------------------------
 
     def bind_port(self, context: api.PortContext) -> None:
         host = context.host
-        cluster = self.settings.compute_hosts.get(host)
-        if cluster is None:
+        backend = self._backend_of(host)
+        if backend is None:
             return  # not a vSphere compute host: left to the other drivers
         vnic = context.current.get(portbindings.VNIC_TYPE,
                                    portbindings.VNIC_NORMAL)
@@ -856,7 +464,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
         net_id = context.network.current["id"]
         segments = list(context.segments_to_bind)
         deadline = self._bind_deadline(port_id)
-        writes = self._needs_vcenter(segments, cluster)
+        writes = backend.binds_by_write(segments, host)
         if deadline <= time.monotonic() and writes:
             # ML2 retrying a binding whose time is spent: a DV port is
             # handed to Nova only once vCenter has said it is this port's
@@ -873,59 +481,21 @@ class VCenterMechanismDriver(api.MechanismDriver):
             LOG.error("port %s on %s: cannot bind: not found in Neutron's "
                       "database", port_id, host)
             return
-
-        def find(rec: Reconciler, deadline: float):
-            topology = rec.topology(rec.inventory(
-                max(0.0, deadline - time.monotonic())))
-            segment = self._pick_segment(segments, cluster, topology)
-            if segment is None:
-                return None
-            pg, found = rec.port_group_for(
-                net_id, segment[api.PHYSICAL_NETWORK], self.source, deadline,
-                fix=self._unreachable(rec) is None and
-                deadline > time.monotonic())
-            spec = dataclasses.replace(
-                port_spec, host=host, physnet=segment[api.PHYSICAL_NETWORK])
-            if pg.kind != desired_mod.DVS:
-                self._check_vswitch_port(spec)
-                return segment, topology, pg, found, None
-            return segment, topology, pg, found, rec.port_for(
-                spec, self.source, deadline)
-
         try:
-            # A bind on a standard vSwitch can answer from the replica; one
-            # on a distributed switch writes its reservation, so while
-            # vCenter is known unreachable it fails at once, the reason
-            # logged, instead of waiting out the deadline.
-            picked = self._in_time(f"bind port {port_id}", find,
-                                   from_memory=not writes, deadline=deadline)
+            binding = backend.ensure_binding(port_spec, segments, net_id,
+                                             host, deadline, writes)
         except exceptions.VCenterError as exc:
             LOG.error("port %s on %s: cannot bind on network %s: %s",
                       port_id, host, net_id, exc)
             return
-        if picked is None:
+        if binding is None:
             LOG.debug("port %s on %s: no VLAN/flat segment mapped to a switch "
-                      "of cluster %s", port_id, host, cluster)
+                      "of cluster %s", port_id, host,
+                      self.settings.compute_hosts.get(host))
             return
-        segment, topology, pg, found, dv_port = picked
-        status = n_const.PORT_STATUS_ACTIVE
-        details: dict[str, Any] = {
-            "dvs_port_group_name": pg.name,
-            "segmentation_id": pg.vlan,
-            portbindings.VIF_DETAILS_CONNECTIVITY: portbindings.CONNECTIVITY_L2,
-        }
-        if pg.kind == desired_mod.DVS:
-            details["dvs_id"] = topology.targets[pg.physnet].dvs_uuid
-            details["pg_id"] = found.key
-            # Nova pins the NIC to this port, whose policy is already set.
-            details["dvs_port_key"] = dv_port.key
-            status = n_const.PORT_STATUS_ACTIVE if dv_port.connected \
-                else n_const.PORT_STATUS_DOWN
-        context.set_binding(segment[api.ID], VIF_TYPE_DVS, details,
-                            status=status)
-        LOG.info("port %s bound on %s to %s %s (%s)%s", port_id, host,
-                 pg.switch, pg.name, found.moid,
-                 f", DV port {dv_port.key}" if dv_port else "")
+        context.set_binding(binding.segment[api.ID], VIF_TYPE_DVS,
+                            binding.vif_details, status=binding.status)
+        LOG.info("port %s bound on %s to %s", port_id, host, binding.where)
 
     def _bind_subport(self, context: api.PortContext) -> None:
         """A trunk's subport: no DV port of its own (its parent's carries
@@ -962,41 +532,6 @@ class VCenterMechanismDriver(api.MechanismDriver):
                   "%s's)", port_id, context.host,
                   context.network.current["id"], parent.physnet, parent.id)
 
-    def _check_vswitch_port(self, spec: desired_mod.PortSpec) -> None:
-        """A standard vSwitch has no per-port policy: refuse, if so
-        configured, a port whose policy would not be enforced; and always a
-        trunk parent (its subports would silently lose their VLANs)."""
-        if spec.trunk is not None:
-            raise exceptions.PermanentFault(
-                f"port {spec.id}",
-                f"it is the parent of trunk {spec.trunk.id}, and a standard "
-                f"vSwitch has no per-port VLAN trunk: its subports would be "
-                f"cut off")
-        what = desired_mod.unenforceable_on_vswitch(spec)
-        if what and self.settings.standard_vswitch_ports == "refuse":
-            raise exceptions.PermanentFault(
-                f"port {spec.id}",
-                f"its {' and '.join(what)} cannot be enforced on a standard "
-                f"vSwitch ([{conf.GROUP}] standard_vswitch_ports = refuse)")
-
-    def _needs_vcenter(self, segments: list[dict[str, Any]],
-                       cluster: str) -> bool:
-        """Whether binding this port must write to vCenter: it would go to
-        a distributed switch (as the replica shows it), where every bind
-        writes its reservation."""
-        rec = self._here()
-        if rec.replica is None or not rec.replica.synced:
-            return True
-        try:
-            topology = rec.topology(rec.replica.snapshot())
-        except exceptions.VCenterError:
-            return True
-        segment = self._pick_segment(segments, cluster, topology)
-        if segment is None:
-            return False
-        target = topology.targets[segment[api.PHYSICAL_NETWORK]]
-        return target.kind == desired_mod.DVS
-
     def _bind_deadline(self, port_id: str) -> float:
         """The deadline of a port's binding, shared by ML2's retries: ML2
         tries a failed binding up to ten times in a row, and together they
@@ -1010,49 +545,9 @@ class VCenterMechanismDriver(api.MechanismDriver):
                     del self._binds[port]
             return self._binds.setdefault(port_id, now + budget)
 
-    @staticmethod
-    def _pick_segment(segments: list[dict[str, Any]], cluster: str,
-                      topology: desired_mod.Topology
-                      ) -> dict[str, Any] | None:
-        """A segment whose switch reaches the cluster; distributed first.
-
-        When a network reaches a host both through a distributed and a
-        standard port group, the distributed one wins: Nova attaches it by
-        switch UUID and key, without the name search that could confuse the
-        two.
-        """
-        best = None
-        for seg in segments:
-            target = topology.target_reaching(seg, cluster)
-            if target is None:
-                continue
-            if target.kind == desired_mod.DVS:
-                return seg
-            best = best or seg
-        return best
-
     # -- full pass (tests, tools) -------------------------------------------------
 
     def resync(self, grace: float | None = None) -> Pass | None:
         """One full pass over every Neutron network now; None if one is
         running elsewhere.  Port groups of deleted networks are removed."""
-        return self._here().sync_all(
-            self.source, self.settings.resync_grace_period
-            if grace is None else grace, port_source=self.port_source)
-
-
-@contextlib.contextmanager
-def _request(request: o_context.RequestContext | None) -> Iterator[None]:
-    """Run a hook thread's work as part of the API request that caused it:
-    oslo.log reads the request context of the current thread, so its lines
-    carry that request's ``req-`` id.  The thread's context is put back
-    after (a pool thread serves many requests).  oslo.context offers no
-    public way to unset the current context: its thread-local store is
-    used directly."""
-    store = o_context._request_store
-    before = getattr(store, "context", None)
-    store.context = request
-    try:
-        yield
-    finally:
-        store.context = before
+        return self.backend.resync(grace)

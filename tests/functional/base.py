@@ -93,22 +93,16 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
 
     def setUp(self):
         super().setUp()
-        self.addCleanup(self.vcenter_driver.reconciler.close)
+        self.addCleanup(self.vcenter_driver.backend.reconciler.close)
         # The driver syncs ports in a hook thread right after an API call;
         # this test base shares one sqlite connection between threads, so
         # here the same drain runs in the test's thread, when the test asks
         # for it (settled()).
-        kick = mock.patch.object(self.vcenter_driver, "_kick", lambda: None)
-        kick.start()
-        self.addCleanup(kick.stop)
+        self.vcenter_driver.backend.drain_delay = None
 
     def settled(self):
         """Run the port syncs that API calls handed to the driver."""
-        drv = self.vcenter_driver
-        with drv._lock:
-            pending = drv._draining
-        if pending:
-            drv._drain_ports()
+        self.vcenter_driver.backend.drain()
 
     # -- helpers -------------------------------------------------------------
 
@@ -176,8 +170,8 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
         """Wait until the driver's replica plans what a fresh full read of
         vCenter plans: it has seen every change made so far."""
         from networking_vcenter.vsphere.replica import Replica
-        rec = self.vcenter_driver.reconciler
-        nets = list(self.vcenter_driver.source(None))
+        rec = self.vcenter_driver.backend.reconciler
+        nets = list(self.vcenter_driver.backend.source(None))
 
         def plan_of(inv):
             return sorted(rec._plan(inv, nets, None, set())[2].describe())

@@ -63,7 +63,7 @@ class TestBindRequests(PortsTestCase):
     def held(self, port):
         """The DV port of ``port`` as the driver's replica holds it."""
         details = port[portbindings.VIF_DETAILS]
-        rec = self.vcenter_driver.reconciler
+        rec = self.vcenter_driver.backend.reconciler
         (held,) = [p for p in rec.replica.snapshot().dv_ports[
             details["pg_id"]] if p.key == details["dvs_port_key"]]
         return held
@@ -79,7 +79,7 @@ class TestBindRequests(PortsTestCase):
 
     def test_a_bind_is_one_write_awaited_on_the_replica(self):
         net, sg = self.existing_network(96)
-        rec = self.vcenter_driver.reconciler
+        rec = self.vcenter_driver.backend.reconciler
         self.assertIs(rec.replica, rec.session.watcher)
         with requests() as calls:
             port = self.create_port(net["id"], security_groups=[sg["id"]])
@@ -133,7 +133,7 @@ class TestBindRequests(PortsTestCase):
         current): a collector made and destroyed for the task, and the port
         read back in the bind's thread -- what every bind cost before."""
         net, sg = self.existing_network(97)
-        rec = self.vcenter_driver.reconciler
+        rec = self.vcenter_driver.backend.reconciler
         rec.session.detach(rec.replica)
         self.addCleanup(rec.session.attach, rec.replica)
         with requests() as calls:

@@ -40,14 +40,14 @@ class TestCliCommands(test_ports.PortsTestCase):
     def run_cli(self, fn, *args, **kw):
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = fn(self.vcenter_driver.reconciler, *args, **kw)
+            code = fn(self.vcenter_driver.backend.reconciler, *args, **kw)
         return code, out.getvalue(), err.getvalue()
 
     @contextlib.contextmanager
     def pass_elsewhere(self):
         """The full-pass lock held by another member of the same backend,
         as a Neutron server's maintenance worker holds it."""
-        other = Locks(self.vcenter_driver.reconciler.locks._url)
+        other = Locks(self.vcenter_driver.backend.reconciler.locks._url)
         try:
             with other.hold(FULL_PASS_LOCK) as got:
                 self.assertTrue(got)

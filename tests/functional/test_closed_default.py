@@ -296,7 +296,7 @@ class TestOpenGroupConverted(test_ports.PortsTestCase):
             self.assertEqual((DROP_ALL_IP, True), effective_rules(
                 after[key].config.setting), key)
         # Converted once: the next pass finds nothing to do.
-        self.assertTrue(self.vcenter_driver.reconciler.replica.wait_until(
+        self.assertTrue(self.vcenter_driver.backend.reconciler.replica.wait_until(
             lambda inv: all(g.default_closed for g in inv.dvs_portgroups
                             if g.name == name), 10))
         self.assertEqual([], self.resync().plan.for_network(net["id"]).steps)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from unittest import mock
 
 from oslo_utils import uuidutils
 from pyVmomi import vim
@@ -31,6 +32,7 @@ from pyVmomi import vim
 from tests.functional import base  # noqa: I100
 
 from networking_vcenter import agent  # noqa: I202
+from networking_vcenter import backend as backend_mod
 from networking_vcenter import neutron_db
 from networking_vcenter.reconcile import worker as worker_mod
 from tests.fixtures.vcsim import Vcsim
@@ -63,7 +65,7 @@ class MaintenanceTestCase(base.VCenterMl2TestCase):
 
     def _start_serialized(self):
         driver = self.vcenter_driver
-        real_source, real_token = driver.source, worker_mod.Maintenance
+        real_source, real_token = driver.backend.source, worker_mod.Maintenance
 
         def source(ids):
             with self.db:
@@ -75,9 +77,9 @@ class MaintenanceTestCase(base.VCenterMl2TestCase):
 
         def heartbeat(maintenance):
             with self.db:
-                return driver._report_health(maintenance)
+                return driver.backend.report_health(maintenance)
 
-        real_ports = driver.reconciler.network_ports
+        real_ports = driver.backend.reconciler.network_ports
 
         def network_ports(ids):
             # The standard port groups' security, read by the worker's
@@ -88,13 +90,13 @@ class MaintenanceTestCase(base.VCenterMl2TestCase):
             with self.db:
                 return real_ports(ids)
 
-        driver.reconciler.network_ports = network_ports
+        driver.backend.reconciler.network_ports = network_ports
 
         maintenance = real_token(
-            driver.reconciler, source, token,
+            driver.backend.reconciler, source, token,
             driver.settings.resync_interval,
             driver.settings.resync_grace_period, heartbeat=heartbeat,
-            heartbeat_interval=driver._agent_down_time() / 3)
+            heartbeat_interval=backend_mod.agent_down_time() / 3)
         maintenance.start()
         return maintenance
 
@@ -168,8 +170,8 @@ class TestDriftRepaired(MaintenanceTestCase):
         (pg,) = self.vsphere.dv_portgroups(self.dvs_name(net["id"]))
         self.assertEqual((foreign["moid"], 7, "made by hand"),
                          (pg["moid"], pg["vlan"], pg["description"]))
-        plan = self.vcenter_driver.reconciler.sync_network(
-            net["id"], self.vcenter_driver.source, dry_run=True).plan
+        plan = self.vcenter_driver.backend.reconciler.sync_network(
+            net["id"], self.vcenter_driver.backend.source, dry_run=True).plan
         (conflict,) = plan.conflicts
         self.assertIn("was not made by networking-vcenter", conflict.reason)
         self.vsphere.destroy_dv_portgroup(self.dvs_name(net["id"]))
@@ -178,12 +180,9 @@ class TestDriftRepaired(MaintenanceTestCase):
         """A network whose API hook did nothing (as when it ran out of time)
         gets its port group from the worker's Neutron poll."""
         driver = self.vcenter_driver
-        real = driver._sync
-        driver._sync = lambda context, refuse: None
-        try:
+        with mock.patch.object(driver.backend, "network_changed",
+                               return_value=[]):
             net = self.make_network("vlan", "physnet1", 124)
-        finally:
-            driver._sync = real
         self.assertEqual([], self.dvs_vlan(net["id"]))
         self.within(REPAIR, lambda: self.dvs_vlan(net["id"]) == [124],
                     "port group made by the maintenance worker")

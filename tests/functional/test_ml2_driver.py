@@ -129,7 +129,7 @@ class TestNetworks(base.VCenterMl2TestCase):
         port group we did not make does not."""
         from networking_vcenter.reconcile import apply as apply_mod
         from networking_vcenter.reconcile import plan as plan_mod
-        rec = self.vcenter_driver.reconciler
+        rec = self.vcenter_driver.backend.reconciler
         stale = rec.inventory()
         net = self.make_network("vlan", "physnet1", 76)
         foreign_id = uuidutils.generate_uuid()
@@ -158,11 +158,11 @@ class TestNetworks(base.VCenterMl2TestCase):
         dvs_net = self.make_network("vlan", "physnet1", 73)
         std_net = self.make_network("vlan", "physnet2", 274)
         drv = self.vcenter_driver
-        rec = drv.reconciler
+        rec = drv.backend.reconciler
         for net in (dvs_net, std_net):   # the replica has seen them
             self.assertTrue(rec.replica.wait_until(
                 lambda inv, n=net: not rec._plan(
-                    inv, list(drv.source({n["id"]})),
+                    inv, list(drv.backend.source({n["id"]})),
                     {n["id"]}, set())[2].steps, 10))
         with self.soap_calls() as calls:
             port = self.bind_port(std_net["id"], base.COMPUTE_HOST)
@@ -181,16 +181,16 @@ class TestNetworks(base.VCenterMl2TestCase):
         for net in (dvs_net, std_net):
             self.assertTrue(rec.replica.wait_until(
                 lambda inv, n=net: not rec._plan(
-                    inv, list(drv.source({n["id"]})), {n["id"]}, set(),
-                    rec._std_security(inv, list(drv.source({n["id"]})),
+                    inv, list(drv.backend.source({n["id"]})), {n["id"]}, set(),
+                    rec._std_security(inv, list(drv.backend.source({n["id"]})),
                                       {n["id"]}))[2].steps, 10))
         with self.soap_calls() as calls:
             for net in (dvs_net, std_net):
-                result = rec.sync_network(net["id"], drv.source)
+                result = rec.sync_network(net["id"], drv.backend.source)
                 self.assertEqual([], result.plan.steps)
                 self.assertEqual([], result.outcome.done)
-            ports = rec.sync_ports({port["id"]}, drv.source,
-                                   drv.port_source)
+            ports = rec.sync_ports({port["id"]}, drv.backend.source,
+                                   drv.backend.port_source)
             self.assertEqual([], ports.plan.steps)
             self.assertIn(port["id"], ports.plan.reserved)
         self.assertEqual([], calls)
@@ -270,7 +270,7 @@ class TestPortBinding(base.VCenterMl2TestCase):
         self.vsphere.destroy_dv_portgroup(self.dvs_name(net["id"]))
         # Once the replica has seen it go (no maintenance worker runs here),
         # the bind makes it again.
-        self.assertTrue(self.vcenter_driver.reconciler.replica.wait_until(
+        self.assertTrue(self.vcenter_driver.backend.reconciler.replica.wait_until(
             lambda inv: not any(pg.name == self.dvs_name(net["id"])
                                 for pg in inv.dvs_portgroups), 5))
         port = self.bind_port(net["id"], base.COMPUTE_HOST)

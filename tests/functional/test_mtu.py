@@ -73,7 +73,7 @@ class MtuTestCase(base.VCenterMl2TestCase):
             "network"]["mtu"]
 
     def replica_shows(self, predicate):
-        rec = self.vcenter_driver.reconciler
+        rec = self.vcenter_driver.backend.reconciler
         self.assertTrue(rec.replica.wait_until(predicate, 10),
                         "the replica did not see the change")
 
@@ -191,7 +191,8 @@ class MtuTestCase(base.VCenterMl2TestCase):
 
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            code = cli.cmd_status(self.vcenter_driver.reconciler, "json")
+            code = cli.cmd_status(
+                self.vcenter_driver.backend.reconciler, "json")
         self.assertEqual(cli.EXIT_DIFF, code)
         rows = {r["physical_network"]: r
                 for r in json.loads(out.getvalue())["switches"]}
@@ -214,7 +215,7 @@ class MtuTestCase(base.VCenterMl2TestCase):
                                     for h in inv.hosts.values()])
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            cli.cmd_status(self.vcenter_driver.reconciler, "json")
+            cli.cmd_status(self.vcenter_driver.backend.reconciler, "json")
         rows = {r["physical_network"]: r
                 for r in json.loads(out.getvalue())["switches"]}
         self.assertEqual(("9000", "ok"), (rows["physnet1"]["mtu"],
@@ -304,7 +305,7 @@ class MtuBeforeVcenterIsReadTestCase(base.ProxiedMixin,
         super().setUp()
 
     def test_accepted_then_warned_by_the_full_pass(self):
-        rec = self.vcenter_driver.reconciler
+        rec = self.vcenter_driver.backend.reconciler
         self.assertFalse(rec.replica.synced)
         net = self.make_network("vlan", "physnet1", 651)
         self.assertEqual(9000, net["mtu"])

@@ -99,11 +99,11 @@ class TestOutages(OutageTestCase):
         self.assertEqual(1, self.count_dvs(net["id"]))
         # vCenter answers again: the maintenance worker's heartbeat binds
         # the port again, with a DV port of its own.
-        self.assertEqual(1, self.vcenter_driver.rebind_failed())
+        self.assertEqual(1, self.vcenter_driver.backend.rebind_failed())
         port = self.driver.get_port(self.context, port["id"])
         self.assertEqual("dvs", port["binding:vif_type"])
         self.assertIn("dvs_port_key", port["binding:vif_details"])
-        self.assertEqual(0, self.vcenter_driver.rebind_failed())
+        self.assertEqual(0, self.vcenter_driver.backend.rebind_failed())
 
     def test_hand_edits_restored_foreign_untouched(self):
         dvs = self.make_network("vlan", "physnet1", 93)
@@ -230,13 +230,13 @@ class TestStartWithoutVcenter(OutageTestCase):
         base.VCenterMl2TestCase.setUp(self)
 
     def test_starts_degraded_and_catches_up(self):
-        self.assertFalse(self.vcenter_driver.reconciler.replica.synced)
+        self.assertFalse(self.vcenter_driver.backend.reconciler.replica.synced)
         net = self.timed(self.make_network, "vlan", "physnet1", 98)
         port = self.timed(self.bind_port, net["id"], base.COMPUTE_HOST)
         self.assertEqual("binding_failed", port["binding:vif_type"])
         self.assertEqual(0, self.count_dvs(net["id"]))
         self.proxy.mode = "pass"
-        self.assertTrue(self.vcenter_driver.reconciler.replica.wait_until(
+        self.assertTrue(self.vcenter_driver.backend.reconciler.replica.wait_until(
             lambda inv: True, 30))
         self.resync()
         self.assertEqual(1, self.count_dvs(net["id"]))

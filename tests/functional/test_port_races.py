@@ -109,7 +109,7 @@ class TestReleaseRaces(PortRaceTestCase):
         DV port reserved) right after; the pass must not release it."""
         net = self.make_net(81)
         drv = self.vcenter_driver
-        real = drv.port_source
+        real = drv.backend.port_source
         bound = []
 
         def racing(ids):
@@ -118,7 +118,8 @@ class TestReleaseRaces(PortRaceTestCase):
                 bound.append(self.port_on(net["id"]))   # binds, reserves
             return answer
 
-        result = drv.reconciler.sync_all(drv.source, 0, port_source=racing)
+        result = drv.backend.reconciler.sync_all(drv.backend.source, 0,
+                                                 port_source=racing)
         self.assertTrue(bound, "the bind did not happen inside the pass")
         self.assertFalse([s for s in result.ports.outcome.done
                           if isinstance(s, plan_mod.ReleasePort)])
@@ -139,8 +140,8 @@ class TestReleaseRaces(PortRaceTestCase):
             real_bind(context)
             if context.current["id"] == port["id"]:
                 # The hook, now: Neutron has not committed the binding.
-                drv._sync_ports_soon({port["id"]})
-                drv._drain_ports()
+                drv.backend.ports_changed({port["id"]})
+                drv.backend.drain()
                 # What Nova is about to be given is still the port's.
                 named.append([p.key for p in self.vsphere.dvs(
                     "DVS0").FetchDVPorts(vim.dvs.PortCriteria())
@@ -191,7 +192,7 @@ class TestReservedElsewhere(PortRaceTestCase):
         port = self.port_on(net["id"])
         key = port[portbindings.VIF_DETAILS]["dvs_port_key"]
         pg_key = port[portbindings.VIF_DETAILS]["pg_id"]
-        rec = self.vcenter_driver.reconciler
+        rec = self.vcenter_driver.backend.reconciler
         # This server's replica last saw the DV port free...
         self.rename(key, plan_mod.FREE)
         rec.replica.refresh_ports({pg_key})
@@ -201,8 +202,8 @@ class TestReservedElsewhere(PortRaceTestCase):
         self.rename(key, port["id"])
         with self.port_reads() as (whole, by_key), \
                 self.soap_calls() as calls:
-            rec.sync_ports({port["id"]}, self.vcenter_driver.source,
-                           self.vcenter_driver.port_source)
+            rec.sync_ports({port["id"]}, self.vcenter_driver.backend.source,
+                           self.vcenter_driver.backend.port_source)
         self.assertEqual([], whole)
         self.assertEqual([{key}], [set(a[2]) for a in by_key])
         self.assertNotIn("ReconfigureDVPort_Task", calls)
@@ -220,18 +221,19 @@ class TestReservedElsewhere(PortRaceTestCase):
         key = port[portbindings.VIF_DETAILS]["dvs_port_key"]
         pg_key = port[portbindings.VIF_DETAILS]["pg_id"]
         drv = self.vcenter_driver
-        rec = drv.reconciler
+        rec = drv.backend.reconciler
         self.settled()
         self.assertIn(port["id"], [p.name for p in
                                    rec.replica.snapshot().dv_ports[pg_key]])
         # The port deleted, its hook run by the other server, not here.
-        with mock.patch.object(drv, "_sync_ports_soon"):
+        with mock.patch.object(drv.backend, "ports_changed"):
             self._delete("ports", port["id"])
         self.rename(key, plan_mod.FREE)
         with self.port_reads() as (whole, by_key), \
                 self.soap_calls() as calls:
-            rec.sync_ports({port["id"]}, drv.source, drv.port_source,
-                           read_first=True)    # as the worker syncs
+            # as the worker syncs:
+            rec.sync_ports({port["id"]}, drv.backend.source,
+                           drv.backend.port_source, read_first=True)
         self.assertEqual([], whole)
         self.assertEqual([{key}], [set(a[2]) for a in by_key])
         self.assertNotIn("ReconfigureDVPort_Task", calls)
@@ -248,14 +250,15 @@ class TestReservedElsewhere(PortRaceTestCase):
         port = self.port_on(net["id"], security_groups=[sg["id"]])
         key = port[portbindings.VIF_DETAILS]["dvs_port_key"]
         drv = self.vcenter_driver
-        rec = drv.reconciler
+        rec = drv.backend.reconciler
         self.settled()
         # The rule and its write by the other server's hook, not here.
-        with mock.patch.object(drv, "_sync_ports_soon"):
+        with mock.patch.object(drv.backend, "ports_changed"):
             self.add_rule(sg["id"], protocol="tcp", port_range_min=2223,
                           port_range_max=2223,
                           remote_ip_prefix="192.0.2.0/24")
-        planned = rec.sync_ports({port["id"]}, drv.source, drv.port_source,
+        planned = rec.sync_ports({port["id"]}, drv.backend.source,
+                                 drv.backend.port_source,
                                  dry_run=True).plan.steps
         (step,) = [s for s in planned
                    if isinstance(s, plan_mod.ConfigurePort)]
@@ -268,8 +271,8 @@ class TestReservedElsewhere(PortRaceTestCase):
                 inventory.mac_management_supported(dvs))]))
         with self.port_reads() as (whole, by_key), \
                 self.soap_calls() as calls:
-            rec.sync_ports({port["id"]}, drv.source, drv.port_source,
-                           read_first=True)
+            rec.sync_ports({port["id"]}, drv.backend.source,
+                           drv.backend.port_source, read_first=True)
         self.assertEqual([], whole)
         self.assertIn({key}, [set(a[2]) for a in by_key])
         self.assertNotIn("ReconfigureDVPort_Task", calls)
@@ -323,7 +326,7 @@ class TestReservedElsewhere(PortRaceTestCase):
         for p in free:                   # taken elsewhere: none free here
             self.rename(p.key, "0e0e0e0e-0000-4000-8000-0000000000%02d"
                         % int(p.key))
-        self.vcenter_driver.reconciler.replica.refresh_ports({pg_key})
+        self.vcenter_driver.backend.reconciler.replica.refresh_ports({pg_key})
         grows = []
 
         def raced(session, pg, *args, **kw):
@@ -384,7 +387,7 @@ class TestKeyHandedToNova(PortRaceTestCase):
         net = self.make_net(88)
         self.port_on(net["id"])
         port = self.make_port_unbound(net["id"])
-        rec = self.vcenter_driver.reconciler
+        rec = self.vcenter_driver.backend.reconciler
         (pg_key,) = {pg.key for pg in rec.replica.snapshot().dvs_portgroups
                      if pg.owner == net["id"]}
         free = sorted((p.key for p in rec.replica.snapshot().dv_ports[pg_key]

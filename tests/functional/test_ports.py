@@ -163,8 +163,8 @@ class TestReservation(PortsTestCase):
         rec = Reconciler.from_settings(drv.settings, watch=False)
         self.addCleanup(rec.close)
         rec.start()
-        result = rec.sync_ports({a["id"], b["id"]}, drv.source,
-                                drv.port_source, dry_run=True)
+        result = rec.sync_ports({a["id"], b["id"]}, drv.backend.source,
+                                drv.backend.port_source, dry_run=True)
         self.assertEqual([], result.plan.steps)
         self.assertEqual({a["id"]: ka, b["id"]: kb},
                          {i: p.key for i, p in result.plan.reserved.items()})
@@ -246,15 +246,15 @@ class TestPolicy(PortsTestCase):
         sg = self.make_sg("once")
         self.add_rule(sg["id"], protocol="tcp", port_range_min=5432,
                       port_range_max=5432, remote_group_id=sg["id"])
-        drv = self.vcenter_driver
-        real = drv._sync_ports_soon
+        backend = self.vcenter_driver.backend
+        real = backend.ports_changed
         calls = []
 
         def spy(ids, ids_of=None, *args, **kw):
             calls.append((set(ids), ids_of is not None))
             return real(ids, ids_of, *args, **kw)
-        drv._sync_ports_soon = spy
-        self.addCleanup(setattr, drv, "_sync_ports_soon", real)
+        backend.ports_changed = spy
+        self.addCleanup(setattr, backend, "ports_changed", real)
         port = self.port_on(net["id"], security_groups=[sg["id"]])
         self.assertEqual("dvs", port[portbindings.VIF_TYPE])
         self.assertEqual([({port["id"]}, True)], calls)
@@ -353,17 +353,17 @@ class TestStatus(PortsTestCase):
         vm = self.vsphere.attach_nic("DC0_C0_RP0_VM0", port["mac_address"],
                                      details)
         self.assertIsNotNone(self.dv_port(port).connectee)
-        rec = self.vcenter_driver.reconciler
-        rec.sync_ports({port["id"]}, self.vcenter_driver.source,
-                       self.vcenter_driver.port_source)
+        rec = self.vcenter_driver.backend.reconciler
+        rec.sync_ports({port["id"]}, self.vcenter_driver.backend.source,
+                       self.vcenter_driver.backend.port_source)
         self.assertEqual("ACTIVE", self.driver.get_port(
             self.context, port["id"])["status"])
         self.vsphere.detach_nic(vm, details["dvs_port_key"])
         self.assertTrue(rec.replica.wait_until(
             lambda inv: not any(p.connected for ps in inv.dv_ports.values()
                                 for p in ps if p.name == port["id"]), 10))
-        rec.sync_ports({port["id"]}, self.vcenter_driver.source,
-                       self.vcenter_driver.port_source)
+        rec.sync_ports({port["id"]}, self.vcenter_driver.backend.source,
+                       self.vcenter_driver.backend.port_source)
         self.assertEqual("DOWN", self.driver.get_port(
             self.context, port["id"])["status"])
 
@@ -393,7 +393,7 @@ class TestNarrowPortReads(PortsTestCase):
             seen["FetchDVPorts"] = calls[start:].count("FetchDVPorts")
 
     def ports_of(self, pg_key):
-        return self.vcenter_driver.reconciler.replica.snapshot().dv_ports.get(
+        return self.vcenter_driver.backend.reconciler.replica.snapshot().dv_ports.get(
             pg_key, ())
 
     def test_nic_attach_and_detach_read_one_port_of_200(self):
@@ -401,7 +401,7 @@ class TestNarrowPortReads(PortsTestCase):
         port = self.port_on(net["id"])
         details = port[portbindings.VIF_DETAILS]
         pg_key = details["pg_id"]
-        rec = self.vcenter_driver.reconciler
+        rec = self.vcenter_driver.backend.reconciler
         (pg,) = [g for g in self.vsphere._all(
             vim.dvs.DistributedVirtualPortgroup) if g.key == pg_key]
         before = len(pg.portKeys)
@@ -432,8 +432,8 @@ class TestNarrowPortReads(PortsTestCase):
         (mine,) = [p for p in self.ports_of(pg_key)
                    if p.key == details["dvs_port_key"]]
         self.assertEqual((True, vm._moId), (mine.connected, mine.vm_moid))
-        rec.sync_ports({port["id"]}, self.vcenter_driver.source,
-                       self.vcenter_driver.port_source)
+        rec.sync_ports({port["id"]}, self.vcenter_driver.backend.source,
+                       self.vcenter_driver.backend.port_source)
         self.assertEqual("ACTIVE", self.driver.get_port(
             self.context, port["id"])["status"])
 
@@ -445,8 +445,8 @@ class TestNarrowPortReads(PortsTestCase):
                     pg_key, ())), 10))
         self.assertEqual(1, reads["ports"], reads)
         self.assertEqual(200, len(self.ports_of(pg_key)))
-        rec.sync_ports({port["id"]}, self.vcenter_driver.source,
-                       self.vcenter_driver.port_source)
+        rec.sync_ports({port["id"]}, self.vcenter_driver.backend.source,
+                       self.vcenter_driver.backend.port_source)
         self.assertEqual("DOWN", self.driver.get_port(
             self.context, port["id"])["status"])
 
@@ -526,7 +526,7 @@ class TestStandardVswitchBind(PortsTestCase):
                          self.vsphere.host_portgroup_security(
                              net["id"])[hosts[0]])
         drv = self.vcenter_driver
-        rec = drv.reconciler
+        rec = drv.backend.reconciler
         reads = []
 
         def counted(read):
@@ -535,8 +535,8 @@ class TestStandardVswitchBind(PortsTestCase):
                 return read(ids, *args, **kw)
             return wrapper
 
-        with mock.patch.object(drv, "port_source",
-                               counted(drv.port_source)), \
+        with mock.patch.object(drv.backend, "port_source",
+                               counted(drv.backend.port_source)), \
                 mock.patch.object(rec, "network_ports",
                                   counted(rec.network_ports)):
             result = self.resync()
@@ -584,23 +584,26 @@ class TestStandardVswitchRefuse(PortsTestCase):
 
         with mock.patch.object(self.driver, "get_bound_port_context",
                                counting):
-            self.assertEqual(0, drv.rebind_failed())
+            self.assertEqual(0, drv.backend.rebind_failed())
             self.assertEqual([port["id"]], tried)
-            self.assertEqual(0, drv.rebind_failed())    # waits its turn
+            self.assertEqual(0, drv.backend.rebind_failed())    # waits its turn
             self.assertEqual([port["id"]], tried)
-            tries, next_at = drv._rebind_backoff[port["id"]]
+            tries, next_at = drv.backend.rebind_state(port["id"])
             self.assertEqual(1, tries)
             self.assertGreater(next_at - time.monotonic(), 50)
             # An outage ends: every failed binding is tried at once.
-            drv._health_down = True
             maintenance = mock.Mock(last_pass=None, last_pass_at=None,
                                     beats=1)
-            self.assertTrue(drv._report_health(maintenance))
+            replica = drv.backend.reconciler.replica
+            with mock.patch.object(type(replica), "current", False):
+                self.assertFalse(drv.backend.report_health(maintenance))
+            self.assertEqual([port["id"]], tried)
+            self.assertTrue(drv.backend.report_health(maintenance))
             self.assertEqual([port["id"]] * 2, tried)
         # A port that is bound (here: deleted) leaves the backoff.
         self._delete("ports", port["id"])
-        drv.rebind_failed()
-        self.assertNotIn(port["id"], drv._rebind_backoff)
+        drv.backend.rebind_failed()
+        self.assertIsNone(drv.backend.rebind_state(port["id"]))
 
 
 class TestConversion(PortsTestCase):
@@ -614,7 +617,7 @@ class TestConversion(PortsTestCase):
         name = self.dvs_name(net["id"])
         (pg,) = self.vsphere.dv_portgroups(name)
         description = pg["description"]
-        rec = self.vcenter_driver.reconciler
+        rec = self.vcenter_driver.backend.reconciler
         self.vsphere.destroy_dv_portgroup(name)
         old = self.vsphere.add_dv_portgroup("DVS0", name, 87, description)
         self.assertFalse(old["ref"].config.policy.trafficFilterOverrideAllowed)

@@ -110,7 +110,7 @@ class TestSharedFilter(PortsTestCase):
             self.admits(self.shared(members[0]), p) for p in members)))
         self.settled()
         drv = self.vcenter_driver
-        real = drv.port_source
+        real = drv.backend.port_source
         reads = []
 
         def spy(ids, **kw):
@@ -118,7 +118,7 @@ class TestSharedFilter(PortsTestCase):
             reads.append((None if ids is None else set(ids), kw,
                           {p.id for p in found}))
             return found
-        drv.port_source = spy
+        drv.backend.port_source = spy
         self.addCleanup(setattr, drv, "port_source", real)
         new = self.port_on(net["id"])
         self.assertTrue(self.eventually(
@@ -231,7 +231,7 @@ class TestSharedFilter(PortsTestCase):
         self.assertTrue(self.eventually(
             lambda: self.admits(self.shared(member), member)))
         self.settled()
-        rec = self.vcenter_driver.reconciler
+        rec = self.vcenter_driver.backend.reconciler
         self.replica_caught_up()
         self.assertFalse(rec.defaults_suspect(net["id"]))
         key = member[portbindings.VIF_DETAILS]["pg_id"]
@@ -272,7 +272,7 @@ class TestSharedFilter(PortsTestCase):
         self.assertTrue(want, "the shared filter lacks a member")
         self.settled()
         drv = self.vcenter_driver
-        rec = drv.reconciler
+        rec = drv.backend.reconciler
         self.replica_caught_up()
         self.assertFalse(rec.defaults_suspect(net["id"]))
 
@@ -313,7 +313,7 @@ class TestSharedFilter(PortsTestCase):
                         "an edit right behind a write made elsewhere was "
                         "taken for ours")
         with self.soap_calls() as calls:
-            rec.sync_ports(set(), drv.source, drv.port_source,
+            rec.sync_ports(set(), drv.backend.source, drv.backend.port_source,
                            networks={net["id"]})
         self.assertEqual(1, calls.count("ReconfigureDVPortgroup_Task"),
                          calls)

@@ -96,8 +96,8 @@ def refused(caplog, error_type=exceptions.VCenterError) -> str:
 def test_good_configuration_starts(config):
     config()
     driver = start_driver()
-    assert driver.reconciler.validate().targets["physnet1"].kind == "dvs"
-    driver.reconciler.close()
+    assert driver.backend.reconciler.validate().targets["physnet1"].kind == "dvs"
+    driver.backend.reconciler.close()
 
 
 def test_unreachable_vcenter_refused_when_asked(config, caplog):
@@ -119,7 +119,7 @@ def started_degraded(caplog) -> tuple[object, float]:
     took = time.monotonic() - t0
     assert "starts without vCenter" in caplog.text
     assert PASSWORD not in caplog.text
-    assert not driver.reconciler.replica.synced
+    assert not driver.backend.reconciler.replica.synced
     return driver, took
 
 
@@ -132,7 +132,7 @@ def test_unreachable_vcenter_does_not_stop_neutron(config, caplog):
         closed = s.getsockname()[1]
     config(host_port=closed, api_retry_count=10, api_timeout=30.0)
     driver, took = started_degraded(caplog)
-    driver.reconciler.close()
+    driver.backend.reconciler.close()
     assert took < 10, took
 
 
@@ -151,7 +151,7 @@ def test_black_holed_vcenter_does_not_stop_neutron(config, caplog):
         driver, took = started_degraded(caplog)
         # Nor does its stop wait for the login under way (api_timeout).
         t0 = time.monotonic()
-        driver.reconciler.close()
+        driver.backend.reconciler.close()
         stopped = time.monotonic() - t0
     assert took < budget + 5, took
     assert stopped < 10, stopped

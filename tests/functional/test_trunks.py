@@ -152,21 +152,22 @@ class TestTrunks(TrunksTestCase):
         vm = self.vsphere.attach_nic("DC0_C0_RP0_VM0", parent["mac_address"],
                                      details)
         drv = self.vcenter_driver
-        self.assertTrue(drv.reconciler.replica.wait_until(
+        self.assertTrue(drv.backend.reconciler.replica.wait_until(
             lambda inv: any(p.connected for ps in inv.dv_ports.values()
                             for p in ps if p.name == parent["id"]), 10))
-        drv.reconciler.sync_ports({parent["id"]}, drv.source, drv.port_source)
+        drv.backend.reconciler.sync_ports({parent["id"]}, drv.backend.source,
+                                          drv.backend.port_source)
         self.assertEqual("ACTIVE", self.port(parent["id"])["status"])
         self.assert_subport_bound(sa["id"], 141, status="ACTIVE")
         # The trunk survives the NIC: still carried.
         self.assertEqual((("trunk", [(140, 141)]), False),
                          self.vlan_of(parent))
         self.vsphere.detach_nic(vm, details["dvs_port_key"])
-        self.assertTrue(drv.reconciler.replica.wait_until(
+        self.assertTrue(drv.backend.reconciler.replica.wait_until(
             lambda inv: not any(p.connected for ps in inv.dv_ports.values()
                                 for p in ps if p.name == parent["id"]), 10))
-        drv.reconciler.sync_ports({parent["id"]}, drv.source,
-                                  drv.port_source)
+        drv.backend.reconciler.sync_ports({parent["id"]}, drv.backend.source,
+                                  drv.backend.port_source)
         self.assert_subport_bound(sa["id"], 141, status="DOWN")
 
     def test_subport_add_and_remove_update_the_dv_port(self):
@@ -313,7 +314,8 @@ class TestTrunkStatus(TrunksTestCase):
     def status(self):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            code = cli.cmd_status(self.vcenter_driver.reconciler, "json")
+            code = cli.cmd_status(
+                self.vcenter_driver.backend.reconciler, "json")
         doc = json.loads(out.getvalue())
         return code, {r["trunk"]: r for r in doc["trunks"]}
 
@@ -359,7 +361,7 @@ class TestTrunkStatus(TrunksTestCase):
                                             "state")))
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            cli.cmd_status(self.vcenter_driver.reconciler, "table")
+            cli.cmd_status(self.vcenter_driver.backend.reconciler, "table")
         (line,) = [x for x in out.getvalue().splitlines()
                    if x.startswith(trunk["id"])]
         self.assertEqual([trunk["id"], parent["id"], key, "240-241", "240",
