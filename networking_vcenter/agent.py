@@ -35,8 +35,9 @@ TOPIC = "N/A"
 
 
 def host(settings: conf.Settings) -> str:
-    """The row's host: this deployment at this vCenter."""
-    return f"{settings.deployment_name}@{settings.host_ip}"
+    """The row's host: this deployment at this vCenter (by its name in
+    ``[ml2_vcenter] vcenters``, or the address of the only one)."""
+    return f"{settings.deployment_name}@{settings.name or settings.host_ip}"
 
 
 def state(settings: conf.Settings, inv: Inventory, last_pass: Any,
@@ -72,6 +73,7 @@ def state(settings: conf.Settings, inv: Inventory, last_pass: Any,
         "start_flag": start,
         "configurations": {
             "vcenter": f"{settings.host_ip}:{settings.host_port}",
+            "vcenter_name": settings.name or None,
             "deployment_name": settings.deployment_name,
             "switch_mappings": dict(settings.switch_mappings),
             "compute_hosts": dict(settings.compute_hosts),

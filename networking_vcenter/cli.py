@@ -62,9 +62,11 @@ Exit status:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import functools
+import io
 import json
 import logging
 import sys
@@ -156,9 +158,11 @@ def setup_logging(debug: bool) -> None:
         logging.getLogger().setLevel(logging.CRITICAL + 1)
 
 
-def load_config(config_args: list[str]) -> conf.Settings:
+def load_config(config_args: list[str], vcenter: str | None = None
+                ) -> list[conf.Settings]:
     """Neutron's configuration from ``config_args``: ``--config-file`` and
-    ``--config-dir`` options, in the order given (oslo.config's own)."""
+    ``--config-dir`` options, in the order given (oslo.config's own); the
+    settings of every vCenter, or of the one named ``vcenter``."""
     from neutron.common import config as common_config
     from neutron.conf.plugins.ml2 import config as ml2_config
     from oslo_db import options as db_options
@@ -170,7 +174,17 @@ def load_config(config_args: list[str]) -> conf.Settings:
         cfg.CONF(list(config_args), project="neutron")
     except cfg.Error as exc:
         raise CliError(f"cannot read the configuration: {exc}")
-    return conf.load(cfg.CONF)
+    vcenters = conf.load_all(cfg.CONF)
+    if vcenter is None:
+        return vcenters
+    chosen = [s for s in vcenters if s.name == vcenter]
+    if not chosen:
+        raise CliError(
+            f"--vcenter {vcenter}: no such vCenter; [{conf.GROUP}] vcenters "
+            + (f"names {', '.join(s.name for s in vcenters)}"
+               if vcenters[0].name else "is empty (one vCenter, "
+               f"[{conf.GROUP}] itself: leave --vcenter out)"))
+    return chosen
 
 
 # -- status ----------------------------------------------------------------------
@@ -693,21 +707,28 @@ def cmd_sync(rec: Reconciler, fmt: str, dry_run: bool,
 def check_exit(checks: list[dict[str, str]]) -> int:
     """``check``'s exit status: EXIT_ERROR if a check failed without which
     ``status`` and ``sync`` cannot run (:data:`BLOCKING`), EXIT_DIFF if
-    another failed or could not tell, else EXIT_OK."""
-    failed = {c["check"] for c in checks if c["result"] not in PASSING}
+    another failed or could not tell, else EXIT_OK.  (A check of one of
+    several vCenters is named "<check> (<vCenter>)".)"""
+    failed = {c["check"].split(" (")[0] for c in checks
+              if c["result"] not in PASSING}
     if failed & set(BLOCKING):
         return EXIT_ERROR
     return EXIT_DIFF if failed else EXIT_OK
 
 
 def cmd_check(config_args: list[str], fmt: str,
-              columns: list[str] = ()) -> int:
+              columns: list[str] = (), vcenter: str | None = None) -> int:
+    """Every vCenter's checks (or ``vcenter``'s), each check named with its
+    vCenter where there are several; the lock backend's and the
+    database's once."""
     checks: list[dict[str, str]] = []
     rec: Reconciler | None = None
 
-    def record(name: str, ok: bool | None | str, detail: str) -> None:
-        checks.append({"check": name, "result": {True: "ok", False: "FAIL",
-                                                 None: "skipped"}.get(ok, ok),
+    def record(name: str, ok: bool | None | str, detail: str,
+               of: str = "") -> None:
+        checks.append({"check": f"{name} ({of})" if of else name,
+                       "result": {True: "ok", False: "FAIL",
+                                  None: "skipped"}.get(ok, ok),
                        "detail": shown(detail, rec)})
 
     def finish() -> int:
@@ -719,24 +740,34 @@ def cmd_check(config_args: list[str], fmt: str,
     chosen_columns([Table("checks", [], [], ["check", "result", "detail"])],
                    list(columns))
     try:
-        settings = load_config(config_args)
+        vcenters = load_config(config_args, vcenter)
         # Refused here too: a lock backend whose driver cannot load.
-        rec = Reconciler.from_settings(settings, watch=False)
-        record("configuration", True, f"[{conf.GROUP}] is valid")
+        recs = [Reconciler.from_settings(s, watch=False) for s in vcenters]
+        record("configuration", True, f"[{conf.GROUP}] is valid" + (
+            f" ({len(vcenters)} vCenters)" if vcenters[0].name else ""))
     except (CliError, exceptions.ConfigError) as exc:
         record("configuration", False, str(exc))
         return finish()
     try:
-        check_vcenter(rec, settings, record)
+        for settings, rec in zip(vcenters, recs):
+            check_vcenter(rec, settings, functools.partial(
+                _record_of, record, settings.name))
+        rec = recs[0]
         check_locks(rec, record)
     finally:
-        log_out(rec)
+        for one in recs:
+            log_out(one)
     try:
         nets = neutron_db.networks(None)
         record("Neutron database", True, f"{len(nets)} network(s)")
     except Exception as exc:  # noqa: BLE001 - any DB error is a failed check
         record("Neutron database", False, str(exc).splitlines()[0])
     return finish()
+
+
+def _record_of(record, vcenter: str, name: str, ok: bool | None | str,
+               detail: str) -> None:
+    record(name, ok, detail, vcenter)
 
 
 def check_locks(rec: Reconciler,
@@ -919,6 +950,9 @@ def parser() -> argparse.ArgumentParser:
                    help="the output format (default: table)")
     p.add_argument("--debug", action="store_true",
                    help="log the driver's vSphere calls on stderr")
+    p.add_argument("--vcenter", metavar="NAME",
+                   help="only this vCenter of [ml2_vcenter] vcenters "
+                        "(default: every one)")
     p.set_defaults(config=[], column=[])
     sub = p.add_subparsers(dest="command", required=True)
     status = sub.add_parser(
@@ -952,13 +986,43 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.debug)
     try:
         if args.command == "check":
-            return cmd_check(args.config, args.format, args.column)
+            return cmd_check(args.config, args.format, args.column,
+                             args.vcenter)
     except CliError as exc:
         print(f"networking-vcenter: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    try:
+        vcenters = load_config(args.config, args.vcenter)
+    except (CliError, exceptions.VCenterError) as exc:
+        print(f"networking-vcenter: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if len(vcenters) == 1:
+        return _run(args, vcenters[0])
+    # Several: each in turn, under a heading (table, value, csv) or as
+    # {"vcenters": {name: its document}} (json); the worst exit status.
+    codes, docs = [], {}
+    for settings in vcenters:
+        if args.format == "json":
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                codes.append(_run(args, settings))
+            text = out.getvalue().strip()
+            docs[settings.name] = json.loads(text) if text else None
+        else:
+            print(f"== vCenter {settings.name} ({settings.host_ip})",
+                  flush=True)
+            codes.append(_run(args, settings))
+            print(flush=True)
+    if args.format == "json":
+        json.dump({"vcenters": docs}, sys.stdout, indent=2)
+        print()
+    return max(codes)
+
+
+def _run(args: argparse.Namespace, settings: conf.Settings) -> int:
+    """``status`` or ``sync`` of one vCenter."""
     rec = None
     try:
-        settings = load_config(args.config)
         rec = Reconciler.from_settings(settings, watch=False)
         rec.network_ports = lambda nets: neutron_db.ports(
             host_filter=set(settings.compute_hosts), network_ids=nets)

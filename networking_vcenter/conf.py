@@ -12,6 +12,14 @@
 
 """Configuration of the vcenter mechanism driver: the ``[ml2_vcenter]`` section.
 
+One vCenter is configured in ``[ml2_vcenter]`` itself.  Several are named in
+``[ml2_vcenter] vcenters``, each with a section of its own,
+``[ml2_vcenter:<name>]``, holding its connection, ``switch_mappings`` and
+``compute_hosts``; an option a vCenter's section leaves unset is taken from
+``[ml2_vcenter]`` (one set of credentials for all, say).  Everything else
+(deadlines, locks, security groups) is the deployment's, in
+``[ml2_vcenter]``.
+
 Option names follow Nova's ``[vmware]`` section (``host_ip``, ``host_username``,
 ``host_password``, ``ca_file``, ``insecure``, ``api_retry_count``...) so that an
 operator can copy the connection settings of the nova-compute that runs the same
@@ -21,6 +29,7 @@ mapping is reported with the option's name before anything talks to vCenter.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import string
@@ -31,6 +40,11 @@ from oslo_config import cfg
 from networking_vcenter import exceptions
 
 GROUP = "ml2_vcenter"
+# The section of a vCenter named in [ml2_vcenter] vcenters.
+VCENTER_GROUP = GROUP + ":{}"
+# What a vCenter's name may be (it names its section, its locks and its
+# agent row).
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 # vSphere refuses names longer than this for any managed entity.
 MAX_NAME_LENGTH = 80
@@ -107,6 +121,16 @@ mapping_opts = [
 ]
 
 behaviour_opts = [
+    cfg.ListOpt(
+        "vcenters", default=[],
+        help="Names of the vCenters this Neutron uses, when more than one "
+             "(letters, digits, '_', '.', '-'): each has a section "
+             "[ml2_vcenter:<name>] with its connection (host_ip, "
+             "credentials, TLS...), switch_mappings and compute_hosts; "
+             "what a section leaves unset is taken from [ml2_vcenter]. A "
+             "network gets its port groups in every vCenter that maps its "
+             "physical network; a port binds in the vCenter of its host. "
+             "Empty: the one vCenter of [ml2_vcenter] itself."),
     cfg.IntOpt("resync_interval", default=300, min=0,
                help="Seconds between two full reconcile passes of the "
                     "maintenance worker (in neutron-periodic-workers), which "
@@ -222,6 +246,21 @@ mtu_opts = [
 
 ALL_OPTS = connection_opts + mapping_opts + behaviour_opts + port_opts + \
     mtu_opts
+# The options of one vCenter.
+VCENTER_OPTION_NAMES = [o.dest for o in connection_opts] + \
+    ["switch_mappings", "compute_hosts"]
+
+
+def _per_vcenter(opt: cfg.Opt) -> cfg.Opt:
+    """``opt`` in a vCenter's section: unset, it is [ml2_vcenter]'s."""
+    opt = copy.deepcopy(opt)
+    opt.default = None
+    opt.help = f"{opt.help} Unset here: [{GROUP}] {opt.dest}."
+    return opt
+
+
+VCENTER_OPTS = [_per_vcenter(o) for o in ALL_OPTS
+                if o.dest in VCENTER_OPTION_NAMES]
 
 
 def register_opts(conf: cfg.ConfigOpts = cfg.CONF) -> None:
@@ -230,12 +269,16 @@ def register_opts(conf: cfg.ConfigOpts = cfg.CONF) -> None:
 
 def list_opts():
     """Entry point of ``oslo.config.opts`` for oslo-config-generator."""
-    return [(GROUP, ALL_OPTS)]
+    return [(GROUP, ALL_OPTS),
+            (cfg.OptGroup(VCENTER_GROUP.format("<name>"),
+                          help="One vCenter named in [ml2_vcenter] "
+                               "vcenters.",
+                          dynamic_group_owner="vcenters"), VCENTER_OPTS)]
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The parsed, validated ``[ml2_vcenter]`` section as plain data."""
+    """One vCenter's parsed, validated settings as plain data."""
 
     host_ip: str
     host_port: int
@@ -266,6 +309,14 @@ class Settings:
     # Neutron's [securitygroup] enable_security_group: False means no
     # traffic filter on any port (as Neutron's noop firewall).
     security_groups: bool = True
+    # Its name in [ml2_vcenter] vcenters; "" for the one vCenter of
+    # [ml2_vcenter] itself.
+    name: str = ""
+
+    @property
+    def section(self) -> str:
+        """The configuration section of its connection and mappings."""
+        return VCENTER_GROUP.format(self.name) if self.name else GROUP
 
     @property
     def clusters(self) -> list[str]:
@@ -278,7 +329,8 @@ PAIR_FORMS = {"switch_mappings": "<physical_network>:<switch>",
               "compute_hosts": "<nova-compute host>:<cluster>"}
 
 
-def parse_pairs(option: str, values: list[str]) -> dict[str, str]:
+def parse_pairs(option: str, values: list[str],
+                group: str = GROUP) -> dict[str, str]:
     """Parse the ``key:value`` pairs of a list option (neutron-lib's
     ``parse_mappings``), refusing what is ambiguous: a malformed entry, a
     key mapped to two values.  The same pair twice is one; a value may
@@ -293,8 +345,8 @@ def parse_pairs(option: str, values: list[str]) -> dict[str, str]:
     except ValueError as exc:
         form = PAIR_FORMS.get(option, "<name>:<name>")
         raise exceptions.ConfigError(
-            [f"[{GROUP}] {option}: {exc}; each entry is {form}"]) from None
-    problems = [f"[{GROUP}] {option}: '{key}' is mapped more than once "
+            [f"[{group}] {option}: {exc}; each entry is {form}"]) from None
+    problems = [f"[{group}] {option}: '{key}' is mapped more than once "
                 f"({', '.join(repr(v) for v in found[key])})"
                 for key in found if len(found[key]) > 1]
     if problems:
@@ -408,43 +460,117 @@ class _Values(dict):
 
 
 def load(conf: cfg.ConfigOpts = cfg.CONF) -> Settings:
-    """Read and validate ``[ml2_vcenter]`` without talking to vCenter."""
+    """Read and validate ``[ml2_vcenter]`` without talking to vCenter: the
+    first vCenter where several are configured (see :func:`load_all`)."""
+    return load_all(conf)[0]
+
+
+def load_all(conf: cfg.ConfigOpts = cfg.CONF) -> list[Settings]:
+    """Every vCenter's settings, validated without talking to vCenter: the
+    one of ``[ml2_vcenter]``, or each named in ``[ml2_vcenter] vcenters``.
+    Every problem found is reported at once, each naming its section and
+    option."""
     register_opts(conf)
-    problems: list[str] = []
-    values = {}
-    for opt in ALL_OPTS:
-        try:
-            values[opt.dest] = conf[GROUP][opt.dest]
-        except (cfg.ConfigFileValueError, ValueError) as exc:
-            problems.append(f"[{GROUP}] {opt.dest}: {exc}")
-            values[opt.dest] = opt.default
+    values, problems = _read(conf, GROUP, ALL_OPTS)
     if problems:
         raise exceptions.ConfigError(problems)
+    names = values["vcenters"] or []
+    if not names:
+        return [_settings(conf, values, "", GROUP)]
+    for name in names:
+        if not NAME_RE.match(name):
+            problems.append(f"[{GROUP}] vcenters: '{name}' is not a valid "
+                            f"name (1-32 letters, digits, '_', '.', '-')")
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"[{GROUP}] vcenters: '{name}' is named twice")
+    if problems:
+        raise exceptions.ConfigError(problems)
+    found: list[Settings] = []
+    for name in names:
+        section = VCENTER_GROUP.format(name)
+        conf.register_opts(VCENTER_OPTS, group=section)
+        own, bad = _read(conf, section, VCENTER_OPTS)
+        problems.extend(bad)
+        merged = dict(values)
+        merged.update({k: v for k, v in own.items() if v is not None})
+        try:
+            found.append(_settings(conf, merged, name, section))
+        except exceptions.ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise exceptions.ConfigError(problems)
+    problems.extend(_clashes(found))
+    if problems:
+        raise exceptions.ConfigError(problems)
+    return found
+
+
+def _read(conf: cfg.ConfigOpts, group: str, opts: list[cfg.Opt]
+          ) -> tuple[dict, list[str]]:
+    """The values of a section's options, and the problems of those that
+    do not parse."""
+    problems: list[str] = []
+    values = {}
+    for opt in opts:
+        try:
+            values[opt.dest] = conf[group][opt.dest]
+        except (cfg.ConfigFileValueError, ValueError) as exc:
+            problems.append(f"[{group}] {opt.dest}: {exc}")
+            values[opt.dest] = opt.default
+    return values, problems
+
+
+def _clashes(vcenters: list[Settings]) -> list[str]:
+    """What two vCenters may not share: a nova-compute host (a port binds
+    in the vCenter of its host), the vCenter itself."""
+    problems = []
+    host_of: dict[str, Settings] = {}
+    where: dict[tuple, Settings] = {}
+    for s in vcenters:
+        for host in s.compute_hosts:
+            other = host_of.setdefault(host, s)
+            if other is not s:
+                problems.append(
+                    f"[{s.section}] compute_hosts: '{host}' is also in "
+                    f"[{other.section}] compute_hosts: a nova-compute host "
+                    f"belongs to one vCenter")
+        other = where.setdefault((s.host_ip, s.host_port), s)
+        if other is not s:
+            problems.append(f"[{s.section}] host_ip: {s.host_ip}:"
+                            f"{s.host_port} is also [{other.section}]'s")
+    return problems
+
+
+def _settings(conf: cfg.ConfigOpts, values: dict, name: str,
+              section: str) -> Settings:
+    """One vCenter's settings from its values; ``section`` names where
+    its own options are set in the problems found."""
+    problems: list[str] = []
     group = _Values(values)
-    for name in ("host_ip", "host_username", "host_password"):
-        if not group[name]:
-            problems.append(f"[{GROUP}] {name} is not set")
+    for option in ("host_ip", "host_username", "host_password"):
+        if not group[option]:
+            problems.append(f"[{section}] {option} is not set")
     mappings: dict[str, dict[str, str]] = {}
     for option in ("switch_mappings", "compute_hosts"):
         try:
-            mappings[option] = parse_pairs(option, group[option])
+            mappings[option] = parse_pairs(option, group[option], section)
         except exceptions.ConfigError as exc:
             problems.extend(exc.problems)
             mappings[option] = {}
     if not group.switch_mappings:
-        problems.append(f"[{GROUP}] switch_mappings is empty: no physical "
+        problems.append(f"[{section}] switch_mappings is empty: no physical "
                         f"network would reach vSphere")
     if not group.compute_hosts:
-        problems.append(f"[{GROUP}] compute_hosts is empty: no port could be "
-                        f"bound and no cluster carries port groups")
+        problems.append(f"[{section}] compute_hosts is empty: no port could "
+                        f"be bound and no cluster carries port groups")
     try:
         check_name_template(group.dvs_port_group_name_template,
                             list(mappings["switch_mappings"]))
     except exceptions.ConfigError as exc:
         problems.extend(exc.problems)
     if group.ca_file and group.insecure:
-        problems.append(f"[{GROUP}] ca_file and insecure = true are both set: "
-                        f"choose one")
+        problems.append(f"[{section}] ca_file and insecure = true are both "
+                        f"set: choose one")
     if problems:
         raise exceptions.ConfigError(problems)
     return Settings(
@@ -475,6 +601,7 @@ def load(conf: cfg.ConfigOpts = cfg.CONF) -> Settings:
         start_without_vcenter=group.start_without_vcenter,
         raise_switch_mtu=group.raise_switch_mtu,
         security_groups=security_groups_enabled(conf),
+        name=name,
     )
 
 

@@ -382,6 +382,7 @@ class NeutronServer:
                  compute_hosts: str = DEFAULT_COMPUTE_HOSTS,
                  port: int = 0, workers: int = 1,
                  extra_ml2_opts: dict[str, object] | None = None,
+                 vcenter_sections: dict[str, dict[str, object]] | None = None,
                  timeout: float = 120.0, stop_grace: float = 10.0,
                  quiet: bool = False,
                  backend_of: NeutronServer | None = None):
@@ -408,6 +409,13 @@ class NeutronServer:
         self.venv_bin = os.path.dirname(sys.executable)
         self._secrets = {vcenter_password} if vcenter_password else set()
         self._set_ml2_opts(extra_ml2_opts or {})
+        # Several vCenters: name -> the options of [ml2_vcenter:<name>]
+        # (with extra_ml2_opts' "vcenters" naming them).
+        self.vcenter_sections = {name: dict(opts) for name, opts in
+                                 (vcenter_sections or {}).items()}
+        for opts in self.vcenter_sections.values():
+            if opts.get("host_password"):
+                self._secrets.add(str(opts["host_password"]))
         self.procs: list[Proc] = []
         self._offsets: dict[str, int] = {}
         self.state: dict = {}
@@ -597,6 +605,8 @@ class NeutronServer:
             "ml2_type_flat": {"flat_networks": "*"},
             "ml2_type_vxlan": {"vni_ranges": "1:1000"},
             "ml2_vcenter": vcenter,
+            **{f"ml2_vcenter:{name}": opts
+               for name, opts in self.vcenter_sections.items()},
         }
         _write_private(self.neutron_conf, _ini(neutron))
         _write_private(self.ml2_conf, _ini(ml2))

@@ -41,6 +41,7 @@ sees:
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import threading
 import time
@@ -51,6 +52,7 @@ from neutron_lib.api.definitions import portbindings
 from neutron_lib.plugins.ml2 import api
 from neutron_lib.services.trunk import constants as trunk_consts
 from oslo_config import cfg
+from oslo_context import context as o_context
 from oslo_log import log as logging
 
 from networking_vcenter import backend as backend_mod
@@ -95,22 +97,44 @@ class VCenterMechanismDriver(api.MechanismDriver):
 
     def initialize(self) -> None:
         try:
-            self.settings = conf.load(cfg.CONF)
+            vcenters = conf.load_all(cfg.CONF)
         except exceptions.ConfigError as exc:
             LOG.critical("vcenter mechanism driver cannot start: %s", exc)
             raise
-        self.backend = backend_mod.VCenterBackend(self.settings)
-        self.backends = [self.backend]
+        # The deployment's options are the same in every vCenter's.
+        self.settings = vcenters[0]
+        self.backends = [backend_mod.VCenterBackend(s) for s in vcenters]
+        self.backend = self.backends[0]
+        # Every physical network mapped in some vCenter.
+        self.mappings = {physnet: switch for s in reversed(vcenters)
+                         for physnet, switch in s.switch_mappings.items()}
         self._lock = threading.Lock()
         self._binds: dict[str, float] = {}   # port id -> binding deadline
         self._sg_deleting: dict[str, set[str]] = {}
         # Ports created on our hosts whose sync waits for their binding.
         self._created: collections.OrderedDict[str, None] = \
             collections.OrderedDict()
-        self.backend.start(background=False)
+        self._start_backends()
         qos.register(self._on_qos_policy)
         trunk_mod.register(self)
         self._subscribe()
+
+    def _start_backends(self) -> None:
+        """Every vCenter at once: each waits for its own no longer than one
+        API call would, so one black-holed does not delay the others.  A
+        vCenter that cannot be used (configuration) stops all."""
+        if len(self.backends) == 1:
+            self.backend.start(background=False)
+            return
+        with concurrent.futures.ThreadPoolExecutor(
+                len(self.backends)) as pool:
+            futures = [pool.submit(b.start, False) for b in self.backends]
+        failed = [f.exception() for f in futures if f.exception()]
+        if failed:
+            for b, f in zip(self.backends, futures):
+                if f.exception() is None:
+                    b.close()
+            raise failed[0]
 
     # -- routing ---------------------------------------------------------------
 
@@ -124,11 +148,28 @@ class VCenterMechanismDriver(api.MechanismDriver):
         """The vCenters where a network may have a port group."""
         return [b for b in self.backends if b.manages(network_id, segments)]
 
+    @staticmethod
+    def _each(backends: list[backend_mod.VCenterBackend], fn) -> list:
+        """``fn(backend)`` of each, at the same time where there are
+        several: each keeps its own deadline, and one vCenter black-holed
+        costs the call no more than it would alone."""
+        if len(backends) <= 1:
+            return [fn(b) for b in backends]
+        request = o_context.get_current()
+
+        def run(b):
+            with backend_mod.request_of(request):
+                return fn(b)
+
+        with concurrent.futures.ThreadPoolExecutor(len(backends)) as pool:
+            return list(pool.map(run, backends))
+
     # -- the maintenance worker ----------------------------------------------
 
     def get_workers(self):
-        return [worker_mod.MaintenanceWorker(
-            self.backend.start_maintenance, self.backend.close)]
+        """One maintenance worker per vCenter."""
+        return [worker_mod.MaintenanceWorker(b.start_maintenance, b.close)
+                for b in self.backends]
 
     # -- networks ------------------------------------------------------------
 
@@ -163,7 +204,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
         if segments is None:
             segments = list(context.network_segments or [])
         if not mtu or not any(desired_mod.is_mapped(
-                seg, self.settings.switch_mappings) for seg in segments):
+                seg, self.mappings) for seg in segments):
             return
         small = [s for b in self.backends for s in b.mtu_too_small(
             context.current["id"], mtu, segments) or ()]
@@ -196,8 +237,9 @@ class VCenterMechanismDriver(api.MechanismDriver):
         segments += [{"network_type": original.get("provider:network_type"),
                       "physical_network":
                           original.get("provider:physical_network")}]
-        problems = [p for b in self._managing(network_id, segments)
-                    for p in b.network_changed(network_id)]
+        problems = [p for found in self._each(
+            self._managing(network_id, segments),
+            lambda b: b.network_changed(network_id)) for p in found]
         if problems and refuse:
             raise exceptions.PortGroupConflict(
                 reason=f"vCenter cannot hold network {network_id}: "
@@ -325,12 +367,13 @@ class VCenterMechanismDriver(api.MechanismDriver):
         segment = payload.latest_state
         as_dict = {"network_type": segment.network_type,
                    "physical_network": segment.physical_network}
-        if not desired_mod.is_mapped(as_dict, self.settings.switch_mappings):
+        if not desired_mod.is_mapped(as_dict, self.mappings):
             return
         try:
             hosts = self.filter_hosts_with_segment_access(
                 payload.context, [as_dict],
-                set(self.settings.compute_hosts), None)
+                {h for b in self.backends for h in b.settings.compute_hosts},
+                None)
         except Exception:  # noqa: BLE001 - never fail the network create
             LOG.exception("segment %s: compute hosts not mapped now; the "
                           "maintenance worker will map them", segment.id)
@@ -382,7 +425,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
         any driver's precommit, and its own error for a False says only
         "Backend does not support VLAN Transparency".  No mapped segment:
         no opinion, other drivers decide."""
-        mappings = self.settings.switch_mappings
+        mappings = self.mappings
         segments = list(context.network_segments or [])
         if not any(desired_mod.is_mapped(s, mappings) for s in segments):
             return None
@@ -397,14 +440,14 @@ class VCenterMechanismDriver(api.MechanismDriver):
         refused with the reason: vSphere switches tag 802.1Q only.  No
         mapped segment: no opinion."""
         mapped = [s for s in context.network_segments or []
-                  if desired_mod.is_mapped(s, self.settings.switch_mappings)]
+                  if desired_mod.is_mapped(s, self.mappings)]
         if not mapped:
             return None
         raise exceptions.VlanQinqRefused(
             network=context.current["id"], reason="; ".join(
                 f"its {s.get('network_type')} segment on physical network "
                 f"{s.get('physical_network')} is mapped to "
-                f"{self.settings.switch_mappings[s.get('physical_network')]}"
+                f"{self.mappings[s.get('physical_network')]}"
                 for s in mapped) + ": a vSphere switch tags 802.1Q only "
             "(no 802.1ad outer tag); use a VLAN network, or a flat "
             "VLAN-transparent one for guests that tag")
@@ -491,7 +534,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
         if binding is None:
             LOG.debug("port %s on %s: no VLAN/flat segment mapped to a switch "
                       "of cluster %s", port_id, host,
-                      self.settings.compute_hosts.get(host))
+                      backend.settings.compute_hosts.get(host))
             return
         context.set_binding(binding.segment[api.ID], VIF_TYPE_DVS,
                             binding.vif_details, status=binding.status)
@@ -548,6 +591,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
     # -- full pass (tests, tools) -------------------------------------------------
 
     def resync(self, grace: float | None = None) -> Pass | None:
-        """One full pass over every Neutron network now; None if one is
-        running elsewhere.  Port groups of deleted networks are removed."""
+        """One full pass over every Neutron network now in the first
+        vCenter (see each backend's for the others); None if one is running
+        elsewhere.  Port groups of deleted networks are removed."""
         return self.backend.resync(grace)

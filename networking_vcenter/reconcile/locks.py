@@ -198,8 +198,13 @@ class Locks:
     ``backend_url`` is the URL as shown -- its password masked -- and the
     only one to put in a message or a log; the URL itself is private."""
 
-    def __init__(self, backend_url: str):
+    def __init__(self, backend_url: str, scope: str = ""):
+        """``scope``: the vCenter whose locks these are, where there are
+        several (the locks of the only one keep their names, so that
+        servers of an earlier version still exclude these)."""
         self._url = backend_url
+        self._prefix = f"networking-vcenter-{scope}-" if scope else \
+            "networking-vcenter-"
         self.backend_url = mask_url(backend_url)
         self._coordinator = self._new_coordinator()
         self._started = False
@@ -305,7 +310,7 @@ class Locks:
             timeout is None or timeout < 0) else max(JOIN_WAIT,
                                                      timeout or 0))
         with self._masked():
-            lock = self._coordinator.get_lock(f"networking-vcenter-{name}"
+            lock = self._coordinator.get_lock(f"{self._prefix}{name}"
                                               .encode())
             if not blocking:
                 got = lock.acquire(blocking=False)

@@ -126,7 +126,7 @@ class Reconciler:
         lock_path by default); ``watch`` False for one-shot tools."""
         url = settings.coordination_backend_url or \
             locks_mod.default_backend_url(locks_mod.configured_lock_path())
-        return cls(settings, Locks(url), watch=watch)
+        return cls(settings, Locks(url, settings.name), watch=watch)
 
     def __init__(self, settings: conf.Settings, locks: Locks,
                  session: Session | None = None, watch: bool = True):

@@ -93,16 +93,19 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
 
     def setUp(self):
         super().setUp()
-        self.addCleanup(self.vcenter_driver.backend.reconciler.close)
+        for backend in self.vcenter_driver.backends:
+            self.addCleanup(backend.reconciler.close)
         # The driver syncs ports in a hook thread right after an API call;
         # this test base shares one sqlite connection between threads, so
         # here the same drain runs in the test's thread, when the test asks
         # for it (settled()).
-        self.vcenter_driver.backend.drain_delay = None
+        for backend in self.vcenter_driver.backends:
+            backend.drain_delay = None
 
     def settled(self):
         """Run the port syncs that API calls handed to the driver."""
-        self.vcenter_driver.backend.drain()
+        for backend in self.vcenter_driver.backends:
+            backend.drain()
 
     # -- helpers -------------------------------------------------------------
 

@@ -170,3 +170,41 @@ class TestCliExitStatus(unittest.TestCase):
                       f"not free within 1 s", sync.stderr)
         self.assertEqual(EXIT_OK, status.returncode,
                          status.stdout + status.stderr)
+
+    def test_several_vcenters_each_or_the_one_named(self):
+        """Two vCenters: every command covers each (the first's connection
+        from [ml2_vcenter], the second's its own); --vcenter narrows to one;
+        a name not configured is refused, naming those there are."""
+        other = Vcsim(extra_args=("-extra-vswitch", "vSwitch1")).start()
+        self.addCleanup(other.stop)
+        two = "\n".join([
+            "[ml2_vcenter]", "vcenters = one, two",
+            "[ml2_vcenter:one]", "compute_hosts = vc-compute-1:DC0_C0",
+            "[ml2_vcenter:two]", f"host_ip = {other.host}",
+            f"host_port = {other.port}",
+            "compute_hosts = vc-compute-2:DC0_C0", ""])
+        status = self.cli("-f", "json", "status", extra=two)
+        self.assertEqual(EXIT_OK, status.returncode,
+                         status.stdout + status.stderr)
+        docs = json.loads(status.stdout)["vcenters"]
+        self.assertEqual({"one", "two"}, set(docs))
+        for doc in docs.values():
+            self.assertEqual({"ok"}, {r["state"] for r in doc["switches"]})
+        check = self.cli("check", "-f", "json", extra=two)
+        self.assertEqual(EXIT_OK, check.returncode,
+                         check.stdout + check.stderr)
+        checks = self.checks(check)
+        for name, port in (("one", self.vcsim.port), ("two", other.port)):
+            login = checks[f"vCenter login ({name})"]
+            self.assertEqual("ok", login["result"])
+            self.assertIn(f":{port}", login["detail"])
+        self.assertEqual("ok", checks["coordination backend"]["result"])
+
+        narrowed = self.cli("--vcenter", "two", "-f", "json", "status",
+                            extra=two)
+        self.assertEqual(EXIT_OK, narrowed.returncode, narrowed.stderr)
+        self.assertIn("switches", json.loads(narrowed.stdout))
+        unknown = self.cli("--vcenter", "three", "status", extra=two)
+        self.assertEqual(EXIT_ERROR, unknown.returncode)
+        self.assertIn("--vcenter three: no such vCenter", unknown.stderr)
+        self.assertIn("one, two", unknown.stderr)
