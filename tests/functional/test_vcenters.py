@@ -142,3 +142,20 @@ class TestTwoVcenters(base.VCenterMl2TestCase):
         self.assertLess(took, budget / 4, f"{took:.1f}s")
         self._delete("ports", port["id"])
         self.delete_network(net["id"])
+
+    def test_each_vcenter_its_own_health(self):
+        """site-b refusing connections: its heartbeat says down (its agent
+        row is not refreshed), site-a's goes on."""
+        from unittest import mock
+        a, b = self.vcenter_driver.backends
+        maintenance = mock.Mock(last_pass=None, last_pass_at=None, beats=0)
+        self.assertEqual([True, True], [a.report_health(maintenance),
+                                        b.report_health(maintenance)])
+        self.proxy_b.mode = "reset"
+        deadline = time.monotonic() + 30
+        while b.reconciler.replica.current and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertFalse(b.reconciler.replica.current)
+        self.assertTrue(a.reconciler.replica.current)
+        self.assertEqual([True, False], [a.report_health(maintenance),
+                                         b.report_health(maintenance)])
