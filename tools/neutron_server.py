@@ -1075,13 +1075,26 @@ class NeutronServer:
             p.members()
         rank = {n: i for i, n in enumerate(STOP_ORDER)}
         problems, timings = [], []
-        for p in sorted(reversed(self.procs), key=lambda p: rank[p.name]):
+
+        def stop(p: Proc) -> None:
             t1 = time.monotonic()
             try:
                 self._stop_proc(p)
             except ServerError as exc:
                 problems.append(str(exc))
             timings.append(f"{p.name} {time.monotonic() - t1:.1f}s")
+
+        # Neutron's own processes at once (each takes seconds to stop
+        # gracefully, and none waits for another), then what they used, in
+        # order.
+        ordered = sorted(reversed(self.procs), key=lambda p: rank[p.name])
+        neutron = [p for p in ordered if p.name in NEUTRON_PROCS]
+        with concurrent.futures.ThreadPoolExecutor(
+                max(1, len(neutron))) as pool:
+            list(pool.map(stop, neutron))
+        for p in ordered:
+            if p not in neutron:
+                stop(p)
         left = {p.name: [m.pid for m in p.members()] for p in self.procs}
         left = {n: pids for n, pids in left.items() if pids}
         ports = {n: port for n, port in self.state.get("ports", {}).items()
