@@ -67,6 +67,7 @@ from networking_vcenter import neutron_db
 from networking_vcenter import qos
 from networking_vcenter import trunk as trunk_mod
 from networking_vcenter.reconcile import desired as desired_mod
+from networking_vcenter.reconcile import leadership as leadership_mod
 from networking_vcenter.reconcile import mtu as mtu_mod
 from networking_vcenter.reconcile import worker as worker_mod
 from networking_vcenter.reconcile.reconciler import Pass, Reconciler
@@ -231,7 +232,9 @@ class VCenterMechanismDriver(api.MechanismDriver):
             port_prints=functools.partial(
                 neutron_db.port_fingerprints,
                 host_filter=set(self.settings.compute_hosts)),
-            port_token=neutron_db.port_change_token)
+            port_token=neutron_db.port_change_token,
+            leadership=leadership_mod.Leadership.for_vcenter(
+                self._here().locks, self.settings))
         maintenance.start()
         return maintenance
 
@@ -254,7 +257,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
             self._rebind_backoff.clear()
         state = agent.state(self.settings, rec.replica.snapshot(),
                             maintenance.last_pass, maintenance.last_pass_at,
-                            start=maintenance.beats == 0)
+                            start=maintenance.beats == 0,
+                            holder=getattr(maintenance, "holder", None))
         directory.get_plugin().create_or_update_agent(
             n_context.get_admin_context(), state)
         self.map_segments(rec)
