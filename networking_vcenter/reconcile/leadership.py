@@ -246,8 +246,8 @@ class Leadership:
             with contextlib.suppress(Exception):
                 lock.release()
         if was_held:
-            LOG.info("vcenter maintenance: the lock %s let go: %s",
-                     self.name, why)
+            LOG.info("vcenter maintenance: this process (%s) let go of the "
+                     "lock %s: %s", self.holder, self.name, why)
             self._changed()
 
     def _changed(self) -> None:
