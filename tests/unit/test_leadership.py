@@ -50,6 +50,7 @@ NAME = "maintenance-test@vc.example"
 HOLDER = """
 import sys, time
 from networking_vcenter.reconcile import leadership, locks
+leadership.MYSQL_IDLE = int(sys.argv[3])
 held = leadership.Leadership(locks.Locks(sys.argv[1]), sys.argv[2],
                              every=0.1)
 held.start()
@@ -165,10 +166,10 @@ def test_takeover_after_the_holder_is_killed(kind, file_url, made,
         url, bound = file_url, 1.0
     else:
         backend = lock_backends.start_backend(kind, str(tmp_path / kind))
-        url = backend.url + "?lock_timeout=3"
-        bound = 3.0
+        url = backend.url + "?lock_timeout=2"
+        bound = 2.0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, url, NAME],
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, url, NAME, "30"],
                              stdout=subprocess.PIPE, text=True, env=env)
     here = None
     try:
@@ -177,10 +178,11 @@ def test_takeover_after_the_holder_is_killed(kind, file_url, made,
         for _ in range(3):
             assert here.beat() is False, "held by both processes"
             time.sleep(0.1)
-        if kind != "file":
+        if kind == "redis":
             # The child's tooz heartbeat renews the lock past its first
-            # time to live: still not ours.
-            time.sleep(3.5)
+            # time to live: still not ours (the same heartbeat renews the
+            # etcd lease).
+            time.sleep(2.5)
             assert here.beat() is False
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
@@ -207,6 +209,39 @@ def redis(tmp_path):
     backend = lock_backends.start_backend("redis", str(tmp_path / "redis"))
     yield backend
     backend.stop()
+
+
+def test_frozen_mysql_holder_dropped_after_its_wait_timeout(tmp_path, made):
+    """A holder whose host stops answering (here: its process stopped with
+    SIGSTOP; its connection stays open): MariaDB drops the connection, and
+    the lock, after the ``wait_timeout`` the holder set on it
+    (``MYSQL_IDLE``, 30 s; 2 s here), and the lock is taken here.
+    Without it the database would keep it for hours (8 h by default)."""
+    backend = lock_backends.start_backend("mariadb", str(tmp_path / "db"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, backend.url,
+                              NAME, "2"],
+                             stdout=subprocess.PIPE, text=True, env=env)
+    here = None
+    try:
+        assert child.stdout.readline().strip() == "held"
+        here = made(backend.url)
+        assert here.beat() is False
+        os.kill(child.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        assert here.beat() is False         # the connection is still open
+        assert wait_for(here.beat, 2 + 5, 0.1), "no takeover"
+        took = time.monotonic() - stopped
+        print(f"mysql: taken over {took:.2f}s after SIGSTOP")
+        assert 1.5 < took < 2 + 3
+    finally:
+        child.kill()
+        child.wait(10)
+        child.stdout.close()
+        if here is not None:
+            here.stop()
+            here._locks.stop()
+        backend.stop()
 
 
 def test_lost_lock_stops_at_once(redis, made, caplog):
