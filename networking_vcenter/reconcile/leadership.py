@@ -42,9 +42,14 @@ turns down.
 
 Fail safe: the holder checks every :data:`TRY_EVERY` seconds that the
 backend still says the lock is its own (the Redis or etcd key holds its
-token, the MySQL lock its connection); a lost lock or an error of the
-backend stops the maintenance at once (:attr:`Leadership.held` turns False
-and the worker is woken), and the lock is taken again only by a new try.
+token -- its time to live renewed then --, the MySQL lock its connection);
+a lost lock or an error of the backend stops the maintenance at once
+(:attr:`Leadership.held` turns False and the worker is woken), and the lock
+is taken again only by a new try.  A check that does not come back (the
+backend out of reach: a Redis client retries for a minute, a TCP connection
+to a vanished database hangs) stops it too: :attr:`Leadership.held` is True
+only until half the lock's guaranteed life after the last check began (15 s
+with the defaults), long before another can take the lock.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import tooz
@@ -101,31 +107,45 @@ def this_process() -> str:
     return f"{host or socket.gethostname()}:{os.getpid()}"
 
 
-def still_owner(lock) -> bool:
-    """Whether the backend still says ``lock`` (a tooz lock this process
-    acquired) is ours.  tooz's own check where it has one (file, Redis);
-    for MySQL, the lock's connection against ``IS_USED_LOCK``; for etcd,
-    the lock's key against its token (the comparison tooz's release makes).
-    Errors are the backend's (raise)."""
-    try:
-        return bool(lock.is_still_owner())
-    except tooz.NotImplemented:
-        pass
+def confirm(lock) -> float:
+    """Ask the backend whether ``lock`` (a tooz lock this process acquired)
+    is still ours, renewing its time to live if it has one; answers for how
+    long, from before the call, it stays ours at least: 0 if it is not ours
+    now, ``inf`` for as long as this process lives.  Errors are the
+    backend's (raise).
+
+    tooz has no such call for every driver: its own check where it has one
+    (file; Redis, then renewed with tooz's ``heartbeat``, which fails on a
+    key that is not ours); for MySQL, the lock's connection against
+    ``IS_USED_LOCK`` (the database keeps the lock MYSQL_IDLE seconds past
+    this query at least); for etcd, the lock's key against its token (the
+    comparison tooz's release makes), then its lease renewed."""
     conn = getattr(lock, "_conn", None)             # tooz's MySQLLock
     if conn is not None:
         cur = conn.cursor()
         cur.execute("SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", (lock.name,))
         row = cur.fetchone()
-        return bool(row and row[0])
-    coord = getattr(lock, "_coord", None)           # tooz's Etcd3Lock
-    if coord is not None and hasattr(lock, "_key_b64"):
-        result = coord.client.transaction({
+        return float(MYSQL_IDLE) if row and row[0] else 0.0
+    lease = getattr(lock, "_lease", None)           # tooz's Etcd3Lock
+    if lease is not None and hasattr(lock, "_key_b64"):
+        result = lock._coord.client.transaction({
             "compare": [{"key": lock._key_b64, "result": "EQUAL",
                          "target": "VALUE", "value": lock._uuid}],
             "success": [], "failure": []})
-        return bool(result.get("succeeded", False))
-    # A driver with no way to ask: it says whether it thinks it holds it.
-    return bool(getattr(lock, "acquired", True))
+        if not result.get("succeeded", False):
+            return 0.0
+        return float(max(0, lease.refresh()))       # -1: expired meanwhile
+    try:
+        if not lock.is_still_owner():
+            return 0.0
+    except tooz.NotImplemented:
+        # A driver with no way to ask: it says whether it thinks so.
+        return float("inf") if getattr(lock, "acquired", True) else 0.0
+    ttl = getattr(getattr(lock, "_lock", None), "timeout", None)
+    if ttl:                                         # tooz's RedisLock
+        lock.heartbeat()
+        return float(ttl)
+    return float("inf")                             # a file lock
 
 
 def _after_acquire(lock) -> None:
@@ -149,6 +169,7 @@ class Leadership:
         self.holder = this_process()
         self.on_change: Callable[[], None] | None = None
         self._held = threading.Event()
+        self._until = 0.0           # monotonic end of the last confirmation
         self._lock = None           # the tooz lock; only this thread's
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -161,7 +182,9 @@ class Leadership:
 
     @property
     def held(self) -> bool:
-        return self._held.is_set()
+        """Held, as last confirmed by the backend, and not for longer than
+        half the life that confirmation guaranteed."""
+        return self._held.is_set() and time.monotonic() < self._until
 
     def start(self) -> None:
         self._stop.clear()
@@ -190,15 +213,15 @@ class Leadership:
         """Check the lock if held, else try to take it (without waiting);
         answers :attr:`held`."""
         try:
-            if self.held:
-                if not still_owner(self._lock):
+            if self._held.is_set():
+                if not self._confirm(time.monotonic()):
                     self._lose("the backend says another holds it, or "
                                "that it expired")
             else:
                 self._try()
         except Exception as exc:  # noqa: BLE001 - tooz's, or its client's
             reason = self._locks.mask(exc)
-            if self.held:
+            if self._held.is_set():
                 self._lose(f"the backend failed: {reason}")
             elif not self._failing:
                 self._failing = True
@@ -209,16 +232,26 @@ class Leadership:
                     self._locks.backend_url, self.every, reason)
         return self.held
 
+    def _confirm(self, began: float) -> bool:
+        """Confirm the lock with the backend; held until half the life it
+        guarantees from ``began`` (when asked)."""
+        life = confirm(self._lock)
+        self._until = began + life / 2
+        return life > 0
+
     def _try(self) -> None:
         if self._lock is None:
             self._lock = self._locks.lock(self.name)
+        began = time.monotonic()
         if not self._lock.acquire(blocking=False):
             self._failing = False
             return
         try:
             _after_acquire(self._lock)
+            if not self._confirm(began):
+                raise tooz.ToozError("taken, and then not ours at once")
         except Exception:
-            self._give_up("its connection could not be set up")
+            self._give_up("it could not be confirmed")
             raise
         self._failing = False
         self._held.set()

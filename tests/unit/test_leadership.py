@@ -282,7 +282,7 @@ def test_backend_error_stops_the_holder_password_masked(
     def fails(lock):
         raise tooz.ToozError(f"Error connecting to {redis.url}: password "
                              f"{redis.password} refused")
-    monkeypatch.setattr(leadership_mod, "still_owner", fails)
+    monkeypatch.setattr(leadership_mod, "confirm", fails)
     caplog.set_level(logging.DEBUG)
     assert lead.beat() is False
     assert changes == [True, False]
@@ -295,6 +295,35 @@ def test_backend_error_stops_the_holder_password_masked(
     monkeypatch.undo()
     assert lead.beat() is True
     assert changes == [True, False, True]
+    lead.stop()
+    lead._locks.stop()
+
+
+def test_check_that_does_not_come_back_stops_the_holder(redis, made,
+                                                       monkeypatch):
+    """The backend out of reach under the holder (its check hangs, as a
+    Redis client retrying for a minute would): the holder stops holding
+    half the lock's life (2 s here) after its last check began, long
+    before the key expires and another can take it -- and holds again only
+    once a check comes back."""
+    lead = made(redis.url + "?lock_timeout=2", every=0.1)
+    lead.start()
+    assert wait_for(lambda: lead.held, 5)
+    hung, checks = threading.Event(), []
+    real = leadership_mod.confirm
+
+    def hangs(lock):
+        checks.append(time.monotonic())
+        hung.wait(10)
+        return real(lock)
+    monkeypatch.setattr(leadership_mod, "confirm", hangs)
+    assert wait_for(lambda: checks, 2)
+    assert wait_for(lambda: not lead.held, 2), "still held, unconfirmed"
+    stopped = time.monotonic() - checks[0]
+    assert stopped <= 1.0 + 0.2, stopped
+    monkeypatch.setattr(leadership_mod, "confirm", real)
+    hung.set()
+    assert wait_for(lambda: lead.held, 2), "held again once confirmed"
     lead.stop()
     lead._locks.stop()
 
