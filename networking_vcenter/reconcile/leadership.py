@@ -171,6 +171,7 @@ class Leadership:
         self._held = threading.Event()
         self._until = 0.0           # monotonic end of the last confirmation
         self._lock = None           # the tooz lock; only this thread's
+        self._acquired = False      # ... acquired, and not let go since
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False       # the last try failed (said once)
@@ -246,6 +247,7 @@ class Leadership:
         if not self._lock.acquire(blocking=False):
             self._failing = False
             return
+        self._acquired = True
         try:
             _after_acquire(self._lock)
             if not self._confirm(began):
@@ -275,9 +277,11 @@ class Leadership:
         lock, self._lock = self._lock, None
         was_held = self._held.is_set()
         self._held.clear()
-        if lock is not None:
+        if lock is not None and self._acquired:
+            # Also when lost: tooz then stops renewing it.
             with contextlib.suppress(Exception):
                 lock.release()
+        self._acquired = False
         if was_held:
             LOG.info("vcenter maintenance: this process (%s) let go of the "
                      "lock %s: %s", self.holder, self.name, why)

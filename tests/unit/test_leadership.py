@@ -211,6 +211,24 @@ def redis(tmp_path):
     backend.stop()
 
 
+def test_stop_lets_go_at_once_and_quietly(redis, made, caplog):
+    """A holder that stops lets the lock go (the next one need not wait for
+    its time to live); one that never held it releases nothing (tooz's
+    Redis lock would log an error)."""
+    first, second = made(redis.url), made(redis.url)
+    assert first.beat() is True
+    assert second.beat() is False
+    caplog.set_level(logging.INFO)
+    second.stop()
+    first.stop()
+    third = made(redis.url)
+    assert third.beat() is True
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    for lead in (first, second, third):     # before the server stops
+        lead.stop()
+        lead._locks.stop()
+
+
 def test_frozen_mysql_holder_dropped_after_its_wait_timeout(tmp_path, made):
     """A holder whose host stops answering (here: its process stopped with
     SIGSTOP; its connection stays open): MariaDB drops the connection, and
