@@ -16,9 +16,11 @@ The maintenance worker writes one row per (deployment, vCenter) through the
 core plugin's ``create_or_update_agent`` -- a heartbeat while vCenter
 answers -- so ``openstack network agent list`` shows the backend alive or
 down (Neutron's ``agent_down_time``) and ``openstack network agent show``
-its configuration: the vCenter, the mappings, what it manages and the last
-full pass.  Nothing is written while vCenter does not answer: the row then
-turns down on its own.
+its configuration: the vCenter, the mappings, what it manages, the last
+full pass and which process does the maintenance (``maintenance_holder``,
+``HOST:PID``).  Nothing is written while vCenter does not answer, nor by the
+servers that do not hold the vCenter's maintenance: the row then turns down
+on its own until a holder writes it again.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def host(settings: conf.Settings) -> str:
 
 
 def state(settings: conf.Settings, inv: Inventory, last_pass: Any,
-          last_pass_at: float | None, start: bool) -> dict[str, Any]:
+          last_pass_at: float | None, start: bool,
+          holder: str | None = None) -> dict[str, Any]:
     """The agent state Neutron's agents API takes (pure)."""
     pass_info: dict[str, Any] = {"time": None}
     if last_pass is not None and last_pass_at is not None:
@@ -88,5 +91,6 @@ def state(settings: conf.Settings, inv: Inventory, last_pass: Any,
                 1 for ports in inv.dv_ports.values() for p in ports
                 if UUID_RE.match(p.name) and p.connected),
             "last_full_pass": pass_info,
+            "maintenance_holder": holder,
         },
     }

@@ -60,6 +60,7 @@ from networking_vcenter import exceptions
 from networking_vcenter import neutron_api
 from networking_vcenter import neutron_db
 from networking_vcenter.reconcile import desired as desired_mod
+from networking_vcenter.reconcile import leadership as leadership_mod
 from networking_vcenter.reconcile import mtu as mtu_mod
 from networking_vcenter.reconcile import worker as worker_mod
 from networking_vcenter.reconcile.reconciler import Pass, Reconciler
@@ -526,7 +527,9 @@ class VCenterBackend:
             port_prints=functools.partial(
                 neutron_db.port_fingerprints,
                 host_filter=set(self.settings.compute_hosts)),
-            port_token=neutron_db.port_change_token)
+            port_token=neutron_db.port_change_token,
+            leadership=leadership_mod.Leadership.for_vcenter(
+                self._here().locks, self.settings))
         maintenance.start()
         return maintenance
 
@@ -543,7 +546,8 @@ class VCenterBackend:
             self._rebind_backoff.clear()
         neutron_api.report_agent(agent.state(
             self.settings, rec.replica.snapshot(), maintenance.last_pass,
-            maintenance.last_pass_at, start=maintenance.beats == 0))
+            maintenance.last_pass_at, start=maintenance.beats == 0,
+            holder=getattr(maintenance, "holder", None)))
         self.map_segments()
         self.rebind_failed()
         return True

@@ -155,8 +155,10 @@ behaviour_opts = [
                     "reconciling them."),
     cfg.StrOpt("coordination_backend_url", secret=True,
                help="tooz backend for the locks that keep API workers and "
-                    "servers from reconciling the same network at once and "
-                    "run one full resync at a time, e.g. "
+                    "servers from reconciling the same network at once, "
+                    "run one full resync at a time and let one server's "
+                    "maintenance worker at a time look after each vCenter "
+                    "(taken over when it dies), e.g. "
                     "'mysql://neutron:PW@db/neutron', 'redis://host:6379', "
                     "'etcd3+http://host:2379'. Default: a file lock in "
                     "[oslo_concurrency] lock_path, enough for the workers "

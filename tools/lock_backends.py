@@ -10,7 +10,8 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""A private Redis or etcd on loopback: the driver's locks over tooz.
+"""A private Redis, etcd or MariaDB on loopback: the driver's locks over
+tooz.
 
 MySQL's named locks (``mysql://``, on the servers' own MariaDB, which
 neutron_server.py starts) are per database node: Galera does not replicate
@@ -28,6 +29,10 @@ package's binary (a clear error naming the package when it is missing), its
 data under ``workdir``, free ports on 127.0.0.1 only, its own session,
 waited for until it answers, stopped by PID (SIGTERM, then SIGKILL).
 The Redis password is in a 0600 file, never on a command line.
+
+``start_backend("mariadb", workdir)`` is a MariaDB of its own for the tests of
+the locks themselves (tests/unit/test_leadership.py: a holder whose host stops
+answering), without a Neutron server around it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import json
 import os
 import secrets
 import socket
+import subprocess
 import time
 
 from neutron_server import Proc, ServerError, _write_private, free_port, \
@@ -319,7 +325,77 @@ class EtcdServer(LockBackend):
         return names
 
 
-BACKENDS = {"redis": RedisServer, "etcd": EtcdServer}
+class MariaDBServer(LockBackend):
+    """mariadbd with a data directory of its own (made at the first start),
+    root over its socket only, and a user ``tooz`` with a password over TCP
+    for tooz's ``mysql://`` driver."""
+
+    kind = "mariadb"
+    package = "mariadb-server"
+    binary = "/usr/sbin/mariadbd"
+    ports = ("mysql",)
+
+    def __init__(self, workdir: str, **kw):
+        super().__init__(workdir, **kw)
+        self.password = secrets.token_hex(16)
+
+    @property
+    def url(self) -> str:
+        return f"mysql://tooz:{self.password}@127.0.0.1:{self.port['mysql']}" \
+            "/tooz"
+
+    @property
+    def _defaults(self) -> str:
+        return "--defaults-file=" + self.path("etc", "my.cnf")
+
+    def _sql(self, text: str) -> None:
+        """SQL as root over the socket (the password goes over stdin)."""
+        res = subprocess.run(["mariadb", self._defaults], input=text,
+                             capture_output=True, text=True, timeout=60)
+        if res.returncode != 0:
+            raise ServerError(f"mariadb: {res.stderr.strip()[-500:]}")
+
+    def _command(self) -> list[str]:
+        sock = self.path("data", "mysqld.sock")
+        _write_private(self.path("etc", "my.cnf"), "[mysqld]\n" + "".join(
+            f"{k}={v}\n" for k, v in {
+                "datadir": self.path("data", "db"), "socket": sock,
+                "port": self.port["mysql"], "bind-address": "127.0.0.1",
+                "pid-file": self.path("data", "mariadbd.pid"),
+                "user": "root", "skip-name-resolve": 1,
+                "log-error": self.path("log", "mariadb.err"),
+                "tmpdir": self.path("data"),
+            }.items()) + f"[client]\nsocket={sock}\nuser=root\n")
+        if not os.path.isdir(self.path("data", "db", "mysql")):
+            res = subprocess.run(
+                ["mariadb-install-db", self._defaults,
+                 "--auth-root-authentication-method=socket",
+                 "--skip-test-db"], capture_output=True, text=True,
+                timeout=120)
+            if res.returncode != 0:
+                raise ServerError(f"mariadb-install-db: "
+                                  f"{res.stdout[-500:]}{res.stderr[-500:]}")
+        return [self.binary, self._defaults]
+
+    def _answers(self) -> bool:
+        return os.path.exists(self.path("data", "mysqld.sock")) and \
+            port_open(self.port["mysql"])
+
+    def start(self) -> LockBackend:
+        super().start()
+        try:
+            self._sql("CREATE DATABASE IF NOT EXISTS tooz;\n"
+                      f"CREATE USER IF NOT EXISTS 'tooz'@'127.0.0.1' "
+                      f"IDENTIFIED BY '{self.password}';\n"
+                      "GRANT ALL ON tooz.* TO 'tooz'@'127.0.0.1';\n")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+
+BACKENDS = {"redis": RedisServer, "etcd": EtcdServer,
+            "mariadb": MariaDBServer}
 
 
 def start_backend(kind: str, workdir: str, **kw) -> LockBackend:

@@ -306,12 +306,10 @@ class Locks:
         """Hold lock ``name``; yields False if not had in time (or at once).
         Joining the backend first waits for :data:`JOIN_WAIT` seconds, or
         ``timeout`` if longer (LockBusy past it)."""
-        self._ensure_started(None if blocking and (
+        lock = self.lock(name, None if blocking and (
             timeout is None or timeout < 0) else max(JOIN_WAIT,
                                                      timeout or 0))
         with self._masked():
-            lock = self._coordinator.get_lock(f"{self._prefix}{name}"
-                                              .encode())
             if not blocking:
                 got = lock.acquire(blocking=False)
             elif timeout is None or timeout < 0:
@@ -324,6 +322,17 @@ class Locks:
             if got:
                 with self._masked():
                     lock.release()
+
+    def lock(self, name: str, wait: float | None = JOIN_WAIT):
+        """tooz's lock ``name`` itself (not taken), for :meth:`hold` or for
+        a holder that keeps it past a ``with`` block (:mod:`.leadership`):
+        the errors of its calls are the backend's, to be masked with
+        :meth:`mask`.  Joining the backend first waits ``wait`` seconds
+        (None: until it answers or fails; LockBusy past it)."""
+        self._ensure_started(wait)
+        with self._masked():
+            return self._coordinator.get_lock(f"{self._prefix}{name}"
+                                              .encode())
 
     def stop(self) -> None:
         with self._join_lock:

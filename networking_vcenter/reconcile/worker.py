@@ -38,6 +38,12 @@ Like a Kubernetes controller, it keeps a queue of *keys* -- network ids, or
 * while vCenter answers, a heartbeat (the backend's row in Neutron's agents
   API, see :mod:`networking_vcenter.agent`).
 
+With a ``leadership`` (:mod:`.leadership`), all of the above is done only
+while this process holds the vCenter's maintenance lock: one server's worker
+per vCenter at a time.  Taking it over starts with a full pass and a
+heartbeat; losing it stops the work at once (between two keys) and drops the
+queue.
+
 Event handlers only enqueue; the loop does the work.  Neutron runs it as a
 plugin worker (:class:`MaintenanceWorker`, from the driver's
 ``get_workers()``), in the ``neutron-periodic-workers`` process -- not in the
@@ -54,6 +60,7 @@ from neutron_lib import worker as n_worker
 from oslo_log import log as logging
 
 from networking_vcenter import exceptions
+from networking_vcenter.reconcile.leadership import Leadership
 from networking_vcenter.reconcile.reconciler import NetworkSource, \
     PortSource, Reconciler
 from networking_vcenter.vsphere.replica import Event
@@ -88,8 +95,11 @@ class Maintenance:
                  heartbeat_interval: float = 25.0,
                  port_source: PortSource | None = None,
                  port_prints: Callable[[], dict[str, object]] | None = None,
-                 port_token: Callable[[], object] | None = None):
+                 port_token: Callable[[], object] | None = None,
+                 leadership: Leadership | None = None):
         self._rec = reconciler
+        self._leadership = leadership
+        self._leading = leadership is None  # does the maintenance now
         self._port_source = port_source
         self._port_prints = port_prints
         self._last_port_prints: dict[str, object] | None = None
@@ -154,9 +164,18 @@ class Maintenance:
 
     # -- life cycle ---------------------------------------------------------
 
+    @property
+    def holder(self) -> str | None:
+        """Who does the maintenance when this process does (the agent
+        row's ``maintenance_holder``); None without a leadership."""
+        return self._leadership.holder if self._leadership else None
+
     def start(self) -> None:
         if self._rec.replica is not None:
             self._rec.replica.add_listener(self.on_replica)
+        if self._leadership is not None:
+            self._leadership.on_change = self._wake
+            self._leadership.start()
         self.enqueue([FULL])
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -165,10 +184,15 @@ class Maintenance:
 
     def stop(self) -> None:
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        self._wake()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._leadership is not None:
+            self._leadership.stop()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def wait(self) -> None:
         while self._thread is not None and self._thread.is_alive():
@@ -181,6 +205,11 @@ class Maintenance:
         next_pass = time.monotonic() + self._interval if self._interval \
             else None
         while not self._stop.is_set():
+            if not self._lead():
+                with self._cond:
+                    self._due.clear()       # a holder elsewhere does it
+                    self._cond.wait(POLL)
+                continue
             now = time.monotonic()
             if self._heartbeat is not None and (now >= next_beat or
                                                 self._beat_soon):
@@ -200,16 +229,18 @@ class Maintenance:
                 for _, key in due:
                     del self._due[key]
             keys = [k for _, k in due]
-            if FULL in keys:
+            if FULL in keys and self._lead():
                 self._full_pass()
                 keys.remove(FULL)
             ports = {k[len(PORT):] for k in keys if k.startswith(PORT)}
             keys = [k for k in keys if not k.startswith(PORT)]
-            if ports:
+            if ports and self._lead():
                 self._ports(ports)
             for key in keys:
                 if self._stop.is_set():
                     return
+                if not self._lead():
+                    break
                 self._network(key)
             with self._cond:
                 wake = [next_poll if self._token is not None else now + 60]
@@ -219,6 +250,30 @@ class Maintenance:
                     wake.append(next_pass)
                 wake.extend(self._due.values())
                 self._cond.wait(max(0.0, min(wake) - time.monotonic()))
+
+    def _lead(self) -> bool:
+        """Whether this process does the maintenance now; on a change,
+        start afresh (a full pass, a heartbeat, new Neutron baselines) or
+        drop the queue."""
+        held = self._leadership is None or self._leadership.held
+        if held == self._leading:
+            return held
+        self._leading = held
+        if held:
+            self._last_token = self._last_port_token = None
+            self._fingerprints = self._last_port_prints = None
+            self._beat_soon = True
+            self.enqueue([FULL])
+        else:
+            with self._cond:
+                self._due.clear()
+                self._attempts.clear()
+                self._busy.clear()
+                self._port_nets.clear()
+            LOG.warning("vcenter maintenance: stopped here, the queue "
+                        "dropped: another process holds the maintenance of "
+                        "this vCenter or will take it over")
+        return held
 
     def _beat(self) -> None:
         try:
