@@ -30,6 +30,7 @@ of every error from the backend goes through :func:`mask_text`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import socket
@@ -190,6 +191,8 @@ def default_backend_url(lock_path: str | None) -> str:
 # connection for about a minute, nested retries, before it gives up, and a
 # lock wait must not last that long (an API hook's deadline).
 JOIN_WAIT = 2.0
+# The longest lock name every backend takes (MySQL's GET_LOCK: 64).
+MAX_NAME = 64
 
 
 class Locks:
@@ -331,8 +334,17 @@ class Locks:
         (None: until it answers or fails; LockBusy past it)."""
         self._ensure_started(wait)
         with self._masked():
-            return self._coordinator.get_lock(f"{self._prefix}{name}"
-                                              .encode())
+            return self._coordinator.get_lock(self.full_name(name).encode())
+
+    def full_name(self, name: str) -> str:
+        """The backend's name of lock ``name``: MySQL refuses names longer
+        than :data:`MAX_NAME` bytes, so a longer one (a vCenter's name in
+        it) is its digest."""
+        full = f"{self._prefix}{name}"
+        if len(full.encode()) <= MAX_NAME:
+            return full
+        digest = hashlib.sha256(full.encode()).hexdigest()
+        return f"networking-vcenter-{digest}"[:MAX_NAME]
 
     def stop(self) -> None:
         with self._join_lock:

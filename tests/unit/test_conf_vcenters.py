@@ -136,3 +136,17 @@ def test_sample_documents_a_vcenter_section():
     section = groups["ml2_vcenter:<name>"]
     assert {o.dest for o in section} == set(conf.VCENTER_OPTION_NAMES)
     assert all(o.default is None for o in section)
+
+
+def test_lock_names_per_vcenter_fit_every_backend(tmp_path):
+    from networking_vcenter.reconcile.locks import MAX_NAME, Locks
+    url = f"file://{tmp_path}"
+    net = "network-0c1d2e3f-4a5b-4c6d-8e7f-8091a2b3c4d5"
+    one = Locks(url)
+    # The one vCenter's locks keep their names (servers of an earlier
+    # version take the same ones).
+    assert one.full_name(net) == f"networking-vcenter-{net}"
+    names = {Locks(url, scope).full_name(net)
+             for scope in ("site-a", "site-b", "x" * 32)}
+    assert len(names) == 3 and f"networking-vcenter-{net}" not in names
+    assert all(len(n) <= MAX_NAME for n in names)
