@@ -63,7 +63,8 @@ time.sleep(600)
 
 def settings(**kw):
     return types.SimpleNamespace(**{"deployment_name": "default",
-                                    "host_ip": "vc.example", **kw})
+                                    "host_ip": "vc.example", "name": "",
+                                    **kw})
 
 
 def wait_for(predicate, timeout, interval=0.02):
@@ -110,6 +111,9 @@ def test_lock_name_is_per_vcenter_and_fits_mysql():
     # MySQL's named locks take 64 characters at most.
     assert len("networking-vcenter-" + long) == 64
     assert long != leadership_mod.lock_name(settings(host_ip="v" * 201))
+    # One of several vCenters: by its name.
+    assert leadership_mod.lock_name(settings(name="site-a")) == \
+        "maintenance-default@site-a"
 
 
 def test_second_cannot_hold_while_first_does(file_url, made):
