@@ -71,6 +71,8 @@ NetworkSource = Callable[[set[str] | None], Iterable[desired_mod.NetworkSpec]]
 PortSource = Callable[[set[str] | None], Iterable[desired_mod.PortSpec]]
 
 FULL_PASS_LOCK = "full-pass"
+# Seconds close() gives vCenter to end the watch and the session.
+CLOSE_BUDGET = 3.0
 # Seconds a full pass waits for a port's lock (then that port is retried).
 LOCK_WAIT = 1.0
 # Plan-apply rounds of one port sync: a round refused for a port changed
@@ -132,6 +134,7 @@ class Reconciler:
                  session: Session | None = None, watch: bool = True):
         self.settings = settings
         self.locks = locks
+        self._closed = False
         self.session = session or Session(settings)
         self.replica = Replica(self.session, settings) if watch else None
         self._topology: tuple[inventory.Inventory, desired_mod.Topology] | None = None
@@ -159,15 +162,22 @@ class Reconciler:
             self.replica.start()
 
     def close(self) -> None:
-        """Stop watching, log out of vCenter, leave the lock backend."""
+        """Stop watching, log out of vCenter, leave the lock backend: within
+        CLOSE_BUDGET seconds of vCenter's time, answering or not (a process
+        stopping does not wait out a black hole; a session left behind
+        expires in vCenter).  Once."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            if self.replica is not None:
-                self.replica.stop()
+            with self.session.budget(CLOSE_BUDGET):
+                try:
+                    if self.replica is not None:
+                        self.replica.stop()
+                finally:
+                    self.session.close()
         finally:
-            try:
-                self.session.close()
-            finally:
-                self.locks.stop()
+            self.locks.stop()
 
     # -- reading ------------------------------------------------------------
 

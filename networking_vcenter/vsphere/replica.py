@@ -586,7 +586,11 @@ class Replica:
             except Exception:  # noqa: BLE001 - vCenter may be gone
                 pass
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            # No longer than the caller's budget has left (its long poll
+            # ends with the connection, or at its own timeout: a daemon).
+            deadline = self._session.deadline
+            self._thread.join(timeout=5 if deadline is None else max(
+                0.1, min(5.0, deadline - time.monotonic())))
         self._destroy_collector()
 
     @classmethod

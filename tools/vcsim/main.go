@@ -173,13 +173,14 @@ func run() error {
 	signal.Stop(sig)
 
 	// Close waits for requests in flight; a client stuck in WaitForUpdates
-	// must not keep us alive for ever.
+	// (a long poll lasts up to its maxWaitSeconds) must not keep us alive:
+	// whoever stops a simulator is done with it.
 	done := make(chan struct{})
 	go func() { server.Close(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
-		log.Printf("vcsim: requests still running after 10s, exiting anyway")
+	case <-time.After(2 * time.Second):
+		log.Printf("vcsim: requests still running after 2s, exiting anyway")
 	}
 	return nil
 }
