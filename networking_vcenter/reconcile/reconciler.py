@@ -72,7 +72,7 @@ PortSource = Callable[[set[str] | None], Iterable[desired_mod.PortSpec]]
 
 FULL_PASS_LOCK = "full-pass"
 # Seconds close() gives vCenter to end the watch and the session.
-CLOSE_BUDGET = 3.0
+CLOSE_BUDGET = 5.0
 # Seconds a full pass waits for a port's lock (then that port is retried).
 LOCK_WAIT = 1.0
 # Plan-apply rounds of one port sync: a round refused for a port changed

@@ -147,8 +147,8 @@ class TestTwoVcenters(base.VCenterMl2TestCase):
         b = self.vcenter_driver.backends[1]
         t0 = time.monotonic()
         b.reconciler.close()
-        # reconciler.CLOSE_BUDGET (3 s), and a little.
-        self.assertLess(time.monotonic() - t0, 4.0)
+        # reconciler.CLOSE_BUDGET (5 s), and a little.
+        self.assertLess(time.monotonic() - t0, 6.0)
 
     def test_each_vcenter_its_own_health(self):
         """site-b refusing connections: its heartbeat says down (its agent
