@@ -127,6 +127,22 @@ def test_bad_option_value_named(tmp_path):
     assert "[ml2_vcenter] host_port" in str(err.value)
 
 
+def test_reread_spread_bounded_and_named(tmp_path):
+    assert conf.load(make_conf()).reread_spread == conf.REREAD_SPREAD
+    assert conf.load(make_conf(reread_spread=0)).reread_spread == 0
+    ini = tmp_path / "spread.ini"
+    ini.write_text("[ml2_vcenter]\nhost_ip = vc\nhost_username = u\n"
+                   "host_password = p\nswitch_mappings = p1:DVS0\n"
+                   "compute_hosts = h:C\nreread_spread = "
+                   f"{conf.MAX_REREAD_SPREAD + 1}\n")
+    c = cfg.ConfigOpts()
+    conf.register_opts(c)
+    c(["--config-file", str(ini)], project="neutron")
+    with pytest.raises(exceptions.ConfigError) as err:
+        conf.load(c)
+    assert "[ml2_vcenter] reread_spread" in str(err.value)
+
+
 OPTION = "[ml2_vcenter] dvs_port_group_name_template"
 UUID = "0c1d2e3f-4a5b-4c6d-8e7f-8091a2b3c4d5"
 
