@@ -21,6 +21,7 @@ as read unpaged, in the round trips the page sizes say.
 from __future__ import annotations
 
 import collections
+import gc
 import math
 import uuid
 
@@ -171,3 +172,25 @@ def test_retrieve_follows_tokens(session, monkeypatch):
     assert calls["RetrievePropertiesEx"] == 1
     assert calls["ContinueRetrievePropertiesEx"] == \
         math.ceil(len(whole) / 3) - 1
+
+
+def test_answers_freed_without_a_full_collection(session):
+    """A page read and dropped is freed at once, not left in a reference
+    cycle for the next full garbage collection (pyVmomi's deserializer,
+    its parser and handlers hold the answer): else every page of a full
+    read stays in memory until one, and paging bounds nothing."""
+    gc.collect()
+    gc.disable()
+    try:
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        assert reads.retrieve(session, vim.dvs.DistributedVirtualPortgroup,
+                              ["name", "config.defaultPortConfig"], "groups")
+        gc.collect()
+        kinds = collections.Counter(type(o).__name__ for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    answer = {k: n for k, n in kinds.items()
+              if k.startswith(("vmodl.", "vim."))}
+    assert not answer, answer
