@@ -28,7 +28,6 @@ import uuid
 import pytest
 from pyVmomi import vim
 
-from networking_vcenter import conf
 from networking_vcenter.vsphere import inventory
 from networking_vcenter.vsphere import ports
 from networking_vcenter.vsphere import reads
@@ -36,7 +35,7 @@ from networking_vcenter.vsphere import replica as replica_mod
 from networking_vcenter.vsphere import session as session_mod
 from networking_vcenter.vsphere import switches
 from tests.fixtures.soap import each_request
-from tests.fixtures.vcsim import Vcsim
+from tests.fixtures.vcsim import Vcsim, driver_settings
 
 DEPLOYMENT = "default"
 GROUPS = 6
@@ -45,22 +44,10 @@ PAGE = 4             # objects per read answer (the inventory holds ~40)
 BATCH = 5            # ports per FetchDVPorts: a group in two calls
 
 
-def _settings(sim) -> conf.Settings:
-    return conf.Settings(
-        host_ip=sim.host, host_port=sim.port, host_username=sim.username,
-        host_password=sim.password, ca_file=None, insecure=True,
-        api_retry_count=2, api_timeout=30, task_timeout=60,
-        switch_mappings={"physnet1": "DVS0"},
-        compute_hosts={"host1": "DC0_C0"},
-        dvs_name_template=conf.DEFAULT_DVS_NAME_TEMPLATE,
-        max_parallel_tasks=4, dvs_batch_size=100,
-        deployment_name=DEPLOYMENT)
-
-
 @pytest.fixture(scope="module")
 def session():
     with Vcsim(clusters=1, hosts=2, vms=2) as sim:
-        s = session_mod.Session(_settings(sim))
+        s = session_mod.Session(driver_settings(sim, api_retry_count=2))
         s.connect()
         _populate(s)
         yield s

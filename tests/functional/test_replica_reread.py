@@ -27,10 +27,9 @@ import time
 
 import pytest
 
-from networking_vcenter import conf
 from networking_vcenter.vsphere import replica as replica_mod
 from networking_vcenter.vsphere import session as session_mod
-from tests.fixtures.vcsim import Vcsim
+from tests.fixtures.vcsim import Vcsim, driver_settings
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
                                 "tools"))
@@ -47,17 +46,6 @@ def proxied():
     with Vcsim(clusters=1, hosts=1, vms=0) as sim:
         with faultproxy.FaultProxy(sim.host, sim.port) as proxy:
             yield sim, proxy
-
-
-def _settings(sim, proxy) -> conf.Settings:
-    return conf.Settings(
-        host_ip=sim.host, host_port=proxy.port, host_username=sim.username,
-        host_password=sim.password, ca_file=None, insecure=True,
-        api_retry_count=0, api_timeout=5, task_timeout=30,
-        switch_mappings={"physnet1": "DVS0"},
-        compute_hosts={"host1": "DC0_C0"},
-        dvs_name_template=conf.DEFAULT_DVS_NAME_TEMPLATE,
-        max_parallel_tasks=2, dvs_batch_size=100, reread_spread=SPREAD)
 
 
 class _Watched:
@@ -98,7 +86,9 @@ def test_rereads_do_not_start_together(proxied, monkeypatch):
     # out; short ones let it stop at once after the test.
     monkeypatch.setattr(replica_mod, "LONG_POLL", 1)
     sim, proxy = proxied
-    settings = _settings(sim, proxy)
+    settings = driver_settings(sim, proxy.port, api_retry_count=0,
+                               api_timeout=5, max_parallel_tasks=2,
+                               reread_spread=SPREAD)
     procs = [_Watched(settings, seed) for seed in SEEDS]
     assert abs(procs[0].draw - procs[1].draw) > SPREAD / 2
     for p in procs:

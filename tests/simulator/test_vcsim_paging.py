@@ -19,21 +19,9 @@ call), as vCenter does.  The stock simulator answers everything at once.
 import pytest
 from pyVmomi import vim, vmodl
 
-from tests.fixtures.vcsim import Vcsim
-
 PC = vmodl.query.PropertyCollector
 
-
-@pytest.fixture(scope="module")
-def sim():
-    # 2 clusters of 3 hosts, 2 VMs each: 6 hosts, 4+ VMs, a dozen networks.
-    with Vcsim(clusters=2, hosts=3, vms=2) as s:
-        yield s
-
-
-@pytest.fixture
-def si(sim):
-    return sim.connect()
+# The package's simulator (conftest.py): 2 clusters of 3 hosts, 2 VMs each.
 
 
 def _spec(si, types):
