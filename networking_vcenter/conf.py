@@ -120,6 +120,12 @@ mapping_opts = [
              "the NIC to."),
 ]
 
+# Seconds over which a re-read after a lost replica is spread (the option's
+# default and its bound: convergence after a vCenter restart waits at most
+# that long for the spread).
+REREAD_SPREAD = 10.0
+MAX_REREAD_SPREAD = 120.0
+
 behaviour_opts = [
     cfg.ListOpt(
         "vcenters", default=[],
@@ -149,6 +155,21 @@ behaviour_opts = [
                      "-- and neutron-server -- from starting, with a message "
                      "saying so. Other problems (credentials, TLS, "
                      "mappings) always stop it."),
+    cfg.FloatOpt("reread_spread", default=REREAD_SPREAD, min=0.0,
+                 max=MAX_REREAD_SPREAD,
+                 help="Seconds over which the processes of a vCenter spread "
+                      "their full re-reads of it. Each Neutron process (every "
+                      "API worker of every server, and the periodic worker) "
+                      "holds a replica of vCenter; after losing it (vCenter "
+                      "restarted, the session expired, the connection "
+                      "broke) a process waits, once vCenter answers again, "
+                      "a random time between 0 and this before reading the "
+                      "whole inventory again, so that they do not all ask "
+                      "vCenter for everything at the same moment. The read "
+                      "at start is not delayed. While a process waits, its "
+                      "replica is not current, as during the outage. 0: "
+                      "read again at once. See the sizing table of the "
+                      "deployment guide."),
     cfg.IntOpt("resync_grace_period", default=30, min=0,
                help="A full resync leaves alone networks changed less than "
                     "this many seconds ago: their own API call is still "
@@ -300,6 +321,9 @@ class Settings:
     resync_interval: int = 0
     api_call_budget: float = 20.0
     resync_grace_period: int = 30
+    # A lost replica's re-read waits a random time in [0, this] once
+    # vCenter answers (0 here: tests read again at once).
+    reread_spread: float = 0.0
     coordination_backend_url: str | None = None
     deployment_name: str = "default"
     start_without_vcenter: bool = True
@@ -594,6 +618,7 @@ def _settings(conf: cfg.ConfigOpts, values: dict, name: str,
         resync_interval=group.resync_interval,
         api_call_budget=group.api_call_budget,
         resync_grace_period=group.resync_grace_period,
+        reread_spread=group.reread_spread,
         coordination_backend_url=group.coordination_backend_url,
         deployment_name=group.deployment_name,
         max_rules_per_port=group.max_rules_per_port,

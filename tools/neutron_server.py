@@ -589,7 +589,10 @@ class NeutronServer:
         vcenter = {**self.vcenter, "insecure": True,
                    "switch_mappings": self.switch_mappings,
                    "compute_hosts": self.compute_hosts,
-                   "resync_interval": 0}
+                   "resync_interval": 0,
+                   # A lost replica is read again at once (the spread,
+                   # 0-10 s by default, has a test of its own).
+                   "reread_spread": 0}
         # "{tooz_db}" in a value: a tooz URL for this server's database (the
         # first server's with backend_of), for the driver's locks.
         vcenter.update({k: str(v).replace("{tooz_db}", tooz_db)

@@ -26,6 +26,7 @@ so that the pure modules (desired, plan, portsettings) load without it.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from pyVmomi import vim, vmodl
@@ -67,6 +68,7 @@ def retrieve(session: Session, vimtype: type, paths: list[str],
     else:
         object_set = [vmodl.query.PropertyCollector.ObjectSpec(obj=r)
                       for r in refs]
+    token = None
     try:
         spec = vmodl.query.PropertyCollector.FilterSpec(
             objectSet=object_set,
@@ -83,11 +85,16 @@ def retrieve(session: Session, vimtype: type, paths: list[str],
                 objects.append((obj.obj, props))
             if not result.token:
                 break
+            token = result.token
             result = session.call(f"read more {vimtype.__name__}",
-                                  pc.ContinueRetrievePropertiesEx,
-                                  result.token)
+                                  pc.ContinueRetrievePropertiesEx, token)
+            token = None
         return objects
     finally:
+        if token is not None:
+            # Cut off mid-way: vCenter holds the rest until told.
+            with contextlib.suppress(Exception):
+                pc.CancelRetrievePropertiesEx(token)
         if view is not None:
             try:
                 view.DestroyView()

@@ -25,7 +25,11 @@ One PropertyCollector per process, with one filter over
 read in full once and then kept current by ``WaitForUpdatesEx`` (versioned,
 incremental), like a Kubernetes informer: list once, then watch.  After a
 session loss (vCenter restarted, session expired) or an invalid version the
-collector is made again and everything is read afresh.
+collector is made again and everything is read afresh.  That re-read (not the
+first read) waits, once vCenter answers again, a random time up to
+``reread_spread`` seconds: the processes that lost their replicas together
+(every API worker and the periodic worker of every server, when vCenter
+restarts) then do not all ask vCenter for the whole inventory at once.
 
 Readers never call vCenter: :meth:`Replica.snapshot` builds an
 :class:`~networking_vcenter.vsphere.inventory.Inventory` from memory (cached
@@ -77,6 +81,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -248,6 +253,8 @@ class Replica:
         self._collector_gen = 0
         self._dead: list[Any] = []
         self.error: Exception | None = None   # why it is not current
+        # Draws the wait before each re-read (_spread).
+        self._random = random.Random()
         self.reloads = 0                       # full reads done
         self.last_contact: float | None = None  # monotonic: vCenter's last
                                                 # answer to the watch
@@ -640,6 +647,8 @@ class Replica:
                                  content.propertyCollector
                                  .CreatePropertyCollector)
         self._collector = collector
+        if self.reloads:
+            self._spread()
         root = session.call("open a view of the inventory",
                             content.viewManager.CreateContainerView,
                             content.rootFolder,
@@ -715,6 +724,21 @@ class Replica:
                  "group(s) (reload %d)", len(fresh), len(ports), self.reloads)
         self._watch_again(pending)
         self._notify(Event(full=True))
+
+    def _spread(self) -> None:
+        """Before a re-read (not the first read), once vCenter answered
+        again: wait a random time in [0, reread_spread], so that the
+        processes that lost their replicas together (vCenter restarted)
+        do not all read the whole inventory at the same moment."""
+        spread = self._settings.reread_spread
+        if spread <= 0:
+            return
+        delay = self._random.uniform(0.0, spread)
+        LOG.info("vCenter replica: reading the inventory again in %.1f s "
+                 "(reread_spread %g s)", delay, spread)
+        if self._stop.wait(delay):
+            raise exceptions.TransientFault(
+                f"vCenter {self._session.endpoint}", "stopping")
 
     def _host_containers(self, content: Any) -> list[Any]:
         """The mapped clusters, to watch only their hosts; the root folder

@@ -211,7 +211,16 @@ class _ResponseDeserializer(SoapAdapter.SoapResponseDeserializer):
         cut = getattr(self.deser, "passed_over", None)
         if cut is not None and hasattr(response, "read"):
             response = Stripped(response, *cut)
-        return super().Deserialize(response, resultType, nsMap)
+        try:
+            return super().Deserialize(response, resultType, nsMap)
+        finally:
+            # pyVmomi leaves this object, its expat parser and the parser's
+            # handlers (bound methods of this object) in a reference cycle
+            # that holds the whole answer (``self.deser.result``): freed
+            # only by a full garbage collection, rare in a big heap, so the
+            # pages of a full read all stayed in memory until one.
+            self.__dict__.pop("parser", None)
+            self.deser.result = None
 
 
 class Stripped:

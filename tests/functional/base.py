@@ -81,6 +81,9 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
             "insecure": "true",
             "api_retry_count": 1,
             "resync_interval": 0,
+            # A lost replica is read again at once (the spread has a test
+            # of its own: test_replica_reread.py).
+            "reread_spread": 0,
             "switch_mappings": self.switch_mappings,
             "compute_hosts": self.compute_hosts,
             **self.extra_ml2_vcenter,

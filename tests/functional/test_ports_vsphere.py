@@ -40,7 +40,7 @@ from networking_vcenter.vsphere.inventory import (
 from networking_vcenter.vsphere import replica as replica_mod
 from networking_vcenter.vsphere.replica import Replica
 from tests.fixtures.soap import each_request
-from tests.fixtures.vcsim import Vcsim
+from tests.fixtures.vcsim import Vcsim, driver_settings
 from tests.fixtures.vsphere_reader import Reader
 
 VmwareDVS = vim.dvs.VmwareDistributedVirtualSwitch
@@ -61,14 +61,8 @@ def reader(sim):
 
 
 def _settings(sim) -> conf.Settings:
-    return conf.Settings(
-        host_ip=sim.host, host_port=sim.port, host_username=sim.username,
-        host_password=sim.password, ca_file=None, insecure=True,
-        api_retry_count=1, api_timeout=30, task_timeout=60,
-        switch_mappings={"physnet1": "DVS0"},
-        compute_hosts={"vc-compute-1": "DC0_C0"},
-        dvs_name_template="neutron-{physnet}-{network_id}",
-        max_parallel_tasks=4, dvs_batch_size=100,
+    return driver_settings(
+        sim, dvs_name_template="neutron-{physnet}-{network_id}",
         deployment_name=DEPLOYMENT)
 
 

@@ -112,19 +112,34 @@ def test_list_opts_for_generator():
     assert secret[0].secret
 
 
-def test_bad_option_value_named(tmp_path):
+def load_error(tmp_path, lines: str) -> str:
+    """conf.load's error for a file with the required options and
+    ``lines``."""
     ini = tmp_path / "bad.ini"
     ini.write_text("[ml2_vcenter]\nhost_ip = vc\nhost_username = u\n"
                    "host_password = p\nswitch_mappings = p1:DVS0\n"
-                   "compute_hosts = h:C\ndeployment_name = has space\n"
-                   "host_port = not-a-port\n")
+                   "compute_hosts = h:C\n" + lines)
     c = cfg.ConfigOpts()
     conf.register_opts(c)
     c(["--config-file", str(ini)], project="neutron")
     with pytest.raises(exceptions.ConfigError) as err:
         conf.load(c)
-    assert "[ml2_vcenter] deployment_name" in str(err.value)
-    assert "[ml2_vcenter] host_port" in str(err.value)
+    return str(err.value)
+
+
+def test_bad_option_value_named(tmp_path):
+    text = load_error(tmp_path, "deployment_name = has space\n"
+                                "host_port = not-a-port\n")
+    assert "[ml2_vcenter] deployment_name" in text
+    assert "[ml2_vcenter] host_port" in text
+
+
+def test_reread_spread_bounded_and_named(tmp_path):
+    assert conf.load(make_conf()).reread_spread == conf.REREAD_SPREAD
+    assert conf.load(make_conf(reread_spread=0)).reread_spread == 0
+    text = load_error(tmp_path,
+                      f"reread_spread = {conf.MAX_REREAD_SPREAD + 1}\n")
+    assert "[ml2_vcenter] reread_spread" in text
 
 
 OPTION = "[ml2_vcenter] dvs_port_group_name_template"
