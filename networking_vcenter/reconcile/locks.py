@@ -29,6 +29,7 @@ of every error from the backend goes through :func:`mask_text`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -39,9 +40,12 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 
+from oslo_log import log as logging
 from tooz import coordination
 
 from networking_vcenter import exceptions
+
+LOG = logging.getLogger(__name__)
 
 
 MASK = "***"
@@ -191,6 +195,9 @@ def default_backend_url(lock_path: str | None) -> str:
 # connection for about a minute, nested retries, before it gives up, and a
 # lock wait must not last that long (an API hook's deadline).
 JOIN_WAIT = 2.0
+# Threads for lock calls bounded in time, per process: calls that hang on
+# a dead backend occupy them until tooz gives up; the next ones time out.
+CALL_THREADS = 4
 # The longest lock name every backend takes (MySQL's GET_LOCK: 64).
 MAX_NAME = 64
 
@@ -217,6 +224,10 @@ class Locks:
         self._join: threading.Thread | None = None
         self._join_error: BaseException | None = None
         self._stopped = False
+        # The threads of bounded lock calls (_bounded), made when first
+        # needed (and again in a forked worker).
+        self._calls: concurrent.futures.ThreadPoolExecutor | None = None
+        self._calls_pid: int | None = None
 
     def _unusable(self, exc: BaseException) -> exceptions.ConfigError:
         mask_exception(exc, self._url)
@@ -309,22 +320,62 @@ class Locks:
         """Hold lock ``name``; yields False if not had in time (or at once).
         Joining the backend first waits for :data:`JOIN_WAIT` seconds, or
         ``timeout`` if longer (LockBusy past it)."""
-        lock = self.lock(name, None if blocking and (
-            timeout is None or timeout < 0) else max(JOIN_WAIT,
-                                                     timeout or 0))
-        with self._masked():
-            if not blocking:
-                got = lock.acquire(blocking=False)
-            elif timeout is None or timeout < 0:
+        unbounded = blocking and (timeout is None or timeout < 0)
+        lock = self.lock(name, None if unbounded else max(JOIN_WAIT,
+                                                          timeout or 0))
+        if unbounded:
+            with self._masked():
                 got = lock.acquire(blocking=True)
-            else:
-                got = lock.acquire(blocking=timeout)
+        else:
+            got = self._bounded(
+                f"take the lock {name}",
+                lambda: lock.acquire(blocking=timeout if blocking else False),
+                (timeout or 0) + JOIN_WAIT, on_late=lock.release)
         try:
             yield bool(got)
         finally:
             if got:
-                with self._masked():
-                    lock.release()
+                try:
+                    self._bounded(f"let the lock {name} go", lock.release,
+                                  JOIN_WAIT)
+                except exceptions.LockBusy as exc:
+                    # It expires in the backend (Redis, etcd: its TTL;
+                    # MySQL: with the connection).
+                    LOG.warning("%s", exc)
+
+    def _bounded(self, what: str, call, bound: float, on_late=None):
+        """``call()`` -- an acquire or a release -- for at most ``bound``
+        seconds: a backend that died after the join is retried for about a
+        minute inside tooz and its client, which no lock wait of an API
+        call may wait out.  Past the bound: LockBusy, and the call goes on
+        in its thread (an acquire that succeeds late is let go at once,
+        ``on_late``)."""
+        with self._join_lock:
+            if self._calls is None or self._calls_pid != os.getpid():
+                self._calls = concurrent.futures.ThreadPoolExecutor(
+                    CALL_THREADS, thread_name_prefix="lock-backend")
+                self._calls_pid = os.getpid()
+            calls = self._calls
+
+        def run():
+            with self._masked():
+                return call()
+
+        future = calls.submit(run)
+        try:
+            return future.result(timeout=bound)
+        except concurrent.futures.TimeoutError:
+            if on_late is not None:
+                future.add_done_callback(
+                    lambda f: f.exception() is None and f.result() and
+                    self._late(on_late))
+            raise exceptions.LockBusy(
+                what, f"{OPTION} '{self.backend_url}' did not answer within "
+                      f"{bound:g} s (is the backend down?)") from None
+
+    def _late(self, release) -> None:
+        with contextlib.suppress(Exception), self._masked():
+            release()
 
     def lock(self, name: str, wait: float | None = JOIN_WAIT):
         """tooz's lock ``name`` itself (not taken), for :meth:`hold` or for
@@ -347,11 +398,19 @@ class Locks:
         return f"networking-vcenter-{digest}"[:MAX_NAME]
 
     def stop(self) -> None:
+        """Leave the backend: within JOIN_WAIT seconds, answering or not
+        (what this process held expires there)."""
         with self._join_lock:
             self._stopped = True
         if self._started:
             try:
-                with self._masked():
-                    self._coordinator.stop()
+                self._bounded("leave the lock backend",
+                              self._coordinator.stop, JOIN_WAIT)
+            except Exception as exc:  # noqa: BLE001 - a stop goes on
+                LOG.warning("%s", self.mask(exc))
             finally:
                 self._started = False
+        with self._join_lock:
+            calls, self._calls = self._calls, None
+        if calls is not None:
+            calls.shutdown(wait=False, cancel_futures=True)

@@ -143,3 +143,39 @@ def test_an_explicit_start_waits_for_the_backend(slow):
     locks.start()
     assert slow.started == 1
     locks.stop()
+
+
+def test_redis_that_dies_after_the_join_never_holds_a_lock_call(tmp_path,
+                                                                caplog):
+    """The real client and a real Redis, stopped once joined (and once a
+    lock is held): taking a lock and letting one go each end within their
+    bound, not after the minute tooz and redis-py retry a refused
+    connection (measured: 59.9 s each); leaving the backend too."""
+    import pathlib
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] /
+                           "tools"))
+    import lock_backends
+    backend = lock_backends.start_backend("redis", str(tmp_path / "redis"))
+    locks = locks_mod.Locks(backend.url)
+    try:
+        with locks.hold("network-a", timeout=1) as got:
+            assert got
+            backend.stop()          # dies while the lock is held
+            began = time.monotonic()
+        let_go = time.monotonic() - began
+        assert let_go < locks_mod.JOIN_WAIT + 1, let_go
+        assert "did not answer" in caplog.text
+        began = time.monotonic()
+        with pytest.raises(exceptions.LockBusy) as err:
+            with locks.hold("network-b", timeout=1):
+                pass
+        took = time.monotonic() - began
+        assert took < 1 + locks_mod.JOIN_WAIT + 1, took
+        assert "[ml2_vcenter] coordination_backend_url" in str(err.value)
+        began = time.monotonic()
+        locks.stop()                # leaving it too
+        assert time.monotonic() - began < locks_mod.JOIN_WAIT + 1
+    finally:
+        backend.stop()
+        locks.stop()
