@@ -182,7 +182,7 @@ class _Coordinator:
     acquire = release = _fail
 
 
-def test_tooz_error_text_masked(monkeypatch):
+def test_tooz_error_text_masked(monkeypatch, caplog):
     url = f"redis://:{SECRET}@redis.example.org:6379"
     monkeypatch.setattr(coordination, "get_coordinator",
                         lambda u, member: _Coordinator(u))
@@ -205,9 +205,10 @@ def test_tooz_error_text_masked(monkeypatch):
     assert SECRET not in str(err2.value)
     assert "redis.example.org:6379" in str(err2.value)
     assert SECRET not in str(err2.value.cause)
-    with pytest.raises(coordination.ToozConnectionError) as err3:
-        locks.stop()
-    assert SECRET not in str(err3.value)
+    # Leaving it fails: said in a warning (a stop goes on), masked.
+    locks.stop()
+    assert "redis.example.org:6379" in caplog.text
+    assert SECRET not in caplog.text
 
 
 def _cli(tmp_path, url: str, command: str):
