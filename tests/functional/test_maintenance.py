@@ -33,6 +33,7 @@ from tests.functional import base  # noqa: I100
 
 from networking_vcenter import agent  # noqa: I202
 from networking_vcenter import backend as backend_mod
+from networking_vcenter import conf
 from networking_vcenter import neutron_db
 from networking_vcenter.reconcile import worker as worker_mod
 from tests.fixtures.vcsim import Vcsim
@@ -212,9 +213,14 @@ class TestDriftRepaired(MaintenanceTestCase):
 
 class TestVcenterRestartedEmpty(base.ProxiedMixin, MaintenanceTestCase):
     """vCenter comes back with none of its state (a new simulator behind the
-    same address): the replica reads it anew and the worker rebuilds."""
+    same address): the replica reads it anew and the worker rebuilds --
+    with the re-read spread at its default (the other tests set it to 0)."""
+
+    extra_ml2_vcenter = {"reread_spread": next(
+        o.default for o in conf.ALL_OPTS if o.dest == "reread_spread")}
 
     def test_rebuilt_without_waiting_for_the_interval(self):
+        self.assertGreater(self.vcenter_driver.settings.reread_spread, 0)
         dvs = self.make_network("vlan", "physnet1", 125)
         std = self.make_network("flat", "physnet2")
         old = self.__class__.vcsim
