@@ -103,11 +103,6 @@ class VCenterBackend:
         self.drain_delay: float | None = DRAIN_DELAY
         self._pid: int | None = None
 
-    @property
-    def name(self) -> str:
-        """This backend's agent host: the deployment at this vCenter."""
-        return agent.host(self.settings)
-
     def start(self, background: bool = False) -> None:
         """This process's reconciler, replica and hook threads.  In the
         foreground vCenter is waited for no longer than one API call would:

@@ -750,8 +750,8 @@ def cmd_check(config_args: list[str], fmt: str,
         return finish()
     try:
         for settings, rec in zip(vcenters, recs):
-            check_vcenter(rec, settings, functools.partial(
-                _record_of, record, settings.name))
+            check_vcenter(rec, settings,
+                          functools.partial(record, of=settings.name))
         rec = recs[0]
         check_locks(rec, record)
     finally:
@@ -763,11 +763,6 @@ def cmd_check(config_args: list[str], fmt: str,
     except Exception as exc:  # noqa: BLE001 - any DB error is a failed check
         record("Neutron database", False, str(exc).splitlines()[0])
     return finish()
-
-
-def _record_of(record, vcenter: str, name: str, ok: bool | None | str,
-               detail: str) -> None:
-    record(name, ok, detail, vcenter)
 
 
 def check_locks(rec: Reconciler,

@@ -122,19 +122,14 @@ class VCenterMechanismDriver(api.MechanismDriver):
     def _start_backends(self) -> None:
         """Every vCenter at once: each waits for its own no longer than one
         API call would, so one black-holed does not delay the others.  A
-        vCenter that cannot be used (configuration) stops all."""
-        if len(self.backends) == 1:
-            self.backend.start(background=False)
-            return
-        with concurrent.futures.ThreadPoolExecutor(
-                len(self.backends)) as pool:
-            futures = [pool.submit(b.start, False) for b in self.backends]
-        failed = [f.exception() for f in futures if f.exception()]
-        if failed:
-            for b, f in zip(self.backends, futures):
-                if f.exception() is None:
-                    b.close()
-            raise failed[0]
+        vCenter that cannot be used (configuration) stops all (a backend
+        closes once: those that failed have closed already)."""
+        try:
+            self._each(self.backends, lambda b: b.start(background=False))
+        except Exception:
+            for b in self.backends:
+                b.close()
+            raise
 
     # -- routing ---------------------------------------------------------------
 
