@@ -183,6 +183,18 @@ def test_racing_servers_keep_exactly_one_port_group_each(servers, sim):
 def race(apis: list[conftest.Api], reader: Reader,
          count: int = 50) -> list[dict]:
     """``count`` networks raced on and deleted; they are returned."""
+    made: list[dict] = []
+    try:
+        return _race(apis, reader, count, made)
+    except BaseException:
+        # Left for nobody: the tests after this one reuse the servers and
+        # the VLAN range.
+        for net in made:
+            apis[0].http("DELETE", f"/v2.0/networks/{net['id']}")
+        raise
+
+
+def _race(apis, reader, count, made):
     def create(i):
         # Created on one server, renamed on the other at once: both
         # reconcile the same network concurrently.
@@ -193,6 +205,7 @@ def race(apis: list[conftest.Api], reader: Reader,
             "provider:segmentation_id": (100 if i % 2 else 200) + i}})
         assert code == 201, body
         net = body["network"]
+        made.append(net)
         code, _ = b.http("PUT", f"/v2.0/networks/{net['id']}",
                          {"network": {"name": f"race-{i}-renamed"}})
         assert code == 200
@@ -361,22 +374,31 @@ def test_one_maintenance_holder_and_takeover_after_kill_9(servers, sim):
             stop.wait(0.1)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    created = []
     try:
-        took, repaired, net = takeover(servers, apis, claims, sim)
+        took, repaired = takeover(servers, apis, claims, sim, created)
+        # Sampled on for 3 s after the takeover: a second claim coming late
+        # (the dead holder's, or a third one) would show there.  The
+        # takeover itself may take well under a second.
+        stop.wait(3)
     finally:
         stop.set()
         sampler.join()
+        # Deleted whatever happened: the tests after this one reuse the
+        # servers and the VLAN range.
+        for net in created:
+            apis[0].http("DELETE", f"/v2.0/networks/{net['id']}")
     print(f"\nmaintenance taken over {took:.1f}s after kill -9, drift "
           f"repaired after {repaired:.1f}s ({samples[0]} samples)")
     assert took < 75
-    assert samples[0] > 10
+    assert samples[0] > 20
     assert not both, f"two holders at once: {both}"
-    assert apis[0].http("DELETE", f"/v2.0/networks/{net['id']}")[0] == 204
 
 
-def takeover(servers, apis, claims, sim):
+def takeover(servers, apis, claims, sim, created: list):
     """The test above without its sampler: (seconds until another process
-    held the lock, seconds until the drift was repaired, the network)."""
+    held the lock, seconds until the drift was repaired); the network it
+    makes is appended to ``created``."""
     assert conftest.neutron_server.wait_for(
         lambda: mysql_holder(servers), 15), "no periodic worker holds it"
     holder = mysql_holder(servers)
@@ -400,6 +422,7 @@ def takeover(servers, apis, claims, sim):
         "provider:segmentation_id": 390}})
     assert code == 201, body
     net = body["network"]
+    created.append(net)
     name = f"neutron-physnet1-{net['id']}"
     reader = Reader(sim.connect())
     try:
@@ -429,7 +452,7 @@ def takeover(servers, apis, claims, sim):
         assert agent_row(apis[alive])["alive"]
     finally:
         reader.close()
-    return took, repaired, net
+    return took, repaired
 
 
 def last_lock_line(log: str) -> str:
