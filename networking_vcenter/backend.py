@@ -15,10 +15,11 @@
 The driver (:mod:`networking_vcenter.ml2.driver`) translates Neutron's calls
 and hands them here; a :class:`VCenterBackend` owns everything of one vCenter
 in this process -- its :class:`~networking_vcenter.reconcile.reconciler.
-Reconciler` (session, live replica, locks), the threads that do an API call's
-vCenter work under its deadline, the coalescing of port syncs, and the
-maintenance worker's heartbeat (agent row, segment mappings, bindings tried
-again).  The interface is small:
+Reconciler` (session, live replica, locks), its one queue of keys
+(:mod:`~networking_vcenter.reconcile.workqueue`) with the threads that do an
+API call's vCenter work under its deadline and the coalesced port syncs, and
+the maintenance worker's heartbeat (agent row, segment mappings, bindings
+tried again with the queue's backoff).  The interface is small:
 
 * :meth:`serves` / :meth:`manages` -- cheap: is a host or a network ours;
 * :meth:`topology` -- the switches as the replica shows them (no round trip);
@@ -32,6 +33,13 @@ seconds whatever vCenter does (down, black-holed, slow): the work runs in a
 thread the caller waits for until the deadline, and what is not done by then
 is finished by the maintenance worker.  While vCenter is known unreachable
 (:data:`UNREACHABLE_HOLD_OFF`) calls that must write fail at once.
+
+The queue's keys, by kind: ``call:`` an API call's job (``call:net:<id>``
+for a network's, coalesced when it is not started yet), ``sync:`` a port
+sync handed over by an API call (``sync:port:<id>``, ``sync:net:<id>``,
+``sync:query:<n>``: all those due are synced together), ``bind:<port>`` a
+failed binding tried again; the maintenance worker's networks, ``port:``
+and the full pass (:mod:`~networking_vcenter.reconcile.worker`).
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import itertools
+import math
 import os
 import threading
 import time
@@ -63,6 +73,7 @@ from networking_vcenter.reconcile import desired as desired_mod
 from networking_vcenter.reconcile import leadership as leadership_mod
 from networking_vcenter.reconcile import mtu as mtu_mod
 from networking_vcenter.reconcile import worker as worker_mod
+from networking_vcenter.reconcile import workqueue
 from networking_vcenter.reconcile.reconciler import Pass, Reconciler
 
 LOG = logging.getLogger(__name__)
@@ -72,12 +83,15 @@ LOG = logging.getLogger(__name__)
 UNREACHABLE_HOLD_OFF = 30.0
 # Threads that run API calls' vCenter work, per process.
 HOOK_THREADS = 8
+# The kinds of keys they take; port syncs are taken together.
+HOOK_KINDS = frozenset({"call", "sync"})
 # Seconds between an API call handing ports over and their sync.
 DRAIN_DELAY = 0.3
 # Seconds before the heartbeat tries again a binding that failed when tried
 # with vCenter answering, doubled at each failure up to the maximum.
 REBIND_BACKOFF = 60.0
 REBIND_BACKOFF_MAX = 3600.0
+BIND = "bind:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,14 +125,14 @@ class VCenterBackend:
         configuration error raises."""
         self._pid = os.getpid()
         self.reconciler = Reconciler.from_settings(self.settings)
-        self._hooks = concurrent.futures.ThreadPoolExecutor(
-            HOOK_THREADS, thread_name_prefix="vcenter-hook")
-        self._lock = threading.Lock()
-        self._soon: list = []                 # ports (or queries) to sync
-        self._draining = False
-        # Port id -> (failed tries, monotonic time of the next): bindings
-        # that failed again when tried by the heartbeat (rebind_failed).
-        self._rebind_backoff: dict[str, tuple[int, float]] = {}
+        self.queue = workqueue.WorkQueue(
+            backoffs={"bind": workqueue.Backoff(REBIND_BACKOFF, 2.0,
+                                                REBIND_BACKOFF_MAX)},
+            default=workqueue.Backoff(*worker_mod.BACKOFF))
+        self._queries = itertools.count(1)
+        for n in range(HOOK_THREADS):
+            threading.Thread(target=self._serve, daemon=True,
+                             name=f"vcenter-hook-{n}").start()
         self._health_down = False
         self.reconciler.status_sink = neutron_api.set_port_status
         self.reconciler.trunk_status_sink = neutron_api.set_trunk_status
@@ -183,7 +197,7 @@ class VCenterBackend:
         pid = os.getpid() if pid is None else pid
         if pid == os.getpid() and self._pid == pid:
             self._pid = None
-            self._hooks.shutdown(wait=False, cancel_futures=True)
+            self.queue.stop()
             self.reconciler.close()
 
     # -- what is ours (cheap) ------------------------------------------------
@@ -271,13 +285,14 @@ class VCenterBackend:
             else None
 
     def _in_time(self, what: str, fn, *args, from_memory: bool = False,
-                 deadline: float | None = None):
-        """Run ``fn`` in a hook thread under the API deadline (now plus
+                 deadline: float | None = None, key: str | None = None):
+        """Run ``fn`` by a hook thread under the API deadline (now plus
         ``api_call_budget``, or ``deadline``); raise TransientFault when the
         deadline passes first (the thread finishes its current call and
         stops: the session refuses calls past it).  While vCenter is known
         unreachable, fail at once -- unless ``fn`` can answer
-        ``from_memory`` (the replica)."""
+        ``from_memory`` (the replica).  ``key``: the queue key, under which
+        calls not started yet are coalesced (None: its own)."""
         rec = self._here()
         budget = self.settings.api_call_budget
         down = self._unreachable(rec)
@@ -298,7 +313,7 @@ class VCenterBackend:
                     max(0.0, deadline - time.monotonic())):
                 return fn(rec, deadline, *args)
 
-        future = self._hooks.submit(job)
+        future = self.queue.submit(key, job)
         try:
             return future.result(timeout=max(0.0,
                                              deadline - time.monotonic()))
@@ -321,7 +336,7 @@ class VCenterBackend:
 
         try:
             result = self._in_time(f"reconcile network {network_id}",
-                                   reconcile)
+                                   reconcile, key=f"call:net:{network_id}")
         except exceptions.VCenterError as exc:
             LOG.warning("network %s: %s; the maintenance worker will finish "
                         "the work", network_id, exc)
@@ -429,84 +444,120 @@ class VCenterBackend:
                 f"its {' and '.join(what)} cannot be enforced on a standard "
                 f"vSwitch ([{conf.GROUP}] standard_vswitch_ports = refuse)")
 
-    # -- ports, soon -------------------------------------------------------
+    # -- the queue's hook keys ----------------------------------------------
     #
     # A port's DV port follows the port and everything its policy depends
-    # on.  The API call never waits for it: the ports are synced by a hook
-    # thread right after, under the API deadline, coalescing what arrives
-    # meanwhile, and the maintenance worker's Neutron poll catches whatever
-    # that could not do.
+    # on.  The API call never waits for it: it hands the ports over as keys
+    # of the queue, due a moment later; a hook thread syncs every port key
+    # due then together, under the API deadline, and the maintenance
+    # worker's Neutron poll catches whatever that could not do.
+
+    def _serve(self) -> None:
+        """A hook thread: API calls' jobs one at a time, port syncs in
+        batches, until the queue stops."""
+        queue = self.queue
+        while not queue.stopped:
+            items = queue.take(HOOK_KINDS, limit=1, batch={"sync"})
+            if not items:
+                queue.wait(kinds=HOOK_KINDS)
+                continue
+            if workqueue.kind_of(items[0].key) == "sync":
+                try:
+                    self._sync_ports(items)
+                finally:
+                    for item in items:
+                        queue.done(item)
+                continue
+            (item,) = items
+            try:
+                result = item.job()
+            except BaseException as exc:  # noqa: BLE001 - to its waiters
+                queue.done(item, error=exc)
+            else:
+                queue.done(item, result)
 
     def ports_changed(self, ids: set[str], ids_of=None,
                       networks: set[str] = frozenset(),
                       network_of: Mapping[str, str] | None = None) -> None:
         """Sync these ports (and those ``ids_of()`` answers, a mapping of
         port ids to their networks, and the standard port groups of
-        ``networks``) in a hook thread, coalescing what arrives meanwhile;
+        ``networks``) by a hook thread, with whatever else is due then;
         never waits.  ``network_of``: the networks of ports, where known
         (see ``Reconciler.sync_ports``)."""
         self._here()
-        with self._lock:
-            self._soon.append((ids, ids_of, networks, network_of or {},
-                               o_context.get_current()))
-            if self._draining:
-                return
-            self._draining = True
-        if self.drain_delay is None:
-            return
-        # Started a moment later, once the API request that called the hook
-        # has finished with the database (on sqlite a read overlapping its
-        # last writes can make them time out).
-        timer = threading.Timer(self.drain_delay, self._hooks.submit,
-                                (self.drain,))
-        timer.daemon = True
-        timer.start()
+        request = o_context.get_current()
+        network_of = network_of or {}
+        # Due a moment later, once the API request that called the hook has
+        # finished with the database (on sqlite a read overlapping its last
+        # writes can make them time out); drain_delay None: when drain()
+        # is called.
+        delay = math.inf if self.drain_delay is None else self.drain_delay
+        for port_id in ids:
+            self.queue.add([f"sync:port:{port_id}"], delay,
+                           (network_of.get(port_id), request))
+        for network_id in networks:
+            self.queue.add([f"sync:net:{network_id}"], delay, (None, request))
+        if ids_of is not None:
+            self.queue.add([f"sync:query:{next(self._queries)}"], delay,
+                           (ids_of, request))
 
     def drain(self) -> None:
-        """Sync the ports handed over, until none is left."""
+        """Sync the ports handed over, due or not, here and now."""
         while True:
-            with self._lock:
-                todo, self._soon = self._soon, []
-                if not todo:
-                    self._draining = False
-                    return
-            # The lines of this sync carry the request id of the first API
-            # call it serves; the others are named once.
-            requests = [r for *_, r in todo if r is not None]
-            with request_of(requests[0] if requests else None):
-                if len(requests) > 1:
-                    LOG.debug("ports also synced for requests %s",
-                              ", ".join(r.request_id for r in requests[1:]))
-                self._sync_ports(todo)
+            items = self.queue.take({"sync"}, due_only=False)
+            if not items:
+                return
+            try:
+                self._sync_ports(items)
+            finally:
+                for item in items:
+                    self.queue.done(item)
 
-    def _sync_ports(self, todo: list) -> None:
+    def _sync_ports(self, items: list[workqueue.Item]) -> None:
         ids: set[str] = set()
         nets: set[str] = set()
         network_of: dict[str, str] = {}
-        try:
-            for some, ids_of, networks, known, _ in todo:
-                ids |= some
-                nets |= networks
-                network_of.update(known)
-                if ids_of is not None:
+        queries = []
+        requests = []
+        for item in items:
+            what, _, name = item.key[len("sync:"):].partition(":")
+            for value, request in item.data:
+                if request is not None and request not in requests:
+                    requests.append(request)
+                if what == "port" and value:
+                    network_of[name] = value
+                elif what == "query":
+                    queries.append(value)
+            if what == "port":
+                ids.add(name)
+            elif what == "net":
+                nets.add(name)
+        # The lines of this sync carry the request id of the first API call
+        # it serves; the others are named once.
+        with request_of(requests[0] if requests else None):
+            if len(requests) > 1:
+                LOG.debug("ports also synced for requests %s",
+                          ", ".join(r.request_id for r in requests[1:]))
+            try:
+                for ids_of in queries:
                     found = ids_of()
                     ids |= set(found)
                     network_of.update(found)
-            if not ids and not nets:
-                return
-            rec = self._here()
-            if self._unreachable(rec) is not None:
-                return              # the worker's poll will do it
-            with rec.session.budget(self.settings.api_call_budget):
-                rec.sync_ports(ids, self.source, self.port_source,
-                               wait=self.settings.api_call_budget,
-                               networks=nets, network_of=network_of)
-        except exceptions.VCenterError as exc:
-            LOG.warning("ports %s: %s; the maintenance worker will "
-                        "finish the work", sorted(ids), exc)
-        except Exception:  # noqa: BLE001 - keep draining
-            LOG.exception("ports %s: unexpected error; the maintenance "
-                          "worker will retry", sorted(ids))
+                if not ids and not nets:
+                    return
+                rec = self._here()
+                if self._unreachable(rec) is not None:
+                    return              # the worker's poll will do it
+                with rec.session.budget(self.settings.api_call_budget):
+                    rec.sync_ports(ids, self.source, self.port_source,
+                                   wait=self.settings.api_call_budget,
+                                   networks=nets, network_of=network_of)
+            except exceptions.VCenterError as exc:
+                LOG.warning("ports %s: %s; the maintenance worker will "
+                            "finish the work", sorted(ids), exc)
+            except Exception:  # noqa: BLE001 - keep serving
+                LOG.exception("ports %s: unexpected error; the maintenance "
+                              "worker will retry", sorted(ids))
 
     # -- the maintenance worker ----------------------------------------------
 
@@ -524,7 +575,8 @@ class VCenterBackend:
                 host_filter=set(self.settings.compute_hosts)),
             port_token=neutron_db.port_change_token,
             leadership=leadership_mod.Leadership.for_vcenter(
-                self._here().locks, self.settings))
+                self._here().locks, self.settings),
+            queue=self.queue)
         maintenance.start()
         return maintenance
 
@@ -538,7 +590,7 @@ class VCenterBackend:
         if self._health_down:
             # vCenter is back: every failed binding is worth a try at once.
             self._health_down = False
-            self._rebind_backoff.clear()
+            self.queue.clear({"bind"})
         neutron_api.report_agent(agent.state(
             self.settings, rec.replica.snapshot(), maintenance.last_pass,
             maintenance.last_pass_at, start=maintenance.beats == 0,
@@ -561,39 +613,42 @@ class VCenterBackend:
     def rebind_failed(self) -> int:
         """Bind again the ports of our compute hosts whose binding failed
         (vCenter was away, or a port group could not be had).  Run with the
-        heartbeat, i.e. while vCenter answers; a port that fails again is
-        tried after REBIND_BACKOFF seconds, doubling, until vCenter next
-        comes back.  Answers how many got bound."""
+        heartbeat, i.e. while vCenter answers; each is a ``bind:`` key of
+        the queue: one that fails again waits its backoff (REBIND_BACKOFF
+        seconds, doubling) until vCenter next comes back.  Answers how many
+        got bound."""
+        failed = {BIND + port_id: host for port_id, host in
+                  neutron_db.failed_bindings(set(self.settings.compute_hosts))}
+        self.queue.discard(set(self.queue.pending({"bind"})) - set(failed))
+        self.queue.add_new(failed)
         bound = 0
-        failed = neutron_db.failed_bindings(set(self.settings.compute_hosts))
-        backoff = self._rebind_backoff
-        for gone in set(backoff) - {port_id for port_id, _ in failed}:
-            del backoff[gone]
-        now = time.monotonic()
-        for port_id, host in failed:
-            tries, next_at = backoff.get(port_id, (0, 0.0))
-            if next_at > now:
-                continue
-            if neutron_api.bind_again(port_id, host):
-                bound += 1
-                backoff.pop(port_id, None)
-                LOG.info("port %s on %s: bound again now that vCenter "
-                         "answers", port_id, host)
-                continue
-            # Failed again with vCenter answering: a cause vCenter's return
-            # does not cure (a policy refused, a name taken).  Tried less
-            # and less often, not every beat with ML2's ten tries logged.
-            delay = min(REBIND_BACKOFF_MAX, REBIND_BACKOFF * 2 ** tries)
-            backoff[port_id] = (tries + 1, now + delay)
-            LOG.warning("port %s on %s: still cannot be bound (see the "
-                        "errors above); next try in %.0fs", port_id, host,
-                        delay)
+        for item in self.queue.take({"bind"}):
+            port_id, host = item.key[len(BIND):], failed.get(item.key)
+            try:
+                if host is None:
+                    continue            # bound meanwhile
+                if neutron_api.bind_again(port_id, host):
+                    bound += 1
+                    self.queue.forget(item.key)
+                    LOG.info("port %s on %s: bound again now that vCenter "
+                             "answers", port_id, host)
+                    continue
+                # Failed again with vCenter answering: a cause vCenter's
+                # return does not cure (a policy refused, a name taken).
+                # Tried less and less often, not every beat with ML2's ten
+                # tries logged.
+                delay = self.queue.retry(item.key)
+                LOG.warning("port %s on %s: still cannot be bound (see the "
+                            "errors above); next try in %.0fs", port_id,
+                            host, delay)
+            finally:
+                self.queue.done(item)
         return bound
 
     def rebind_state(self, port_id: str) -> tuple[int, float] | None:
         """(failed tries, monotonic time of the next) of a binding that
         failed again with vCenter answering; None if it is not held back."""
-        return self._rebind_backoff.get(port_id)
+        return self.queue.failures(BIND + port_id)
 
     def resync(self, grace: float | None = None) -> Pass | None:
         """One full pass over every Neutron network now; None if one is

@@ -10,10 +10,12 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""The maintenance worker: one per Neutron server, a queue of keys.
+"""The maintenance worker: one per vCenter, a loop over the queue of keys.
 
-Like a Kubernetes controller, it keeps a queue of *keys* -- network ids, or
-"everything" -- and one loop that reconciles them:
+Like a Kubernetes controller, it takes *keys* -- network ids, ports, or
+"everything" -- from the process's one :class:`~.workqueue.WorkQueue` (the
+same queue the API hooks' jobs go through, with the same backoff) and
+reconciles them:
 
 * the replica (:mod:`..vsphere.replica`) enqueues the networks whose port
   groups changed in vCenter (deleted, retagged or renamed by hand), or
@@ -60,6 +62,7 @@ from neutron_lib import worker as n_worker
 from oslo_log import log as logging
 
 from networking_vcenter import exceptions
+from networking_vcenter.reconcile import workqueue
 from networking_vcenter.reconcile.leadership import Leadership
 from networking_vcenter.reconcile.reconciler import NetworkSource, \
     PortSource, Reconciler
@@ -81,8 +84,12 @@ LOCK_WAIT = 1.0
 # in a row.
 BUSY_WARN = 30
 
-FULL = "*"
+FULL = workqueue.FULL
 PORT = "port:"          # key prefix of a Neutron port (others: networks)
+# The kinds of keys the loop takes (see workqueue.kind_of); what it drops
+# when it stops holding the maintenance, with the bindings tried again.
+KINDS = frozenset({"full", "network", "port"})
+DROPPED = KINDS | {"bind"}
 
 
 class Maintenance:
@@ -96,8 +103,11 @@ class Maintenance:
                  port_source: PortSource | None = None,
                  port_prints: Callable[[], dict[str, object]] | None = None,
                  port_token: Callable[[], object] | None = None,
-                 leadership: Leadership | None = None):
+                 leadership: Leadership | None = None,
+                 queue: workqueue.WorkQueue | None = None):
         self._rec = reconciler
+        self.queue = queue or workqueue.WorkQueue(
+            default=workqueue.Backoff(*BACKOFF))
         self._leadership = leadership
         self._leading = leadership is None  # does the maintenance now
         self._port_source = port_source
@@ -109,11 +119,6 @@ class Maintenance:
         self._token = change_token
         self._interval = resync_interval
         self._grace = grace
-        self._cond = threading.Condition()
-        self._due: dict[str, float] = {}      # key -> monotonic due time
-        self._attempts: dict[str, int] = {}
-        self._busy: dict[str, int] = {}       # key -> busy tries in a row
-        self._port_nets: dict[str, str] = {}  # queued port -> its network
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_token: object = None
@@ -130,12 +135,7 @@ class Maintenance:
     # -- the queue ----------------------------------------------------------
 
     def enqueue(self, keys, delay: float = 0.0) -> None:
-        at = time.monotonic() + delay
-        with self._cond:
-            for key in keys:
-                if key not in self._due or self._due[key] > at:
-                    self._due[key] = at
-            self._cond.notify_all()
+        self.queue.add(keys, delay)
 
     def on_replica(self, event: Event) -> None:
         """The replica's listener: only enqueue."""
@@ -159,8 +159,7 @@ class Maintenance:
                          if p.name)
 
     def pending(self) -> dict[str, float]:
-        with self._cond:
-            return dict(self._due)
+        return self.queue.pending(KINDS)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -191,8 +190,7 @@ class Maintenance:
             self._leadership.stop()
 
     def _wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        self.queue.wake()
 
     def wait(self) -> None:
         while self._thread is not None and self._thread.is_alive():
@@ -206,9 +204,8 @@ class Maintenance:
             else None
         while not self._stop.is_set():
             if not self._lead():
-                with self._cond:
-                    self._due.clear()       # a holder elsewhere does it
-                    self._cond.wait(POLL)
+                self.queue.clear(DROPPED)   # a holder elsewhere does it
+                self.queue.wait(time.monotonic() + POLL)
                 continue
             now = time.monotonic()
             if self._heartbeat is not None and (now >= next_beat or
@@ -223,33 +220,38 @@ class Maintenance:
             if next_pass is not None and now >= next_pass:
                 next_pass = now + self._interval
                 self.enqueue([FULL])
-            with self._cond:
-                due = sorted((t, k) for k, t in self._due.items()
-                             if t <= now)
-                for _, key in due:
-                    del self._due[key]
-            keys = [k for _, k in due]
-            if FULL in keys and self._lead():
-                self._full_pass()
-                keys.remove(FULL)
-            ports = {k[len(PORT):] for k in keys if k.startswith(PORT)}
-            keys = [k for k in keys if not k.startswith(PORT)]
-            if ports and self._lead():
-                self._ports(ports)
-            for key in keys:
-                if self._stop.is_set():
-                    return
-                if not self._lead():
-                    break
-                self._network(key)
-            with self._cond:
-                wake = [next_poll if self._token is not None else now + 60]
-                if self._heartbeat is not None:
-                    wake.append(next_beat)
-                if next_pass is not None:
-                    wake.append(next_pass)
-                wake.extend(self._due.values())
-                self._cond.wait(max(0.0, min(wake) - time.monotonic()))
+            items = self.queue.take(KINDS)
+            try:
+                self._work(items)
+            finally:
+                for item in items:
+                    self.queue.done(item)
+            if self._stop.is_set() or self.queue.stopped:
+                return
+            wake = [next_poll if self._token is not None else now + 60]
+            if self._heartbeat is not None:
+                wake.append(next_beat)
+            if next_pass is not None:
+                wake.append(next_pass)
+            self.queue.wait(min(wake), KINDS)
+
+    def _work(self, items: list[workqueue.Item]) -> None:
+        """The due keys: everything first, then the ports together, then
+        the networks one by one (between two, this process may stop holding
+        the maintenance: the rest is dropped)."""
+        keys = [item.key for item in items]
+        if FULL in keys and self._lead():
+            self._full_pass()
+        ports = {item.key[len(PORT):]: item.data for item in items
+                 if item.key.startswith(PORT)}
+        if ports and self._lead():
+            self._ports(ports)
+        for key in keys:
+            if key == FULL or key.startswith(PORT):
+                continue
+            if self._stop.is_set() or not self._lead():
+                return
+            self._network(key)
 
     def _lead(self) -> bool:
         """Whether this process does the maintenance now; on a change,
@@ -265,11 +267,7 @@ class Maintenance:
             self._beat_soon = True
             self.enqueue([FULL])
         else:
-            with self._cond:
-                self._due.clear()
-                self._attempts.clear()
-                self._busy.clear()
-                self._port_nets.clear()
+            self.queue.clear(DROPPED)
             LOG.warning("vcenter maintenance: stopped here, the queue "
                         "dropped: another process holds the maintenance of "
                         "this vCenter or will take it over")
@@ -330,52 +328,58 @@ class Maintenance:
             LOG.debug("vcenter maintenance: Neutron changed %d port(s)",
                       len(changed))
             # Their networks, where the prints say (a port's never
-            # changes): read with their network's ports when it shares a
-            # filter (Reconciler.sync_ports).
+            # changes), go with their keys: read with their network's ports
+            # when it shares a filter (Reconciler.sync_ports).
             for i in changed:
                 net = getattr(prints.get(i, last.get(i)), "network_id", None)
-                if net:
-                    self._port_nets[i] = net
-            self.enqueue(PORT + i for i in changed)
+                self.queue.add([PORT + i], data=net)
 
-    def _ports(self, port_ids: set[str]) -> None:
+    def _ports(self, ports: dict[str, list]) -> None:
+        """Sync these ports (id -> what came with their keys: their
+        networks, where known) together."""
+        port_ids = set(ports)
+        network_of = {i: data[-1] for i, data in ports.items()
+                      if data and data[-1]}
         try:
             result = self._rec.sync_ports(
                 port_ids, self._source, self._port_source, wait=LOCK_WAIT,
-                network_of={i: self._port_nets[i] for i in port_ids
-                            if i in self._port_nets}, read_first=True)
+                network_of=network_of, read_first=True)
         except Exception as exc:  # noqa: BLE001 - keep the loop alive
             if not isinstance(exc, exceptions.VCenterError):
                 LOG.exception("vcenter maintenance: ports %s",
                               sorted(port_ids))
-            self._retry_all([PORT + i for i in sorted(port_ids)], exc)
+            self._retry_all([PORT + i for i in sorted(port_ids)], exc,
+                            network_of)
             return
         out = result.outcome
         again = {s.port_id for s, _ in out.failed} | \
             {s.port_id for s in out.stale}
         for port_id in again:
-            self._retry(PORT + port_id, "DV port not updated")
+            self._retry(PORT + port_id, "DV port not updated",
+                        network_of.get(port_id))
         for port_id in port_ids - again:
-            self._attempts.pop(PORT + port_id, None)
-            self._busy.pop(PORT + port_id, None)
-            self._port_nets.pop(port_id, None)
+            self.queue.forget(PORT + port_id)
 
-    def _retry_all(self, keys: list[str], exc: Exception) -> None:
+    def _retry_all(self, keys: list[str], exc: Exception,
+                   network_of: dict[str, str] | None = None) -> None:
         """Retry these keys after ``exc``: with backoff and a warning each,
         or -- another worker holding a lock they need -- every LOCK_WAIT
         seconds, one line for them all (a warning once they have been busy
         BUSY_WARN times in a row)."""
+        network_of = network_of or {}
         if not isinstance(exc, exceptions.LockBusy):
             for key in keys:
-                self._retry(key, str(exc))
+                self._retry(key, str(exc),
+                            network_of.get(key[len(PORT):]))
             return
-        counts = [self._busy.get(key, 0) + 1 for key in keys]
-        for key, n in zip(keys, counts):
-            self._busy[key] = n
-        log = LOG.warning if max(counts) == BUSY_WARN else LOG.debug
+        busiest = self.queue.busy(keys, LOCK_WAIT)
+        for key in keys:
+            net = network_of.get(key[len(PORT):])
+            if net:
+                self.queue.add([key], LOCK_WAIT, data=net)
+        log = LOG.warning if busiest == BUSY_WARN else LOG.debug
         log("vcenter maintenance: %d key(s) (%s): %s; retry in %.0fs",
             len(keys), self._name(keys[0]), exc, LOCK_WAIT)
-        self.enqueue(keys, LOCK_WAIT)
 
     @staticmethod
     def _name(key: str) -> str:
@@ -383,14 +387,10 @@ class Maintenance:
             f"port {key[len(PORT):]}" if key.startswith(PORT) else \
             f"network {key}"
 
-    def _retry(self, key: str, why: str) -> None:
-        n = self._attempts.get(key, 0)
-        self._attempts[key] = n + 1
-        first, factor, cap = BACKOFF
-        delay = min(cap, first * factor ** n)
+    def _retry(self, key: str, why: str, data: str | None = None) -> None:
+        delay = self.queue.retry(key, data)
         LOG.warning("vcenter maintenance: %s: %s; retry in %.0fs",
                     self._name(key), why, delay)
-        self.enqueue([key], delay)
 
     def _network(self, network_id: str) -> None:
         try:
@@ -422,8 +422,7 @@ class Maintenance:
                                   "of network %s", network_id)
                 self._retry_all([network_id], exc)
                 return
-        self._attempts.pop(network_id, None)
-        self._busy.pop(network_id, None)
+        self.queue.forget(network_id)
 
     def _full_pass(self) -> None:
         try:
@@ -434,7 +433,7 @@ class Maintenance:
             return
         if result is None:
             LOG.debug("vcenter maintenance: a full pass runs elsewhere")
-            self._attempts.pop(FULL, None)
+            self.queue.forget(FULL)
             return
         self.passes += 1
         self.last_pass = result
@@ -444,7 +443,7 @@ class Maintenance:
                  "%d deferred, %d conflicts, %d left to their API call",
                  len(result.networks), len(out.done), len(out.failed),
                  len(out.deferred), len(out.conflicts), len(result.skipped))
-        self._attempts.pop(FULL, None)
+        self.queue.forget(FULL)
         # Networks that failed are retried on their own, with backoff.
         for step, _ in out.failed + out.deferred:
             if step.network_id:

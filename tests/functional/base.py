@@ -21,9 +21,11 @@ networks, whose UUIDs keep the tests apart.  Assertions read the simulator with
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import tempfile
+import threading
 from unittest import mock
 
 from neutron.tests.unit.plugins.ml2 import test_plugin
@@ -104,6 +106,24 @@ class VCenterMl2TestCase(test_plugin.Ml2PluginV2TestCase):
         # for it (settled()).
         for backend in self.vcenter_driver.backends:
             backend.drain_delay = None
+        # With several vCenters, their backends' hook threads read Neutron
+        # at the same time, here over that one sqlite connection ("cannot
+        # rollback - no transaction is active"): one read at a time.  (A
+        # real server's database takes them concurrently: tests/e2e.)
+        if len(self.vcenter_driver.backends) > 1:
+            one_at_a_time = threading.Lock()
+
+            def serialized(fn):
+                @functools.wraps(fn)
+                def read(*args, **kwargs):
+                    with one_at_a_time:
+                        return fn(*args, **kwargs)
+                return read
+            for backend in self.vcenter_driver.backends:
+                backend.source = serialized(backend.source)
+                backend.port_source = serialized(backend.port_source)
+                rec = backend.reconciler
+                rec.network_ports = serialized(rec.network_ports)
 
     def settled(self):
         """Run the port syncs that API calls handed to the driver."""
