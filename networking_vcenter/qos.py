@@ -37,8 +37,10 @@ has no QoS resource in Neutron 29): the QoS plugin tells its drivers instead,
 after the commit, with ``update_policy`` (a rule created, changed or
 deleted; the policy changed) and ``delete_policy``.  This driver passes
 those on to the ``on_policy_change(context, policy_id)`` given to
-:func:`register` -- the mechanism driver's hook, which finds the affected
-ports with ``neutron_db.ports_referencing(qos_policy_ids=[policy_id])``.
+:func:`register` -- the mechanism driver's hook
+(:meth:`networking_vcenter.ml2.callbacks.NeutronEvents.qos_policy_changed`),
+which finds the affected ports with
+``neutron_db.ports_referencing(qos_policy_ids=[policy_id])``.
 A policy set on (or removed from) a port or a network is a port or network
 update, seen by the mechanism driver's own postcommit hooks.
 """

@@ -16,7 +16,9 @@ This module speaks ML2 and nothing else: it reaches into no session or
 replica.  A network change becomes "reconcile network N" for each vCenter
 backend (:class:`~networking_vcenter.backend.VCenterBackend`) that manages
 it, which reads N afresh from Neutron and vCenter from its live replica; a
-port change names the ports it touches and the backends sync them soon;
+port change names the ports it touches and the backends sync them soon
+(:mod:`~networking_vcenter.ml2.callbacks`, which also hears the security
+group, rule, address group, QoS and segment changes ML2 does not carry);
 ``bind_port`` answers for the nova-compute hosts of ``compute_hosts`` with
 ``vif_type = dvs``, through the backend of the host.  What the API user
 sees:
@@ -42,7 +44,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import functools
 import threading
 import time
 from typing import Any
@@ -59,7 +60,7 @@ from networking_vcenter import backend as backend_mod
 from networking_vcenter import conf
 from networking_vcenter.constants import VIF_TYPE_DVS
 from networking_vcenter import exceptions
-from networking_vcenter import neutron_api
+from networking_vcenter.ml2 import callbacks
 from networking_vcenter import neutron_db
 from networking_vcenter import qos
 from networking_vcenter import trunk as trunk_mod
@@ -69,18 +70,6 @@ from networking_vcenter.reconcile import worker as worker_mod
 from networking_vcenter.reconcile.reconciler import Pass
 
 LOG = logging.getLogger(__name__)
-
-
-def _membership(port: dict | None) -> tuple:
-    """What a port contributes to remote security groups naming its
-    groups: its groups and addresses."""
-    if port is None:
-        return ()
-    return (tuple(sorted(port.get("security_groups") or ())),
-            tuple(sorted(ip.get("ip_address", "")
-                         for ip in port.get("fixed_ips") or ())),
-            tuple(sorted(str(p.get("ip_address"))
-                         for p in port.get("allowed_address_pairs") or ())))
 
 
 # Ports created whose sync waits for their binding, remembered at most.
@@ -110,14 +99,16 @@ class VCenterMechanismDriver(api.MechanismDriver):
                          for physnet, switch in s.switch_mappings.items()}
         self._lock = threading.Lock()
         self._binds: dict[str, float] = {}   # port id -> binding deadline
-        self._sg_deleting: dict[str, set[str]] = {}
         # Ports created on our hosts whose sync waits for their binding.
         self._created: collections.OrderedDict[str, None] = \
             collections.OrderedDict()
         self._start_backends()
-        qos.register(self._on_qos_policy)
+        self._events = callbacks.NeutronEvents(
+            self.backends, self.settings, self.mappings,
+            self.filter_hosts_with_segment_access)
+        qos.register(self._events.qos_policy_changed)
         trunk_mod.register(self)
-        self._subscribe()
+        self._events.subscribe()
 
     def _start_backends(self) -> None:
         """Every vCenter at once: each waits for its own no longer than one
@@ -131,7 +122,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 b.close()
             raise
 
-    # -- routing ---------------------------------------------------------------
+    # -- routing -------------------------------------------------------------
 
     def _backend_of(self, host: str | None
                     ) -> backend_mod.VCenterBackend | None:
@@ -217,9 +208,8 @@ class VCenterMechanismDriver(api.MechanismDriver):
         before = getattr(context, "original", None) or {}
         if context.current.get("qos_policy_id") != \
                 before.get("qos_policy_id"):
-            self._ports_changed(set(), functools.partial(
-                neutron_db.ports_referencing,
-                network_ids=[context.current["id"]]))
+            self._events.referencing_changed(
+                network_ids=[context.current["id"]])
 
     def delete_network_postcommit(self, context: api.NetworkContext) -> None:
         self._sync(context, refuse=False)
@@ -240,13 +230,13 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 reason=f"vCenter cannot hold network {network_id}: "
                        + "; ".join(problems))
 
-    # -- ports ----------------------------------------------------------------
+    # -- ports ---------------------------------------------------------------
     #
-    # A port's DV port follows the port (bound, updated, unbound, deleted)
-    # and everything its policy depends on (security groups and rules,
-    # address groups, QoS policies, the members of remote groups): each
-    # change names the ports it touches, and the backends sync them soon
-    # (the API call never waits for it).
+    # A port's DV port follows the port and everything its policy depends
+    # on: each change names the ports it touches, and the backends sync them
+    # soon (the API call never waits for it).  Which ports a change touches:
+    # :mod:`networking_vcenter.ml2.callbacks`, which also hears the security
+    # group, rule, address group and QoS policy changes ML2 does not carry.
 
     def create_port_postcommit(self, context: api.PortContext) -> None:
         port = context.current
@@ -265,7 +255,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 while len(self._created) > CREATED_KEPT:
                     self._created.popitem(last=False)
             return
-        self._port_changed(port, None)
+        self._events.port_changed(port, None)
 
     def update_port_postcommit(self, context: api.PortContext) -> None:
         port = context.current
@@ -275,142 +265,12 @@ class VCenterMechanismDriver(api.MechanismDriver):
                 # Its creation's sync was left to this, its binding.
                 joined = port["id"] in self._created
                 self._created.pop(port["id"], None)
-        self._port_changed(port, context.original, joined)
+        self._events.port_changed(port, context.original, joined)
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:
         with self._lock:
             self._created.pop(context.current["id"], None)
-        self._port_changed(None, context.current)
-
-    def _port_changed(self, port: dict | None, before: dict | None,
-                      joined: bool = False) -> None:
-        """``joined``: the port is new to the ports naming its groups as
-        remote group (its creation's sync was left to its binding)."""
-        ids: set[str] = set()
-        groups: set[str] = set()
-        std_nets: set[str] = set()
-        network_of: dict[str, str] = {}
-        for p in (port, before):
-            if p is None:
-                continue
-            if self._backend_of(p.get(portbindings.HOST_ID)) is not None:
-                ids.add(p["id"])
-                network_of[p["id"]] = p["network_id"]
-                if self.settings.shared_security_filter and port is None:
-                    # Its port group's shared filter follows its ports: a
-                    # port deleted is no longer read with them, so its
-                    # network is named (the others' come with their ports).
-                    std_nets.add(p["network_id"])
-                if p.get(portbindings.VIF_TYPE) == VIF_TYPE_DVS and \
-                        "dvs_id" not in (p.get(portbindings.VIF_DETAILS)
-                                         or {}):
-                    # On a standard vSwitch: its port group's security
-                    # follows its ports.
-                    std_nets.add(p["network_id"])
-            groups.update(p.get("security_groups") or ())
-        if (joined or _membership(port) != _membership(before)) and groups:
-            # Its addresses are in the rules of ports that name one of its
-            # groups as remote group.
-            ids_of = functools.partial(neutron_db.ports_referencing,
-                                       security_group_ids=groups)
-            self._ports_changed(ids, ids_of, std_nets, network_of)
-        elif ids:
-            self._ports_changed(ids, networks=std_nets,
-                                network_of=network_of)
-
-    def _ports_changed(self, ids: set[str], ids_of=None,
-                       networks: set[str] = frozenset(),
-                       network_of: dict[str, str] | None = None) -> None:
-        """Every backend syncs those of these ports on its hosts (the
-        port sources read only theirs)."""
-        for b in self.backends:
-            b.ports_changed(ids, ids_of, networks, network_of)
-
-    def _subscribe(self) -> None:
-        """Security group, rule and address group changes: the ports whose
-        DV port they change, found in the hook thread (QoS policies tell
-        their driver, :mod:`networking_vcenter.qos`, instead)."""
-        from neutron_lib.callbacks import events
-        from neutron_lib.callbacks import registry
-        from neutron_lib.callbacks import resources
-        for resource, event, query in (
-                (resources.SECURITY_GROUP_RULE, events.AFTER_CREATE,
-                 lambda p: {"security_group_ids": [
-                     p.latest_state["security_group_id"]]}),
-                (resources.SECURITY_GROUP_RULE, events.AFTER_DELETE,
-                 lambda p: {"security_group_ids": [
-                     p.metadata["security_group_id"]]}),
-                (resources.SECURITY_GROUP, events.AFTER_UPDATE,
-                 lambda p: {"security_group_ids": [p.resource_id]}),
-                (resources.ADDRESS_GROUP, events.AFTER_UPDATE,
-                 lambda p: {"address_group_ids": [p.resource_id]})):
-            registry.subscribe(functools.partial(self._on_policy, query),
-                               resource, event)
-        # Deleting a group deletes the rules of other groups that name it
-        # as remote group, with no rule event: find their ports before.
-        registry.subscribe(self._before_sg_delete, resources.SECURITY_GROUP,
-                           events.BEFORE_DELETE)
-        registry.subscribe(self._after_sg_delete, resources.SECURITY_GROUP,
-                           events.AFTER_DELETE)
-        registry.subscribe(self._on_segment_create, resources.SEGMENT,
-                           events.PRECOMMIT_CREATE)
-
-    def _on_segment_create(self, resource, event, trigger, payload=None):
-        """A new VLAN/flat segment is mapped to the compute hosts it
-        reaches in the same transaction, from memory (the heartbeat keeps
-        the mappings right afterwards)."""
-        segment = payload.latest_state
-        as_dict = {"network_type": segment.network_type,
-                   "physical_network": segment.physical_network}
-        if not desired_mod.is_mapped(as_dict, self.mappings):
-            return
-        try:
-            hosts = self.filter_hosts_with_segment_access(
-                payload.context, [as_dict],
-                {h for b in self.backends for h in b.settings.compute_hosts},
-                None)
-        except Exception:  # noqa: BLE001 - never fail the network create
-            LOG.exception("segment %s: compute hosts not mapped now; the "
-                          "maintenance worker will map them", segment.id)
-            return
-        if hosts:
-            neutron_api.map_segment_to_hosts(payload.context, segment.id,
-                                             sorted(hosts))
-
-    def _before_sg_delete(self, resource, event, trigger, payload=None):
-        try:
-            ids = neutron_db.ports_referencing(
-                security_group_ids=[payload.resource_id])
-        except Exception:  # noqa: BLE001 - never fail the API call
-            LOG.exception("vcenter: ports referring to security group %s "
-                          "not found; the maintenance worker will find them",
-                          getattr(payload, "resource_id", "?"))
-            return
-        if ids:
-            with self._lock:
-                self._sg_deleting[payload.resource_id] = ids
-
-    def _after_sg_delete(self, resource, event, trigger, payload=None):
-        with self._lock:
-            ids = self._sg_deleting.pop(getattr(payload, "resource_id", None),
-                                        None)
-        if ids:
-            self._ports_changed(set(ids), network_of=ids)
-
-    def _on_policy(self, query, resource, event, trigger, payload=None):
-        try:
-            which = query(payload)
-        except (AttributeError, KeyError, TypeError):
-            LOG.warning("vcenter: %s %s without the id it needs; the "
-                        "maintenance worker will find its ports", resource,
-                        event)
-            return
-        self._ports_changed(set(), functools.partial(
-            neutron_db.ports_referencing, **which))
-
-    def _on_qos_policy(self, context, policy_id: str) -> None:
-        self._ports_changed(set(), functools.partial(
-            neutron_db.ports_referencing, qos_policy_ids=[policy_id]))
+        self._events.port_changed(None, context.current)
 
     def check_vlan_transparency(self, context: api.NetworkContext
                                 ) -> bool | None:
@@ -465,9 +325,9 @@ class VCenterMechanismDriver(api.MechanismDriver):
         return kinds
 
     def trunk_changed(self, port_ids: set[str]) -> None:
-        self._ports_changed(set(port_ids))
+        self._events.ports_changed(set(port_ids))
 
-    # -- host filtering (ML2's and the DHCP scheduler's) ------------------------
+    # -- host filtering (ML2's and the DHCP scheduler's) ---------------------
 
     def filter_hosts_with_segment_access(self, context, segments,
                                          candidate_hosts, agent_getter):
@@ -481,7 +341,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
                                 for seg in segments))
         return hosts
 
-    # -- port binding ----------------------------------------------------------
+    # -- port binding --------------------------------------------------------
 
     def bind_port(self, context: api.PortContext) -> None:
         host = context.host
@@ -583,7 +443,7 @@ class VCenterMechanismDriver(api.MechanismDriver):
                     del self._binds[port]
             return self._binds.setdefault(port_id, now + budget)
 
-    # -- full pass (tests, tools) -------------------------------------------------
+    # -- full pass (tests, tools) --------------------------------------------
 
     def resync(self, grace: float | None = None) -> Pass | None:
         """One full pass over every Neutron network now in the first
