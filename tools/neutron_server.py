@@ -383,6 +383,7 @@ class NeutronServer:
                  port: int = 0, workers: int = 1,
                  extra_ml2_opts: dict[str, object] | None = None,
                  vcenter_sections: dict[str, dict[str, object]] | None = None,
+                 neutron_opts: dict[str, object] | None = None,
                  timeout: float = 120.0, stop_grace: float = 10.0,
                  quiet: bool = False,
                  backend_of: NeutronServer | None = None):
@@ -413,6 +414,8 @@ class NeutronServer:
         # (with extra_ml2_opts' "vcenters" naming them).
         self.vcenter_sections = {name: dict(opts) for name, opts in
                                  (vcenter_sections or {}).items()}
+        # More of neutron.conf's [DEFAULT] (e.g. agent_down_time).
+        self.neutron_opts = dict(neutron_opts or {})
         for opts in self.vcenter_sections.values():
             if opts.get("host_password"):
                 self._secrets.add(str(opts["host_password"]))
@@ -581,6 +584,7 @@ class NeutronServer:
                 # neutron-rpc-server (real mode): one worker of each kind.
                 "rpc_workers": 1,
                 "rpc_state_report_workers": 1,
+                **self.neutron_opts,
             },
             "database": {"connection": connection},
             "oslo_concurrency": {"lock_path": self.path("data", "lock")},

@@ -205,7 +205,7 @@ class Maintenance:
         while not self._stop.is_set():
             if not self._lead():
                 self.queue.clear(DROPPED)   # a holder elsewhere does it
-                self.queue.wait(time.monotonic() + POLL)
+                self.queue.wait(time.monotonic() + POLL, KINDS)
                 continue
             now = time.monotonic()
             if self._heartbeat is not None and (now >= next_beat or

@@ -16,7 +16,12 @@ CLI: the session's simulator is site-a, a second one (reached through
 site-a only.  A physnet1 network has a port group in each; a port bound on
 a host of each vCenter has its DV port, with its filter, in that vCenter
 only; each vCenter has its agent row; site-b black-holed, site-a's network
-calls and bindings keep their usual times."""
+calls and bindings keep their usual times, and site-b's agent row turns down
+in the agents API while site-a's stays alive.
+
+The server runs with ``agent_down_time`` 9 s (Neutron's default is 75 s):
+the heartbeat is a third of it, so the row's turning down is seen in
+seconds; everything else is at its default."""
 
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ pytestmark = pytest.mark.e2e
 HOST_A = "vc-compute-1"
 HOST_B = "vc-compute-b"
 AGENT_TYPE = "vCenter backend"
+AGENT_DOWN_TIME = 9
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +70,7 @@ def two(vcsim, site_b):
         vcenter_password=vcsim.password,
         switch_mappings=conftest.SWITCH_MAPPINGS, compute_hosts="",
         port=neutron_server.free_port(), quiet=True,
+        neutron_opts={"agent_down_time": AGENT_DOWN_TIME},
         extra_ml2_opts={"vcenters": "site-a,site-b",
                         "deployment_name": "e2e-vcenters"},
         vcenter_sections={
@@ -180,3 +187,39 @@ def test_site_b_black_holed_changes_nothing_for_site_a(two, vsphere, site_b):
           f"{port_before:.2f}s / {port_after:.2f}s")
     # Far from the api_call_budget (20 s) that waiting on site-b costs.
     assert net_after < net_before + 2 and port_after < port_before + 2
+
+
+def test_site_b_row_turns_down_site_a_row_stays_alive(two, site_b):
+    """site-b black-holed (since the test above): its replica hears nothing
+    for a long poll, its maintenance worker stops heartbeating, and the
+    agents API shows its row down ``agent_down_time`` later -- site-a's row
+    alive at every look.  The black hole ended, site-b's row comes back."""
+    from networking_vcenter.vsphere import replica
+    _, api = two
+    _, proxy, _ = site_b
+    proxy.mode = "drop"
+
+    def alive() -> dict[str, bool]:
+        status, out = api.http("GET", "/v2.0/agents?agent_type=vCenter%20"
+                                      "backend")
+        assert status == 200, out
+        return {a["host"].split("@", 1)[1]: a["alive"]
+                for a in out["agents"]}
+
+    t0 = time.monotonic()
+    seen = [alive()]
+    # Noticed within a long poll (plus its margin), then agent_down_time.
+    end = time.monotonic() + replica.LONG_POLL + 5 + 3 * AGENT_DOWN_TIME
+    while seen[-1].get("site-b") and time.monotonic() < end:
+        time.sleep(1)
+        seen.append(alive())
+    assert seen[-1] == {"site-a": True, "site-b": False}, seen[-1]
+    assert all(s["site-a"] for s in seen), seen
+    down = time.monotonic() - t0
+    proxy.mode = "pass"
+    assert neutron_server.wait_for(lambda: alive()["site-b"], 120), \
+        "site-b's row not alive again after the black hole"
+    assert alive()["site-a"]
+    print(f"\nsite-b's row down {down:.1f}s into this test ({len(seen)} "
+          f"looks, site-a alive at each), alive again "
+          f"{time.monotonic() - t0 - down:.1f}s after the black hole ended")
