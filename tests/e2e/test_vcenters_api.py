@@ -33,7 +33,9 @@ import time
 import pytest
 from pyVmomi import vim
 
+from networking_vcenter.reconcile import portsettings
 from tests.e2e import conftest
+from tests.e2e import nova_client
 from tests.fixtures.vcsim import Vcsim
 from tests.fixtures.vsphere_reader import Reader
 from tests.fixtures.vsphere_reader import dv_port_rules
@@ -48,11 +50,15 @@ HOST_A = "vc-compute-1"
 HOST_B = "vc-compute-b"
 AGENT_TYPE = "vCenter backend"
 AGENT_DOWN_TIME = 9
+CLUSTER = "DC0_C0"
+VM = "DC0_C0_RP0_VM0"
 
 
 @pytest.fixture(scope="module")
-def site_b():
-    sim = Vcsim(extra_args=("-extra-vswitch", "vSwitch1")).start()
+def site_b(wsdl_dir):
+    # A VM for Nova's own code to attach a NIC to, as at site-a.
+    sim = Vcsim(vms=1, wsdl_dir=wsdl_dir,
+                extra_args=("-extra-vswitch", "vSwitch1")).start()
     proxy = faultproxy.FaultProxy(sim.host, sim.port).start()
     reader = Reader(sim.connect())
     yield sim, proxy, reader
@@ -161,6 +167,85 @@ def test_each_vcenter_gets_its_share(two, vsphere, site_b):
     for reader in (vsphere, vsphere_b):
         assert reader.dv_portgroups(name) == []
     delete(api, "security_group", sg["id"])
+
+
+def test_trunk_qos_and_status_in_site_b(two, vsphere, site_b):
+    """A trunk parent with a QoS policy bound on site-b's host: its DV port
+    in site-b carries the trunk's VLANs and the shaping; Nova's own code
+    attaches it there, on site-b's simulator; the port and the trunk turn
+    ACTIVE.  Nothing of it in site-a."""
+    _, api = two
+    sim_b, _, vsphere_b = site_b
+    nets = {vlan: vlan_network(api, "physnet1", vlan) for vlan in (176, 177)}
+    status, out = api.http("POST", "/v2.0/qos/policies",
+                           {"policy": {"name": "e2e-two-vcenters-slow"}})
+    assert status == 201, out
+    policy = out["policy"]
+    status, out = api.http(
+        "POST", f"/v2.0/qos/policies/{policy['id']}/bandwidth_limit_rules",
+        {"bandwidth_limit_rule": {"max_kbps": 3000, "max_burst_kbps": 600,
+                                  "direction": "egress"}})
+    assert status == 201, out
+    parent = post(api, "port", {"network_id": nets[176]["id"],
+                                "qos_policy_id": policy["id"]})
+    sub = post(api, "port", {"network_id": nets[177]["id"]})
+    trunk = post(api, "trunk", {"port_id": parent["id"], "sub_ports": [{
+        "port_id": sub["id"], "segmentation_type": "vlan",
+        "segmentation_id": 177}]})
+    vcenter = nova_client.vcenter_from_url(sim_b.url)
+    attached = False
+    try:
+        status, out = api.http("PUT", f"/v2.0/ports/{parent['id']}", {
+            "port": {"binding:host_id": HOST_B}})
+        assert status == 200, out
+        parent = out["port"]
+        assert parent["binding:vif_type"] == "dvs", parent
+        details = parent["binding:vif_details"]
+        assert details["dvs_id"] == vsphere_b.dvs("DVS0").uuid
+        assert not named(vsphere, parent["id"])
+
+        def carried():
+            return vsphere_b.dv_port_vlan("DVS0", details["dvs_port_key"])
+        assert neutron_server.wait_for(
+            lambda: carried() == (("trunk", [(176, 177)]), False), 15), \
+            carried()
+
+        def shaping():
+            (dvp,) = named(vsphere_b, parent["id"])
+            setting = dvp.config.setting
+            s = setting.inShapingPolicy \
+                if portsettings.FROM_VM == "incomingPackets" \
+                else setting.outShapingPolicy
+            return s if s.enabled and s.enabled.value else None
+        assert neutron_server.wait_for(shaping, 15), "no shaping in site-b"
+        assert shaping().averageBandwidth.value == 3000 * 1000  # bit/s
+
+        nic = nova_client.attach(vcenter, CLUSTER, VM, parent,
+                                 nets[176])["nic"]
+        attached = True
+        assert (nic["portgroupKey"], nic["portKey"]) == \
+            (details["pg_id"], details["dvs_port_key"])
+
+        def status_of(what, obj_id):
+            code, body = api.http("GET", f"/v2.0/{what}s/{obj_id}")
+            assert code == 200, body
+            return body[what]["status"]
+        assert neutron_server.wait_for(
+            lambda: status_of("port", parent["id"]) == "ACTIVE", 30), \
+            status_of("port", parent["id"])
+        assert neutron_server.wait_for(
+            lambda: status_of("trunk", trunk["id"]) == "ACTIVE", 30), \
+            status_of("trunk", trunk["id"])
+    finally:
+        if attached:
+            nova_client.detach(vcenter, CLUSTER, VM, parent)
+        delete(api, "trunk", trunk["id"])
+        for port in (parent, sub):
+            delete(api, "port", port["id"])
+        for net in nets.values():
+            delete(api, "network", net["id"])
+        status, _ = api.http("DELETE", f"/v2.0/qos/policies/{policy['id']}")
+        assert status == 204
 
 
 def test_site_b_black_holed_changes_nothing_for_site_a(two, vsphere, site_b):
