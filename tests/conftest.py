@@ -31,7 +31,11 @@ Tests marked ``serial`` (those asserting wall-clock bounds of a second or
 so) run with no test of another worker running: every other test holds a
 shared lock while it runs (set-up and tear-down included), a ``serial``
 test's call holds it exclusively (a turnstile first, so that the workers'
-shared locks cannot starve it).  Their bounds stay as they are.
+shared locks cannot starve it), and keeps it while the next test of its
+worker is ``serial`` too: otherwise the other worker starts a test between
+two serial ones, and each serial test waits for one of the other worker's
+to end (a 2-second test took 30 s so, the serial worker idle).  Their
+bounds stay as they are.
 """
 
 from __future__ import annotations
@@ -41,10 +45,12 @@ import fcntl
 import os
 import shutil
 import tempfile
+import time
 
 import pytest
 
 RUN_DIR_ENV = "NVC_TEST_RUN_DIR"
+GATE_TIMES = "serial.times"
 # The machine's temporary directory, for what must stay shared between the
 # workers (tests/e2e/nova_client.py's build locks).
 SHARED_TMPDIR_ENV = "NVC_SHARED_TMPDIR"
@@ -82,13 +88,38 @@ def pytest_sessionfinish(session, exitstatus):
     run_dir = getattr(session.config, "_nvc_run_dir", None)
     if run_dir is None:
         return
+    session.config._nvc_gate = _gate_times(run_dir)
     if exitstatus == 0 and not os.environ.get("E2E_KEEP_LOGS"):
         shutil.rmtree(run_dir, ignore_errors=True)
     else:
         session.config._nvc_kept = run_dir
 
 
+def _gate_times(run_dir: str) -> dict[str, tuple[int, float]]:
+    """What the serial gate cost: kind -> (times, seconds)."""
+    totals: dict[str, tuple[int, float]] = {}
+    try:
+        with open(os.path.join(run_dir, GATE_TIMES)) as f:
+            for line in f:
+                what, secs = line.split()
+                n, total = totals.get(what, (0, 0.0))
+                totals[what] = (n + 1, total + float(secs))
+    except (OSError, ValueError):
+        pass
+    return totals
+
+
 def pytest_terminal_summary(terminalreporter, config):
+    gate = getattr(config, "_nvc_gate", None)
+    if gate:
+        (held_n, held), (_, waited) = gate.get("exclusive-held", (0, 0.0)), \
+            gate.get("exclusive-wait", (0, 0.0))
+        others = gate.get("shared-wait", (0, 0.0))[1]
+        terminalreporter.write_line(
+            f"serial tests: the other worker held off {held:.0f}s "
+            f"({held_n} time(s)); serial tests waited {waited:.0f}s for the "
+            f"other worker's test to end, other tests {others:.0f}s for "
+            f"serial ones (a worker idle meanwhile)")
     kept = getattr(config, "_nvc_kept", None)
     if kept:
         terminalreporter.write_line(
@@ -146,30 +177,54 @@ class _Gate:
     def __init__(self, run_dir: str):
         self._turnstile = open(os.path.join(run_dir, "serial.turnstile"), "a")
         self._rw = open(os.path.join(run_dir, "serial.lock"), "a")
+        self._times = os.path.join(run_dir, GATE_TIMES)
+        self._since = 0.0
+
+    def _note(self, what: str, since: float) -> None:
+        """Seconds spent, for the run's summary (one line, appended)."""
+        with open(self._times, "a") as f:
+            f.write(f"{what} {time.monotonic() - since:.3f}\n")
 
     @contextlib.contextmanager
     def shared(self):
+        t0 = time.monotonic()
         fcntl.flock(self._turnstile, fcntl.LOCK_EX)
         try:
             fcntl.flock(self._rw, fcntl.LOCK_SH)
         finally:
             fcntl.flock(self._turnstile, fcntl.LOCK_UN)
+        self._note("shared-wait", t0)
         try:
             yield
         finally:
             fcntl.flock(self._rw, fcntl.LOCK_UN)
 
-    @contextlib.contextmanager
-    def exclusive(self):
+    def take(self) -> None:
+        """Exclusively, until :meth:`leave` (again: no-op)."""
+        if self.held:
+            return
+        t0 = time.monotonic()
         fcntl.flock(self._turnstile, fcntl.LOCK_EX)
         try:
             fcntl.flock(self._rw, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._rw, fcntl.LOCK_UN)
+        except BaseException:
+            fcntl.flock(self._turnstile, fcntl.LOCK_UN)
+            raise
+        self._note("exclusive-wait", t0)
+        self._since = time.monotonic()
+        self.held = True
+
+    def leave(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        self._note("exclusive-held", self._since)
+        try:
+            fcntl.flock(self._rw, fcntl.LOCK_UN)
         finally:
             fcntl.flock(self._turnstile, fcntl.LOCK_UN)
+
+    held = False
 
 
 _gate = None
@@ -185,9 +240,15 @@ def _the_gate():
     return _gate
 
 
+_next_is_serial = False
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
+    global _next_is_serial
     gate = _the_gate()
+    _next_is_serial = nextitem is not None and \
+        nextitem.get_closest_marker("serial") is not None
     if gate is None or item.get_closest_marker("serial"):
         yield
         return
@@ -201,5 +262,9 @@ def pytest_runtest_call(item):
     if gate is None or not item.get_closest_marker("serial"):
         yield
         return
-    with gate.exclusive():
+    gate.take()
+    try:
         yield
+    finally:
+        if not _next_is_serial:
+            gate.leave()
