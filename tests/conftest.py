@@ -32,10 +32,12 @@ so) run with no test of another worker running: every other test holds a
 shared lock while it runs (set-up and tear-down included), a ``serial``
 test's call holds it exclusively (a turnstile first, so that the workers'
 shared locks cannot starve it), and keeps it while the next test of its
-worker is ``serial`` too: otherwise the other worker starts a test between
-two serial ones, and each serial test waits for one of the other worker's
-to end (a 2-second test took 30 s so, the serial worker idle).  Their
-bounds stay as they are.
+worker is ``serial`` too, so that a serial module runs in one go rather
+than test by test in turn with the other worker's.  Their bounds stay as
+they are.  The run's summary says what the gate cost: how long serial tests
+held the other worker off, and the waits on each side (measured: ~150 s
+held either way, the serial modules being handed out first to both
+workers).
 """
 
 from __future__ import annotations

@@ -171,6 +171,13 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def listeners(port: int) -> set[int]:
+    """PIDs of the processes listening on TCP ``port``."""
+    return {c.pid for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and
+            c.laddr.port == port and c.pid is not None}
+
+
 # Loopback checks never go through a proxy of the caller's environment.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -1104,8 +1111,12 @@ class NeutronServer:
                 stop(p)
         left = {p.name: [m.pid for m in p.members()] for p in self.procs}
         left = {n: pids for n, pids in left.items() if pids}
+        # A port still served by one of ours (by PID: once free, the port
+        # may be another server's of a parallel test run already, or a
+        # connect may meet itself on it).
+        ours = {pid for p in self.procs for pid in p.seen}
         ports = {n: port for n, port in self.state.get("ports", {}).items()
-                 if port_open(port)}
+                 if port_open(port) and listeners(port) & ours}
         if left or ports:
             problems.append("still running after stop: " + ", ".join(
                 [f"{n} (pids {' '.join(map(str, pids))})"
