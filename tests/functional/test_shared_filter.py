@@ -221,6 +221,18 @@ class TestSharedFilter(PortsTestCase):
         self.assertTrue(
             self.group(members[0]).config.defaultPortConfig.blocked.value)
 
+    def replica_shows(self, group) -> None:
+        """Wait until the driver's replica shows ``group`` (a port group
+        as vCenter answers it now) at its current configVersion: an edit of
+        its defaults changes no plan, so replica_caught_up does not wait
+        for it."""
+        key, version = group.key, str(group.config.configVersion)
+        rec = self.vcenter_driver.backend.reconciler
+        self.assertTrue(rec.replica.wait_until(lambda inv: any(
+            g.key == key and str(g.config_version) == version
+            for g in inv.dvs_portgroups), 15),
+            f"the replica does not show {key} at configVersion {version}")
+
     def test_a_grow_of_ours_is_not_taken_for_a_hand_edit(self):
         """A port group of ours grown (a write of ours that leaves its
         defaults alone) names its digest again on the configVersion it was
@@ -253,7 +265,7 @@ class TestSharedFilter(PortsTestCase):
                 defaultPortConfig=vim.dvs.VmwareDistributedVirtualSwitch
                 .VmwarePortConfigPolicy(
                     blocked=vim.BoolPolicy(inherited=False, value=False)))))
-        self.replica_caught_up()
+        self.replica_shows(self.group(member))
         self.assertTrue(rec.defaults_suspect(net["id"]))
 
     def test_a_hand_edit_right_behind_a_write_made_elsewhere_is_undone(
@@ -293,8 +305,7 @@ class TestSharedFilter(PortsTestCase):
             return pg
 
         # A write of ours elsewhere, alone: taken for ours, nothing read.
-        elsewhere()
-        self.replica_caught_up()
+        self.replica_shows(elsewhere())
         self.assertFalse(rec.defaults_suspect(net["id"]),
                          "a write made elsewhere was doubted")
 
@@ -308,7 +319,7 @@ class TestSharedFilter(PortsTestCase):
                     blocked=vim.BoolPolicy(inherited=False, value=False)))))
         self.assertFalse(self.group(members[0]).config.defaultPortConfig
                          .blocked.value)
-        self.replica_caught_up()
+        self.replica_shows(self.group(members[0]))
         self.assertTrue(rec.defaults_suspect(net["id"]),
                         "an edit right behind a write made elsewhere was "
                         "taken for ours")
