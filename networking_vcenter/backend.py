@@ -49,7 +49,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
-import itertools
 import math
 import os
 import threading
@@ -129,7 +128,6 @@ class VCenterBackend:
             backoffs={"bind": workqueue.Backoff(REBIND_BACKOFF, 2.0,
                                                 REBIND_BACKOFF_MAX)},
             default=workqueue.Backoff(*worker_mod.BACKOFF))
-        self._queries = itertools.count(1)
         for n in range(HOOK_THREADS):
             threading.Thread(target=self._serve, daemon=True,
                              name=f"vcenter-hook-{n}").start()
@@ -462,11 +460,7 @@ class VCenterBackend:
                 queue.wait(kinds=HOOK_KINDS)
                 continue
             if workqueue.kind_of(items[0].key) == "sync":
-                try:
-                    self._sync_ports(items)
-                finally:
-                    for item in items:
-                        queue.done(item)
+                self._sync_ports(items)
                 continue
             (item,) = items
             try:
@@ -492,14 +486,14 @@ class VCenterBackend:
         # writes can make them time out); drain_delay None: when drain()
         # is called.
         delay = math.inf if self.drain_delay is None else self.drain_delay
-        for port_id in ids:
-            self.queue.add([f"sync:port:{port_id}"], delay,
-                           (network_of.get(port_id), request))
-        for network_id in networks:
-            self.queue.add([f"sync:net:{network_id}"], delay, (None, request))
+        pairs = [(f"sync:port:{port_id}", (network_of.get(port_id), request))
+                 for port_id in ids]
+        pairs += [(f"sync:net:{network_id}", (None, request))
+                  for network_id in networks]
         if ids_of is not None:
-            self.queue.add([f"sync:query:{next(self._queries)}"], delay,
-                           (ids_of, request))
+            pairs.append((self.queue.new_key("sync:query:"),
+                          (ids_of, request)))
+        self.queue.add_each(pairs, delay)
 
     def drain(self) -> None:
         """Sync the ports handed over, due or not, here and now."""
@@ -507,13 +501,18 @@ class VCenterBackend:
             items = self.queue.take({"sync"}, due_only=False)
             if not items:
                 return
-            try:
-                self._sync_ports(items)
-            finally:
-                for item in items:
-                    self.queue.done(item)
+            self._sync_ports(items)
 
     def _sync_ports(self, items: list[workqueue.Item]) -> None:
+        """Sync the ports of these ``sync:`` keys together; they are done
+        after, whatever happens."""
+        try:
+            self._sync_port_keys(items)
+        finally:
+            for item in items:
+                self.queue.done(item)
+
+    def _sync_port_keys(self, items: list[workqueue.Item]) -> None:
         ids: set[str] = set()
         nets: set[str] = set()
         network_of: dict[str, str] = {}

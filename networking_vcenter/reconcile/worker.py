@@ -330,9 +330,9 @@ class Maintenance:
             # Their networks, where the prints say (a port's never
             # changes), go with their keys: read with their network's ports
             # when it shares a filter (Reconciler.sync_ports).
-            for i in changed:
-                net = getattr(prints.get(i, last.get(i)), "network_id", None)
-                self.queue.add([PORT + i], data=net)
+            self.queue.add_each((PORT + i, getattr(
+                prints.get(i, last.get(i)), "network_id", None))
+                for i in changed)
 
     def _ports(self, ports: dict[str, list]) -> None:
         """Sync these ports (id -> what came with their keys: their
@@ -349,7 +349,7 @@ class Maintenance:
                 LOG.exception("vcenter maintenance: ports %s",
                               sorted(port_ids))
             self._retry_all([PORT + i for i in sorted(port_ids)], exc,
-                            network_of)
+                            {PORT + i: n for i, n in network_of.items()})
             return
         out = result.outcome
         again = {s.port_id for s, _ in out.failed} | \
@@ -361,22 +361,18 @@ class Maintenance:
             self.queue.forget(PORT + port_id)
 
     def _retry_all(self, keys: list[str], exc: Exception,
-                   network_of: dict[str, str] | None = None) -> None:
-        """Retry these keys after ``exc``: with backoff and a warning each,
-        or -- another worker holding a lock they need -- every LOCK_WAIT
-        seconds, one line for them all (a warning once they have been busy
-        BUSY_WARN times in a row)."""
-        network_of = network_of or {}
+                   data: dict[str, str] | None = None) -> None:
+        """Retry these keys (each with ``data[key]``, where given: a port's
+        network) after ``exc``: with backoff and a warning each, or --
+        another worker holding a lock they need -- every LOCK_WAIT seconds,
+        one line for them all (a warning once they have been busy BUSY_WARN
+        times in a row)."""
+        data = data or {}
         if not isinstance(exc, exceptions.LockBusy):
             for key in keys:
-                self._retry(key, str(exc),
-                            network_of.get(key[len(PORT):]))
+                self._retry(key, str(exc), data.get(key))
             return
-        busiest = self.queue.busy(keys, LOCK_WAIT)
-        for key in keys:
-            net = network_of.get(key[len(PORT):])
-            if net:
-                self.queue.add([key], LOCK_WAIT, data=net)
+        busiest = self.queue.busy(keys, LOCK_WAIT, data)
         log = LOG.warning if busiest == BUSY_WARN else LOG.debug
         log("vcenter maintenance: %d key(s) (%s): %s; retry in %.0fs",
             len(keys), self._name(keys[0]), exc, LOCK_WAIT)

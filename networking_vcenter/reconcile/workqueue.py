@@ -41,7 +41,7 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 FULL = "*"              # everything: the full pass
@@ -54,6 +54,11 @@ def kind_of(key: str) -> str:
         return "full"
     head, sep, _ = key.partition(":")
     return head if sep else "network"
+
+
+def _of(kinds: Collection[str] | None, key: str) -> bool:
+    """Whether ``key`` is of one of ``kinds`` (None: of any)."""
+    return kinds is None or kind_of(key) in kinds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,11 +128,20 @@ class WorkQueue:
         """Queue ``keys`` ``delay`` seconds from now (``math.inf``: only
         when taken with ``due_only=False``); a key already queued keeps the
         earlier time and gathers ``data``."""
+        self.add_each(((key, data) for key in keys), delay)
+
+    def add_each(self, pairs: Iterable[tuple[str, Any]],
+                 delay: float = 0.0) -> None:
+        """:meth:`add` of (key, its own data) pairs, under one lock."""
         at = time.monotonic() + delay
         with self._cond:
-            for key in keys:
+            for key, data in pairs:
                 self._put(key, at, data)
             self._cond.notify_all()
+
+    def new_key(self, prefix: str) -> str:
+        """A key of its own: ``prefix`` and a number never given before."""
+        return f"{prefix}{next(self._ids)}"
 
     def add_new(self, keys: Iterable[str], delay: float = 0.0) -> list[str]:
         """Queue those of ``keys`` not queued nor running (a key that waits
@@ -150,7 +164,7 @@ class WorkQueue:
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if key is None:
-                key = f"call:{next(self._ids)}"
+                key = self.new_key("call:")
             item = self._put(key, time.monotonic(), None)
             if item.job is None:
                 item.job = job
@@ -192,7 +206,7 @@ class WorkQueue:
         with self._cond:
             ready = sorted(
                 (item for item in self._waiting.values()
-                 if (kinds is None or kind_of(item.key) in kinds) and
+                 if _of(kinds, item.key) and
                  (not due_only or item.due <= now)),
                 key=lambda item: item.due)
             if limit is not None and ready:
@@ -214,8 +228,7 @@ class WorkQueue:
         """The monotonic time the next key of ``kinds`` is due (inf: none)."""
         with self._cond:
             return min((item.due for item in self._waiting.values()
-                        if kinds is None or kind_of(item.key) in kinds),
-                       default=math.inf)
+                        if _of(kinds, item.key)), default=math.inf)
 
     def wait(self, until: float = math.inf,
              kinds: Collection[str] | None = None) -> None:
@@ -251,13 +264,11 @@ class WorkQueue:
         item.finish(result, error)
         with self._cond:
             self._running.discard(item.key)
+            # While it ran, every add went to _again: nothing waits under
+            # its key.
             again = self._again.pop(item.key, None)
             if again is not None:
-                self._put(again.key, again.due, None)
-                self._waiting[again.key].data.extend(again.data)
-                self._waiting[again.key].waiters.extend(again.waiters)
-                self._waiting[again.key].job = \
-                    self._waiting[again.key].job or again.job
+                self._waiting[item.key] = again
             self._cond.notify_all()
 
     def forget(self, key: str) -> None:
@@ -275,16 +286,18 @@ class WorkQueue:
         self.add([key], delay, data)
         return delay
 
-    def busy(self, keys: list[str], delay: float) -> int:
+    def busy(self, keys: list[str], delay: float,
+             data: Mapping[str, Any] | None = None) -> int:
         """``keys`` found their lock held by another worker: queued again
-        after ``delay``, without backoff; answers the most busy tries in a
-        row among them."""
+        after ``delay`` (with ``data[key]``, where given), without backoff;
+        answers the most busy tries in a row among them."""
+        data = data or {}
         with self._cond:
             counts = []
             for key in keys:
                 counts.append(self._busy.get(key, 0) + 1)
                 self._busy[key] = counts[-1]
-        self.add(keys, delay)
+        self.add_each(((key, data.get(key)) for key in keys), delay)
         return max(counts, default=0)
 
     def failures(self, key: str) -> tuple[int, float] | None:
@@ -305,13 +318,12 @@ class WorkQueue:
         with self._cond:
             for table in (self._waiting, self._again):
                 for item in table.values():
-                    if kinds is None or kind_of(item.key) in kinds:
+                    if _of(kinds, item.key):
                         for f in item.waiters:
                             f.cancel()
             for table in (self._waiting, self._again, self._failures,
                           self._busy):
-                for key in [k for k in table
-                            if kinds is None or kind_of(k) in kinds]:
+                for key in [k for k in table if _of(kinds, k)]:
                     del table[key]
 
     def pending(self, kinds: Collection[str] | None = None
@@ -319,4 +331,4 @@ class WorkQueue:
         """Queued key -> monotonic due time."""
         with self._cond:
             return {k: i.due for k, i in self._waiting.items()
-                    if kinds is None or kind_of(k) in kinds}
+                    if _of(kinds, k)}

@@ -49,6 +49,11 @@ def test_a_key_queued_once_keeps_its_earlier_time_and_gathers_data():
     assert item.data == ["net-1", "net-2"]
     assert q.take() == []                     # b is not due
     assert set(q.pending()) == {"sync:port:b"}
+    # Each key with its own data, at once.
+    q.add_each([("sync:port:c", "net-3"), ("sync:port:d", "net-4")])
+    assert {i.key: i.data for i in q.take()} == {
+        "sync:port:c": ["net-3"], "sync:port:d": ["net-4"]}
+    assert q.new_key("sync:query:") != q.new_key("sync:query:")
 
 
 def test_due_only_false_takes_keys_parked_at_infinity():
